@@ -1,0 +1,89 @@
+// swift-tools-version: 6.2
+import PackageDescription
+
+let strict: [SwiftSetting] = [.treatAllWarnings(as: .error)]
+
+let package = Package(
+    name: "saga",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "saga", targets: ["saga"])
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
+    ],
+    targets: [
+        // C libraries, found by pkg-config (Debian: librdkafka-dev, libpq-dev). Nothing vendored.
+        .systemLibrary(
+            name: "CRdKafka", pkgConfig: "rdkafka",
+            providers: [.apt(["librdkafka-dev"])]),
+        .systemLibrary(
+            name: "CLibPQ", pkgConfig: "libpq",
+            providers: [.apt(["libpq-dev"])]),
+
+        // Thin, safe Swift over the C libraries. They know nothing of sagas.
+        .target(
+            name: "SagaKafka",
+            dependencies: ["CRdKafka", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: strict),
+        .target(
+            name: "SagaPostgres",
+            dependencies: ["CLibPQ", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: strict),
+
+        // Envelope, schemas, outbox, inbox, worker runtime, relay.
+        .target(
+            name: "SagaEngine",
+            dependencies: [
+                "SagaKafka", "SagaPostgres",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: strict),
+
+        // Domain logic only: orders, inventory, billing.
+        .target(
+            name: "SagaServices",
+            dependencies: [
+                "SagaEngine",
+                .product(name: "Hummingbird", package: "hummingbird"),
+            ],
+            swiftSettings: strict),
+
+        // The one executable.
+        .executableTarget(
+            name: "saga",
+            dependencies: [
+                "SagaServices", "SagaEngine", "SagaKafka", "SagaPostgres",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: strict),
+
+        // Helpers shared by the test targets: the local database and broker.
+        .target(
+            name: "SagaTestSupport",
+            dependencies: ["SagaKafka", "SagaPostgres"],
+            swiftSettings: strict),
+
+        .testTarget(
+            name: "SagaKafkaTests", dependencies: ["SagaKafka", "SagaTestSupport"],
+            swiftSettings: strict),
+        .testTarget(
+            name: "SagaPostgresTests", dependencies: ["SagaPostgres", "SagaTestSupport"],
+            swiftSettings: strict),
+        .testTarget(
+            name: "SagaEngineTests", dependencies: ["SagaEngine", "SagaTestSupport"],
+            swiftSettings: strict),
+        .testTarget(
+            name: "SagaServicesTests",
+            dependencies: [
+                "SagaServices", "SagaEngine", "SagaTestSupport",
+                .product(name: "HummingbirdTesting", package: "hummingbird"),
+            ],
+            swiftSettings: strict),
+    ]
+)

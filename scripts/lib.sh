@@ -1,0 +1,122 @@
+# Shared by scripts/demo, scripts/test and scripts/pg. Source it; do not run it.
+# Everything it starts is stopped by `saga_cleanup`, which the callers trap on EXIT/INT/TERM.
+set -euo pipefail
+
+SAGA_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+SAGA_LOCAL="$SAGA_ROOT/.local"             # ignored by git
+SAGA_PG_PORT="${SAGA_PG_PORT:-55432}"
+SAGA_PG_DB="saga"
+SAGA_STARTED_PG=0
+SAGA_PIDS=()
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+# Install what a fresh Debian machine lacks: the C libraries, PostgreSQL, pkg-config.
+saga_install() {
+    local need=()
+    for pkg in librdkafka-dev libpq-dev postgresql pkg-config; do
+        dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+    done
+    if [ ${#need[@]} -gt 0 ]; then
+        log "installing ${need[*]}"
+        local sudo=""
+        [ "$(id -u)" -eq 0 ] || sudo="sudo"
+        $sudo apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+    fi
+    command -v swift >/dev/null || { echo "swift is not on PATH (expected Swift 6.2+)" >&2; exit 1; }
+}
+
+saga_build() {
+    log "building (swift build $*)"
+    (cd "$SAGA_ROOT" && swift build "$@")
+}
+
+pg_bin() {
+    local d
+    d=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
+    [ -n "$d" ] || { echo "PostgreSQL server binaries not found under /usr/lib/postgresql" >&2; exit 1; }
+    echo "$d"
+}
+
+# Run a PostgreSQL server command as the postgres OS user when we are root (it refuses root).
+as_pg() {
+    if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+# The data folder lives in the checkout (.local/postgres). When we are root and the postgres user
+# cannot reach the checkout (e.g. it sits under /root), the data lives in /tmp and .local/postgres
+# is a link to it.
+pg_datadir() {
+    local dir="$SAGA_LOCAL/postgres"
+    if [ "$(id -u)" -eq 0 ] && [ ! -e "$dir" ]; then
+        mkdir -p "$SAGA_LOCAL"
+        if ! runuser -u postgres -- test -x "$SAGA_LOCAL"; then
+            local alt
+            alt="/tmp/saga-postgres-$(printf '%s' "$SAGA_ROOT" | md5sum | cut -c1-12)"
+            mkdir -p "$alt" && chown postgres: "$alt"
+            ln -s "$alt" "$dir"
+        fi
+    fi
+    echo "$dir"
+}
+
+saga_pg_url() { echo "postgresql://postgres@127.0.0.1:$SAGA_PG_PORT/$SAGA_PG_DB"; }
+
+# Create (once) and start the local PostgreSQL on a loopback port. Reused when already running.
+saga_pg_start() {
+    local bin data
+    bin=$(pg_bin)
+    data=$(pg_datadir)
+    if [ ! -f "$data/PG_VERSION" ]; then
+        log "creating the local PostgreSQL in $data"
+        mkdir -p "$data"
+        [ "$(id -u)" -ne 0 ] || chown -R postgres: "$data/"
+        as_pg "$bin/initdb" -D "$data" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >/dev/null
+    fi
+    if as_pg "$bin/pg_ctl" -D "$data" status >/dev/null 2>&1; then
+        log "local PostgreSQL already running on 127.0.0.1:$SAGA_PG_PORT"
+    else
+        log "starting the local PostgreSQL on 127.0.0.1:$SAGA_PG_PORT"
+        as_pg "$bin/pg_ctl" -D "$data" -l "$data/server.log" -w -t 60 \
+            -o "-p $SAGA_PG_PORT -c listen_addresses=127.0.0.1 -k $data -c max_connections=300 -c fsync=${SAGA_PG_FSYNC:-on}" \
+            start >/dev/null
+        SAGA_STARTED_PG=1
+    fi
+    if ! "$bin/psql" -h 127.0.0.1 -p "$SAGA_PG_PORT" -U postgres -tAc \
+        "SELECT 1 FROM pg_database WHERE datname='$SAGA_PG_DB'" postgres | grep -q 1; then
+        "$bin/createdb" -h 127.0.0.1 -p "$SAGA_PG_PORT" -U postgres "$SAGA_PG_DB"
+    fi
+    export SAGA_DATABASE_URL="${SAGA_DATABASE_URL:-$(saga_pg_url)}"
+}
+
+saga_pg_stop() {
+    local data
+    data=$(pg_datadir)
+    if [ -f "$data/postmaster.pid" ]; then
+        log "stopping the local PostgreSQL"
+        as_pg "$(pg_bin)/pg_ctl" -D "$data" -m fast -w stop >/dev/null 2>&1 || true
+    fi
+}
+
+# Start a background process that saga_cleanup will stop.
+saga_spawn() {
+    "$@" &
+    SAGA_PIDS+=($!)
+}
+
+saga_cleanup() {
+    local status=$?
+    trap - EXIT INT TERM
+    for pid in "${SAGA_PIDS[@]:-}"; do
+        [ -n "$pid" ] || continue
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    for pid in "${SAGA_PIDS[@]:-}"; do
+        [ -n "$pid" ] || continue
+        for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$pid" 2>/dev/null || true
+    done
+    [ "$SAGA_STARTED_PG" -eq 0 ] || saga_pg_stop
+    exit "$status"
+}
