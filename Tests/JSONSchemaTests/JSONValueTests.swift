@@ -1,0 +1,90 @@
+import JSONSchema
+import Testing
+
+private func parse(_ text: String) throws(JSONSchemaError) -> JSONValue {
+    try JSONValue(parsing: Array(text.utf8))
+}
+
+private func rejects(_ text: String) -> Bool {
+    do {
+        _ = try parse(text)
+        return false
+    } catch {
+        return true
+    }
+}
+
+@Suite struct JSONValueTests {
+    @Test func parsesScalars() throws {
+        #expect(try parse("null") == .null)
+        #expect(try parse(" true ") == .bool(true))
+        #expect(try parse("false") == .bool(false))
+        #expect(try parse("\"a\\n\\u00e9\\ud83d\\ude00\\/\"") == .string("a\né😀/"))
+        #expect(try parse("\"héllo\"") == .string("héllo"))
+    }
+
+    @Test func distinguishesIntegersFromOtherNumbers() throws {
+        #expect(try parse("42") == .integer(42))
+        #expect(try parse("-0") == .integer(0))
+        #expect(try parse("-9223372036854775808") == .integer(Int64.min))
+        #expect(try parse("2.0") == .number(2.0))
+        #expect(try parse("1e2") == .number(100))
+        #expect(try parse("-1.5E-3") == .number(-0.0015))
+        // Too large for Int64: kept as a Double rather than rejected.
+        #expect(try parse("9223372036854775808") == .number(9_223_372_036_854_775_808.0))
+    }
+
+    @Test func parsesContainers() throws {
+        let value = try parse(#" { "b" : [1, 2.5, "x", null, {}], "a": {"c": []} } "#)
+        #expect(
+            value
+                == .object([
+                    "b": .array([.integer(1), .number(2.5), .string("x"), .null, .object([:])]),
+                    "a": .object(["c": .array([])]),
+                ]))
+    }
+
+    @Test func rejectsMalformedJSON() {
+        for bad in [
+            "", " ", "nul", "tru", "[1,]", "[1 2]", "{\"a\":1,}", "{\"a\" 1}", "{a:1}", "01", "1.", ".5", "-", "1e",
+            "+1", "NaN", "Infinity", "1e400", "\"abc", "\"\\x\"", "\"\\ud800\"", "\"\\udc00\"", "\"\\u12\"",
+            "\"tab\there\"", "[1] [2]", "{\"a\":1,\"a\":2}", "'a'", "[", "{", "\u{FEFF}1",
+        ] {
+            #expect(rejects(bad), "should reject \(bad.debugDescription)")
+        }
+        #expect(throws: JSONSchemaError.self) { try JSONValue(parsing: [0x22, 0xFF, 0x22]) }  // invalid UTF-8
+    }
+
+    @Test func rejectsExcessiveNesting() throws {
+        #expect(rejects(String(repeating: "[", count: 600) + String(repeating: "]", count: 600)))
+        _ = try parse(String(repeating: "[", count: 500) + String(repeating: "]", count: 500))
+    }
+
+    @Test func errorMessageNamesTheOffset() {
+        do {
+            _ = try parse("[1, x]")
+            Issue.record("parsed invalid JSON")
+        } catch {
+            #expect(error.message.contains("byte 4"), "\(error.message)")
+            #expect(error.description == error.message)
+        }
+    }
+
+    @Test func serializesCompactlyWithSortedKeys() throws {
+        let value = try parse(#"{ "z": 1, "a": [true, null, 2.5, -3], "m": "q\"\\\n\u0001é" }"#)
+        let text = String(decoding: value.serialized(), as: UTF8.self)
+        #expect(text == #"{"a":[true,null,2.5,-3],"m":"q\"\\\n\u0001é","z":1}"#)
+        #expect(try JSONValue(parsing: value.serialized()) == value)
+    }
+
+    @Test func serializationIsIndependentOfInsertionOrder() {
+        var a: [String: JSONValue] = [:]
+        a["x"] = .integer(1)
+        a["b"] = .integer(2)
+        var b: [String: JSONValue] = [:]
+        b["b"] = .integer(2)
+        b["x"] = .integer(1)
+        #expect(JSONValue.object(a).serialized() == JSONValue.object(b).serialized())
+        #expect(JSONValue.number(.infinity).serialized() == Array("null".utf8))
+    }
+}
