@@ -14,6 +14,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-http-types", from: "1.8.0"),
     ],
     targets: [
         // C libraries, found by pkg-config (Debian: librdkafka-dev, libpq-dev). Nothing vendored.
@@ -34,11 +36,15 @@ let package = Package(
             dependencies: ["CLibPQ", .product(name: "Logging", package: "swift-log")],
             swiftSettings: strict),
 
+        // A JSON Schema (2020-12 subset) validator, and the saga's schemas compiled in from schemas/.
+        .target(name: "JSONSchema", swiftSettings: strict),
+        .target(name: "SagaSchemas", dependencies: ["JSONSchema"], swiftSettings: strict),
+
         // Envelope, schemas, outbox, inbox, worker runtime, relay.
         .target(
             name: "SagaEngine",
             dependencies: [
-                "SagaKafka", "SagaPostgres",
+                "SagaKafka", "SagaPostgres", "JSONSchema", "SagaSchemas",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
@@ -50,6 +56,7 @@ let package = Package(
             dependencies: [
                 "SagaEngine",
                 .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
             ],
             swiftSettings: strict),
 
@@ -60,6 +67,9 @@ let package = Package(
                 "SagaServices", "SagaEngine", "SagaKafka", "SagaPostgres",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "NIOCore", package: "swift-nio"),
             ],
             swiftSettings: strict),
 
@@ -69,6 +79,8 @@ let package = Package(
             dependencies: ["SagaKafka", "SagaPostgres"],
             swiftSettings: strict),
 
+        .testTarget(name: "JSONSchemaTests", dependencies: ["JSONSchema"], swiftSettings: strict),
+        .testTarget(name: "SagaSchemasTests", dependencies: ["SagaSchemas", "JSONSchema"], swiftSettings: strict),
         .testTarget(
             name: "SagaKafkaTests", dependencies: ["SagaKafka", "SagaTestSupport"],
             swiftSettings: strict),
@@ -83,6 +95,7 @@ let package = Package(
             dependencies: [
                 "SagaServices", "SagaEngine", "SagaTestSupport",
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
             ],
             swiftSettings: strict),
     ]

@@ -120,3 +120,23 @@ saga_cleanup() {
     [ "$SAGA_STARTED_PG" -eq 0 ] || saga_pg_stop
     exit "$status"
 }
+
+saga_bin() { (cd "$SAGA_ROOT" && swift build --show-bin-path)/saga; }
+
+# The embedded broker as its own process (`saga broker`), its bootstrap servers in SAGA_KAFKA_BOOTSTRAP.
+saga_broker_start() {
+    local file="$SAGA_LOCAL/broker" bin
+    bin="$(saga_bin)"
+    rm -f "$file"
+    log "starting the embedded Kafka broker (saga broker)"
+    SAGA_LOG_FORMAT=text SAGA_LOG_LEVEL=warning saga_spawn "$bin" broker --bootstrap-file "$file"
+    for _ in $(seq 1 300); do
+        [ -s "$file" ] && break
+        kill -0 "${SAGA_PIDS[-1]}" 2>/dev/null || { echo "saga broker exited early" >&2; exit 1; }
+        sleep 0.1
+    done
+    [ -s "$file" ] || { echo "saga broker did not start within 30 s" >&2; exit 1; }
+    SAGA_KAFKA_BOOTSTRAP="$(cat "$file")"
+    export SAGA_KAFKA_BOOTSTRAP
+    log "broker at $SAGA_KAFKA_BOOTSTRAP"
+}

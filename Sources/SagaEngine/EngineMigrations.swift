@@ -1,0 +1,65 @@
+import SagaPostgres
+
+/// The engine's own tables, created in every service's schema next to the service's tables:
+/// the outbox (what to publish), the inbox (what was handled) and the dead-letter log.
+public enum EngineMigrations {
+    /// Outbox shards: relays own shards through advisory locks; a saga's rows are all in one shard.
+    public static let shardCount = 16
+
+    /// Migration versions 1–99 are the engine's; services number theirs from 100.
+    public static let all: [PostgresMigration] = [
+        PostgresMigration(
+            version: 1, name: "engine: outbox, inbox, dead letters",
+            sql: """
+                CREATE TABLE saga_outbox (
+                    id           bigserial PRIMARY KEY,
+                    shard        int         NOT NULL,
+                    saga_id      text        NOT NULL,
+                    event_id     uuid,
+                    event_type   text,
+                    topic        text        NOT NULL,
+                    key          bytea,
+                    headers      jsonb       NOT NULL DEFAULT '[]',
+                    payload      bytea       NOT NULL,
+                    created_at   timestamptz NOT NULL DEFAULT now(),
+                    published_at timestamptz,
+                    attempts     int         NOT NULL DEFAULT 0,
+                    last_error   text
+                );
+                CREATE INDEX saga_outbox_pending ON saga_outbox (shard, id) WHERE published_at IS NULL;
+                CREATE INDEX saga_outbox_published ON saga_outbox (published_at) WHERE published_at IS NOT NULL;
+                CREATE INDEX saga_outbox_saga ON saga_outbox (saga_id);
+
+                -- Wake the relay of this schema when a transaction that wrote outbox rows commits.
+                CREATE FUNCTION saga_outbox_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+                BEGIN
+                    PERFORM pg_notify('saga_outbox_' || TG_TABLE_SCHEMA, '');
+                    RETURN NULL;
+                END $$;
+                CREATE TRIGGER saga_outbox_notify AFTER INSERT ON saga_outbox
+                    FOR EACH STATEMENT EXECUTE FUNCTION saga_outbox_notify();
+
+                CREATE TABLE saga_inbox (
+                    event_id         uuid PRIMARY KEY,
+                    event_type       text        NOT NULL,
+                    saga_id          text        NOT NULL,
+                    source_topic     text        NOT NULL,
+                    source_partition int         NOT NULL,
+                    source_offset    bigint      NOT NULL,
+                    handled_at       timestamptz NOT NULL DEFAULT now()
+                );
+                CREATE INDEX saga_inbox_handled_at ON saga_inbox (handled_at);
+
+                CREATE TABLE saga_dead_letters (
+                    source_topic     text        NOT NULL,
+                    source_partition int         NOT NULL,
+                    source_offset    bigint      NOT NULL,
+                    saga_id          text,
+                    event_id         uuid,
+                    reason           text        NOT NULL,
+                    dead_lettered_at timestamptz NOT NULL DEFAULT now(),
+                    PRIMARY KEY (source_topic, source_partition, source_offset)
+                );
+                """)
+    ]
+}

@@ -1,0 +1,104 @@
+import Foundation
+import JSONSchema
+
+/// The envelope every event travels in (schemas/envelope/v1.schema.json).
+///
+/// The Kafka key is the saga id; `type` and `version` also travel as Kafka headers
+/// (`saga-event-type`, `saga-event-version`) so tools can filter without parsing the value.
+public struct EventEnvelope: Sendable, Hashable {
+    public var id: UUID
+    public var type: String
+    public var version: Int
+    public var sagaId: String
+    /// The event whose handling produced this one; nil for the first event of a saga.
+    public var causationId: UUID?
+    public var occurredAt: Date
+    /// The service that produced the event (`orders`, `inventory`, `billing`).
+    public var producer: String
+    /// W3C trace context, propagated from cause to effect.
+    public var traceparent: String?
+    public var data: JSONValue
+
+    public init(
+        id: UUID = UUID(), type: String, version: Int, sagaId: String, causationId: UUID?,
+        occurredAt: Date = Date(), producer: String, traceparent: String?, data: JSONValue
+    ) {
+        self.id = id
+        self.type = type
+        self.version = version
+        self.sagaId = sagaId
+        self.causationId = causationId
+        self.occurredAt = occurredAt
+        self.producer = producer
+        self.traceparent = traceparent
+        self.data = data
+    }
+
+    /// The envelope as a JSON value, keys in the schema's vocabulary.
+    public var json: JSONValue {
+        var object: [String: JSONValue] = [
+            "id": .string(id.uuidString.lowercased()),
+            "type": .string(type),
+            "version": .integer(Int64(version)),
+            "sagaId": .string(sagaId),
+            "occurredAt": .string(Timestamp.format(occurredAt)),
+            "producer": .string(producer),
+            "data": data,
+        ]
+        object["causationId"] = causationId.map { .string($0.uuidString.lowercased()) } ?? .null
+        object["traceparent"] = traceparent.map { .string($0) } ?? .null
+        return .object(object)
+    }
+
+    /// Compact JSON bytes, as published.
+    public func serialized() -> [UInt8] { json.serialized() }
+
+    /// Reads an envelope that already passed the envelope schema.
+    /// - Throws: `EventDecodingError` when a field is missing or malformed.
+    public init(validated json: JSONValue) throws(EventDecodingError) {
+        guard case .object(let o) = json else { throw EventDecodingError("envelope is not an object") }
+        func string(_ key: String) throws(EventDecodingError) -> String {
+            guard case .string(let s)? = o[key] else { throw EventDecodingError("envelope field '\(key)' missing") }
+            return s
+        }
+        func uuid(_ key: String) throws(EventDecodingError) -> UUID {
+            guard let u = UUID(uuidString: try string(key)) else {
+                throw EventDecodingError("envelope field '\(key)' is not a UUID")
+            }
+            return u
+        }
+        guard case .integer(let version)? = o["version"] else {
+            throw EventDecodingError("envelope field 'version' missing")
+        }
+        guard let occurredAt = Timestamp.parse(try string("occurredAt")) else {
+            throw EventDecodingError("envelope field 'occurredAt' is not an RFC 3339 date-time")
+        }
+        var causation: UUID? = nil
+        if case .string? = o["causationId"] { causation = try uuid("causationId") }
+        var traceparent: String? = nil
+        if case .string(let t)? = o["traceparent"] { traceparent = t }
+        self.init(
+            id: try uuid("id"), type: try string("type"), version: Int(version), sagaId: try string("sagaId"),
+            causationId: causation, occurredAt: occurredAt, producer: try string("producer"),
+            traceparent: traceparent, data: o["data"] ?? .null)
+    }
+}
+
+/// Why an incoming message could not be turned into an event. Always permanent: the message is dead-lettered.
+public struct EventDecodingError: Error, Sendable, CustomStringConvertible {
+    public var reason: String
+    public init(_ reason: String) { self.reason = reason }
+    public var description: String { reason }
+}
+
+/// RFC 3339 timestamps with microseconds, UTC, as the envelope and the read models use them.
+public enum Timestamp {
+    private static let withFraction = Date.ISO8601FormatStyle(includingFractionalSeconds: true)
+    private static let plain = Date.ISO8601FormatStyle()
+
+    public static func format(_ date: Date) -> String { withFraction.format(date) }
+
+    public static func parse(_ text: String) -> Date? {
+        (try? withFraction.parse(text)) ?? (try? plain.parse(text))
+    }
+}

@@ -1,0 +1,85 @@
+import Foundation
+import JSONSchema
+import SagaKafka
+
+/// A typed event body. Each concrete type names the schema (`schemas/<type>/v<version>.schema.json`)
+/// it is written against.
+public protocol EventPayload: Codable, Sendable {
+    static var eventType: String { get }
+    static var eventVersion: Int { get }
+}
+
+/// An event as a handler sees it: validated against its schema and upcast to the version
+/// the handler was written for.
+public struct IncomingEvent: Sendable {
+    /// The envelope, with `data` and `version` already upcast.
+    public var envelope: EventEnvelope
+    /// The version the producer published.
+    public var publishedVersion: Int
+    /// Where it was read from.
+    public var topic: String
+    public var partition: Int32
+    public var offset: Int64
+
+    public var id: UUID { envelope.id }
+    public var type: String { envelope.type }
+    public var sagaId: String { envelope.sagaId }
+
+    /// The body decoded as `T`.
+    /// - Throws: `EventDecodingError` when the (validated) data does not fit `T` — a programming error
+    ///   between the schema and the code, treated as a poison event.
+    public func decode<T: Decodable>(_ type: T.Type = T.self) throws(EventDecodingError) -> T {
+        try envelope.data.decode(T.self)
+    }
+}
+
+/// An event a handler emits. The runtime writes it to the outbox in the handler's transaction.
+public struct OutgoingEvent: Sendable {
+    public var envelope: EventEnvelope
+
+    public init(envelope: EventEnvelope) { self.envelope = envelope }
+
+    /// A new event of a saga, caused by `cause` (nil for the first event of a saga).
+    /// The trace context is carried over from the cause, with a new span id.
+    public init<P: EventPayload>(
+        _ payload: P, sagaId: String, producer: String, causedBy cause: EventEnvelope?, traceparent: String? = nil
+    ) throws(EventEncodingError) {
+        let data: JSONValue
+        do { data = try JSONValue(encoding: payload) } catch { throw EventEncodingError("\(P.eventType): \(error)") }
+        self.envelope = EventEnvelope(
+            type: P.eventType, version: P.eventVersion, sagaId: sagaId, causationId: cause?.id,
+            producer: producer,
+            traceparent: traceparent ?? TraceParent.child(of: cause?.traceparent),
+            data: data)
+    }
+}
+
+public struct EventEncodingError: Error, Sendable, CustomStringConvertible {
+    public var reason: String
+    public init(_ reason: String) { self.reason = reason }
+    public var description: String { reason }
+}
+
+extension JSONValue {
+    /// Encodes any `Encodable` as a JSON value.
+    public init<T: Encodable>(encoding value: T) throws {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        self = try JSONValue(parsing: Array(try encoder.encode(value)))
+    }
+
+    /// Decodes this value as `T`.
+    public func decode<T: Decodable>(_ type: T.Type) throws(EventDecodingError) -> T {
+        do {
+            return try JSONDecoder().decode(T.self, from: Data(serialized()))
+        } catch {
+            throw EventDecodingError("data does not decode as \(T.self): \(error)")
+        }
+    }
+
+    /// The member `key` of an object, nil otherwise.
+    public subscript(key: String) -> JSONValue? {
+        guard case .object(let o) = self else { return nil }
+        return o[key]
+    }
+}

@@ -1,0 +1,84 @@
+import Foundation
+import Logging
+import SagaPostgres
+
+/// What a handler has at hand: the event's transaction (its own savepoint inside the batch transaction),
+/// the service it runs in, and a way to emit follow-up events of the same saga.
+public struct HandlerContext: Sendable {
+    /// The connection of the transaction the handler's state change, the outbox rows and the inbox
+    /// record commit in together. Handlers must not commit or roll back themselves.
+    public let connection: PostgresConnection
+    public let service: String
+    public let event: IncomingEvent
+    public let logger: Logger
+
+    /// A follow-up event of the same saga, caused by the event being handled.
+    public func emit<P: EventPayload>(_ payload: P) throws(EventEncodingError) -> OutgoingEvent {
+        try OutgoingEvent(payload, sagaId: event.sagaId, producer: service, causedBy: event.envelope)
+    }
+}
+
+/// A handler refuses an event for good (e.g. it references something that can never exist).
+/// The event is dead-lettered with `reason` and the partition moves on.
+public struct HandlerRejection: Error, Sendable, CustomStringConvertible {
+    public var reason: String
+    public init(_ reason: String) { self.reason = reason }
+    public var description: String { reason }
+}
+
+public typealias HandlerFunction = @Sendable (IncomingEvent, HandlerContext) async throws -> [OutgoingEvent]
+
+/// Wraps a handler with cross-cutting behaviour (logging, metrics, tracing).
+public typealias HandlerMiddleware = @Sendable (@escaping HandlerFunction) -> HandlerFunction
+
+/// Handles one event type, written for one version of it (older versions are upcast first).
+public struct EventHandler: Sendable {
+    public var eventType: String
+    public var version: Int
+    public var handle: HandlerFunction
+
+    public init(eventType: String, version: Int, handle: @escaping HandlerFunction) {
+        self.eventType = eventType
+        self.version = version
+        self.handle = handle
+    }
+
+    /// A handler for a typed payload: the body gets the decoded payload.
+    public static func on<P: EventPayload>(
+        _ payload: P.Type, _ body: @escaping @Sendable (P, HandlerContext) async throws -> [OutgoingEvent]
+    ) -> EventHandler {
+        EventHandler(eventType: P.eventType, version: P.eventVersion) { event, context in
+            try await body(try event.decode(P.self), context)
+        }
+    }
+
+    /// This handler wrapped in `middleware` (first in the list is outermost).
+    public func wrapped(in middleware: [HandlerMiddleware]) -> EventHandler {
+        var copy = self
+        copy.handle = middleware.reversed().reduce(handle) { inner, m in m(inner) }
+        return copy
+    }
+}
+
+/// Logs every handled event at debug level with its saga, type, version and how long it took.
+public let loggingMiddleware: HandlerMiddleware = { next in
+    { event, context in
+        let start = ContinuousClock.now
+        let out = try await next(event, context)
+        context.logger.debug(
+            "handled",
+            metadata: [
+                "saga": .string(event.sagaId), "type": .string(event.type),
+                "version": .stringConvertible(event.publishedVersion), "emitted": .stringConvertible(out.count),
+                "ms": .stringConvertible((ContinuousClock.now - start).milliseconds),
+            ])
+        return out
+    }
+}
+
+extension Duration {
+    /// Whole and fractional milliseconds.
+    public var milliseconds: Double {
+        Double(components.seconds) * 1000 + Double(components.attoseconds) / 1e15
+    }
+}

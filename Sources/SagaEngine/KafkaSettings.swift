@@ -1,0 +1,31 @@
+import SagaKafka
+
+/// How the engine reaches Kafka: bootstrap servers plus raw librdkafka properties (TLS, SASL, …)
+/// for what the typed configuration does not name.
+public struct KafkaSettings: Sendable, Hashable {
+    public var bootstrapServers: String
+    public var properties: [String: String]
+    /// `fetch.wait.max.ms`: the embedded broker answers an empty fetch only after this long, so keep it low.
+    public var fetchWaitMaxMs: Int
+
+    public init(bootstrapServers: String, properties: [String: String] = [:], fetchWaitMaxMs: Int = 10) {
+        self.bootstrapServers = bootstrapServers
+        self.properties = properties
+        self.fetchWaitMaxMs = fetchWaitMaxMs
+    }
+
+    public func producer(clientId: String) -> KafkaProducerConfiguration {
+        var c = KafkaProducerConfiguration(bootstrapServers: bootstrapServers)
+        c.clientId = clientId
+        c.properties = properties
+        return c
+    }
+
+    public func consumer(groupId: String, clientId: String) -> KafkaConsumerConfiguration {
+        var c = KafkaConsumerConfiguration(bootstrapServers: bootstrapServers, groupId: groupId)
+        c.clientId = clientId
+        c.fetchWaitMaxMs = fetchWaitMaxMs
+        c.properties = properties
+        return c
+    }
+}

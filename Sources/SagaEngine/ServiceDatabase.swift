@@ -1,0 +1,34 @@
+import Logging
+import SagaPostgres
+
+/// A service's database: its own schema, holding the engine's tables and the service's tables.
+public struct ServiceDatabase: Sendable {
+    public var url: String
+    public var schema: String
+
+    public init(url: String, schema: String) {
+        self.url = url
+        self.schema = schema
+    }
+
+    public var configuration: PostgresConfiguration { PostgresConfiguration(url: url, searchPath: schema) }
+
+    /// Creates the schema if missing and applies the engine's migrations and then `migrations`
+    /// (the service's, versions ≥ 100). Safe to run from several processes at once.
+    /// - Throws: `PostgresError` (unreachable database, failing migration).
+    public func prepare(migrations: [PostgresMigration], logger: Logger) async throws {
+        let pool = PostgresPool(configuration: configuration, size: 1, logger: logger)
+        do {
+            try await pool.execute("CREATE SCHEMA IF NOT EXISTS \(PostgresConnection.quoteIdentifier(schema))")
+            let applied = try await PostgresMigrator(migrations: EngineMigrations.all + migrations)
+                .migrate(pool, logger: logger)
+            if !applied.isEmpty {
+                logger.info("migrated", metadata: ["schema": .string(schema), "versions": "\(applied)"])
+            }
+        } catch {
+            await pool.close()
+            throw error
+        }
+        await pool.close()
+    }
+}

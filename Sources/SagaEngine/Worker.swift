@@ -1,0 +1,267 @@
+import Foundation
+import Logging
+import SagaKafka
+import SagaPostgres
+import ServiceLifecycle
+import Synchronization
+
+/// How a worker runs.
+public struct WorkerConfiguration: Sendable {
+    /// The service name: consumer group, producer name in envelopes, dead-letter topic suffix.
+    public var name: String
+    public var kafka: KafkaSettings
+    public var database: ServiceDatabase
+    public var topics: TopicNaming
+    /// Most messages handled in one database transaction.
+    public var batchSize: Int = 200
+    /// How long one poll waits for the first message.
+    public var pollTimeout: Duration = .milliseconds(200)
+    public var retry = RetryPolicy()
+    /// Inbox rows older than this are deleted; replay past this horizon can no longer be deduplicated.
+    public var inboxRetention: Duration = .seconds(7 * 24 * 3600)
+    public var cleanupInterval: Duration = .seconds(60)
+
+    public init(name: String, kafka: KafkaSettings, database: ServiceDatabase, topics: TopicNaming = TopicNaming()) {
+        self.name = name
+        self.kafka = kafka
+        self.database = database
+        self.topics = topics
+    }
+}
+
+/// Counters a worker keeps, for health, metrics and tests.
+public struct WorkerStats: Sendable, Hashable {
+    public var handled = 0
+    public var duplicates = 0
+    public var deadLettered = 0
+    public var retries = 0
+    public var batches = 0
+}
+
+/// The worker runtime: consume → one transaction (inbox check + handler + outbox rows + inbox record)
+/// → commit → commit the offsets.
+///
+/// - Effectively once: the inbox row and the handler's writes commit together, so a redelivered event
+///   is acknowledged and skipped.
+/// - Nothing lost: offsets are committed only after the transaction committed; a retriable failure
+///   (database down, serialization failure) rolls the batch back and retries it with backoff.
+/// - Poison events (undecodable, schema-invalid, unknown version, rejected by the handler) are written
+///   as dead letters through the outbox, in the same transaction, and the partition moves on.
+public final class Worker: Service, Sendable {
+    public let configuration: WorkerConfiguration
+    private let handlers: [String: EventHandler]
+    private let codec: EventCodec
+    private let migrations: [PostgresMigration]
+    private let logger: Logger
+    private let state = Mutex(WorkerStats())
+
+    public init(
+        configuration: WorkerConfiguration, handlers: [EventHandler], upcasters: [Upcaster],
+        migrations: [PostgresMigration], middleware: [HandlerMiddleware] = [loggingMiddleware], logger: Logger
+    ) {
+        self.configuration = configuration
+        self.handlers = Dictionary(
+            handlers.map { ($0.eventType, $0.wrapped(in: middleware)) }, uniquingKeysWith: { a, _ in a })
+        self.codec = EventCodec(upcasters: upcasters, topics: configuration.topics)
+        self.migrations = migrations
+        var logger = logger
+        logger[metadataKey: "worker"] = .string(configuration.name)
+        self.logger = logger
+    }
+
+    public var stats: WorkerStats { state.withLock { $0 } }
+
+    /// The topics this worker consumes.
+    public var subscribedTopics: [String] { handlers.keys.sorted().map(configuration.topics.topic(for:)) }
+
+    /// Runs until graceful shutdown (SIGTERM/SIGINT through a ServiceGroup) or cancellation. The batch in
+    /// flight finishes (or rolls back) first, then offsets are committed and the consumer leaves its group.
+    /// - Throws: when the database cannot be prepared or the consumer cannot be created.
+    public func run() async throws {
+        try await configuration.database.prepare(migrations: migrations, logger: logger)
+        let pool = PostgresPool(configuration: configuration.database.configuration, size: 2, logger: logger)
+        let consumer = try KafkaConsumer(
+            configuration: configuration.kafka.consumer(
+                groupId: configuration.topics.group(configuration.name), clientId: "saga-\(configuration.name)"),
+            logger: logger)
+        try consumer.subscribe(topics: subscribedTopics)
+        logger.info("worker started", metadata: ["topics": "\(subscribedTopics)"])
+        defer { logger.info("worker stopped", metadata: ["stats": "\(stats)"]) }
+
+        var lastCleanup = ContinuousClock.now
+        var pollFailures = 0
+        while !Task.isShuttingDownGracefully && !Task.isCancelled {
+            let batch: [KafkaMessage]
+            do {
+                batch = try await consumer.poll(maxMessages: configuration.batchSize, timeout: configuration.pollTimeout)
+                pollFailures = 0
+            } catch {
+                if error.isFatal { await consumer.close(); await pool.close(); throw error }
+                pollFailures += 1
+                logger.warning("poll failed", metadata: ["error": "\(error)"])
+                try? await Task.sleep(for: configuration.retry.delay(attempt: pollFailures))
+                continue
+            }
+            if !batch.isEmpty {
+                guard await process(batch, pool: pool) else { break }  // shutting down mid-retry: not committed
+                await commitOffsets(after: batch, consumer: consumer)
+            }
+            if ContinuousClock.now - lastCleanup >= configuration.cleanupInterval {
+                lastCleanup = .now
+                await Retention.cleanInbox(pool: pool, olderThan: configuration.inboxRetention, logger: logger)
+            }
+        }
+        await consumer.close()
+        await pool.close()
+    }
+
+    /// Commits offsets, retrying retriable failures a few times. A lost commit only means a redelivery,
+    /// which the inbox absorbs.
+    private func commitOffsets(after batch: [KafkaMessage], consumer: KafkaConsumer) async {
+        for attempt in 1...5 {
+            do {
+                try await consumer.commit(after: batch)
+                return
+            } catch {
+                logger.warning("offset commit failed", metadata: ["error": "\(error)", "attempt": "\(attempt)"])
+                if !error.isRetriable { return }
+                try? await Task.sleep(for: configuration.retry.delay(attempt: attempt))
+            }
+        }
+    }
+
+    /// Handles `batch` in one transaction, retrying the whole batch on retriable failures until it commits.
+    /// Returns false if shutdown began while retrying (the batch is then left uncommitted, to be redelivered).
+    func process(_ batch: [KafkaMessage], pool: PostgresPool) async -> Bool {
+        var attempt = 0
+        while true {
+            do {
+                let outcome = try await pool.withTransaction { connection in
+                    try await self.handle(batch, on: connection)
+                }
+                state.withLock {
+                    $0.handled += outcome.handled
+                    $0.duplicates += outcome.duplicates
+                    $0.deadLettered += outcome.deadLettered
+                    $0.batches += 1
+                }
+                return true
+            } catch {
+                attempt += 1
+                state.withLock { $0.retries += 1 }
+                logger.warning(
+                    "batch failed, retrying", metadata: ["error": "\(error)", "attempt": "\(attempt)", "size": "\(batch.count)"])
+                if Task.isShuttingDownGracefully || Task.isCancelled { return false }
+                try? await Task.sleep(for: configuration.retry.delay(attempt: attempt))
+            }
+        }
+    }
+
+    private struct Outcome: Sendable {
+        var handled = 0
+        var duplicates = 0
+        var deadLettered = 0
+    }
+
+    private func handle(_ batch: [KafkaMessage], on connection: PostgresConnection) async throws -> Outcome {
+        var outcome = Outcome()
+        for message in batch {
+            try await connection.execute("SAVEPOINT saga_event")
+            do {
+                switch try await handleOne(message, on: connection) {
+                case .handled: outcome.handled += 1
+                case .duplicate: outcome.duplicates += 1
+                }
+                try await connection.execute("RELEASE SAVEPOINT saga_event")
+            } catch let failure {
+                guard let reason = Self.permanentReason(failure) else { throw failure }
+                try await connection.execute("ROLLBACK TO SAVEPOINT saga_event")
+                if try await deadLetter(message, reason: reason, on: connection) { outcome.deadLettered += 1 }
+                try await connection.execute("RELEASE SAVEPOINT saga_event")
+            }
+        }
+        return outcome
+    }
+
+    private enum OneOutcome { case handled, duplicate }
+
+    private func handleOne(_ message: KafkaMessage, on connection: PostgresConnection) async throws -> OneOutcome {
+        guard let type = configuration.topics.eventType(ofTopic: message.topic), let handler = handlers[type] else {
+            throw EventDecodingError("no handler for topic \(message.topic)")
+        }
+        let event = try codec.decode(message, targetVersion: handler.version)
+        let inserted = try await connection.execute(
+            """
+            INSERT INTO saga_inbox (event_id, event_type, saga_id, source_topic, source_partition, source_offset)
+            VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (event_id) DO NOTHING
+            """,
+            [event.id, event.type, event.sagaId, message.topic, Int(message.partition), message.offset])
+        if inserted == 0 {
+            logger.debug("duplicate skipped", metadata: ["event": "\(event.id)", "saga": .string(event.sagaId)])
+            return .duplicate
+        }
+        let context = HandlerContext(connection: connection, service: configuration.name, event: event, logger: logger)
+        let emitted = try await handler.handle(event, context)
+        var rows: [(sagaId: String, eventId: UUID?, eventType: String?, message: KafkaOutgoingMessage)] = []
+        for out in emitted {
+            rows.append((out.envelope.sagaId, out.envelope.id, out.envelope.type, try codec.encode(out)))
+        }
+        try await Outbox.append(rows, on: connection)
+        return .handled
+    }
+
+    /// The reason to dead-letter for a permanent failure; nil when the failure is worth retrying.
+    static func permanentReason(_ error: any Error) -> String? {
+        switch error {
+        case let e as EventDecodingError: return e.reason
+        case let e as HandlerRejection: return "rejected: \(e.reason)"
+        case let e as EventEncodingError: return "handler emitted an invalid event: \(e.reason)"
+        case let e as PostgresError:
+            // Data problems caused by this event (class 22 data exception, class 23 integrity violation)
+            // are the event's; anything else (connection, serialization, a missing table during a
+            // deploy) is retried rather than dead-lettering every event.
+            if !e.isRetriable, let state = e.sqlState, state.hasPrefix("22") || state.hasPrefix("23") {
+                return "database rejected the event: \(e.description)"
+            }
+            return nil
+        case is CancellationError: return nil
+        default: return "handler failed: \(error)"
+        }
+    }
+
+    /// Writes a dead letter for `message` into the outbox. Returns false when this exact message
+    /// (topic, partition, offset) was dead-lettered before (a redelivery after a crash).
+    private func deadLetter(_ message: KafkaMessage, reason: String, on connection: PostgresConnection) async throws
+        -> Bool
+    {
+        let envelope = (try? JSONValue(parsing: message.value)).flatMap { try? EventEnvelope(validated: $0) }
+        let sagaId = envelope?.sagaId ?? message.key.map { String(decoding: $0, as: UTF8.self) } ?? "unknown"
+        let inserted = try await connection.execute(
+            """
+            INSERT INTO saga_dead_letters (source_topic, source_partition, source_offset, saga_id, event_id, reason)
+            VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING
+            """,
+            [message.topic, Int(message.partition), message.offset, sagaId, envelope?.id, reason])
+        guard inserted > 0 else { return false }
+        var headers = message.headers.filter { !$0.key.hasPrefix("dlq-") }
+        headers += [
+            KafkaHeader(key: SagaHeader.deadLetterReason, string: reason),
+            KafkaHeader(key: SagaHeader.deadLetterSourceTopic, string: message.topic),
+            KafkaHeader(key: SagaHeader.deadLetterSourcePartition, string: String(message.partition)),
+            KafkaHeader(key: SagaHeader.deadLetterSourceOffset, string: String(message.offset)),
+            KafkaHeader(key: SagaHeader.deadLetterConsumer, string: configuration.name),
+            KafkaHeader(key: SagaHeader.deadLetteredAt, string: Timestamp.format(Date())),
+        ]
+        let letter = KafkaOutgoingMessage(
+            topic: configuration.topics.deadLetterTopic(consumer: configuration.name), key: message.key,
+            value: message.value, headers: headers)
+        try await Outbox.append([(sagaId, envelope?.id, envelope?.type, letter)], on: connection)
+        logger.error(
+            "event dead-lettered",
+            metadata: [
+                "reason": .string(reason), "topic": .string(message.topic),
+                "partition": "\(message.partition)", "offset": "\(message.offset)", "saga": .string(sagaId),
+            ])
+        return true
+    }
+}

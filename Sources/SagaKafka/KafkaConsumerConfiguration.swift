@@ -1,0 +1,44 @@
+/// Settings for a ``KafkaConsumer``. Named properties are applied first, then `properties`.
+/// The consumer always sets `enable.auto.commit=false`, `enable.auto.offset.store=false` and
+/// `allow.auto.create.topics=true` before `properties`.
+public struct KafkaConsumerConfiguration: Sendable {
+    /// `bootstrap.servers`: comma-separated `host:port` list.
+    public var bootstrapServers: String
+    /// `group.id`.
+    public var groupId: String
+    /// `client.id`.
+    public var clientId: String = "saga"
+    /// `auto.offset.reset`: where a group without a committed offset starts (`earliest` or `latest`).
+    public var autoOffsetReset: String = "earliest"
+    /// `fetch.wait.max.ms`. librdkafka's mock cluster answers an empty fetch only after this
+    /// delay, so it bounds the latency there; a low value is harmless on real Kafka.
+    public var fetchWaitMaxMs: Int = 10
+    /// `session.timeout.ms`.
+    public var sessionTimeoutMs: Int = 10000
+    /// `max.poll.interval.ms`: the longest allowed gap between polls before the group evicts this member.
+    public var maxPollIntervalMs: Int = 300000
+    /// Raw librdkafka properties (TLS, SASL, `partition.assignment.strategy`, ...), applied last.
+    public var properties: [String: String] = [:]
+
+    public init(bootstrapServers: String, groupId: String) {
+        self.bootstrapServers = bootstrapServers
+        self.groupId = groupId
+    }
+
+    var librdkafkaProperties: [(String, String)] {
+        var result: [(String, String)] = [
+            ("bootstrap.servers", bootstrapServers),
+            ("group.id", groupId),
+            ("client.id", clientId),
+            ("auto.offset.reset", autoOffsetReset),
+            ("fetch.wait.max.ms", String(fetchWaitMaxMs)),
+            ("session.timeout.ms", String(sessionTimeoutMs)),
+            ("max.poll.interval.ms", String(maxPollIntervalMs)),
+            ("enable.auto.commit", "false"),
+            ("enable.auto.offset.store", "false"),
+            ("allow.auto.create.topics", "true"),
+        ]
+        result += properties.sorted(by: { $0.key < $1.key }).map { ($0.key, $0.value) }
+        return result
+    }
+}

@@ -1,0 +1,67 @@
+import Foundation
+
+/// How to reach a PostgreSQL server.
+///
+/// Every connection made from a configuration also sets `client_encoding` to UTF8,
+/// `TimeZone` to UTC and `DateStyle` to ISO, which the text decoders rely on.
+public struct PostgresConfiguration: Sendable {
+    /// A libpq connection URI: `postgresql://user:password@host:port/database?param=value`.
+    /// Any libpq URI parameter is accepted (`sslmode`, `options`, ...). The explicit fields
+    /// below win over the same setting given in the URL.
+    public var url: String
+    /// Reported to the server as `application_name` (visible in `pg_stat_activity`).
+    public var applicationName: String = "saga"
+    /// Schemas to put on each connection's `search_path` (e.g. `"orders"` or `"orders, public"`),
+    /// or `nil` to keep the server's default.
+    public var searchPath: String? = nil
+    /// How long establishing a connection may take. libpq treats 1 as 2, and 0 as no limit.
+    public var connectTimeoutSeconds: Int = 5
+
+    public init(url: String, searchPath: String? = nil) {
+        self.url = url
+        self.searchPath = searchPath
+    }
+
+    /// Removes the URL's password from `text` (libpq quotes a malformed URI in its messages).
+    func redact(_ text: String) -> String {
+        var result = text
+        let secrets = Self.passwords(in: url)
+        if !secrets.isEmpty {
+            var redactedURL = url
+            for secret in secrets { redactedURL = redactedURL.replacingAll(secret, with: "***") }
+            result = result.replacingAll(url, with: redactedURL)
+            for secret in secrets { result = result.replacingAll(secret, with: "***") }
+        }
+        return result
+    }
+
+    /// The password in a URI's user info or `password=` query parameter, raw and percent-decoded.
+    static func passwords(in url: String) -> [String] {
+        var found: [String] = []
+        if let schemeEnd = url.range(of: "://") {
+            let rest = url[schemeEnd.upperBound...]
+            let authority = rest.prefix { $0 != "/" && $0 != "?" }
+            if let at = authority.lastIndex(of: "@") {
+                let userInfo = authority[..<at]
+                if let colon = userInfo.firstIndex(of: ":") {
+                    found.append(String(userInfo[userInfo.index(after: colon)...]))
+                }
+            }
+        }
+        if let query = url.split(separator: "?", maxSplits: 1).dropFirst().first {
+            for pair in query.split(separator: "&") where pair.hasPrefix("password=") {
+                found.append(String(pair.dropFirst("password=".count)))
+            }
+        }
+        var all = found.filter { !$0.isEmpty }
+        for secret in all { if let decoded = secret.removingPercentEncoding, decoded != secret { all.append(decoded) } }
+        return all.sorted { $0.count > $1.count }
+    }
+}
+
+extension String {
+    func replacingAll(_ target: String, with replacement: String) -> String {
+        guard !target.isEmpty else { return self }
+        return self.split(separator: target, omittingEmptySubsequences: false).joined(separator: replacement)
+    }
+}

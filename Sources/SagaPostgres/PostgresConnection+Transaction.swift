@@ -1,0 +1,55 @@
+/// Transaction isolation levels, spelled as in `BEGIN ISOLATION LEVEL ...`.
+public enum PostgresIsolation: String, Sendable {
+    case readCommitted = "READ COMMITTED"
+    case repeatableRead = "REPEATABLE READ"
+    case serializable = "SERIALIZABLE"
+}
+
+extension PostgresConnection {
+    /// Runs `body` inside `BEGIN ISOLATION LEVEL <isolation>` ... `COMMIT`.
+    ///
+    /// - Returns `body`'s result once `COMMIT` succeeded.
+    /// - If `body` throws, the transaction is rolled back and `body`'s error is rethrown
+    ///   unchanged (a failing `ROLLBACK` is logged; the session is then unhealthy).
+    /// - Throws a ``PostgresError`` whose message starts with `BEGIN failed:` or
+    ///   `COMMIT failed:` when those statements fail. A transaction the server had already
+    ///   aborted (a statement in `body` failed and `body` caught the error) is reported as
+    ///   `COMMIT failed` with SQLSTATE `25P02`, never as a success.
+    /// - A serialization failure at commit keeps its SQLSTATE `40001` and `isRetriable`.
+    @discardableResult
+    public func withTransaction<T: Sendable>(
+        isolation: PostgresIsolation = .readCommitted, _ body: (PostgresConnection) async throws -> T
+    ) async throws -> T {
+        do {
+            try await execute("BEGIN ISOLATION LEVEL \(isolation.rawValue)")
+        } catch {
+            throw error.prefixed("BEGIN failed")
+        }
+        let value: T
+        do {
+            value = try await body(self)
+        } catch {
+            do {
+                try await execute("ROLLBACK")
+            } catch let rollbackError {
+                logger.error(
+                    "ROLLBACK failed after the transaction body threw",
+                    metadata: ["error": "\(rollbackError)", "bodyError": "\(String(reflecting: type(of: error)))"])
+            }
+            throw error
+        }
+        let tag: String
+        do {
+            tag = try await command("COMMIT")
+        } catch {
+            throw error.prefixed("COMMIT failed")
+        }
+        guard tag == "COMMIT" else {
+            throw PostgresError(
+                kind: .query,
+                message: "COMMIT failed: the transaction had been aborted by an earlier error and was rolled back",
+                sqlState: "25P02")
+        }
+        return value
+    }
+}

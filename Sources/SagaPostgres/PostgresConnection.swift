@@ -1,0 +1,164 @@
+import Dispatch
+import Logging
+import Synchronization
+
+/// One PostgreSQL session.
+///
+/// Every libpq call for the session runs on the connection's own serial `DispatchQueue`, never on
+/// Swift's cooperative pool; async callers are suspended meanwhile. Statements from concurrent
+/// callers run one at a time in arrival order, but a transaction is only meaningful for one
+/// caller at a time: share a ``PostgresPool`` between tasks, not a connection.
+public final class PostgresConnection: Sendable {
+    private let queue: DispatchQueue
+    private let confined: QueueConfined
+    private let health: Mutex<PQConnection.Health>
+    let logger: Logger
+    /// The server process id of this session (for `pg_terminate_backend`, `pg_stat_activity`).
+    public let backendPID: Int32
+
+    private init(queue: DispatchQueue, confined: QueueConfined, health: PQConnection.Health, pid: Int32, logger: Logger)
+    {
+        self.queue = queue
+        self.confined = confined
+        self.health = Mutex(health)
+        self.backendPID = pid
+        self.logger = logger
+    }
+
+    /// Opens a session, then sets UTC time zone, ISO DateStyle and the configured `search_path`.
+    ///
+    /// - Throws: `.invalidConfiguration` for a URL libpq cannot parse; `.connection` when the
+    ///   server cannot be reached, refuses the login, or the time-out passes. Messages never
+    ///   contain the URL's password.
+    public static func connect(_ configuration: PostgresConfiguration, logger: Logger) async throws(PostgresError)
+        -> PostgresConnection
+    {
+        let queue = DispatchQueue(label: "saga.postgres.connection")
+        let confined = QueueConfined()
+        let result: Result<(PQConnection.Health, Int32), PostgresError> = await withCheckedContinuation {
+            continuation in
+            queue.async {
+                continuation.resume(
+                    returning: Result { () throws(PostgresError) in
+                        let connection = try PQConnection.connect(configuration, logger: logger)
+                        confined.connection = connection
+                        return (connection.health, connection.backendPID)
+                    })
+            }
+        }
+        let (health, pid) = try result.get()
+        var connectionLogger = logger
+        connectionLogger[metadataKey: "postgres.pid"] = "\(pid)"
+        return PostgresConnection(queue: queue, confined: confined, health: health, pid: pid, logger: connectionLogger)
+    }
+
+    /// Runs `operation` on the connection's queue and records the session's health afterwards.
+    func run<R: Sendable>(_ operation: @escaping @Sendable (PQConnection) throws(PostgresError) -> R)
+        async throws(PostgresError) -> R
+    {
+        let result: Result<R, PostgresError> = await withCheckedContinuation { continuation in
+            queue.async { [self] in
+                guard let connection = confined.connection, connection.isOpen else {
+                    continuation.resume(returning: .failure(.closed))
+                    return
+                }
+                let result = Result { () throws(PostgresError) in try operation(connection) }
+                let state = connection.health
+                health.withLock { $0 = state }
+                continuation.resume(returning: result)
+            }
+        }
+        return try result.get()
+    }
+
+    /// Runs one statement with bind parameters and returns its rows.
+    ///
+    /// Values travel as text-format parameters (`$1`, `$2`, ...), never inside the SQL text.
+    /// - Throws: `.query` with the server's SQLSTATE when the statement fails; `.connection` when
+    ///   the session broke (the connection is then unusable); `.closed` after ``close()``.
+    @discardableResult
+    public func query(_ sql: String, _ binds: [PostgresBind] = []) async throws(PostgresError) -> [PostgresRow] {
+        let binds = SendableBinds(binds)
+        return try await run { connection throws(PostgresError) in
+            try connection.execute(sql, binds.values, wantRows: true).rows
+        }
+    }
+
+    /// Runs one statement with bind parameters and returns the number of rows it affected
+    /// (0 for statements that report no count).
+    /// - Throws: like ``query(_:_:)``.
+    @discardableResult
+    public func execute(_ sql: String, _ binds: [PostgresBind] = []) async throws(PostgresError) -> Int {
+        let binds = SendableBinds(binds)
+        return try await run { connection throws(PostgresError) in
+            try connection.execute(sql, binds.values, wantRows: false).affectedRows
+        }
+    }
+
+    /// Runs a parameterless script that may hold several statements (migrations, schema setup).
+    /// Outside a transaction the statements run as one implicit transaction; the first error
+    /// stops the script.
+    /// - Throws: like ``query(_:_:)``.
+    public func executeScript(_ sql: String) async throws(PostgresError) {
+        try await run { connection throws(PostgresError) in try connection.executeScript(sql) }
+    }
+
+    /// Runs a statement and returns its command tag (`COMMIT`, `ROLLBACK`, `INSERT 0 1`, ...).
+    func command(_ sql: String) async throws(PostgresError) -> String {
+        try await run { connection throws(PostgresError) in
+            try connection.execute(sql, [], wantRows: false).commandTag
+        }
+    }
+
+    /// `true` while the session is open and not inside a failed transaction block, as of the
+    /// last operation (a server-side kill is noticed by the next operation or a pool check-out).
+    public var isHealthy: Bool { health.withLock { $0.isHealthy } }
+
+    var transactionState: PQConnection.Health.Transaction { health.withLock { $0.transaction } }
+
+    /// Reads pending input without blocking so that a session the server ended is detected.
+    /// Returns ``isHealthy`` afterwards.
+    func probe() async -> Bool {
+        do {
+            try await run { connection throws(PostgresError) in _ = connection.consumeAvailableInput() }
+        } catch {
+            return false
+        }
+        return isHealthy
+    }
+
+    /// Ends the session (`PQfinish`). Idempotent; later operations throw `.closed`.
+    public func close() async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            queue.async { [self] in
+                confined.connection?.close()
+                confined.connection = nil
+                health.withLock { $0 = PQConnection.Health(open: false, transaction: .idle) }
+                continuation.resume()
+            }
+        }
+    }
+
+    /// Quotes `name` as an SQL identifier (`"my ""schema"""`) for the rare statement that cannot
+    /// take it as a parameter, such as `CREATE SCHEMA`. Values must still go as bind parameters.
+    public static func quoteIdentifier(_ name: String) -> String {
+        "\"" + name.replacingAll("\"", with: "\"\"") + "\""
+    }
+}
+
+/// Holds the connection's `PQConnection`.
+///
+/// `@unchecked Sendable` is safe because `connection` is read and written only inside blocks
+/// submitted to the owning ``PostgresConnection``'s serial queue, which orders every access.
+private final class QueueConfined: @unchecked Sendable {
+    var connection: PQConnection?
+}
+
+/// The caller's binds, carried to the connection's queue.
+///
+/// `PostgresEncodable` requires `Sendable`, so the array is safe to send; the wrapper only spells
+/// that out for the existential optional array.
+struct SendableBinds: Sendable {
+    let values: [PostgresBind]
+    init(_ values: [PostgresBind]) { self.values = values }
+}

@@ -1,0 +1,29 @@
+import Foundation
+import Logging
+import SagaKafka
+
+/// Where tests find a Kafka broker.
+public enum KafkaTestBroker {
+    /// `SAGA_KAFKA_BOOTSTRAP` when set (a real broker, or the `saga broker` process a test
+    /// script started), else a fresh in-process ``KafkaMockCluster`` that the caller must keep
+    /// alive for as long as it uses `servers`.
+    ///
+    /// - Throws: ``KafkaError`` when the mock cluster cannot start.
+    public static func bootstrap() throws -> (servers: String, cluster: KafkaMockCluster?) {
+        if let servers = ProcessInfo.processInfo.environment["SAGA_KAFKA_BOOTSTRAP"], !servers.isEmpty {
+            return (servers, nil)
+        }
+        let cluster = try KafkaMockCluster(brokers: 3, logger: Logger(label: "saga.kafka.test-broker"))
+        return (cluster.bootstrapServers, cluster)
+    }
+
+    /// Whether tests run against an external broker (`SAGA_KAFKA_BOOTSTRAP` is set).
+    public static var usesExternalBroker: Bool {
+        !(ProcessInfo.processInfo.environment["SAGA_KAFKA_BOOTSTRAP"] ?? "").isEmpty
+    }
+
+    /// `prefix` plus a random suffix: a topic or group name no other test uses.
+    public static func uniqueName(_ prefix: String) -> String {
+        "\(prefix)-\(UUID().uuidString.prefix(8).lowercased())"
+    }
+}

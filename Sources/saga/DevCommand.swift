@@ -1,0 +1,123 @@
+import ArgumentParser
+import Logging
+import Foundation
+import SagaEngine
+import SagaKafka
+import SagaServices
+import ServiceLifecycle
+
+struct DevCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "dev",
+        abstract: "Run the whole stack locally: embedded broker, local PostgreSQL, workers, relays, HTTP API.",
+        discussion: """
+            Uses SAGA_KAFKA_BOOTSTRAP / SAGA_DATABASE_URL when set; otherwise hosts librdkafka's mock cluster
+            in-process and uses the checkout's local PostgreSQL (starting it with scripts/pg when it is not
+            running). Seeds the demo catalogue, prints the addresses and writes them to .saga/dev.json so
+            other saga commands find the stack. Runs until SIGINT/SIGTERM, then stops everything it started.
+            """)
+
+    @Option(help: "Partitions of each saga topic on the embedded broker.") var partitions: Int32 = 8
+
+    func run() async throws {
+        try LogSetup.bootstrap()
+        var configured: SagaEnvironment
+        do { configured = try SagaEnvironment.load(devFile: nil) } catch { throw error.validation }
+        let logger = Logger(label: "saga.dev")
+
+        var cluster: KafkaMockCluster?
+        if configured.kafkaBootstrap == nil {
+            let c = try KafkaMockCluster(brokers: 3, logger: logger)
+            for topic in sagaTopics(configured.topics) { try c.createTopic(topic, partitions: partitions) }
+            configured.kafkaBootstrap = c.bootstrapServers
+            cluster = c
+        }
+        let env = configured
+        let startedPostgres = try await LocalPostgres.ensureReachable(env: env, logger: logger)
+
+        let embedded = cluster != nil
+        let stack = Stack(env: env, logger: logger)
+        do {
+            try await stack.migrate()
+            try await stack.seed()
+            var services: [any Service] = []
+            for s in Stack.services { services.append(try stack.relay(s)) }
+            for s in Stack.services { services.append(try stack.worker(s)) }
+            let (http, pool) = stack.ordersHTTP(port: env.httpPort) { port in
+                let file = DevStackFile(
+                    http: "http://\(env.httpHost):\(port)", kafkaBootstrap: env.kafkaBootstrap ?? "",
+                    databaseURL: env.databaseURL,
+                    schemas: Dictionary(uniqueKeysWithValues: Stack.services.map { ($0, env.database($0).schema) }),
+                    pid: getpid())
+                do { try file.write() } catch { logger.error("cannot write \(DevStackFile.path): \(error)") }
+                say(
+                    """
+                    saga dev: the local stack is up (Ctrl-C stops it)
+                      HTTP API    \(file.http)   (POST /orders, GET /orders/{id})
+                      Kafka       \(file.kafkaBootstrap)\(embedded ? "   (embedded mock cluster)" : "")
+                      PostgreSQL  \(Redact.url(file.databaseURL))   (schemas: \(Stack.services.map { env.database($0).schema }.joined(separator: ", ")))
+                      wrote \(DevStackFile.path)
+                    """)
+            }
+            services.append(http)
+            try await Stack.run(services, logger: logger)
+            await pool.close()
+        } catch {
+            try? FileManager.default.removeItem(atPath: DevStackFile.path)
+            cluster?.shutdown()
+            if startedPostgres { LocalPostgres.stop() }
+            throw error
+        }
+        try? FileManager.default.removeItem(atPath: DevStackFile.path)
+        cluster?.shutdown()
+        if startedPostgres { LocalPostgres.stop() }
+    }
+}
+
+/// The checkout's local PostgreSQL (scripts/pg), for `saga dev` when SAGA_DATABASE_URL is not set.
+enum LocalPostgres {
+    /// Connects once; when that fails and no SAGA_DATABASE_URL was given, starts the local server with
+    /// `scripts/pg start`. Returns true when it started it (so the caller stops it again).
+    static func ensureReachable(env: SagaEnvironment, logger: Logger) async throws -> Bool {
+        if await reachable(env.databaseURL, logger: logger) { return false }
+        let explicit = ProcessInfo.processInfo.environment["SAGA_DATABASE_URL"].map { !$0.isEmpty } ?? false
+        guard !explicit, FileManager.default.isExecutableFile(atPath: "scripts/pg") else {
+            throw ValidationError(
+                "cannot reach PostgreSQL at \(Redact.url(env.databaseURL)): start it (scripts/pg start) or set SAGA_DATABASE_URL")
+        }
+        logger.info("starting the local PostgreSQL (scripts/pg start)")
+        try runScript(["start"])
+        guard await reachable(env.databaseURL, logger: logger) else {
+            throw ValidationError("started the local PostgreSQL but cannot reach \(Redact.url(env.databaseURL))")
+        }
+        return true
+    }
+
+    static func stop() { try? runScript(["stop"]) }
+
+    private static func reachable(_ url: String, logger: Logger) async -> Bool {
+        guard let c = try? await PostgresConnection.connect(PostgresConfiguration(url: url), logger: logger) else {
+            return false
+        }
+        await c.close()
+        return true
+    }
+
+    private static func runScript(_ args: [String]) throws {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "scripts/pg")
+        p.arguments = args
+        try p.run()
+        p.waitUntilExit()
+        guard p.terminationStatus == 0 else { throw ValidationError("scripts/pg \(args.joined(separator: " ")) failed") }
+    }
+}
+
+/// Hides the password of a connection URL before it is printed or logged.
+enum Redact {
+    static func url(_ url: String) -> String {
+        guard var c = URLComponents(string: url), c.password != nil else { return url }
+        c.password = "***"
+        return c.string ?? url
+    }
+}

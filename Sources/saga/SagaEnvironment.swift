@@ -1,0 +1,146 @@
+import Foundation
+import SagaEngine
+
+/// Configuration from the environment, with the local stack (`.saga/dev.json`) as the fallback.
+/// Every variable is listed in the README with its default.
+struct SagaEnvironment: Sendable {
+    var kafkaBootstrap: String?
+    var kafkaProperties: [String: String]
+    var databaseURL: String
+    var serviceDatabaseURLs: [String: String]
+    var topicPrefix: String
+    var httpHost: String
+    var httpPort: Int
+    var orderCreatedVersion: Int
+    var workerBatchSize: Int
+    var relayBatchSize: Int
+    var relayMaxShards: Int
+    var inboxRetention: Duration
+    var outboxRetention: Duration
+    var fetchWaitMaxMs: Int
+
+    static let defaultDatabaseURL = "postgresql://postgres@127.0.0.1:55432/saga"
+
+    /// Reads the environment. - Throws: `ConfigurationError` naming the variable and what is wrong with it.
+    static func load(_ env: [String: String] = ProcessInfo.processInfo.environment, devFile: DevStackFile? = DevStackFile.read())
+        throws(ConfigurationError) -> SagaEnvironment
+    {
+        func int(_ name: String, _ fallback: Int, _ range: ClosedRange<Int>) throws(ConfigurationError) -> Int {
+            guard let raw = env[name], !raw.isEmpty else { return fallback }
+            guard let v = Int(raw), range.contains(v) else {
+                throw ConfigurationError("\(name)='\(raw)': expected a whole number in \(range.lowerBound)...\(range.upperBound)")
+            }
+            return v
+        }
+        func duration(_ name: String, _ fallback: Duration) throws(ConfigurationError) -> Duration {
+            guard let raw = env[name], !raw.isEmpty else { return fallback }
+            guard let d = DurationParser.parse(raw) else {
+                throw ConfigurationError("\(name)='\(raw)': expected a duration such as 90s, 15m, 2h or 7d")
+            }
+            return d
+        }
+        var urls: [String: String] = [:]
+        for service in ["orders", "inventory", "billing"] {
+            if let u = env["SAGA_\(service.uppercased())_DATABASE_URL"], !u.isEmpty { urls[service] = u }
+        }
+        let version = try int("SAGA_ORDER_CREATED_VERSION", 2, 1...2)
+        return SagaEnvironment(
+            kafkaBootstrap: env["SAGA_KAFKA_BOOTSTRAP"].flatMap { $0.isEmpty ? nil : $0 } ?? devFile?.kafkaBootstrap,
+            kafkaProperties: try parseProperties(env["SAGA_KAFKA_PROPERTIES"] ?? ""),
+            databaseURL: env["SAGA_DATABASE_URL"].flatMap { $0.isEmpty ? nil : $0 } ?? devFile?.databaseURL
+                ?? defaultDatabaseURL,
+            serviceDatabaseURLs: urls,
+            topicPrefix: env["SAGA_TOPIC_PREFIX"] ?? "",
+            httpHost: env["SAGA_HTTP_HOST"].flatMap { $0.isEmpty ? nil : $0 } ?? "127.0.0.1",
+            httpPort: try int("SAGA_HTTP_PORT", 8080, 0...65535),
+            orderCreatedVersion: version,
+            workerBatchSize: try int("SAGA_WORKER_BATCH_SIZE", 200, 1...10_000),
+            relayBatchSize: try int("SAGA_RELAY_BATCH_SIZE", 500, 1...10_000),
+            relayMaxShards: try int("SAGA_RELAY_MAX_SHARDS", EngineMigrations.shardCount, 1...EngineMigrations.shardCount),
+            inboxRetention: try duration("SAGA_INBOX_RETENTION", .seconds(7 * 86400)),
+            outboxRetention: try duration("SAGA_OUTBOX_RETENTION", .seconds(3600)),
+            fetchWaitMaxMs: try int("SAGA_KAFKA_FETCH_WAIT_MAX_MS", 10, 1...10_000))
+    }
+
+    /// `key=value` pairs separated by `;` or newlines, passed to librdkafka as they are.
+    static func parseProperties(_ raw: String) throws(ConfigurationError) -> [String: String] {
+        var out: [String: String] = [:]
+        for item in raw.split(whereSeparator: { $0 == ";" || $0 == "\n" }) {
+            let trimmed = item.trimmingCharacters(in: .whitespaces)
+            guard !trimmed.isEmpty else { continue }
+            guard let eq = trimmed.firstIndex(of: "="), eq != trimmed.startIndex else {
+                throw ConfigurationError("SAGA_KAFKA_PROPERTIES: '\(trimmed)' is not key=value")
+            }
+            out[String(trimmed[..<eq])] = String(trimmed[trimmed.index(after: eq)...])
+        }
+        return out
+    }
+
+    /// The Kafka settings. - Throws: when no broker is configured and no local stack runs.
+    func kafka() throws(ConfigurationError) -> KafkaSettings {
+        guard let kafkaBootstrap else {
+            throw ConfigurationError(
+                "no Kafka broker: set SAGA_KAFKA_BOOTSTRAP, or start the local stack with `saga dev` (or `saga broker`)")
+        }
+        return KafkaSettings(bootstrapServers: kafkaBootstrap, properties: kafkaProperties, fetchWaitMaxMs: fetchWaitMaxMs)
+    }
+
+    var topics: TopicNaming { TopicNaming(prefix: topicPrefix) }
+
+    /// A service's database: its own schema (named as the service) in `SAGA_<SERVICE>_DATABASE_URL`
+    /// or `SAGA_DATABASE_URL`.
+    func database(_ service: String) -> ServiceDatabase {
+        ServiceDatabase(url: serviceDatabaseURLs[service] ?? databaseURL, schema: topicPrefix.isEmpty
+            ? service : sanitized(topicPrefix) + service)
+    }
+
+    private func sanitized(_ prefix: String) -> String {
+        String(prefix.lowercased().map { $0.isLetter || $0.isNumber ? $0 : "_" })
+    }
+}
+
+struct ConfigurationError: Error, CustomStringConvertible {
+    var description: String
+    init(_ description: String) { self.description = description }
+}
+
+/// `90s`, `15m`, `2h`, `7d`, `500ms`.
+enum DurationParser {
+    static func parse(_ raw: String) -> Duration? {
+        let units: [(String, Int64)] = [("ms", 1), ("s", 1000), ("m", 60_000), ("h", 3_600_000), ("d", 86_400_000)]
+        for (suffix, ms) in units where raw.hasSuffix(suffix) {
+            let number = raw.dropLast(suffix.count)
+            if suffix == "s" && number.hasSuffix("m") { continue }
+            guard let n = Int64(number), n >= 0 else { return nil }
+            return .milliseconds(n * ms)
+        }
+        return nil
+    }
+}
+
+/// `.saga/dev.json`: where `saga dev` says the local stack is, so other commands need no configuration.
+struct DevStackFile: Codable, Sendable {
+    var http: String
+    var kafkaBootstrap: String
+    var databaseURL: String
+    var schemas: [String: String]
+    var pid: Int32
+
+    static let path = ".saga/dev.json"
+
+    /// The file, when present and its process is still alive.
+    static func read(from path: String = DevStackFile.path) -> DevStackFile? {
+        guard let data = FileManager.default.contents(atPath: path),
+            let file = try? JSONDecoder().decode(DevStackFile.self, from: data), kill(file.pid, 0) == 0
+        else { return nil }
+        return file
+    }
+
+    func write(to path: String = DevStackFile.path) throws {
+        try FileManager.default.createDirectory(
+            atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        try encoder.encode(self).write(to: URL(fileURLWithPath: path))
+    }
+}

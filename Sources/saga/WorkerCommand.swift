@@ -1,0 +1,93 @@
+import ArgumentParser
+import SagaEngine
+import ServiceLifecycle
+
+struct WorkerCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "worker",
+        abstract: "Run one service's worker: consume its events, handle them, write the outbox.",
+        discussion: """
+            orders also serves the HTTP API (POST /orders, GET /orders/{id}, GET /health) on
+            SAGA_HTTP_HOST:SAGA_HTTP_PORT. Stops gracefully on SIGTERM/SIGINT: the batch in flight
+            commits or rolls back, offsets are committed, the consumer leaves its group.
+            """)
+
+    @Argument(help: "The service: orders, inventory or billing.")
+    var service: String
+
+    func validate() throws {
+        guard Stack.services.contains(service) else {
+            throw ValidationError("unknown service '\(service)': expected one of \(Stack.services.joined(separator: ", "))")
+        }
+    }
+
+    func run() async throws {
+        let runtime = try Runtime.start("saga.worker.\(service)")
+        let stack = runtime.stack
+        let worker: Worker
+        do { worker = try stack.worker(service) } catch { throw error.validation }
+        var services: [any Service] = [worker]
+        var pool: PostgresPool?
+        if service == "orders" {
+            try await stack.migrate(["orders"])
+            let (http, p) = stack.ordersHTTP(port: runtime.env.httpPort) { port in
+                runtime.logger.info("orders HTTP API listening", metadata: ["address": "\(runtime.env.httpHost):\(port)"])
+            }
+            services.append(http)
+            pool = p
+        }
+        try await Stack.run(services, logger: runtime.logger)
+        await pool?.close()
+    }
+}
+
+struct RelayCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "relay",
+        abstract: "Publish committed outbox rows to Kafka (one relay per service database).",
+        discussion: """
+            Wakes on LISTEN/NOTIFY, polls every second as a fallback, publishes in batches with the
+            idempotent producer and marks rows only after the broker acknowledged them. Several instances
+            may run at once: they split the outbox shards through advisory locks (SAGA_RELAY_MAX_SHARDS
+            caps how many one instance takes), which keeps each saga's events in order.
+            """)
+
+    @Argument(help: "The services whose outboxes to relay (default: all three).")
+    var services: [String] = []
+
+    func validate() throws {
+        for s in services where !Stack.services.contains(s) {
+            throw ValidationError("unknown service '\(s)': expected one of \(Stack.services.joined(separator: ", "))")
+        }
+    }
+
+    func run() async throws {
+        let runtime = try Runtime.start("saga.relay")
+        var relays: [any Service] = []
+        do {
+            for s in services.isEmpty ? Stack.services : services { relays.append(try runtime.stack.relay(s)) }
+        } catch { throw error.validation }
+        try await Stack.run(relays, logger: runtime.logger)
+    }
+}
+
+struct MigrateCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "migrate",
+        abstract: "Create each service's schema and apply pending migrations (workers also do this at start).")
+
+    @Argument(help: "The services (default: all three).")
+    var services: [String] = []
+
+    @Flag(help: "Also insert the demo catalogue (products, stock, customers) where missing.")
+    var seed = false
+
+    func run() async throws {
+        let runtime = try Runtime.start("saga.migrate")
+        let names = services.isEmpty ? Stack.services : services
+        for s in names where !Stack.services.contains(s) { throw ValidationError("unknown service '\(s)'") }
+        try await runtime.stack.migrate(names)
+        if seed { try await runtime.stack.seed() }
+        print("migrated: \(names.joined(separator: ", "))\(seed ? " (demo catalogue seeded)" : "")")
+    }
+}

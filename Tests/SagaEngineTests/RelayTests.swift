@@ -1,0 +1,145 @@
+import Foundation
+import Logging
+import SagaEngine
+import SagaKafka
+import SagaTestSupport
+import Synchronization
+import Testing
+
+/// The outbox relay against a real PostgreSQL and broker.
+@Suite(.serialized) struct RelayTests {
+    struct Fixture {
+        let logger: Logger
+        let database: ServiceDatabase
+        let kafka: KafkaSettings
+        let cluster: KafkaMockCluster?
+        let topic: String
+
+        init() async throws {
+            var logger = Logger(label: "relay-test")
+            logger.logLevel = .warning
+            self.logger = logger
+            database = ServiceDatabase(url: PostgresTestDatabase.url, schema: try await PostgresTestDatabase.freshSchema("relay"))
+            try await database.prepare(migrations: [], logger: logger)
+            let broker = try KafkaTestBroker.bootstrap()
+            cluster = broker.cluster
+            kafka = KafkaSettings(bootstrapServers: broker.servers)
+            topic = KafkaTestBroker.uniqueName("relay")
+            try cluster?.createTopic(topic, partitions: 4)
+        }
+
+        func relay(maxShards: Int = EngineMigrations.shardCount) -> (OutboxRelay, Task<Void, any Error>) {
+            var c = RelayConfiguration(name: "test", kafka: kafka, database: database)
+            c.maxShards = maxShards
+            c.pollInterval = .milliseconds(200)
+            c.claimInterval = .milliseconds(100)
+            let relay = OutboxRelay(configuration: c, logger: logger)
+            return (relay, Task { try await relay.run() })
+        }
+
+        func message(saga: String, seq: Int) -> (sagaId: String, eventId: UUID?, eventType: String?, message: KafkaOutgoingMessage) {
+            (saga, nil, nil, KafkaOutgoingMessage(topic: topic, key: Array(saga.utf8), value: Array("\(saga):\(seq)".utf8), headers: [KafkaHeader(key: "seq", string: String(seq))]))
+        }
+
+        func consume(atLeast count: Int, timeout: Duration = .seconds(30)) async throws -> [KafkaMessage] {
+            let consumer = try KafkaConsumer(
+                configuration: kafka.consumer(groupId: KafkaTestBroker.uniqueName("g"), clientId: "test"), logger: logger)
+            try consumer.subscribe(topics: [topic])
+            var out: [KafkaMessage] = []
+            let deadline = ContinuousClock.now + timeout
+            while out.count < count && ContinuousClock.now < deadline {
+                out += try await consumer.poll(maxMessages: 1000, timeout: .milliseconds(100))
+            }
+            await consumer.close()
+            return out
+        }
+
+        func unpublished() async throws -> Int {
+            let pool = PostgresPool(configuration: database.configuration, size: 1, logger: logger)
+            let n: Int = try await pool.query("SELECT count(*) AS n FROM saga_outbox WHERE published_at IS NULL").first!.decode("n")
+            await pool.close()
+            return n
+        }
+
+        func tearDown(_ tasks: [Task<Void, any Error>]) async {
+            for t in tasks { t.cancel() }
+            for t in tasks { _ = await t.result }
+            try? await PostgresTestDatabase.dropSchema(database.schema)
+            cluster?.shutdown()
+        }
+    }
+
+    @Test func onlyCommittedRowsArePublishedAndALateCommitWithALowerIdIsNotSkipped() async throws {
+        let f = try await Fixture()
+        let (_, task) = f.relay()
+        // Transaction A takes the lower id and stays open; B takes a higher id and commits first.
+        let a = try await PostgresConnection.connect(f.database.configuration, logger: f.logger)
+        try await a.execute("BEGIN")
+        try await Outbox.append([f.message(saga: "a", seq: 1)], on: a)
+        let pool = PostgresPool(configuration: f.database.configuration, size: 1, logger: f.logger)
+        try await pool.withTransaction { try await Outbox.append([f.message(saga: "b", seq: 1)], on: $0) }
+        let first = try await f.consume(atLeast: 1)
+        #expect(first.map { String(decoding: $0.value, as: UTF8.self) } == ["b:1"])
+        // Nothing of the open transaction leaks out while it is open.
+        try await Task.sleep(for: .seconds(1))
+        #expect(try await f.unpublished() == 0)  // A's row is invisible, so nothing counts as pending yet
+        try await a.execute("COMMIT")
+        let both = try await f.consume(atLeast: 2)
+        await a.close()
+        await pool.close()
+        await f.tearDown([task])
+        #expect(Set(both.map { String(decoding: $0.value, as: UTF8.self) }) == ["a:1", "b:1"])
+    }
+
+    @Test func perSagaOrderHoldsWithTwoRelayInstances() async throws {
+        let f = try await Fixture()
+        let (r1, t1) = f.relay(maxShards: 8)
+        let (r2, t2) = f.relay(maxShards: 8)
+        let pool = PostgresPool(configuration: f.database.configuration, size: 4, logger: f.logger)
+        let sagas = (0..<40).map { "saga-\($0)" }
+        let steps = 5
+        // Each saga's events commit one after another, interleaved with the other sagas', from 4 writers.
+        for seq in 0..<steps {
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for chunk in stride(from: 0, to: sagas.count, by: 10) {
+                    group.addTask {
+                        for saga in sagas[chunk..<chunk + 10] {
+                            try await pool.withTransaction { try await Outbox.append([f.message(saga: saga, seq: seq)], on: $0) }
+                        }
+                    }
+                }
+                try await group.waitForAll()
+            }
+        }
+        let messages = try await f.consume(atLeast: sagas.count * steps)
+        let published = (r1.stats.published, r2.stats.published)
+        let shards = (r1.stats.ownedShards, r2.stats.ownedShards)
+        await pool.close()
+        await f.tearDown([t1, t2])
+
+        #expect(messages.count == sagas.count * steps)
+        #expect(published.0 > 0 && published.1 > 0, "both relays should publish: \(published)")
+        #expect(Set(shards.0).isDisjoint(with: shards.1))
+        var seen: [String: [Int]] = [:]
+        for m in messages {
+            seen[String(decoding: m.key ?? [], as: UTF8.self), default: []].append(Int(m.header("seq") ?? "") ?? -1)
+        }
+        for saga in sagas { #expect(seen[saga] == Array(0..<steps), "\(saga): \(seen[saga] ?? [])") }
+    }
+
+    @Test func publishedRowsAreCleanedUpAfterRetention() async throws {
+        let f = try await Fixture()
+        let pool = PostgresPool(configuration: f.database.configuration, size: 1, logger: f.logger)
+        try await pool.withTransaction { c in
+            try await Outbox.append((0..<3).map { f.message(saga: "s", seq: $0) }, on: c)
+        }
+        try await pool.execute("UPDATE saga_outbox SET published_at = now() - interval '2 hours' WHERE id IN (SELECT min(id) FROM saga_outbox)")
+        try await pool.execute("UPDATE saga_outbox SET published_at = now() WHERE published_at IS NULL AND id = (SELECT max(id) FROM saga_outbox)")
+        let deleted = await Retention.cleanOutbox(pool: pool, olderThan: .seconds(3600), logger: f.logger)
+        let left = try await pool.query("SELECT published_at IS NULL AS pending FROM saga_outbox ORDER BY id")
+        await pool.close()
+        await f.tearDown([])
+        #expect(deleted == 1)
+        #expect(try left.map { try $0.decode("pending", as: Bool.self) } == [true, false])
+    }
+}

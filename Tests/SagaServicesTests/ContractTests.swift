@@ -1,0 +1,57 @@
+import Foundation
+import SagaEngine
+import SagaKafka
+import SagaSchemas
+import SagaServices
+import Testing
+
+/// Every event the code emits validates against its JSON Schema in schemas/.
+@Suite(.serialized) struct ContractTests {
+    @Test func everyEmittedEventValidatesAgainstItsSchema() async throws {
+        let stack = try await TestStack()
+        try stack.startAll()
+        let ids = [
+            try await stack.place("alice", [("widget", 1)]), try await stack.place("carol", [("gadget", 1)]),
+            try await stack.place("alice", [("doohickey", 1)]),
+        ]
+        for id in ids { _ = try await stack.waitForTerminal(id) }
+        let events = try await stack.consumeAll(sagaEventTypes.map(stack.topics.topic(for:)), atLeast: 12)
+        await stack.stop()
+
+        #expect(Set(events.map(\.topic)) == Set(sagaEventTypes.map(stack.topics.topic(for:))))
+        let registry = SchemaRegistry.shared
+        for message in events {
+            let json = try JSONValue(parsing: message.value)
+            #expect(registry.validateEnvelope(json).isEmpty, "\(message.topic)")
+            let envelope = try EventEnvelope(validated: json)
+            #expect(registry.validate(type: envelope.type, version: envelope.version, data: envelope.data) == [])
+            #expect(message.header(SagaHeader.eventType) == envelope.type)
+            #expect(message.header(SagaHeader.eventVersion) == String(envelope.version))
+            #expect(message.key.map { String(decoding: $0, as: UTF8.self) } == envelope.sagaId)
+            #expect(envelope.traceparent.map(TraceParent.isValid) == true)
+        }
+        // Causation: every event but order.created names the event that caused it, within its saga.
+        let byId = Dictionary(uniqueKeysWithValues: try events.map { m in
+            let e = try EventEnvelope(validated: try JSONValue(parsing: m.value))
+            return (e.id, e)
+        })
+        for e in byId.values where e.type != "order.created" {
+            let cause = try #require(e.causationId.flatMap { byId[$0] }, "\(e.type) has no known cause")
+            #expect(cause.sagaId == e.sagaId)
+            #expect(TraceParent.traceId(cause.traceparent ?? "") == TraceParent.traceId(e.traceparent ?? ""))
+        }
+    }
+
+    @Test func theUpcasterTurnsEveryV1IntoAValidV2() throws {
+        let v1 = OrderCreatedV1(
+            orderId: UUID().uuidString.lowercased(), customerId: "alice", currency: "EUR",
+            lines: [OrderLine(sku: "widget", quantity: 2), OrderLine(sku: "gadget", quantity: 1)], totalAmount: 5500)
+        let v2json = try OrderCreatedV2.upcasterFromV1.transform(try JSONValue(encoding: v1))
+        #expect(SchemaRegistry.shared.validate(type: "order.created", version: 2, data: v2json) == [])
+        let v2 = try v2json.decode(OrderCreatedV2.self)
+        #expect(v2.total == Money(amount: 5500, currency: "EUR"))
+        #expect(v2.lines.map(\.sku) == ["widget", "gadget"])
+        #expect(v2.lines.allSatisfy { $0.unitPrice == nil })
+        #expect(v2.v1 == v1)
+    }
+}
