@@ -121,7 +121,7 @@ saga_cleanup() {
     exit "$status"
 }
 
-saga_bin() { (cd "$SAGA_ROOT" && swift build --show-bin-path)/saga; }
+saga_bin() { echo "$(cd "$SAGA_ROOT" && swift build --show-bin-path)/saga"; }
 
 # The embedded broker as its own process (`saga broker`), its bootstrap servers in SAGA_KAFKA_BOOTSTRAP.
 saga_broker_start() {

@@ -74,7 +74,8 @@ public final class OutboxRelay: Service, Sendable {
 
     private var channel: String { "saga_outbox_" + configuration.database.schema }
 
-    /// Runs until graceful shutdown or cancellation; reconnects after database failures.
+    /// Runs until graceful shutdown or cancellation; reconnects after database failures (also while the
+    /// outbox table does not exist yet: the service's worker or `saga migrate` creates it).
     /// - Throws: `RelayCrashed` when the test failpoint fired; errors creating the producer.
     public func run() async throws {
         let producer = try KafkaProducer(
@@ -101,7 +102,6 @@ public final class OutboxRelay: Service, Sendable {
 
     /// One database session: owns shards while connected; returns on shutdown, throws on failure.
     private func runConnected(producer: KafkaProducer) async throws {
-        try await configuration.database.prepare(migrations: [], logger: logger)
         let db = configuration.database.configuration
         let connection = try await PostgresConnection.connect(db, logger: logger)
         let cleanupPool = PostgresPool(configuration: db, size: 1, logger: logger)

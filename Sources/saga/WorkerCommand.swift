@@ -63,10 +63,12 @@ struct RelayCommand: AsyncParsableCommand {
 
     func run() async throws {
         let runtime = try Runtime.start("saga.relay")
+        let names = services.isEmpty ? Stack.services : services
         var relays: [any Service] = []
         do {
-            for s in services.isEmpty ? Stack.services : services { relays.append(try runtime.stack.relay(s)) }
+            for s in names { relays.append(try runtime.stack.relay(s)) }
         } catch { throw error.validation }
+        try await runtime.stack.migrate(names)
         try await Stack.run(relays, logger: runtime.logger)
     }
 }
