@@ -137,6 +137,7 @@ saga_broker_start() {
     done
     [ -s "$file" ] || { echo "saga broker did not start within 30 s" >&2; exit 1; }
     SAGA_KAFKA_BOOTSTRAP="$(cat "$file")"
-    export SAGA_KAFKA_BOOTSTRAP
+    SAGA_KAFKA_EMBEDDED=1  # tests that need a real Kafka (rebalances, CreateTopics) skip themselves
+    export SAGA_KAFKA_BOOTSTRAP SAGA_KAFKA_EMBEDDED
     log "broker at $SAGA_KAFKA_BOOTSTRAP"
 }

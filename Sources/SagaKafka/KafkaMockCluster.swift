@@ -39,7 +39,8 @@ public final class KafkaMockCluster: Sendable {
     public init(brokers: Int = 3, logger: Logger) throws(KafkaError) {
         let host = try RDKafkaClient(
             type: RD_KAFKA_PRODUCER,
-            properties: [("client.id", "saga-mock-cluster-host")],
+            // The host handle never connects anywhere: silence its "no bootstrap.servers" notice.
+            properties: [("client.id", "saga-mock-cluster-host"), ("log_level", "4")],
             context: ClientContext(logger: logger)
         )
         guard let cluster = rd_kafka_mock_cluster_new(host.handle, Int32(clamping: brokers)) else {

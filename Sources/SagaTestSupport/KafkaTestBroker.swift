@@ -17,9 +17,11 @@ public enum KafkaTestBroker {
         return (cluster.bootstrapServers, cluster)
     }
 
-    /// Whether tests run against an external broker (`SAGA_KAFKA_BOOTSTRAP` is set).
-    public static var usesExternalBroker: Bool {
-        !(ProcessInfo.processInfo.environment["SAGA_KAFKA_BOOTSTRAP"] ?? "").isEmpty
+    /// Whether tests run against a real Kafka: `SAGA_KAFKA_BOOTSTRAP` is set and is not the embedded
+    /// `saga broker` that scripts/test starts (which it marks with `SAGA_KAFKA_EMBEDDED=1`).
+    public static var usesRealKafka: Bool {
+        let env = ProcessInfo.processInfo.environment
+        return !(env["SAGA_KAFKA_BOOTSTRAP"] ?? "").isEmpty && env["SAGA_KAFKA_EMBEDDED"] != "1"
     }
 
     /// `prefix` plus a random suffix: a topic or group name no other test uses.

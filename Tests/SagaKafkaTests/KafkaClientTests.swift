@@ -83,7 +83,7 @@ struct KafkaClientTests {
         withExtendedLifetime(cluster) {}
     }
 
-    @Test(.enabled(if: KafkaTestBroker.usesExternalBroker, "needs SAGA_KAFKA_BOOTSTRAP: the mock cluster does not answer CreateTopics"))
+    @Test(.enabled(if: KafkaTestBroker.usesRealKafka, "needs a real Kafka in SAGA_KAFKA_BOOTSTRAP: the mock cluster does not answer CreateTopics"))
     func createTopicsCreatesAndToleratesExistingTopics() async throws {
         let broker = try KafkaTestBroker.bootstrap()
         let admin = try KafkaAdmin(bootstrapServers: broker.servers, logger: testLogger("admin"))

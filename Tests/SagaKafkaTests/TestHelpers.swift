@@ -56,13 +56,14 @@ func poll(_ consumer: KafkaConsumer, count: Int, limit: Duration = .seconds(40))
 }
 
 /// Creates `name` with `partitions` partitions on the in-process mock cluster, or through the
-/// admin API on an external broker.
+/// admin API on a real Kafka. The embedded `saga broker` process answers no CreateTopics: there
+/// the topic is auto-created on first use (4 partitions).
 func createTopic(
     _ name: String, partitions: Int32, servers: String, cluster: KafkaMockCluster?
 ) async throws {
     if let cluster {
         try cluster.createTopic(name, partitions: partitions)
-    } else {
+    } else if KafkaTestBroker.usesRealKafka {
         let admin = try KafkaAdmin(bootstrapServers: servers, logger: testLogger("admin"))
         try await admin.createTopics([(name: name, partitions: partitions, replicationFactor: 1)], timeout: .seconds(30))
     }
