@@ -21,7 +21,7 @@ public enum EngineMigrations {
                     key          bytea,
                     headers      jsonb       NOT NULL DEFAULT '[]',
                     payload      bytea       NOT NULL,
-                    created_at   timestamptz NOT NULL DEFAULT now(),
+                    created_at   timestamptz NOT NULL DEFAULT clock_timestamp(),
                     published_at timestamptz,
                     attempts     int         NOT NULL DEFAULT 0,
                     last_error   text
@@ -46,7 +46,7 @@ public enum EngineMigrations {
                     source_topic     text        NOT NULL,
                     source_partition int         NOT NULL,
                     source_offset    bigint      NOT NULL,
-                    handled_at       timestamptz NOT NULL DEFAULT now()
+                    handled_at       timestamptz NOT NULL DEFAULT clock_timestamp()
                 );
                 CREATE INDEX saga_inbox_handled_at ON saga_inbox (handled_at);
 

@@ -132,12 +132,17 @@ public final class Worker: Service, Sendable {
 
     /// Handles `batch` in one transaction, retrying the whole batch on retriable failures until it commits.
     /// Returns false if shutdown began while retrying (the batch is then left uncommitted, to be redelivered).
+    ///
+    /// The fast path runs the batch without savepoints. When a handler fails for good, the transaction is
+    /// rolled back and the batch runs again with a savepoint per event, so only the poison event is undone
+    /// and dead-lettered.
     func process(_ batch: [KafkaMessage], pool: PostgresPool) async -> Bool {
         var attempt = 0
+        var isolate = false
         while true {
             do {
-                let outcome = try await pool.withTransaction { connection in
-                    try await self.handle(batch, on: connection)
+                let outcome = try await pool.withTransaction { [isolate] connection in
+                    try await self.handle(batch, on: connection, isolate: isolate)
                 }
                 state.withLock {
                     $0.handled += outcome.handled
@@ -146,6 +151,8 @@ public final class Worker: Service, Sendable {
                     $0.batches += 1
                 }
                 return true
+            } catch is NeedsIsolation {
+                isolate = true
             } catch {
                 attempt += 1
                 state.withLock { $0.retries += 1 }
@@ -157,24 +164,38 @@ public final class Worker: Service, Sendable {
         }
     }
 
+    /// A handler failed for good in a batch run without savepoints: run it again with them.
+    private struct NeedsIsolation: Error {}
+
     private struct Outcome: Sendable {
         var handled = 0
         var duplicates = 0
         var deadLettered = 0
     }
 
-    private func handle(_ batch: [KafkaMessage], on connection: PostgresConnection) async throws -> Outcome {
+    private func handle(_ batch: [KafkaMessage], on connection: PostgresConnection, isolate: Bool) async throws
+        -> Outcome
+    {
         var outcome = Outcome()
         for message in batch {
-            try await connection.execute("SAVEPOINT saga_event")
+            let decoded: (EventHandler, IncomingEvent)
             do {
-                switch try await handleOne(message, on: connection) {
+                decoded = try decode(message)
+            } catch {
+                // Nothing was written for this message yet: dead-letter it without a savepoint.
+                if try await deadLetter(message, reason: error.reason, on: connection) { outcome.deadLettered += 1 }
+                continue
+            }
+            if isolate { try await connection.execute("SAVEPOINT saga_event") }
+            do {
+                switch try await handleOne(decoded.1, with: decoded.0, from: message, on: connection) {
                 case .handled: outcome.handled += 1
                 case .duplicate: outcome.duplicates += 1
                 }
-                try await connection.execute("RELEASE SAVEPOINT saga_event")
+                if isolate { try await connection.execute("RELEASE SAVEPOINT saga_event") }
             } catch let failure {
                 guard let reason = Self.permanentReason(failure) else { throw failure }
+                guard isolate else { throw NeedsIsolation() }
                 try await connection.execute("ROLLBACK TO SAVEPOINT saga_event")
                 if try await deadLetter(message, reason: reason, on: connection) { outcome.deadLettered += 1 }
                 try await connection.execute("RELEASE SAVEPOINT saga_event")
@@ -185,11 +206,16 @@ public final class Worker: Service, Sendable {
 
     private enum OneOutcome { case handled, duplicate }
 
-    private func handleOne(_ message: KafkaMessage, on connection: PostgresConnection) async throws -> OneOutcome {
+    private func decode(_ message: KafkaMessage) throws(EventDecodingError) -> (EventHandler, IncomingEvent) {
         guard let type = configuration.topics.eventType(ofTopic: message.topic), let handler = handlers[type] else {
             throw EventDecodingError("no handler for topic \(message.topic)")
         }
-        let event = try codec.decode(message, targetVersion: handler.version)
+        return (handler, try codec.decode(message, targetVersion: handler.version))
+    }
+
+    private func handleOne(
+        _ event: IncomingEvent, with handler: EventHandler, from message: KafkaMessage, on connection: PostgresConnection
+    ) async throws -> OneOutcome {
         let inserted = try await connection.execute(
             """
             INSERT INTO saga_inbox (event_id, event_type, saga_id, source_topic, source_partition, source_offset)

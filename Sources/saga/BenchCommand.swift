@@ -15,7 +15,7 @@ struct BenchCommand: AsyncParsableCommand {
             order.created → inventory.reserved → payment.completed → order.confirmed across the three workers
             and relays) and watches order.confirmed / order.cancelled on Kafka. Reports sagas/s, end-to-end
             latency p50/p95/p99 (order accepted → confirmed or cancelled), the relays' publish rate and the
-            outbox lag (commit → publish). Fails if any saga does not finish (nothing may be lost).
+            outbox lag (insert → broker ack). Fails if any saga does not finish (nothing may be lost).
             """)
 
     @Option(help: "Number of sagas.") var sagas = 1000
@@ -37,7 +37,7 @@ struct BenchCommand: AsyncParsableCommand {
             throw ValidationError("the orders API at \(http) does not answer: start the stack first (saga dev)")
         }
         let kafka: KafkaSettings
-        do { kafka = try env.kafka() } catch { throw error.validation }
+        kafka = try env.kafka()
         let pools = Stack.services.map {
             PostgresPool(configuration: env.database($0).configuration, size: 1, logger: runtime.logger)
         }
@@ -93,6 +93,18 @@ struct BenchCommand: AsyncParsableCommand {
         let latencies = finished.compactMap { id, t in acceptedAt[id].map { (t - $0).milliseconds } }.sorted()
         let elapsed = (end - start).milliseconds / 1000
 
+        // The relays mark the last rows just after the broker acknowledged them: let them finish.
+        let markDeadline = ContinuousClock.now + .seconds(10)
+        while ContinuousClock.now < markDeadline {
+            var pending = 0
+            for pool in pools {
+                pending += try await pool.query(
+                    "SELECT count(*) AS n FROM saga_outbox WHERE created_at >= $1 AND published_at IS NULL", [startWall]
+                ).first?.decode("n", as: Int.self) ?? 0
+            }
+            if pending == 0 { break }
+            try await Task.sleep(for: .milliseconds(100))
+        }
         var relayRows = 0
         var lag: [Double] = []
         for pool in pools {
@@ -135,7 +147,7 @@ struct BenchCommand: AsyncParsableCommand {
                 throughput      \(round1(Double(latencies.count) / elapsed)) sagas/s
                 latency (ms)    p50 \(round1(pct(latencies, 0.5)))   p95 \(round1(pct(latencies, 0.95)))   p99 \(round1(pct(latencies, 0.99)))   max \(round1(latencies.last ?? 0))
                 relay           \(relayRows) events published, \(round1(Double(relayRows) / elapsed)) events/s
-                outbox lag (ms) p50 \(round1(pct(lag, 0.5)))   p99 \(round1(pct(lag, 0.99)))   max \(round1(lag.last ?? 0))   (commit → broker ack)
+                outbox lag (ms) p50 \(round1(pct(lag, 0.5)))   p99 \(round1(pct(lag, 0.99)))   max \(round1(lag.last ?? 0))   (outbox insert → broker ack)
                 """)
         }
         guard latencies.count == sagas else {

@@ -22,7 +22,7 @@ struct DevCommand: AsyncParsableCommand {
     func run() async throws {
         try LogSetup.bootstrap()
         var configured: SagaEnvironment
-        do { configured = try SagaEnvironment.load(devFile: nil) } catch { throw error.validation }
+        configured = try SagaEnvironment.load(devFile: nil)
         let logger = Logger(label: "saga.dev")
 
         var cluster: KafkaMockCluster?

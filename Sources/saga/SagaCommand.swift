@@ -24,18 +24,10 @@ struct Runtime {
     let logger: Logger
 
     static func start(_ label: String) throws -> Runtime {
-        do {
-            try LogSetup.bootstrap()
-            return Runtime(env: try SagaEnvironment.load(), logger: Logger(label: label))
-        } catch {
-            throw ValidationError(error.description)
-        }
+        try LogSetup.bootstrap()
+        return Runtime(env: try SagaEnvironment.load(), logger: Logger(label: label))
     }
 
     var stack: Stack { Stack(env: env, logger: logger) }
 }
 
-extension ConfigurationError {
-    /// As an argument-parser error: printed without a stack trace, exit code 64.
-    var validation: ValidationError { ValidationError(description) }
-}

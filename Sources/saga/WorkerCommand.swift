@@ -25,7 +25,7 @@ struct WorkerCommand: AsyncParsableCommand {
         let runtime = try Runtime.start("saga.worker.\(service)")
         let stack = runtime.stack
         let worker: Worker
-        do { worker = try stack.worker(service) } catch { throw error.validation }
+        worker = try stack.worker(service)
         var services: [any Service] = [worker]
         var pool: PostgresPool?
         if service == "orders" {
@@ -65,9 +65,7 @@ struct RelayCommand: AsyncParsableCommand {
         let runtime = try Runtime.start("saga.relay")
         let names = services.isEmpty ? Stack.services : services
         var relays: [any Service] = []
-        do {
-            for s in names { relays.append(try runtime.stack.relay(s)) }
-        } catch { throw error.validation }
+        for s in names { relays.append(try runtime.stack.relay(s)) }
         try await runtime.stack.migrate(names)
         try await Stack.run(relays, logger: runtime.logger)
     }

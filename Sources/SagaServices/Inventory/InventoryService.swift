@@ -6,6 +6,7 @@ import SagaEngine
 /// compensation) and turns it into a sale when the payment completes.
 ///
 /// Stock is conserved: for every SKU, `available + reserved + sold` only changes by restocking.
+/// An order naming a SKU inventory does not know is dead-lettered (catalogues out of sync), not rejected.
 public enum InventoryService {
     public static let name = "inventory"
 
@@ -76,6 +77,12 @@ public enum InventoryService {
             [PostgresArray.text(skus)])
         {
             available[try row.decode("sku")] = try row.decode("available")
+        }
+        // A SKU that orders priced but inventory does not know means the two catalogues are out of sync:
+        // an operator's problem, not the customer's. Dead-letter the event (to be redriven once the SKU
+        // exists) rather than cancelling the order as out of stock.
+        if let unknown = skus.first(where: { available[$0] == nil }) {
+            throw HandlerRejection("unknown SKU '\(unknown)': not in the inventory catalogue")
         }
         let shortages = skus.compactMap { sku -> InventoryRejected.Shortage? in
             let have = available[sku] ?? 0
