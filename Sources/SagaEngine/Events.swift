@@ -61,10 +61,14 @@ public struct EventEncodingError: Error, Sendable, CustomStringConvertible {
 }
 
 extension JSONValue {
-    /// Encodes any `Encodable` as a JSON value.
+    /// Encodes any `Encodable` as a JSON value (dates as RFC 3339 with microseconds).
     public init<T: Encodable>(encoding value: T) throws {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        encoder.dateEncodingStrategy = .custom { date, encoder in
+            var container = encoder.singleValueContainer()
+            try container.encode(Timestamp.format(date))
+        }
         self = try JSONValue(parsing: Array(try encoder.encode(value)))
     }
 

@@ -17,10 +17,15 @@ public struct ServiceDatabase: Sendable {
     /// (the service's, versions ≥ 100). Safe to run from several processes at once.
     /// - Throws: `PostgresError` (unreachable database, failing migration).
     public func prepare(migrations: [PostgresMigration], logger: Logger) async throws {
+        try await prepare(migrations: migrations, engine: EngineMigrations.all, logger: logger)
+    }
+
+    /// Creates the schema and applies `engine` then `migrations`.
+    func prepare(migrations: [PostgresMigration], engine: [PostgresMigration], logger: Logger) async throws {
         let pool = PostgresPool(configuration: configuration, size: 1, logger: logger)
         do {
             try await pool.execute("CREATE SCHEMA IF NOT EXISTS \(PostgresConnection.quoteIdentifier(schema))")
-            let applied = try await PostgresMigrator(migrations: EngineMigrations.all + migrations)
+            let applied = try await PostgresMigrator(migrations: engine + migrations)
                 .migrate(pool, logger: logger)
             if !applied.isEmpty {
                 logger.info("migrated", metadata: ["schema": .string(schema), "versions": "\(applied)"])

@@ -241,3 +241,30 @@ public func sagaTopics(_ naming: TopicNaming) -> [String] {
         + [OrdersService.name, InventoryService.name, BillingService.name].map { naming.deadLetterTopic(consumer: $0) }
 }
 
+
+/// The order saga's shape, for the tracker and `saga inspect`.
+public let orderSagaModel = SagaModel(
+    eventTypes: sagaEventTypes,
+    kinds: [
+        OrderCreatedV2.eventType: .step, InventoryReserved.eventType: .step, PaymentCompleted.eventType: .step,
+        InventoryRejected.eventType: .failure, PaymentFailed.eventType: .failure,
+        InventoryReleased.eventType: .compensation,
+        OrderConfirmed.eventType: .outcome, OrderCancelled.eventType: .outcome,
+    ],
+    waitingOn: [
+        OrderCreatedV2.eventType: "inventory: reserve the stock",
+        InventoryReserved.eventType: "billing: charge the customer",
+        InventoryRejected.eventType: "orders: cancel the order",
+        PaymentCompleted.eventType: "orders: confirm the order",
+        PaymentFailed.eventType: "inventory: release the reservation",
+        InventoryReleased.eventType: "orders: cancel the order",
+    ],
+    outcome: { type, data in
+        switch type {
+        case OrderConfirmed.eventType: return "confirmed"
+        case OrderCancelled.eventType:
+            if case .string(let reason)? = data["reason"] { return "cancelled: \(reason)" }
+            return "cancelled"
+        default: return nil
+        }
+    })

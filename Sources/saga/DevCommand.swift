@@ -9,7 +9,7 @@ import ServiceLifecycle
 struct DevCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "dev",
-        abstract: "Run the whole stack locally: embedded broker, local PostgreSQL, workers, relays, HTTP API.",
+        abstract: "Run the whole stack locally: embedded broker, local PostgreSQL, workers, relays, tracker, HTTP API.",
         discussion: """
             Uses SAGA_KAFKA_BOOTSTRAP / SAGA_DATABASE_URL when set; otherwise hosts librdkafka's mock cluster
             in-process and uses the checkout's local PostgreSQL (starting it with scripts/pg when it is not
@@ -43,6 +43,7 @@ struct DevCommand: AsyncParsableCommand {
             var services: [any Service] = []
             for s in Stack.services { services.append(try stack.relay(s)) }
             for s in Stack.services { services.append(try stack.worker(s)) }
+            services.append(try stack.tracker())
             let (http, pool) = stack.ordersHTTP(port: env.httpPort) { port in
                 let file = DevStackFile(
                     http: "http://\(env.httpHost):\(port)", kafkaBootstrap: env.kafkaBootstrap ?? "",

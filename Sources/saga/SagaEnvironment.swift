@@ -40,7 +40,7 @@ struct SagaEnvironment: Sendable {
             return d
         }
         var urls: [String: String] = [:]
-        for service in ["orders", "inventory", "billing"] {
+        for service in ["orders", "inventory", "billing", "tracker"] {
             if let u = env["SAGA_\(service.uppercased())_DATABASE_URL"], !u.isEmpty { urls[service] = u }
         }
         let version = try int("SAGA_ORDER_CREATED_VERSION", 2, 1...2)
@@ -87,8 +87,8 @@ struct SagaEnvironment: Sendable {
 
     var topics: TopicNaming { TopicNaming(prefix: topicPrefix) }
 
-    /// A service's database: its own schema (named as the service) in `SAGA_<SERVICE>_DATABASE_URL`
-    /// or `SAGA_DATABASE_URL`.
+    /// A service's database (or the tracker's): its own schema, named as the service, in
+    /// `SAGA_<SERVICE>_DATABASE_URL` or `SAGA_DATABASE_URL`.
     func database(_ service: String) -> ServiceDatabase {
         ServiceDatabase(url: serviceDatabaseURLs[service] ?? databaseURL, schema: topicPrefix.isEmpty
             ? service : sanitized(topicPrefix) + service)

@@ -42,6 +42,13 @@ struct Stack: Sendable {
         return OutboxRelay(configuration: configuration, logger: logger)
     }
 
+    func tracker(rebuild: Bool = false) throws(ConfigurationError) -> SagaTracker {
+        var configuration = TrackerConfiguration(
+            kafka: try env.kafka(), database: env.database("tracker"), topics: env.topics, services: Self.services)
+        configuration.rebuild = rebuild
+        return SagaTracker(configuration: configuration, model: orderSagaModel, logger: logger)
+    }
+
     /// Applies every service's migrations (engine tables + the service's own).
     func migrate(_ names: [String] = Stack.services) async throws {
         for name in names {

@@ -15,6 +15,8 @@ final class TestStack: @unchecked Sendable {
     let kafka: KafkaSettings
     let topics: TopicNaming
     let databases: [String: ServiceDatabase]
+    /// The tracker's read model (created by the tracker when it starts).
+    let trackerDatabase: ServiceDatabase
     let logger: Logger
     let book: OrderBook
     private let ordersPool: PostgresPool
@@ -41,6 +43,7 @@ final class TestStack: @unchecked Sendable {
             dbs[s] = ServiceDatabase(url: PostgresTestDatabase.url, schema: "\(schemaPrefix)_\(s)")
         }
         self.databases = dbs
+        self.trackerDatabase = ServiceDatabase(url: PostgresTestDatabase.url, schema: "\(schemaPrefix)_tracker")
         for s in Self.services {
             try await dbs[s]!.prepare(migrations: try Self.definition(s).migrations, logger: logger)
         }
@@ -74,8 +77,10 @@ final class TestStack: @unchecked Sendable {
     }
 
     /// One query on a service's database.
+    @discardableResult
     func query(_ service: String, _ sql: String, _ binds: [PostgresBind] = []) async throws -> [PostgresRow] {
-        let pool = PostgresPool(configuration: databases[service]!.configuration, size: 1, logger: logger)
+        let database = service == "tracker" ? trackerDatabase : databases[service]!
+        let pool = PostgresPool(configuration: database.configuration, size: 1, logger: logger)
         do {
             let rows = try await pool.query(sql, binds)
             await pool.close()
@@ -198,6 +203,7 @@ final class TestStack: @unchecked Sendable {
         relays = []
         await ordersPool.close()
         for db in databases.values { try? await PostgresTestDatabase.dropSchema(db.schema) }
+        try? await PostgresTestDatabase.dropSchema(trackerDatabase.schema)
         cluster?.shutdown()
     }
 }

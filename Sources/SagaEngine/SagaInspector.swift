@@ -1,0 +1,190 @@
+import Foundation
+import JSONSchema
+import SagaPostgres
+
+/// Reads the tracker's read model: one saga's timeline, stuck sagas, counts and latencies.
+public struct SagaInspector: Sendable {
+    public let pool: PostgresPool
+    public let model: SagaModel
+
+    public init(pool: PostgresPool, model: SagaModel) {
+        self.pool = pool
+        self.model = model
+    }
+
+    public struct Step: Sendable, Codable, Hashable {
+        public var eventId: String
+        public var type: String
+        public var version: Int
+        public var producer: String
+        public var kind: String
+        public var occurredAt: Date
+        /// Milliseconds since the previous step (nil for the first).
+        public var sincePreviousMs: Double?
+        public var causationId: String?
+        public var topic: String
+        public var partition: Int
+        public var offset: Int64
+    }
+
+    public struct DeadLetter: Sendable, Codable, Hashable {
+        public var consumer: String?
+        public var reason: String
+        public var eventType: String?
+        public var eventId: String?
+        public var sourceTopic: String?
+        public var sourcePartition: Int?
+        public var sourceOffset: Int64?
+        public var topic: String
+        public var partition: Int
+        public var offset: Int64
+        public var deadLetteredAt: Date
+    }
+
+    public struct Summary: Sendable, Codable, Hashable {
+        public var sagaId: String
+        public var status: String
+        public var outcome: String?
+        public var startedAt: Date
+        public var updatedAt: Date
+        public var finishedAt: Date?
+        public var lastEventType: String
+        /// What the saga waits on (nil once finished).
+        public var waitingOn: String?
+        public var events: Int
+        public var compensations: Int
+        public var deadLetters: Int
+    }
+
+    public struct Timeline: Sendable, Codable, Hashable {
+        public var saga: Summary?
+        public var steps: [Step]
+        public var deadLetters: [DeadLetter]
+    }
+
+    /// The saga's timeline; nil when the tracker has seen neither an event nor a dead letter of it.
+    public func timeline(_ sagaId: String) async throws -> Timeline? {
+        try await pool.withConnection { c in
+            let summary = try await c.query("SELECT * FROM tracker_sagas WHERE saga_id = $1", [sagaId]).first.map(summary)
+            var previous: Date?
+            let steps = try await c.query(
+                """
+                SELECT event_id, event_type, version, producer, occurred_at, causation_id, topic, partition, "offset"
+                FROM tracker_events WHERE saga_id = $1 ORDER BY occurred_at, event_id
+                """, [sagaId]
+            ).map { r -> Step in
+                let at: Date = try r.decode("occurred_at")
+                defer { previous = at }
+                let type: String = try r.decode("event_type")
+                return Step(
+                    eventId: try r.decode("event_id", as: UUID.self).uuidString.lowercased(), type: type,
+                    version: try r.decode("version"), producer: try r.decode("producer"),
+                    kind: model.kind(of: type).rawValue, occurredAt: at,
+                    sincePreviousMs: previous.map { at.timeIntervalSince($0) * 1000 },
+                    causationId: try r.decode("causation_id", as: UUID?.self)?.uuidString.lowercased(),
+                    topic: try r.decode("topic"), partition: try r.decode("partition"), offset: try r.decode("offset"))
+            }
+            let letters = try await c.query(
+                "SELECT * FROM tracker_dead_letters WHERE saga_id = $1 ORDER BY dead_lettered_at", [sagaId]
+            ).map { r in
+                DeadLetter(
+                    consumer: try r.decode("consumer", as: String?.self), reason: try r.decode("reason"),
+                    eventType: try r.decode("event_type", as: String?.self),
+                    eventId: try r.decode("event_id", as: UUID?.self)?.uuidString.lowercased(),
+                    sourceTopic: try r.decode("source_topic", as: String?.self),
+                    sourcePartition: try r.decode("source_partition", as: Int?.self),
+                    sourceOffset: try r.decode("source_offset", as: Int64?.self), topic: try r.decode("topic"),
+                    partition: try r.decode("partition"), offset: try r.decode("offset"),
+                    deadLetteredAt: try r.decode("dead_lettered_at"))
+            }
+            if summary == nil && steps.isEmpty && letters.isEmpty { return nil }
+            return Timeline(saga: summary, steps: steps, deadLetters: letters)
+        }
+    }
+
+    /// Sagas still running that started more than `olderThan` ago, oldest first.
+    public func stuck(olderThan: Duration, limit: Int = 100) async throws -> [Summary] {
+        try await pool.query(
+            """
+            SELECT * FROM tracker_sagas WHERE status = 'running' AND started_at < now() - $1::interval
+            ORDER BY started_at LIMIT $2
+            """, ["\(olderThan.milliseconds) milliseconds", limit]
+        ).map(summary)
+    }
+
+    public struct Stats: Sendable, Codable, Hashable {
+        public struct Outcome: Sendable, Codable, Hashable {
+            public var outcome: String
+            public var sagas: Int
+            /// End-to-end milliseconds, first event to the outcome (nil for running sagas).
+            public var p50Ms: Double?
+            public var p95Ms: Double?
+            public var p99Ms: Double?
+        }
+        public struct StepLatency: Sendable, Codable, Hashable {
+            public var from: String
+            public var to: String
+            public var count: Int
+            public var p50Ms: Double
+            public var p95Ms: Double
+            public var p99Ms: Double
+        }
+        public var since: Date
+        public var outcomes: [Outcome]
+        public var steps: [StepLatency]
+        public var deadLetters: Int
+    }
+
+    /// Counts by outcome and latency percentiles per step for sagas started since `since`.
+    public func stats(since: Date) async throws -> Stats {
+        try await pool.withConnection { c in
+            let outcomes = try await c.query(
+                """
+                SELECT coalesce(outcome, 'running') AS outcome, count(*) AS sagas,
+                    percentile_cont(0.50) WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - started_at) * 1000) AS p50,
+                    percentile_cont(0.95) WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - started_at) * 1000) AS p95,
+                    percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - started_at) * 1000) AS p99
+                FROM tracker_sagas WHERE started_at >= $1 GROUP BY 1 ORDER BY 2 DESC, 1
+                """, [since]
+            ).map { r in
+                Stats.Outcome(
+                    outcome: try r.decode("outcome"), sagas: try r.decode("sagas"), p50Ms: try r.decode("p50", as: Double?.self),
+                    p95Ms: try r.decode("p95", as: Double?.self), p99Ms: try r.decode("p99", as: Double?.self))
+            }
+            let steps = try await c.query(
+                """
+                WITH s AS (
+                    SELECT lag(e.event_type) OVER w AS prev, e.event_type,
+                        extract(epoch FROM e.occurred_at - lag(e.occurred_at) OVER w) * 1000 AS ms
+                    FROM tracker_events e JOIN tracker_sagas t USING (saga_id)
+                    WHERE t.started_at >= $1
+                    WINDOW w AS (PARTITION BY e.saga_id ORDER BY e.occurred_at, e.event_id))
+                SELECT prev, event_type, count(*) AS n,
+                    percentile_cont(0.50) WITHIN GROUP (ORDER BY ms) AS p50,
+                    percentile_cont(0.95) WITHIN GROUP (ORDER BY ms) AS p95,
+                    percentile_cont(0.99) WITHIN GROUP (ORDER BY ms) AS p99
+                FROM s WHERE prev IS NOT NULL GROUP BY 1, 2 ORDER BY 3 DESC, 1, 2
+                """, [since]
+            ).map { r in
+                Stats.StepLatency(
+                    from: try r.decode("prev"), to: try r.decode("event_type"), count: try r.decode("n"),
+                    p50Ms: try r.decode("p50"), p95Ms: try r.decode("p95"), p99Ms: try r.decode("p99"))
+            }
+            let letters: Int = try await c.query(
+                "SELECT count(*) AS n FROM tracker_dead_letters WHERE dead_lettered_at >= $1", [since]
+            ).first?.decode("n") ?? 0
+            return Stats(since: since, outcomes: outcomes, steps: steps, deadLetters: letters)
+        }
+    }
+
+    private func summary(_ r: PostgresRow) throws -> Summary {
+        let status: String = try r.decode("status")
+        let last: String = try r.decode("last_event_type")
+        return Summary(
+            sagaId: try r.decode("saga_id"), status: status, outcome: try r.decode("outcome", as: String?.self),
+            startedAt: try r.decode("started_at"), updatedAt: try r.decode("updated_at"),
+            finishedAt: try r.decode("finished_at", as: Date?.self), lastEventType: last,
+            waitingOn: status == "running" ? model.waitingOn[last] : nil, events: try r.decode("events"),
+            compensations: try r.decode("compensations"), deadLetters: try r.decode("dead_letters"))
+    }
+}

@@ -1,0 +1,230 @@
+import Foundation
+import JSONSchema
+import Logging
+import SagaKafka
+import SagaPostgres
+import ServiceLifecycle
+import Synchronization
+
+public struct TrackerConfiguration: Sendable {
+    public var kafka: KafkaSettings
+    public var database: ServiceDatabase
+    public var topics: TopicNaming
+    /// The services whose dead-letter topics to read.
+    public var services: [String]
+    public var batchSize: Int = 500
+    public var pollTimeout: Duration = .milliseconds(200)
+    public var retry = RetryPolicy()
+    /// Drop the read model and read every topic again from the beginning (a new consumer group).
+    public var rebuild = false
+
+    public init(kafka: KafkaSettings, database: ServiceDatabase, topics: TopicNaming, services: [String]) {
+        self.kafka = kafka
+        self.database = database
+        self.topics = topics
+        self.services = services
+    }
+}
+
+public struct TrackerStats: Sendable, Hashable {
+    public var events = 0
+    public var deadLetters = 0
+    public var skipped = 0
+    public var batches = 0
+}
+
+/// The saga tracker: reads every saga topic and the dead-letter topics in its own consumer group and
+/// keeps a read model in PostgreSQL — every event of every saga (type, version, producer, time,
+/// topic/partition/offset, causation) and each saga's state.
+///
+/// Idempotent: events are keyed by event id, dead letters by their position, and each saga's state is
+/// recomputed from its recorded events, so a redelivered batch changes nothing. One instance is active per
+/// read model (a session advisory lock); others wait as standbys. `rebuild` empties the read model and
+/// reads the log again from the beginning under a new consumer group.
+public final class SagaTracker: Service, Sendable {
+    public let configuration: TrackerConfiguration
+    private let model: SagaModel
+    private let logger: Logger
+    private let state = Mutex(TrackerStats())
+
+    public init(configuration: TrackerConfiguration, model: SagaModel, logger: Logger) {
+        self.configuration = configuration
+        self.model = model
+        var logger = logger
+        logger[metadataKey: "tracker"] = .string(configuration.database.schema)
+        self.logger = logger
+    }
+
+    public var stats: TrackerStats { state.withLock { $0 } }
+
+    public var subscribedTopics: [String] {
+        model.eventTypes.map(configuration.topics.topic(for:))
+            + configuration.services.map { configuration.topics.deadLetterTopic(consumer: $0) }
+    }
+
+    /// Applies the read model's migrations (also done by `run()`).
+    public static func prepare(_ database: ServiceDatabase, logger: Logger) async throws {
+        try await database.prepare(migrations: [], engine: TrackerMigrations.all, logger: logger)
+    }
+
+    public func run() async throws {
+        try await Self.prepare(configuration.database, logger: logger)
+        let lock = try await PostgresConnection.connect(configuration.database.configuration, logger: logger)
+        defer { Task { await lock.close() } }
+        // One active tracker per read model; a second one waits here until the first is gone.
+        while try await !(lock.query(
+            "SELECT pg_try_advisory_lock(hashtext($1)) AS locked", ["saga_tracker:" + configuration.database.schema]
+        ).first?.decode("locked", as: Bool.self) ?? false) {
+            if Task.isShuttingDownGracefully || Task.isCancelled { return }
+            try? await Task.sleep(for: .seconds(1))
+        }
+        let pool = PostgresPool(configuration: configuration.database.configuration, size: 1, logger: logger)
+        let group = try await consumerGroup(pool: pool, rebuild: configuration.rebuild)
+        var consumerConfiguration = configuration.kafka.consumer(groupId: group, clientId: "saga-tracker")
+        consumerConfiguration.autoOffsetReset = "earliest"
+        let consumer = try KafkaConsumer(configuration: consumerConfiguration, logger: logger)
+        try consumer.subscribe(topics: subscribedTopics)
+        logger.info("tracker started", metadata: ["group": .string(group), "rebuild": "\(configuration.rebuild)"])
+        var attempt = 0
+        while !Task.isShuttingDownGracefully && !Task.isCancelled {
+            let batch: [KafkaMessage]
+            do {
+                batch = try await consumer.poll(maxMessages: configuration.batchSize, timeout: configuration.pollTimeout)
+            } catch {
+                if error.isFatal { break }
+                logger.warning("poll failed", metadata: ["error": "\(error)"])
+                try? await Task.sleep(for: configuration.retry.delay(attempt: 1))
+                continue
+            }
+            guard !batch.isEmpty else { continue }
+            do {
+                try await pool.withTransaction { connection in try await self.record(batch, on: connection) }
+                attempt = 0
+            } catch {
+                attempt += 1
+                logger.warning("recording failed, retrying", metadata: ["error": "\(error)", "attempt": "\(attempt)"])
+                try? await Task.sleep(for: configuration.retry.delay(attempt: attempt))
+                continue  // uncommitted: the batch comes again after the consumer rejoins or the retry below
+            }
+            do { try await consumer.commit(after: batch) } catch {
+                logger.warning("offset commit failed", metadata: ["error": "\(error)"])
+            }
+        }
+        await consumer.close()
+        await pool.close()
+    }
+
+    /// The consumer group the read model is built from; a rebuild empties the model and starts a new group.
+    private func consumerGroup(pool: PostgresPool, rebuild: Bool) async throws -> String {
+        try await pool.withTransaction { c in
+            let current = try await c.query("SELECT consumer_group FROM tracker_state WHERE id = 1").first
+            if let current, !rebuild { return try current.decode("consumer_group", as: String.self) }
+            let group = self.configuration.topics.group("saga-tracker-" + UUID().uuidString.prefix(8).lowercased())
+            if rebuild {
+                try await c.execute("TRUNCATE tracker_events, tracker_dead_letters, tracker_sagas")
+            }
+            try await c.execute(
+                """
+                INSERT INTO tracker_state (id, consumer_group, rebuilt_at) VALUES (1, $1, CASE WHEN $2 THEN now() END)
+                ON CONFLICT (id) DO UPDATE SET consumer_group = $1, rebuilt_at = CASE WHEN $2 THEN now() END
+                """, [group, rebuild])
+            return group
+        }
+    }
+
+    func record(_ batch: [KafkaMessage], on connection: PostgresConnection) async throws {
+        var touched = Set<String>()
+        var recorded = TrackerStats()
+        for message in batch {
+            if configuration.topics.eventType(ofTopic: message.topic) == nil {
+                if let saga = try await recordDeadLetter(message, on: connection) { touched.insert(saga) }
+                recorded.deadLetters += 1
+                continue
+            }
+            guard let json = try? JSONValue(parsing: message.value), let envelope = try? EventEnvelope(validated: json)
+            else {
+                recorded.skipped += 1  // not an event: the consumers dead-letter it, and we record that dead letter
+                continue
+            }
+            try await connection.execute(
+                """
+                INSERT INTO tracker_events (event_id, saga_id, event_type, version, producer, occurred_at, causation_id,
+                    traceparent, data, topic, partition, "offset")
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10, $11, $12) ON CONFLICT (event_id) DO NOTHING
+                """,
+                [
+                    envelope.id, envelope.sagaId, envelope.type, envelope.version, envelope.producer, envelope.occurredAt,
+                    envelope.causationId, envelope.traceparent, String(decoding: envelope.data.serialized(), as: UTF8.self),
+                    message.topic, Int(message.partition), message.offset,
+                ])
+            touched.insert(envelope.sagaId)
+            recorded.events += 1
+        }
+        for saga in touched.sorted() { try await refresh(saga, on: connection) }
+        state.withLock {
+            $0.events += recorded.events
+            $0.deadLetters += recorded.deadLetters
+            $0.skipped += recorded.skipped
+            $0.batches += 1
+        }
+    }
+
+    private func recordDeadLetter(_ message: KafkaMessage, on connection: PostgresConnection) async throws -> String? {
+        let envelope = (try? JSONValue(parsing: message.value)).flatMap { try? EventEnvelope(validated: $0) }
+        let saga = envelope?.sagaId ?? message.key.map { String(decoding: $0, as: UTF8.self) } ?? "unknown"
+        let at = message.header(SagaHeader.deadLetteredAt).flatMap(Timestamp.parse) ?? message.timestamp ?? Date()
+        try await connection.execute(
+            """
+            INSERT INTO tracker_dead_letters (topic, partition, "offset", saga_id, event_id, event_type, consumer, reason,
+                source_topic, source_partition, source_offset, dead_lettered_at)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT DO NOTHING
+            """,
+            [
+                message.topic, Int(message.partition), message.offset, saga,
+                envelope?.id ?? message.header(SagaHeader.eventId).flatMap(UUID.init(uuidString:)),
+                envelope?.type ?? message.header(SagaHeader.eventType), message.header(SagaHeader.deadLetterConsumer),
+                message.header(SagaHeader.deadLetterReason) ?? "unknown", message.header(SagaHeader.deadLetterSourceTopic),
+                message.header(SagaHeader.deadLetterSourcePartition).flatMap(Int.init),
+                message.header(SagaHeader.deadLetterSourceOffset).flatMap(Int64.init), at,
+            ])
+        return saga
+    }
+
+    /// Recomputes one saga's state from its recorded events and dead letters.
+    private func refresh(_ saga: String, on connection: PostgresConnection) async throws {
+        let events = try await connection.query(
+            """
+            SELECT event_type, occurred_at, data::text AS data FROM tracker_events WHERE saga_id = $1
+            ORDER BY occurred_at, event_id
+            """, [saga])
+        guard let first = events.first, let last = events.last else { return }
+        var outcome: String?
+        var finishedAt: Date?
+        var compensations = 0
+        for e in events {
+            let type: String = try e.decode("event_type")
+            if model.kind(of: type) == .compensation { compensations += 1 }
+            if model.kind(of: type) == .outcome, outcome == nil {
+                let data = (try? JSONValue(parsing: Array(try e.decode("data", as: String.self).utf8))) ?? .null
+                outcome = model.outcome(type, data) ?? type
+                finishedAt = try e.decode("occurred_at", as: Date.self)
+            }
+        }
+        let letters: Int = try await connection.query(
+            "SELECT count(*) AS n FROM tracker_dead_letters WHERE saga_id = $1", [saga]
+        ).first?.decode("n") ?? 0
+        try await connection.execute(
+            """
+            INSERT INTO tracker_sagas (saga_id, status, outcome, started_at, updated_at, finished_at, last_event_type,
+                events, compensations, dead_letters)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+            ON CONFLICT (saga_id) DO UPDATE SET status = $2, outcome = $3, started_at = $4, updated_at = $5,
+                finished_at = $6, last_event_type = $7, events = $8, compensations = $9, dead_letters = $10
+            """,
+            [
+                saga, outcome == nil ? "running" : "finished", outcome, try first.decode("occurred_at", as: Date.self),
+                try last.decode("occurred_at", as: Date.self), finishedAt, try last.decode("event_type", as: String.self),
+                events.count, compensations, letters,
+            ])
+    }
+}

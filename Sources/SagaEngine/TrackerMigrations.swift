@@ -1,0 +1,60 @@
+import SagaPostgres
+
+/// The tracker's read model, in a schema of its own.
+enum TrackerMigrations {
+    static let all = [
+        PostgresMigration(
+            version: 1, name: "tracker: events, dead letters, sagas",
+            sql: """
+                CREATE TABLE tracker_state (
+                    id             int PRIMARY KEY CHECK (id = 1),
+                    consumer_group text        NOT NULL,
+                    rebuilt_at     timestamptz
+                );
+                CREATE TABLE tracker_events (
+                    event_id     uuid PRIMARY KEY,
+                    saga_id      text        NOT NULL,
+                    event_type   text        NOT NULL,
+                    version      int         NOT NULL,
+                    producer     text        NOT NULL,
+                    occurred_at  timestamptz NOT NULL,
+                    causation_id uuid,
+                    traceparent  text,
+                    data         jsonb       NOT NULL,
+                    topic        text        NOT NULL,
+                    partition    int         NOT NULL,
+                    "offset"     bigint      NOT NULL
+                );
+                CREATE INDEX tracker_events_saga ON tracker_events (saga_id, occurred_at);
+                CREATE TABLE tracker_dead_letters (
+                    topic            text   NOT NULL,
+                    partition        int    NOT NULL,
+                    "offset"         bigint NOT NULL,
+                    saga_id          text   NOT NULL,
+                    event_id         uuid,
+                    event_type       text,
+                    consumer         text,
+                    reason           text   NOT NULL,
+                    source_topic     text,
+                    source_partition int,
+                    source_offset    bigint,
+                    dead_lettered_at timestamptz NOT NULL,
+                    PRIMARY KEY (topic, partition, "offset")
+                );
+                CREATE INDEX tracker_dead_letters_saga ON tracker_dead_letters (saga_id);
+                CREATE TABLE tracker_sagas (
+                    saga_id         text PRIMARY KEY,
+                    status          text        NOT NULL,
+                    outcome         text,
+                    started_at      timestamptz NOT NULL,
+                    updated_at      timestamptz NOT NULL,
+                    finished_at     timestamptz,
+                    last_event_type text        NOT NULL,
+                    events          int         NOT NULL,
+                    compensations   int         NOT NULL,
+                    dead_letters    int         NOT NULL
+                );
+                CREATE INDEX tracker_sagas_status ON tracker_sagas (status, started_at);
+                """)
+    ]
+}

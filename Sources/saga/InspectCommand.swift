@@ -1,0 +1,144 @@
+import ArgumentParser
+import Foundation
+import SagaEngine
+import SagaServices
+
+struct InspectCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "inspect",
+        abstract: "Inspect sagas: one saga's timeline, stuck sagas, counts and latencies.",
+        discussion: """
+            saga inspect SAGA_ID                 the timeline across services, time between steps, compensations,
+                                                 dead letters and the order's status
+            saga inspect --stuck [--older-than 5m]  sagas not finished within that age and the step each waits on
+            saga inspect --stats [--since 1h]    counts by outcome, latency percentiles per step
+            Reads the tracker's read model (run `saga tracker`; `saga dev` runs one). Tables for people, --json
+            for scripts. Exits 1 for an unknown saga or an unreachable database.
+            """)
+
+    @Argument(help: "The saga (order) id.") var sagaId: String?
+    @Flag(help: "List sagas that have not finished within --older-than.") var stuck = false
+    @Option(help: "With --stuck: the age (e.g. 90s, 5m, 2h).") var olderThan = "5m"
+    @Flag(help: "Counts by outcome and latency per step.") var stats = false
+    @Option(help: "With --stats: sagas started within this long (e.g. 15m, 1h, 7d).") var since = "1h"
+    @Flag(help: "Print JSON.") var json = false
+
+    func validate() throws {
+        let modes = [sagaId != nil, stuck, stats].filter { $0 }.count
+        guard modes == 1 else { throw ValidationError("give exactly one of SAGA_ID, --stuck or --stats") }
+        guard DurationParser.parse(olderThan) != nil else { throw ValidationError("--older-than '\(olderThan)': expected e.g. 90s, 5m, 2h") }
+        guard DurationParser.parse(since) != nil else { throw ValidationError("--since '\(since)': expected e.g. 15m, 1h, 7d") }
+    }
+
+    func run() async throws {
+        let runtime = try Runtime.start("saga.inspect")
+        let pool = PostgresPool(configuration: runtime.env.database("tracker").configuration, size: 1, logger: runtime.logger)
+        defer { Task { await pool.close() } }
+        let inspector = SagaInspector(pool: pool, model: orderSagaModel)
+        do {
+            if let sagaId {
+                try await timeline(sagaId, inspector: inspector, runtime: runtime)
+            } else if stuck {
+                try await stuckSagas(inspector)
+            } else {
+                try await statistics(inspector)
+            }
+        } catch let error as PostgresError where error.sqlState == "42P01" {
+            throw ConfigurationError("the tracker's read model does not exist yet: run `saga tracker` (or `saga dev`)")
+        }
+    }
+
+    private func timeline(_ sagaId: String, inspector: SagaInspector, runtime: Runtime) async throws {
+        let order = try await orderStatus(sagaId, runtime: runtime)
+        guard let t = try await inspector.timeline(sagaId) else {
+            throw ConfigurationError(
+                "no saga \(sagaId): the tracker has seen no event or dead letter of it"
+                    + (order.map { " (the orders service has it as \($0.status))" } ?? ""))
+        }
+        if json {
+            var object: [String: JSONValue] = ["timeline": try JSONValue(encoding: t)]
+            object["order"] = try order.map { try JSONValue(encoding: $0) } ?? .null
+            return say(String(decoding: JSONValue.object(object).serialized(), as: UTF8.self))
+        }
+        if let s = t.saga {
+            let took = s.finishedAt.map { " in \(Self.ms($0.timeIntervalSince(s.startedAt) * 1000))" } ?? ""
+            say("saga \(sagaId)  \(s.outcome.map { "finished: \($0)" } ?? "running, waiting on \(s.waitingOn ?? "?")")\(took)")
+            say(
+                "started \(Timestamp.format(s.startedAt)); \(s.events) events, \(s.compensations) compensation(s), "
+                    + "\(s.deadLetters) dead letter(s)")
+        } else {
+            say("saga \(sagaId)  (only dead letters seen)")
+        }
+        if let order {
+            say("order: \(order.status)\(order.reason.map { " (\($0))" } ?? ""), total \(order.total)")
+        } else {
+            say("order: unknown to the orders service")
+        }
+        if !t.steps.isEmpty {
+            say("")
+            let marks = ["failure": "✗ failure", "compensation": "↩ compensation", "outcome": "■ outcome"]
+            say(
+                Table.render(
+                    ["time", "+ms", "event", "v", "producer", "", "topic/partition/offset", "caused by"],
+                    t.steps.map { s in
+                        [
+                            Timestamp.format(s.occurredAt), s.sincePreviousMs.map { "+" + Self.ms($0) } ?? "", s.type,
+                            String(s.version), s.producer, marks[s.kind] ?? "", "\(s.topic)/\(s.partition)/\(s.offset)",
+                            s.causationId.map { String($0.prefix(8)) } ?? "",
+                        ]
+                    }))
+        }
+        if !t.deadLetters.isEmpty {
+            say("\ndead letters:")
+            say(
+                Table.render(
+                    ["at", "consumer", "event", "from topic/partition/offset", "reason"],
+                    t.deadLetters.map { d in
+                        [
+                            Timestamp.format(d.deadLetteredAt), d.consumer ?? "", d.eventType ?? "",
+                            "\(d.sourceTopic ?? "?")/\(d.sourcePartition.map(String.init) ?? "?")/\(d.sourceOffset.map(String.init) ?? "?")",
+                            d.reason,
+                        ]
+                    }))
+        }
+    }
+
+    private func stuckSagas(_ inspector: SagaInspector) async throws {
+        let age = DurationParser.parse(olderThan)!
+        let sagas = try await inspector.stuck(olderThan: age)
+        if json { return say(String(decoding: try JSONValue(encoding: sagas).serialized(), as: UTF8.self)) }
+        guard !sagas.isEmpty else { return say("no saga older than \(olderThan) is unfinished") }
+        let now = Date()
+        say(
+            Table.render(
+                ["saga", "age", "last event", "waiting on", "dead letters"],
+                sagas.map { s in
+                    [s.sagaId, Self.ms(now.timeIntervalSince(s.startedAt) * 1000), s.lastEventType, s.waitingOn ?? "?", String(s.deadLetters)]
+                }))
+        say("\(sagas.count) saga(s) unfinished after \(olderThan)")
+    }
+
+    private func statistics(_ inspector: SagaInspector) async throws {
+        let window = DurationParser.parse(since)!
+        let stats = try await inspector.stats(since: Date().addingTimeInterval(-Double(window.components.seconds)))
+        if json { return say(String(decoding: try JSONValue(encoding: stats).serialized(), as: UTF8.self)) }
+        let f: (Double?) -> String = { $0.map(Self.ms) ?? "-" }
+        say("sagas started in the last \(since), by outcome (end to end):")
+        say(Table.render(["outcome", "sagas", "p50", "p95", "p99"], stats.outcomes.map { [$0.outcome, String($0.sagas), f($0.p50Ms), f($0.p95Ms), f($0.p99Ms)] }))
+        say("\nlatency per step:")
+        say(Table.render(["from", "to", "count", "p50", "p95", "p99"], stats.steps.map { [$0.from, $0.to, String($0.count), Self.ms($0.p50Ms), Self.ms($0.p95Ms), Self.ms($0.p99Ms)] }))
+        say("\ndead letters: \(stats.deadLetters)")
+    }
+
+    private func orderStatus(_ sagaId: String, runtime: Runtime) async throws -> OrderBook.View? {
+        guard let id = UUID(uuidString: sagaId) else { return nil }
+        let pool = PostgresPool(configuration: runtime.env.database("orders").configuration, size: 1, logger: runtime.logger)
+        defer { Task { await pool.close() } }
+        let book = OrderBook(pool: pool, codec: EventCodec(upcasters: [], topics: runtime.env.topics), emitVersion: 2)
+        do { return try await book.view(id) } catch let error as PostgresError where error.sqlState == "42P01" { return nil }
+    }
+
+    static func ms(_ value: Double) -> String {
+        value >= 10_000 ? String(format: "%.1f s", value / 1000) : String(format: "%.0f ms", value)
+    }
+}

@@ -1,0 +1,153 @@
+import Foundation
+import SagaEngine
+import SagaServices
+import Testing
+
+/// The saga tracker and its read model, on real workers, relays and broker.
+@Suite(.serialized) struct TrackerTests {
+    func tracker(_ stack: TestStack, rebuild: Bool = false) async throws -> (SagaTracker, Task<Void, any Error>) {
+        try await SagaTracker.prepare(stack.trackerDatabase, logger: stack.logger)
+        var c = TrackerConfiguration(
+            kafka: stack.kafka, database: stack.trackerDatabase, topics: stack.topics, services: TestStack.services)
+        c.pollTimeout = .milliseconds(50)
+        c.rebuild = rebuild
+        let tracker = SagaTracker(configuration: c, model: orderSagaModel, logger: stack.logger)
+        return (tracker, Task { try await tracker.run() })
+    }
+
+    func inspector(_ stack: TestStack) -> (SagaInspector, PostgresPool) {
+        let pool = PostgresPool(configuration: stack.trackerDatabase.configuration, size: 1, logger: stack.logger)
+        return (SagaInspector(pool: pool, model: orderSagaModel), pool)
+    }
+
+    func finished(_ inspector: SagaInspector, _ id: String) async throws -> SagaInspector.Timeline? {
+        let t = try await inspector.timeline(id)
+        return t?.saga?.status == "finished" ? t : nil
+    }
+
+    @Test func aSagasTimelineMatchesWhatHappenedForEachOutcome() async throws {
+        let stack = try await TestStack()
+        try stack.startAll()
+        let (_, task) = try await tracker(stack)
+        let (inspector, pool) = inspector(stack)
+        let confirmed = try await stack.place("alice", [("widget", 1)])
+        let outOfStock = try await stack.place("alice", [("gizmo", 99)])
+        let declined = try await stack.place("carol", [("gadget", 1)])
+        var timelines: [String: SagaInspector.Timeline] = [:]
+        for id in [confirmed, outOfStock, declined] {
+            try await stack.eventually("the tracker saw \(id) finish") {
+                timelines[id] = try await finished(inspector, id)
+                return timelines[id] != nil
+            }
+        }
+        task.cancel()
+        _ = await task.result
+        await pool.close()
+        await stack.stop()
+
+        let c = try #require(timelines[confirmed])
+        #expect(c.steps.map(\.type) == ["order.created", "inventory.reserved", "payment.completed", "order.confirmed"])
+        #expect(c.saga?.outcome == "confirmed")
+        #expect(c.saga?.compensations == 0)
+        let o = try #require(timelines[outOfStock])
+        #expect(o.steps.map(\.type) == ["order.created", "inventory.rejected", "order.cancelled"])
+        #expect(o.saga?.outcome == "cancelled: out_of_stock")
+        #expect(o.steps.map(\.kind) == ["step", "failure", "outcome"])
+        let d = try #require(timelines[declined])
+        #expect(d.steps.map(\.type) == ["order.created", "inventory.reserved", "payment.failed", "inventory.released", "order.cancelled"])
+        #expect(d.steps.map(\.producer) == ["orders", "inventory", "billing", "inventory", "orders"])
+        #expect(d.steps.map(\.kind) == ["step", "step", "failure", "compensation", "outcome"])
+        #expect(d.saga?.outcome == "cancelled: payment_declined")
+        #expect(d.saga?.compensations == 1)
+        for t in [c, o, d] {
+            // A linear saga: each step was caused by the one before, and the time between them is known.
+            #expect(t.steps.first?.causationId == nil)
+            for (previous, step) in zip(t.steps, t.steps.dropFirst()) {
+                #expect(step.causationId == previous.eventId)
+                #expect((step.sincePreviousMs ?? -1) >= 0)
+            }
+            #expect(t.deadLetters.isEmpty)
+            #expect(t.steps.allSatisfy { $0.topic == stack.topics.topic(for: $0.type) })
+        }
+    }
+
+    @Test func aStuckSagaIsListedAndLeavesTheListWhenBillingReturns() async throws {
+        let stack = try await TestStack()
+        for s in TestStack.services { stack.startRelay(s) }
+        try stack.startWorker("orders")
+        try stack.startWorker("inventory")
+        let (_, task) = try await tracker(stack)
+        let (inspector, pool) = inspector(stack)
+        let id = try await stack.place("alice", [("widget", 1)])
+        try await stack.eventually("the reservation reached the tracker") {
+            try await inspector.timeline(id)?.saga?.lastEventType == "inventory.reserved"
+        }
+        try await Task.sleep(for: .milliseconds(600))
+        let stuck = try await inspector.stuck(olderThan: .milliseconds(500))
+        let entry = stuck.first { $0.sagaId == id }
+        try stack.startWorker("billing")
+        try await stack.eventually("the saga finished") { try await finished(inspector, id) != nil }
+        let after = try await inspector.stuck(olderThan: .milliseconds(500))
+        let stats = try await inspector.stats(since: Date().addingTimeInterval(-3600))
+        task.cancel()
+        _ = await task.result
+        await pool.close()
+        await stack.stop()
+
+        #expect(entry?.waitingOn == "billing: charge the customer")
+        #expect(entry?.status == "running")
+        #expect(!after.contains { $0.sagaId == id })
+        #expect(stats.outcomes.first { $0.outcome == "confirmed" }?.sagas == 1)
+        #expect(stats.steps.contains { $0.from == "inventory.reserved" && $0.to == "payment.completed" && $0.count == 1 })
+    }
+
+    /// Everything in the read model, as text, in a fixed order.
+    func snapshot(_ stack: TestStack) async throws -> [String] {
+        var out: [String] = []
+        for (table, order) in [
+            ("tracker_events", "event_id"), ("tracker_dead_letters", "topic, partition, \"offset\""), ("tracker_sagas", "saga_id"),
+        ] {
+            let rows = try await stack.query("tracker", "SELECT t::text AS row FROM \(table) t ORDER BY \(order)")
+            out += try rows.map { "\(table) " + (try $0.decode("row", as: String.self)) }
+        }
+        return out
+    }
+
+    @Test func aTrackerRebuiltFromTheLogEqualsTheLiveOne() async throws {
+        let stack = try await TestStack()
+        try await stack.query("orders", "INSERT INTO prices (sku, currency, unit_price) VALUES ('sprocket', 'EUR', 100)")
+        try stack.startAll()
+        let (_, live) = try await tracker(stack)
+        let (inspector, pool) = inspector(stack)
+        let ids = [
+            try await stack.place("alice", [("widget", 1)]), try await stack.place("carol", [("widget", 1)]),
+            try await stack.place("alice", [("doohickey", 1)]),
+        ]
+        let poisoned = try await stack.place("alice", [("sprocket", 1)])  // inventory does not stock it: dead letter
+        for id in ids { try await stack.eventually("\(id) finished") { try await finished(inspector, id) != nil } }
+        try await stack.eventually("the dead letter was tracked") {
+            try await inspector.timeline(poisoned)?.deadLetters.count == 1
+        }
+        let before = try await snapshot(stack)
+        live.cancel()
+        _ = await live.result
+
+        let (_, rebuilt) = try await tracker(stack, rebuild: true)
+        try await stack.eventually("the rebuild started") {
+            try await stack.query("tracker", "SELECT 1 FROM tracker_state WHERE rebuilt_at IS NOT NULL").count == 1
+        }
+        try await stack.eventually("the rebuild caught up", timeout: .seconds(90)) {
+            try await snapshot(stack).count == before.count
+        }
+        try await Task.sleep(for: .milliseconds(500))
+        let after = try await snapshot(stack)
+        rebuilt.cancel()
+        _ = await rebuilt.result
+        await pool.close()
+        await stack.stop()
+
+        // events: confirmed 4, declined 5, out of stock 3, poisoned 1 (order.created); 1 dead letter; 4 sagas.
+        #expect(before.count == 13 + 1 + 4)
+        #expect(after == before)
+    }
+}
