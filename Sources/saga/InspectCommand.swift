@@ -8,12 +8,14 @@ struct InspectCommand: AsyncParsableCommand {
         commandName: "inspect",
         abstract: "Inspect sagas: one saga's timeline, stuck sagas, counts and latencies.",
         discussion: """
-            saga inspect SAGA_ID                 the timeline across services, time between steps, compensations,
-                                                 dead letters and the order's status
-            saga inspect --stuck [--older-than 5m]  sagas not finished within that age and the step each waits on
-            saga inspect --stats [--since 1h]    counts by outcome, latency percentiles per step
-            Reads the tracker's read model (run `saga tracker`; `saga dev` runs one). Tables for people, --json
-            for scripts. Exits 1 for an unknown saga or an unreachable database.
+            Views of the tracker's read model (`saga tracker`; `saga dev` runs one):
+              SAGA_ID    the saga's timeline across services: time between steps,
+                         compensations, dead letters, and the order's status
+              --stuck    sagas unfinished after --older-than, with the step each
+                         one waits on
+              --stats    counts by outcome and latency percentiles per step
+            Tables for people, --json for scripts. Exits 1 for an unknown saga or
+            an unreachable database.
             """)
 
     @Argument(help: "The saga (order) id.") var sagaId: String?
