@@ -182,7 +182,7 @@ public final class OutboxRelay: Service, Sendable {
             SELECT id, topic, key, headers::text AS headers, payload FROM saga_outbox
             WHERE published_at IS NULL AND shard = ANY($1::int[]) ORDER BY id LIMIT $2
             """,
-            ["{" + shards.map(String.init).joined(separator: ",") + "}", configuration.batchSize])
+            [PostgresArray(shards), configuration.batchSize])
         guard !rows.isEmpty else { return (0, 0, false) }
         var ids: [Int64] = []
         var messages: [KafkaOutgoingMessage] = []
@@ -213,12 +213,12 @@ public final class OutboxRelay: Service, Sendable {
         }
         if !done.isEmpty {
             try await connection.execute(
-                "UPDATE saga_outbox SET published_at = now() WHERE id = ANY($1::bigint[])", [Self.array(done)])
+                "UPDATE saga_outbox SET published_at = now() WHERE id = ANY($1::bigint[])", [PostgresArray(done)])
         }
         if let firstError {
             try await connection.execute(
                 "UPDATE saga_outbox SET attempts = attempts + 1, last_error = $2 WHERE id = ANY($1::bigint[])",
-                [Self.array(failed), firstError.description])
+                [PostgresArray(failed), firstError.description])
             logger.warning("publish failed", metadata: ["rows": "\(failed.count)", "error": "\(firstError)"])
         }
         state.withLock {
@@ -228,6 +228,4 @@ public final class OutboxRelay: Service, Sendable {
         }
         return (done.count, failed.count, rows.count == configuration.batchSize)
     }
-
-    private static func array(_ ids: [Int64]) -> String { "{" + ids.map(String.init).joined(separator: ",") + "}" }
 }

@@ -109,7 +109,7 @@ struct DemoCommand: AsyncParsableCommand {
             """
             SELECT order_id::text AS id, count(*) FILTER (WHERE status = 'CHARGED') AS charged FROM charges
             WHERE order_id::text = ANY($1::text[]) GROUP BY order_id
-            """, [PostgresArray.text(ids)])
+            """, [PostgresArray(ids)])
         var charged: [String: Int] = [:]
         for r in charges { charged[try r.decode("id")] = try r.decode("charged") }
         let chargedOnce = placed.allSatisfy { s, id in (charged[id] ?? 0) == (s.expected == "CONFIRMED" ? 1 : 0) }
@@ -117,7 +117,7 @@ struct DemoCommand: AsyncParsableCommand {
         let completions = try await billing.query(
             """
             SELECT count(*) AS n FROM saga_outbox WHERE event_type = 'payment.completed' AND saga_id = ANY($1::text[])
-            """, [PostgresArray.text(ids)])
+            """, [PostgresArray(ids)])
         let completionEvents: Int = try completions.first?.decode("n") ?? -1
         checks.append(("one payment.completed per confirmed order", completionEvents == placed.filter { $0.0.expected == "CONFIRMED" }.count))
         let balances = try await billing.query(
@@ -125,7 +125,7 @@ struct DemoCommand: AsyncParsableCommand {
             SELECT a.customer_id, a.used, coalesce(sum(c.amount) FILTER (WHERE c.status = 'CHARGED'), 0) AS charged
             FROM accounts a LEFT JOIN charges c ON c.customer_id = a.customer_id
             WHERE a.customer_id = ANY($1::text[]) GROUP BY a.customer_id, a.used
-            """, [PostgresArray.text([alice, bob, carol])])
+            """, [PostgresArray([alice, bob, carol])])
         let balanced = try balances.allSatisfy { try $0.decode("used", as: Int64.self) == $0.decode("charged", as: Int64.self) }
         checks.append(("credit used = sum of charges, per customer", balanced && balances.count == 3))
         var pending = 0

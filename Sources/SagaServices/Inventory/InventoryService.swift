@@ -74,7 +74,7 @@ public enum InventoryService {
         var available: [String: Int] = [:]
         for row in try await db.query(
             "SELECT sku, available FROM stock WHERE sku = ANY($1::text[]) ORDER BY sku FOR UPDATE",
-            [PostgresArray.text(skus)])
+            [PostgresArray(skus)])
         {
             available[try row.decode("sku")] = try row.decode("available")
         }

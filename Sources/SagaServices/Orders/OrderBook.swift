@@ -35,7 +35,7 @@ public struct OrderBook: Sendable {
             let skus = Array(Set(request.lines.map(\.sku)))
             let priceRows = try await connection.query(
                 "SELECT sku, unit_price FROM prices WHERE currency = $1 AND sku = ANY($2::text[])",
-                [request.currency, PostgresArray.text(skus)])
+                [request.currency, PostgresArray(skus)])
             var prices: [String: Int64] = [:]
             for row in priceRows { prices[try row.decode("sku")] = try row.decode("unit_price") }
             var total: Int64 = 0
@@ -138,13 +138,5 @@ public struct OrderBook: Sendable {
                 createdAt: Timestamp.format(try o.decode("created_at")),
                 updatedAt: Timestamp.format(try o.decode("updated_at")))
         }
-    }
-}
-
-/// PostgreSQL array literals for `$n::text[]` parameters (quoted and escaped, so any string is safe).
-public enum PostgresArray {
-    public static func text(_ values: [String]) -> String {
-        "{" + values.map { "\"" + $0.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"") + "\"" }
-            .joined(separator: ",") + "}"
     }
 }
