@@ -26,7 +26,8 @@ public struct EventCodec: Sendable {
 
     public init(registry: SchemaRegistry = .shared, upcasters: [Upcaster], topics: TopicNaming) {
         self.registry = registry
-        self.upcasters = Dictionary(upcasters.map { ("\($0.type)@\($0.fromVersion)", $0) }, uniquingKeysWith: { a, _ in a })
+        self.upcasters = Dictionary(
+            upcasters.map { ("\($0.type)@\($0.fromVersion)", $0) }, uniquingKeysWith: { a, _ in a })
         self.topics = topics
     }
 

@@ -45,7 +45,9 @@ public enum Outbox {
         return items.compactMap { item in
             guard case .string(let k)? = item["k"] else { return nil }
             if case .string(let v)? = item["v"] { return KafkaHeader(key: k, string: v) }
-            if case .string(let b)? = item["b64"], let d = Data(base64Encoded: b) { return KafkaHeader(key: k, value: Array(d)) }
+            if case .string(let b)? = item["b64"], let d = Data(base64Encoded: b) {
+                return KafkaHeader(key: k, value: Array(d))
+            }
             return nil
         }
     }

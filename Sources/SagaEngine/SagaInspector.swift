@@ -65,7 +65,8 @@ public struct SagaInspector: Sendable {
     /// The saga's timeline; nil when the tracker has seen neither an event nor a dead letter of it.
     public func timeline(_ sagaId: String) async throws -> Timeline? {
         try await pool.withConnection { c in
-            let summary = try await c.query("SELECT * FROM tracker_sagas WHERE saga_id = $1", [sagaId]).first.map(summary)
+            let summary = try await c.query("SELECT * FROM tracker_sagas WHERE saga_id = $1", [sagaId]).first.map(
+                summary)
             var previous: Date?
             let steps = try await c.query(
                 """
@@ -148,7 +149,8 @@ public struct SagaInspector: Sendable {
                 """, [since]
             ).map { r in
                 Stats.Outcome(
-                    outcome: try r.decode("outcome"), sagas: try r.decode("sagas"), p50Ms: try r.decode("p50", as: Double?.self),
+                    outcome: try r.decode("outcome"), sagas: try r.decode("sagas"),
+                    p50Ms: try r.decode("p50", as: Double?.self),
                     p95Ms: try r.decode("p95", as: Double?.self), p99Ms: try r.decode("p99", as: Double?.self))
             }
             let steps = try await c.query(
@@ -170,9 +172,10 @@ public struct SagaInspector: Sendable {
                     from: try r.decode("prev"), to: try r.decode("event_type"), count: try r.decode("n"),
                     p50Ms: try r.decode("p50"), p95Ms: try r.decode("p95"), p99Ms: try r.decode("p99"))
             }
-            let letters: Int = try await c.query(
-                "SELECT count(*) AS n FROM tracker_dead_letters WHERE dead_lettered_at >= $1", [since]
-            ).first?.decode("n") ?? 0
+            let letters: Int =
+                try await c.query(
+                    "SELECT count(*) AS n FROM tracker_dead_letters WHERE dead_lettered_at >= $1", [since]
+                ).first?.decode("n") ?? 0
             return Stats(since: since, outcomes: outcomes, steps: steps, deadLetters: letters)
         }
     }

@@ -72,9 +72,11 @@ public final class SagaTracker: Service, Sendable {
         let lock = try await PostgresConnection.connect(configuration.database.configuration, logger: logger)
         defer { Task { await lock.close() } }
         // One active tracker per read model; a second one waits here until the first is gone.
-        while try await !(lock.query(
-            "SELECT pg_try_advisory_lock(hashtext($1)) AS locked", ["saga_tracker:" + configuration.database.schema]
-        ).first?.decode("locked", as: Bool.self) ?? false) {
+        while try await
+            !(lock.query(
+                "SELECT pg_try_advisory_lock(hashtext($1)) AS locked", ["saga_tracker:" + configuration.database.schema]
+            ).first?.decode("locked", as: Bool.self) ?? false)
+        {
             if Task.isShuttingDownGracefully || Task.isCancelled { return }
             try? await Task.sleep(for: .seconds(1))
         }
@@ -89,7 +91,8 @@ public final class SagaTracker: Service, Sendable {
         while !Task.isShuttingDownGracefully && !Task.isCancelled {
             let batch: [KafkaMessage]
             do {
-                batch = try await consumer.poll(maxMessages: configuration.batchSize, timeout: configuration.pollTimeout)
+                batch = try await consumer.poll(
+                    maxMessages: configuration.batchSize, timeout: configuration.pollTimeout)
             } catch {
                 if error.isFatal { break }
                 logger.warning("poll failed", metadata: ["error": "\(error)"])
@@ -153,8 +156,10 @@ public final class SagaTracker: Service, Sendable {
                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10, $11, $12) ON CONFLICT (event_id) DO NOTHING
                 """,
                 [
-                    envelope.id, envelope.sagaId, envelope.type, envelope.version, envelope.producer, envelope.occurredAt,
-                    envelope.causationId, envelope.traceparent, String(decoding: envelope.data.serialized(), as: UTF8.self),
+                    envelope.id, envelope.sagaId, envelope.type, envelope.version, envelope.producer,
+                    envelope.occurredAt,
+                    envelope.causationId, envelope.traceparent,
+                    String(decoding: envelope.data.serialized(), as: UTF8.self),
                     message.topic, Int(message.partition), message.offset,
                 ])
             touched.insert(envelope.sagaId)
@@ -183,7 +188,8 @@ public final class SagaTracker: Service, Sendable {
                 message.topic, Int(message.partition), message.offset, saga,
                 envelope?.id ?? message.header(SagaHeader.eventId).flatMap(UUID.init(uuidString:)),
                 envelope?.type ?? message.header(SagaHeader.eventType), message.header(SagaHeader.deadLetterConsumer),
-                message.header(SagaHeader.deadLetterReason) ?? "unknown", message.header(SagaHeader.deadLetterSourceTopic),
+                message.header(SagaHeader.deadLetterReason) ?? "unknown",
+                message.header(SagaHeader.deadLetterSourceTopic),
                 message.header(SagaHeader.deadLetterSourcePartition).flatMap(Int.init),
                 message.header(SagaHeader.deadLetterSourceOffset).flatMap(Int64.init), at,
             ])
@@ -210,9 +216,10 @@ public final class SagaTracker: Service, Sendable {
                 finishedAt = try e.decode("occurred_at", as: Date.self)
             }
         }
-        let letters: Int = try await connection.query(
-            "SELECT count(*) AS n FROM tracker_dead_letters WHERE saga_id = $1", [saga]
-        ).first?.decode("n") ?? 0
+        let letters: Int =
+            try await connection.query(
+                "SELECT count(*) AS n FROM tracker_dead_letters WHERE saga_id = $1", [saga]
+            ).first?.decode("n") ?? 0
         try await connection.execute(
             """
             INSERT INTO tracker_sagas (saga_id, status, outcome, started_at, updated_at, finished_at, last_event_type,
@@ -223,7 +230,8 @@ public final class SagaTracker: Service, Sendable {
             """,
             [
                 saga, outcome == nil ? "running" : "finished", outcome, try first.decode("occurred_at", as: Date.self),
-                try last.decode("occurred_at", as: Date.self), finishedAt, try last.decode("event_type", as: String.self),
+                try last.decode("occurred_at", as: Date.self), finishedAt,
+                try last.decode("event_type", as: String.self),
                 events.count, compensations, letters,
             ])
     }

@@ -93,10 +93,15 @@ public final class Worker: Service, Sendable {
         while !Task.isShuttingDownGracefully && !Task.isCancelled {
             let batch: [KafkaMessage]
             do {
-                batch = try await consumer.poll(maxMessages: configuration.batchSize, timeout: configuration.pollTimeout)
+                batch = try await consumer.poll(
+                    maxMessages: configuration.batchSize, timeout: configuration.pollTimeout)
                 pollFailures = 0
             } catch {
-                if error.isFatal { await consumer.close(); await pool.close(); throw error }
+                if error.isFatal {
+                    await consumer.close()
+                    await pool.close()
+                    throw error
+                }
                 pollFailures += 1
                 logger.warning("poll failed", metadata: ["error": "\(error)"])
                 try? await Task.sleep(for: configuration.retry.delay(attempt: pollFailures))
@@ -157,7 +162,8 @@ public final class Worker: Service, Sendable {
                 attempt += 1
                 state.withLock { $0.retries += 1 }
                 logger.warning(
-                    "batch failed, retrying", metadata: ["error": "\(error)", "attempt": "\(attempt)", "size": "\(batch.count)"])
+                    "batch failed, retrying",
+                    metadata: ["error": "\(error)", "attempt": "\(attempt)", "size": "\(batch.count)"])
                 if Task.isShuttingDownGracefully || Task.isCancelled { return false }
                 try? await Task.sleep(for: configuration.retry.delay(attempt: attempt))
             }
@@ -214,7 +220,8 @@ public final class Worker: Service, Sendable {
     }
 
     private func handleOne(
-        _ event: IncomingEvent, with handler: EventHandler, from message: KafkaMessage, on connection: PostgresConnection
+        _ event: IncomingEvent, with handler: EventHandler, from message: KafkaMessage,
+        on connection: PostgresConnection
     ) async throws -> OneOutcome {
         let inserted = try await connection.execute(
             """

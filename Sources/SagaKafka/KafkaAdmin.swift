@@ -36,7 +36,9 @@ public final class KafkaAdmin: Sendable {
     ) async throws(KafkaError) {
         guard !topics.isEmpty else { return }
         let client = self.client
-        let topics = topics.map { TopicSpec(name: $0.name, partitions: $0.partitions, replicationFactor: $0.replicationFactor) }
+        let topics = topics.map {
+            TopicSpec(name: $0.name, partitions: $0.partitions, replicationFactor: $0.replicationFactor)
+        }
         let milliseconds = timeout.kafkaMilliseconds
         try await lane.run { () -> Result<Void, KafkaError> in
             Self.createTopicsBlocking(client.handle, topics, milliseconds: milliseconds)
@@ -58,14 +60,17 @@ public final class KafkaAdmin: Sendable {
             defer { if let metadata { rd_kafka_metadata_destroy(metadata) } }
             guard result == RD_KAFKA_RESP_ERR_NO_ERROR, let metadata else {
                 return .failure(
-                    KafkaError(result, message: "metadata request failed: \(String(cString: rd_kafka_err2str(result)))"))
+                    KafkaError(result, message: "metadata request failed: \(String(cString: rd_kafka_err2str(result)))")
+                )
             }
             let topics = UnsafeBufferPointer(start: metadata.pointee.topics, count: Int(metadata.pointee.topic_cnt))
             guard let entry = topics.first(where: { String(cString: $0.topic) == topic }) else {
-                return .failure(KafkaError(RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART, message: "topic \(topic) does not exist"))
+                return .failure(
+                    KafkaError(RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART, message: "topic \(topic) does not exist"))
             }
             guard entry.err == RD_KAFKA_RESP_ERR_NO_ERROR else {
-                return .failure(KafkaError(entry.err, message: "topic \(topic): \(String(cString: rd_kafka_err2str(entry.err)))"))
+                return .failure(
+                    KafkaError(entry.err, message: "topic \(topic): \(String(cString: rd_kafka_err2str(entry.err)))"))
             }
             return .success(entry.partition_cnt)
         }

@@ -111,11 +111,13 @@ public final class KafkaConsumer: Sendable {
                     return .failure(
                         KafkaError(
                             failed.error,
-                            message: "commit of \(failed.topic)[\(failed.partition)] failed: \(String(cString: rd_kafka_err2str(failed.error)))"
+                            message:
+                                "commit of \(failed.topic)[\(failed.partition)] failed: \(String(cString: rd_kafka_err2str(failed.error)))"
                         ))
                 }
                 guard result == RD_KAFKA_RESP_ERR_NO_ERROR else {
-                    return .failure(KafkaError(result, message: "commit failed: \(String(cString: rd_kafka_err2str(result)))"))
+                    return .failure(
+                        KafkaError(result, message: "commit failed: \(String(cString: rd_kafka_err2str(result)))"))
                 }
                 return .success(())
             }
@@ -131,7 +133,9 @@ public final class KafkaConsumer: Sendable {
             let key = KafkaTopicPartition(topic: message.topic, partition: message.partition)
             highest[key] = max(highest[key] ?? Int64.min, message.offset)
         }
-        let offsets = highest.map { KafkaTopicPartitionOffset(topic: $0.key.topic, partition: $0.key.partition, offset: $0.value + 1) }
+        let offsets = highest.map {
+            KafkaTopicPartitionOffset(topic: $0.key.topic, partition: $0.key.partition, offset: $0.value + 1)
+        }
         try await commit(offsets.sorted { ($0.topic, $0.partition) < ($1.topic, $1.partition) })
     }
 
@@ -151,7 +155,9 @@ public final class KafkaConsumer: Sendable {
                 let result = rd_kafka_committed(client.handle, list, milliseconds)
                 guard result == RD_KAFKA_RESP_ERR_NO_ERROR else {
                     return .failure(
-                        KafkaError(result, message: "fetching committed offsets failed: \(String(cString: rd_kafka_err2str(result)))"))
+                        KafkaError(
+                            result,
+                            message: "fetching committed offsets failed: \(String(cString: rd_kafka_err2str(result)))"))
                 }
                 var offsets: [KafkaTopicPartitionOffset] = []
                 for element in RDKafkaTopicPartitionList.elements(list) {
@@ -159,10 +165,13 @@ public final class KafkaConsumer: Sendable {
                         return .failure(
                             KafkaError(
                                 element.error,
-                                message: "fetching the committed offset of \(element.topic)[\(element.partition)] failed: \(String(cString: rd_kafka_err2str(element.error)))"
+                                message:
+                                    "fetching the committed offset of \(element.topic)[\(element.partition)] failed: \(String(cString: rd_kafka_err2str(element.error)))"
                             ))
                     }
-                    offsets.append(KafkaTopicPartitionOffset(topic: element.topic, partition: element.partition, offset: element.offset))
+                    offsets.append(
+                        KafkaTopicPartitionOffset(
+                            topic: element.topic, partition: element.partition, offset: element.offset))
                 }
                 return .success(offsets)
             }
@@ -179,7 +188,9 @@ public final class KafkaConsumer: Sendable {
         defer { if let list { rd_kafka_topic_partition_list_destroy(list) } }
         guard result == RD_KAFKA_RESP_ERR_NO_ERROR else { throw KafkaError(result) }
         guard let list else { return [] }
-        return RDKafkaTopicPartitionList.elements(list).map { KafkaTopicPartition(topic: $0.topic, partition: $0.partition) }
+        return RDKafkaTopicPartitionList.elements(list).map {
+            KafkaTopicPartition(topic: $0.topic, partition: $0.partition)
+        }
     }
 
     /// Leaves the group cleanly (revoking the assignment) and ends ``messages``; later calls

@@ -59,7 +59,8 @@ public final class KafkaMockCluster: Sendable {
         let cluster = try current()
         let result = rd_kafka_mock_topic_create(cluster.cluster, name, partitions, replicationFactor)
         guard result == RD_KAFKA_RESP_ERR_NO_ERROR else {
-            throw KafkaError(result, message: "creating mock topic \(name) failed: \(String(cString: rd_kafka_err2str(result)))")
+            throw KafkaError(
+                result, message: "creating mock topic \(name) failed: \(String(cString: rd_kafka_err2str(result)))")
         }
     }
 

@@ -101,7 +101,8 @@ public final class KafkaProducer: Sendable {
         guard code == RD_KAFKA_RESP_ERR_NO_ERROR else {
             throw KafkaError(
                 code,
-                message: "flush did not complete within \(timeout): \(rd_kafka_outq_len(client.handle)) messages or requests outstanding"
+                message:
+                    "flush did not complete within \(timeout): \(rd_kafka_outq_len(client.handle)) messages or requests outstanding"
             )
         }
     }

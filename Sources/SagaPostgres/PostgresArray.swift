@@ -10,7 +10,8 @@ public struct PostgresArray: PostgresEncodable, Hashable {
         postgresText =
             "{"
             + values.map {
-                "\"" + $0.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"") + "\""
+                "\"" + $0.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"")
+                    + "\""
             }.joined(separator: ",") + "}"
     }
 

@@ -227,7 +227,9 @@ public struct SagaServiceDefinition: Sendable {
     public var migrations: [PostgresMigration]
     public var upcasters: [Upcaster] = sagaUpcasters
     public var handlers: [EventHandler]
-    public init(name: String, migrations: [PostgresMigration], upcasters: [Upcaster] = sagaUpcasters, handlers: [EventHandler]) {
+    public init(
+        name: String, migrations: [PostgresMigration], upcasters: [Upcaster] = sagaUpcasters, handlers: [EventHandler]
+    ) {
         self.name = name
         self.migrations = migrations
         self.upcasters = upcasters
@@ -240,7 +242,6 @@ public func sagaTopics(_ naming: TopicNaming) -> [String] {
     sagaEventTypes.map(naming.topic(for:))
         + [OrdersService.name, InventoryService.name, BillingService.name].map { naming.deadLetterTopic(consumer: $0) }
 }
-
 
 /// The order saga's shape, for the tracker and `saga inspect`.
 public let orderSagaModel = SagaModel(

@@ -48,10 +48,12 @@ struct BenchCommand: AsyncParsableCommand {
         ).seed(orders: pools[0], inventory: pools[1], billing: pools[2])
 
         // Watch the saga's last events before placing anything.
-        var consumerConfig = kafka.consumer(groupId: "saga-bench-\(UUID().uuidString.prefix(8))", clientId: "saga-bench")
+        var consumerConfig = kafka.consumer(
+            groupId: "saga-bench-\(UUID().uuidString.prefix(8))", clientId: "saga-bench")
         consumerConfig.autoOffsetReset = "latest"
         let consumer = try KafkaConsumer(configuration: consumerConfig, logger: runtime.logger)
-        try consumer.subscribe(topics: [OrderConfirmed.eventType, OrderCancelled.eventType].map(env.topics.topic(for:)))
+        try consumer.subscribe(
+            topics: [OrderConfirmed.eventType, OrderCancelled.eventType].map(env.topics.topic(for:)))
         let joinDeadline = ContinuousClock.now + .seconds(30)
         while try consumer.assignment().isEmpty && ContinuousClock.now < joinDeadline {
             _ = try await consumer.poll(maxMessages: 100, timeout: .milliseconds(100))
@@ -98,9 +100,11 @@ struct BenchCommand: AsyncParsableCommand {
         while ContinuousClock.now < markDeadline {
             var pending = 0
             for pool in pools {
-                pending += try await pool.query(
-                    "SELECT count(*) AS n FROM saga_outbox WHERE created_at >= $1 AND published_at IS NULL", [startWall]
-                ).first?.decode("n", as: Int.self) ?? 0
+                pending +=
+                    try await pool.query(
+                        "SELECT count(*) AS n FROM saga_outbox WHERE created_at >= $1 AND published_at IS NULL",
+                        [startWall]
+                    ).first?.decode("n", as: Int.self) ?? 0
             }
             if pending == 0 { break }
             try await Task.sleep(for: .milliseconds(100))
@@ -185,7 +189,11 @@ final class Progress: Sendable {
 
 func pct(_ sorted: [Double], _ p: Double) -> Double {
     guard !sorted.isEmpty else { return 0 }
-    return sorted[min(sorted.count - 1, Int((Double(sorted.count) * p).rounded(.up)) - 1 < 0 ? 0 : Int((Double(sorted.count) * p).rounded(.up)) - 1)]
+    return sorted[
+        min(
+            sorted.count - 1,
+            Int((Double(sorted.count) * p).rounded(.up)) - 1 < 0 ? 0 : Int((Double(sorted.count) * p).rounded(.up)) - 1)
+    ]
 }
 
 func round1(_ x: Double) -> Double { (x * 10).rounded() / 10 }

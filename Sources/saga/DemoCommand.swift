@@ -54,9 +54,11 @@ struct DemoCommand: AsyncParsableCommand {
             Scenario(customer: alice, lines: [("gadget", 1), ("widget", 3)], expected: "CONFIRMED", why: "two lines"),
             Scenario(customer: bob, lines: [("widget", 1)], expected: "CONFIRMED", why: "12.50 within bob's 50.00"),
             Scenario(customer: alice, lines: [("doohickey", 1)], expected: "out_of_stock", why: "never in stock"),
-            Scenario(customer: alice, lines: [("widget", 1), ("gizmo", 50)], expected: "out_of_stock", why: "all or nothing"),
+            Scenario(
+                customer: alice, lines: [("widget", 1), ("gizmo", 50)], expected: "out_of_stock", why: "all or nothing"),
             Scenario(customer: carol, lines: [("widget", 1)], expected: "payment_declined", why: "no credit"),
-            Scenario(customer: bob, lines: [("gadget", 2)], expected: "payment_declined", why: "60.00 over bob's limit"),
+            Scenario(
+                customer: bob, lines: [("gadget", 2)], expected: "payment_declined", why: "60.00 over bob's limit"),
             Scenario(customer: dave, lines: [("gadget", 1)], expected: "payment_declined", why: "unknown customer"),
         ]
         let stockBefore = try await stock(inventory)
@@ -67,7 +69,9 @@ struct DemoCommand: AsyncParsableCommand {
         let deadline = ContinuousClock.now + .seconds(timeout)
         var views: [String: JSONValue] = [:]
         while ContinuousClock.now < deadline {
-            for (_, id) in placed where views[id].map(Self.isTerminal) != true { views[id] = try await client.order(id) }
+            for (_, id) in placed where views[id].map(Self.isTerminal) != true {
+                views[id] = try await client.order(id)
+            }
             if views.values.allSatisfy(Self.isTerminal) && views.count == placed.count { break }
             try await Task.sleep(for: .milliseconds(200))
         }
@@ -87,22 +91,28 @@ struct DemoCommand: AsyncParsableCommand {
             rows.append([
                 String(id.prefix(8)), s.customer.split(separator: "-").first.map(String.init) ?? s.customer,
                 s.lines.map { "\($0.1)×\($0.0)" }.joined(separator: " "), Self.money(v["total"]), status,
-                outcome == "CONFIRMED" ? "" : outcome, steps.joined(separator: " → "), outcome == s.expected ? "✓" : "✗ expected \(s.expected)",
+                outcome == "CONFIRMED" ? "" : outcome, steps.joined(separator: " → "),
+                outcome == s.expected ? "✓" : "✗ expected \(s.expected)",
             ])
         }
-        print(Table.render(["order", "customer", "lines", "total", "status", "reason", "order history", "check"], rows))
+        print(
+            Table.render(["order", "customer", "lines", "total", "status", "reason", "order history", "check"], rows))
 
         let terminal = views.count == placed.count && views.values.allSatisfy(Self.isTerminal)
         checks.append(("every saga reached a terminal state", terminal))
         checks.append(("every saga ended as expected", allAsExpected))
         let stockAfter = try await stock(inventory)
         let seeded = Dictionary(uniqueKeysWithValues: DemoCatalogue.standard.products.map { ($0.sku, $0.stock) })
-        let conserved = stockAfter.allSatisfy { sku, s in seeded[sku].map { s.available + s.reserved + s.sold == $0 } ?? true }
+        let conserved = stockAfter.allSatisfy { sku, s in
+            seeded[sku].map { s.available + s.reserved + s.sold == $0 } ?? true
+        }
         let noReservationLeft = stockAfter.values.allSatisfy { $0.reserved == 0 }
         checks.append(("stock conserved (available + reserved + sold = seeded, per SKU)", conserved))
         checks.append(("no stock left reserved once every saga finished", noReservationLeft))
         let soldDelta = stockAfter.reduce(0) { $0 + $1.value.sold - (stockBefore[$1.key]?.sold ?? 0) }
-        let soldExpected = placed.filter { $0.0.expected == "CONFIRMED" }.reduce(0) { $0 + $1.0.lines.reduce(0) { $0 + $1.1 } }
+        let soldExpected = placed.filter { $0.0.expected == "CONFIRMED" }.reduce(0) {
+            $0 + $1.0.lines.reduce(0) { $0 + $1.1 }
+        }
         checks.append(("units sold = units in confirmed orders (\(soldExpected))", soldDelta == soldExpected))
         let ids = placed.map(\.1)
         let charges = try await billing.query(
@@ -119,18 +129,25 @@ struct DemoCommand: AsyncParsableCommand {
             SELECT count(*) AS n FROM saga_outbox WHERE event_type = 'payment.completed' AND saga_id = ANY($1::text[])
             """, [PostgresArray(ids)])
         let completionEvents: Int = try completions.first?.decode("n") ?? -1
-        checks.append(("one payment.completed per confirmed order", completionEvents == placed.filter { $0.0.expected == "CONFIRMED" }.count))
+        checks.append(
+            (
+                "one payment.completed per confirmed order",
+                completionEvents == placed.filter { $0.0.expected == "CONFIRMED" }.count
+            ))
         let balances = try await billing.query(
             """
             SELECT a.customer_id, a.used, coalesce(sum(c.amount) FILTER (WHERE c.status = 'CHARGED'), 0) AS charged
             FROM accounts a LEFT JOIN charges c ON c.customer_id = a.customer_id
             WHERE a.customer_id = ANY($1::text[]) GROUP BY a.customer_id, a.used
             """, [PostgresArray([alice, bob, carol])])
-        let balanced = try balances.allSatisfy { try $0.decode("used", as: Int64.self) == $0.decode("charged", as: Int64.self) }
+        let balanced = try balances.allSatisfy {
+            try $0.decode("used", as: Int64.self) == $0.decode("charged", as: Int64.self)
+        }
         checks.append(("credit used = sum of charges, per customer", balanced && balances.count == 3))
         var pending = 0
         for pool in pools {
-            pending += try await pool.query("SELECT count(*) AS n FROM saga_outbox WHERE published_at IS NULL").first?
+            pending +=
+                try await pool.query("SELECT count(*) AS n FROM saga_outbox WHERE published_at IS NULL").first?
                 .decode("n", as: Int.self) ?? 0
         }
         checks.append(("every outbox row published", pending == 0))
@@ -141,7 +158,11 @@ struct DemoCommand: AsyncParsableCommand {
         print("\nall \(checks.count) invariants hold")
     }
 
-    struct Stock { var available: Int; var reserved: Int; var sold: Int }
+    struct Stock {
+        var available: Int
+        var reserved: Int
+        var sold: Int
+    }
 
     private func stock(_ inventory: PostgresPool) async throws -> [String: Stock] {
         var out: [String: Stock] = [:]

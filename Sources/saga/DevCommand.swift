@@ -1,6 +1,6 @@
 import ArgumentParser
-import Logging
 import Foundation
+import Logging
 import SagaEngine
 import SagaKafka
 import SagaServices
@@ -84,7 +84,8 @@ enum LocalPostgres {
         let explicit = ProcessInfo.processInfo.environment["SAGA_DATABASE_URL"].map { !$0.isEmpty } ?? false
         guard !explicit, FileManager.default.isExecutableFile(atPath: "scripts/pg") else {
             throw ValidationError(
-                "cannot reach PostgreSQL at \(Redact.url(env.databaseURL)): start it (scripts/pg start) or set SAGA_DATABASE_URL")
+                "cannot reach PostgreSQL at \(Redact.url(env.databaseURL)): start it (scripts/pg start) or set SAGA_DATABASE_URL"
+            )
         }
         logger.info("starting the local PostgreSQL (scripts/pg start)")
         try runScript(["start"])
@@ -110,7 +111,9 @@ enum LocalPostgres {
         p.arguments = args
         try p.run()
         p.waitUntilExit()
-        guard p.terminationStatus == 0 else { throw ValidationError("scripts/pg \(args.joined(separator: " ")) failed") }
+        guard p.terminationStatus == 0 else {
+            throw ValidationError("scripts/pg \(args.joined(separator: " ")) failed")
+        }
     }
 }
 

@@ -1,8 +1,9 @@
 import Foundation
-#if canImport(FoundationNetworking)
-import FoundationNetworking
-#endif
 import SagaEngine
+
+#if canImport(FoundationNetworking)
+    import FoundationNetworking
+#endif
 
 /// A small JSON-over-HTTP client for the demo and the benchmark (the orders API on loopback).
 struct OrdersClient: Sendable {
@@ -29,7 +30,8 @@ struct OrdersClient: Sendable {
         ])
         let (status, json) = try await send("POST", "/orders", body: body.serialized())
         guard status == 202 || status == 200, case .string(let id)? = json["orderId"] else {
-            throw Failure(description: "POST /orders answered \(status): \(String(decoding: json.serialized(), as: UTF8.self))")
+            throw Failure(
+                description: "POST /orders answered \(status): \(String(decoding: json.serialized(), as: UTF8.self))")
         }
         return id
     }

@@ -28,13 +28,18 @@ struct InspectCommand: AsyncParsableCommand {
     func validate() throws {
         let modes = [sagaId != nil, stuck, stats].filter { $0 }.count
         guard modes == 1 else { throw ValidationError("give exactly one of SAGA_ID, --stuck or --stats") }
-        guard DurationParser.parse(olderThan) != nil else { throw ValidationError("--older-than '\(olderThan)': expected e.g. 90s, 5m, 2h") }
-        guard DurationParser.parse(since) != nil else { throw ValidationError("--since '\(since)': expected e.g. 15m, 1h, 7d") }
+        guard DurationParser.parse(olderThan) != nil else {
+            throw ValidationError("--older-than '\(olderThan)': expected e.g. 90s, 5m, 2h")
+        }
+        guard DurationParser.parse(since) != nil else {
+            throw ValidationError("--since '\(since)': expected e.g. 15m, 1h, 7d")
+        }
     }
 
     func run() async throws {
         let runtime = try Runtime.start("saga.inspect")
-        let pool = PostgresPool(configuration: runtime.env.database("tracker").configuration, size: 1, logger: runtime.logger)
+        let pool = PostgresPool(
+            configuration: runtime.env.database("tracker").configuration, size: 1, logger: runtime.logger)
         defer { Task { await pool.close() } }
         let inspector = SagaInspector(pool: pool, model: orderSagaModel)
         do {
@@ -64,7 +69,9 @@ struct InspectCommand: AsyncParsableCommand {
         }
         if let s = t.saga {
             let took = s.finishedAt.map { " in \(Self.ms($0.timeIntervalSince(s.startedAt) * 1000))" } ?? ""
-            say("saga \(sagaId)  \(s.outcome.map { "finished: \($0)" } ?? "running, waiting on \(s.waitingOn ?? "?")")\(took)")
+            say(
+                "saga \(sagaId)  \(s.outcome.map { "finished: \($0)" } ?? "running, waiting on \(s.waitingOn ?? "?")")\(took)"
+            )
             say(
                 "started \(Timestamp.format(s.startedAt)); \(s.events) events, \(s.compensations) compensation(s), "
                     + "\(s.deadLetters) dead letter(s)")
@@ -115,7 +122,10 @@ struct InspectCommand: AsyncParsableCommand {
             Table.render(
                 ["saga", "age", "last event", "waiting on", "dead letters"],
                 sagas.map { s in
-                    [s.sagaId, Self.ms(now.timeIntervalSince(s.startedAt) * 1000), s.lastEventType, s.waitingOn ?? "?", String(s.deadLetters)]
+                    [
+                        s.sagaId, Self.ms(now.timeIntervalSince(s.startedAt) * 1000), s.lastEventType,
+                        s.waitingOn ?? "?", String(s.deadLetters),
+                    ]
                 }))
         say("\(sagas.count) saga(s) unfinished after \(olderThan)")
     }
@@ -126,18 +136,29 @@ struct InspectCommand: AsyncParsableCommand {
         if json { return say(String(decoding: try JSONValue(encoding: stats).serialized(), as: UTF8.self)) }
         let f: (Double?) -> String = { $0.map(Self.ms) ?? "-" }
         say("sagas started in the last \(since), by outcome (end to end):")
-        say(Table.render(["outcome", "sagas", "p50", "p95", "p99"], stats.outcomes.map { [$0.outcome, String($0.sagas), f($0.p50Ms), f($0.p95Ms), f($0.p99Ms)] }))
+        say(
+            Table.render(
+                ["outcome", "sagas", "p50", "p95", "p99"],
+                stats.outcomes.map { [$0.outcome, String($0.sagas), f($0.p50Ms), f($0.p95Ms), f($0.p99Ms)] }))
         say("\nlatency per step:")
-        say(Table.render(["from", "to", "count", "p50", "p95", "p99"], stats.steps.map { [$0.from, $0.to, String($0.count), Self.ms($0.p50Ms), Self.ms($0.p95Ms), Self.ms($0.p99Ms)] }))
+        say(
+            Table.render(
+                ["from", "to", "count", "p50", "p95", "p99"],
+                stats.steps.map {
+                    [$0.from, $0.to, String($0.count), Self.ms($0.p50Ms), Self.ms($0.p95Ms), Self.ms($0.p99Ms)]
+                }))
         say("\ndead letters: \(stats.deadLetters)")
     }
 
     private func orderStatus(_ sagaId: String, runtime: Runtime) async throws -> OrderBook.View? {
         guard let id = UUID(uuidString: sagaId) else { return nil }
-        let pool = PostgresPool(configuration: runtime.env.database("orders").configuration, size: 1, logger: runtime.logger)
+        let pool = PostgresPool(
+            configuration: runtime.env.database("orders").configuration, size: 1, logger: runtime.logger)
         defer { Task { await pool.close() } }
         let book = OrderBook(pool: pool, codec: EventCodec(upcasters: [], topics: runtime.env.topics), emitVersion: 2)
-        do { return try await book.view(id) } catch let error as PostgresError where error.sqlState == "42P01" { return nil }
+        do { return try await book.view(id) } catch let error as PostgresError where error.sqlState == "42P01" {
+            return nil
+        }
     }
 
     static func ms(_ value: Double) -> String {

@@ -30,4 +30,3 @@ struct Runtime {
 
     var stack: Stack { Stack(env: env, logger: logger) }
 }
-

@@ -22,13 +22,16 @@ struct SagaEnvironment: Sendable {
     static let defaultDatabaseURL = "postgresql://postgres@127.0.0.1:55432/saga"
 
     /// Reads the environment. - Throws: `ConfigurationError` naming the variable and what is wrong with it.
-    static func load(_ env: [String: String] = ProcessInfo.processInfo.environment, devFile: DevStackFile? = DevStackFile.read())
+    static func load(
+        _ env: [String: String] = ProcessInfo.processInfo.environment, devFile: DevStackFile? = DevStackFile.read()
+    )
         throws(ConfigurationError) -> SagaEnvironment
     {
         func int(_ name: String, _ fallback: Int, _ range: ClosedRange<Int>) throws(ConfigurationError) -> Int {
             guard let raw = env[name], !raw.isEmpty else { return fallback }
             guard let v = Int(raw), range.contains(v) else {
-                throw ConfigurationError("\(name)='\(raw)': expected a whole number in \(range.lowerBound)...\(range.upperBound)")
+                throw ConfigurationError(
+                    "\(name)='\(raw)': expected a whole number in \(range.lowerBound)...\(range.upperBound)")
             }
             return v
         }
@@ -56,7 +59,8 @@ struct SagaEnvironment: Sendable {
             orderCreatedVersion: version,
             workerBatchSize: try int("SAGA_WORKER_BATCH_SIZE", 200, 1...10_000),
             relayBatchSize: try int("SAGA_RELAY_BATCH_SIZE", 500, 1...10_000),
-            relayMaxShards: try int("SAGA_RELAY_MAX_SHARDS", EngineMigrations.shardCount, 1...EngineMigrations.shardCount),
+            relayMaxShards: try int(
+                "SAGA_RELAY_MAX_SHARDS", EngineMigrations.shardCount, 1...EngineMigrations.shardCount),
             inboxRetention: try duration("SAGA_INBOX_RETENTION", .seconds(7 * 86400)),
             outboxRetention: try duration("SAGA_OUTBOX_RETENTION", .seconds(3600)),
             fetchWaitMaxMs: try int("SAGA_KAFKA_FETCH_WAIT_MAX_MS", 10, 1...10_000))
@@ -80,9 +84,11 @@ struct SagaEnvironment: Sendable {
     func kafka() throws(ConfigurationError) -> KafkaSettings {
         guard let kafkaBootstrap else {
             throw ConfigurationError(
-                "no Kafka broker: set SAGA_KAFKA_BOOTSTRAP, or start the local stack with `saga dev` (or `saga broker`)")
+                "no Kafka broker: set SAGA_KAFKA_BOOTSTRAP, or start the local stack with `saga dev` (or `saga broker`)"
+            )
         }
-        return KafkaSettings(bootstrapServers: kafkaBootstrap, properties: kafkaProperties, fetchWaitMaxMs: fetchWaitMaxMs)
+        return KafkaSettings(
+            bootstrapServers: kafkaBootstrap, properties: kafkaProperties, fetchWaitMaxMs: fetchWaitMaxMs)
     }
 
     var topics: TopicNaming { TopicNaming(prefix: topicPrefix) }
@@ -90,8 +96,10 @@ struct SagaEnvironment: Sendable {
     /// A service's database (or the tracker's): its own schema, named as the service, in
     /// `SAGA_<SERVICE>_DATABASE_URL` or `SAGA_DATABASE_URL`.
     func database(_ service: String) -> ServiceDatabase {
-        ServiceDatabase(url: serviceDatabaseURLs[service] ?? databaseURL, schema: topicPrefix.isEmpty
-            ? service : sanitized(topicPrefix) + service)
+        ServiceDatabase(
+            url: serviceDatabaseURLs[service] ?? databaseURL,
+            schema: topicPrefix.isEmpty
+                ? service : sanitized(topicPrefix) + service)
     }
 
     private func sanitized(_ prefix: String) -> String {

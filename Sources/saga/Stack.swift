@@ -18,7 +18,8 @@ struct Stack: Sendable {
         case OrdersService.name: return OrdersService.definition()
         case InventoryService.name: return InventoryService.definition()
         case BillingService.name: return BillingService.definition()
-        default: throw ConfigurationError("unknown service '\(name)': expected one of \(services.joined(separator: ", "))")
+        default:
+            throw ConfigurationError("unknown service '\(name)': expected one of \(services.joined(separator: ", "))")
         }
     }
 
@@ -58,7 +59,9 @@ struct Stack: Sendable {
 
     /// Seeds the demo catalogue into the three databases.
     func seed(_ catalogue: DemoCatalogue = .standard) async throws {
-        let pools = Self.services.map { PostgresPool(configuration: env.database($0).configuration, size: 1, logger: logger) }
+        let pools = Self.services.map {
+            PostgresPool(configuration: env.database($0).configuration, size: 1, logger: logger)
+        }
         do {
             try await catalogue.seed(orders: pools[0], inventory: pools[1], billing: pools[2])
         } catch {
@@ -69,8 +72,9 @@ struct Stack: Sendable {
     }
 
     /// The orders HTTP API as a service. `onRunning` gets the bound port (useful with port 0).
-    func ordersHTTP(port: Int, onRunning: @escaping @Sendable (Int) async -> Void = { _ in }) -> (any Service, PostgresPool)
-    {
+    func ordersHTTP(port: Int, onRunning: @escaping @Sendable (Int) async -> Void = { _ in }) -> (
+        any Service, PostgresPool
+    ) {
         let pool = PostgresPool(configuration: env.database(OrdersService.name).configuration, size: 4, logger: logger)
         let book = OrderBook(
             pool: pool, codec: EventCodec(upcasters: sagaUpcasters, topics: env.topics),
@@ -89,7 +93,8 @@ struct Stack: Sendable {
         let group = ServiceGroup(
             configuration: .init(
                 services: services.map {
-                    .init(service: $0, successTerminationBehavior: .gracefullyShutdownGroup,
+                    .init(
+                        service: $0, successTerminationBehavior: .gracefullyShutdownGroup,
                         failureTerminationBehavior: .gracefullyShutdownGroup)
                 },
                 gracefulShutdownSignals: [.sigterm, .sigint],

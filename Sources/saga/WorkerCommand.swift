@@ -17,7 +17,8 @@ struct WorkerCommand: AsyncParsableCommand {
 
     func validate() throws {
         guard Stack.services.contains(service) else {
-            throw ValidationError("unknown service '\(service)': expected one of \(Stack.services.joined(separator: ", "))")
+            throw ValidationError(
+                "unknown service '\(service)': expected one of \(Stack.services.joined(separator: ", "))")
         }
     }
 
@@ -31,7 +32,8 @@ struct WorkerCommand: AsyncParsableCommand {
         if service == "orders" {
             try await stack.migrate(["orders"])
             let (http, p) = stack.ordersHTTP(port: runtime.env.httpPort) { port in
-                runtime.logger.info("orders HTTP API listening", metadata: ["address": "\(runtime.env.httpHost):\(port)"])
+                runtime.logger.info(
+                    "orders HTTP API listening", metadata: ["address": "\(runtime.env.httpHost):\(port)"])
             }
             services.append(http)
             pool = p

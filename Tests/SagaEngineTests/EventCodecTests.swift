@@ -6,7 +6,8 @@ import Testing
 @Suite struct EventCodecTests {
     let topics = TopicNaming(prefix: "p.")
     let upcaster = Upcaster(type: "order.created", from: 1) { v1 in
-        guard case .object(var o) = v1, case .integer(let total)? = o["totalAmount"], case .string(let currency)? = o["currency"]
+        guard case .object(var o) = v1, case .integer(let total)? = o["totalAmount"],
+            case .string(let currency)? = o["currency"]
         else { throw EventDecodingError("bad v1") }
         o["total"] = .object(["amount": .integer(total), "currency": .string(currency)])
         o["totalAmount"] = nil
@@ -15,12 +16,17 @@ import Testing
     }
 
     func message(type: String = "order.created", version: Int, data: JSONValue, topic: String? = nil) -> KafkaMessage {
-        let e = EventEnvelope(type: type, version: version, sagaId: "s1", causationId: nil, producer: "orders", traceparent: TraceParent.root(), data: data)
-        return KafkaMessage(topic: topic ?? topics.topic(for: type), partition: 0, offset: 7, key: Array("s1".utf8), value: e.serialized(), headers: [], timestamp: nil)
+        let e = EventEnvelope(
+            type: type, version: version, sagaId: "s1", causationId: nil, producer: "orders",
+            traceparent: TraceParent.root(), data: data)
+        return KafkaMessage(
+            topic: topic ?? topics.topic(for: type), partition: 0, offset: 7, key: Array("s1".utf8),
+            value: e.serialized(), headers: [], timestamp: nil)
     }
 
     let v1: JSONValue = .object([
-        "orderId": .string("0b7e6f6a-8a4e-4a53-9d55-2f1f1b6f8c11"), "customerId": .string("alice"), "currency": .string("EUR"),
+        "orderId": .string("0b7e6f6a-8a4e-4a53-9d55-2f1f1b6f8c11"), "customerId": .string("alice"),
+        "currency": .string("EUR"),
         "lines": .array([.object(["sku": .string("widget"), "quantity": .integer(2)])]), "totalAmount": .integer(2500),
     ])
 
@@ -52,7 +58,9 @@ import Testing
         #expect(reason(noSaga).hasPrefix("invalid envelope"))
         #expect(reason(message(version: 9, data: v1)).hasPrefix("unknown event version"))
         #expect(reason(message(version: 1, data: .object([:]))).hasPrefix("schema violation"))
-        #expect(reason(message(version: 1, data: v1, topic: "p.payment.failed")).hasPrefix("event type order.created on topic"))
+        #expect(
+            reason(message(version: 1, data: v1, topic: "p.payment.failed")).hasPrefix(
+                "event type order.created on topic"))
         // A consumer written for v1 cannot read v2.
         let v2 = try codec.decode(message(version: 1, data: v1), targetVersion: 2).envelope.data
         #expect(reason(message(version: 2, data: v2), target: 1).contains("newer"))
@@ -63,9 +71,15 @@ import Testing
 
     @Test func encodingRefusesAnEventThatBreaksItsSchema() throws {
         let codec = EventCodec(upcasters: [], topics: topics)
-        let bad = OutgoingEvent(envelope: EventEnvelope(type: "order.created", version: 2, sagaId: "s", causationId: nil, producer: "orders", traceparent: nil, data: .object([:])))
+        let bad = OutgoingEvent(
+            envelope: EventEnvelope(
+                type: "order.created", version: 2, sagaId: "s", causationId: nil, producer: "orders", traceparent: nil,
+                data: .object([:])))
         #expect(throws: EventEncodingError.self) { try codec.encode(bad) }
-        let good = OutgoingEvent(envelope: EventEnvelope(type: "order.created", version: 1, sagaId: "s", causationId: nil, producer: "orders", traceparent: nil, data: v1))
+        let good = OutgoingEvent(
+            envelope: EventEnvelope(
+                type: "order.created", version: 1, sagaId: "s", causationId: nil, producer: "orders", traceparent: nil,
+                data: v1))
         let m = try codec.encode(good)
         #expect(m.topic == "p.order.created")
         #expect(m.key == Array("s".utf8))

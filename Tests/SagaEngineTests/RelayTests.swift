@@ -19,7 +19,8 @@ import Testing
             var logger = Logger(label: "relay-test")
             logger.logLevel = .warning
             self.logger = logger
-            database = ServiceDatabase(url: PostgresTestDatabase.url, schema: try await PostgresTestDatabase.freshSchema("relay"))
+            database = ServiceDatabase(
+                url: PostgresTestDatabase.url, schema: try await PostgresTestDatabase.freshSchema("relay"))
             try await database.prepare(migrations: [], logger: logger)
             let broker = try KafkaTestBroker.bootstrap()
             cluster = broker.cluster
@@ -37,13 +38,21 @@ import Testing
             return (relay, Task { try await relay.run() })
         }
 
-        func message(saga: String, seq: Int) -> (sagaId: String, eventId: UUID?, eventType: String?, message: KafkaOutgoingMessage) {
-            (saga, nil, nil, KafkaOutgoingMessage(topic: topic, key: Array(saga.utf8), value: Array("\(saga):\(seq)".utf8), headers: [KafkaHeader(key: "seq", string: String(seq))]))
+        func message(saga: String, seq: Int) -> (
+            sagaId: String, eventId: UUID?, eventType: String?, message: KafkaOutgoingMessage
+        ) {
+            (
+                saga, nil, nil,
+                KafkaOutgoingMessage(
+                    topic: topic, key: Array(saga.utf8), value: Array("\(saga):\(seq)".utf8),
+                    headers: [KafkaHeader(key: "seq", string: String(seq))])
+            )
         }
 
         func consume(atLeast count: Int, timeout: Duration = .seconds(30)) async throws -> [KafkaMessage] {
             let consumer = try KafkaConsumer(
-                configuration: kafka.consumer(groupId: KafkaTestBroker.uniqueName("g"), clientId: "test"), logger: logger)
+                configuration: kafka.consumer(groupId: KafkaTestBroker.uniqueName("g"), clientId: "test"),
+                logger: logger)
             try consumer.subscribe(topics: [topic])
             var out: [KafkaMessage] = []
             let deadline = ContinuousClock.now + timeout
@@ -56,7 +65,8 @@ import Testing
 
         func unpublished() async throws -> Int {
             let pool = PostgresPool(configuration: database.configuration, size: 1, logger: logger)
-            let n: Int = try await pool.query("SELECT count(*) AS n FROM saga_outbox WHERE published_at IS NULL").first!.decode("n")
+            let n: Int = try await pool.query("SELECT count(*) AS n FROM saga_outbox WHERE published_at IS NULL").first!
+                .decode("n")
             await pool.close()
             return n
         }
@@ -104,7 +114,9 @@ import Testing
                 for chunk in stride(from: 0, to: sagas.count, by: 10) {
                     group.addTask {
                         for saga in sagas[chunk..<chunk + 10] {
-                            try await pool.withTransaction { try await Outbox.append([f.message(saga: saga, seq: seq)], on: $0) }
+                            try await pool.withTransaction {
+                                try await Outbox.append([f.message(saga: saga, seq: seq)], on: $0)
+                            }
                         }
                     }
                 }
@@ -133,8 +145,12 @@ import Testing
         try await pool.withTransaction { c in
             try await Outbox.append((0..<3).map { f.message(saga: "s", seq: $0) }, on: c)
         }
-        try await pool.execute("UPDATE saga_outbox SET published_at = now() - interval '2 hours' WHERE id IN (SELECT min(id) FROM saga_outbox)")
-        try await pool.execute("UPDATE saga_outbox SET published_at = now() WHERE published_at IS NULL AND id = (SELECT max(id) FROM saga_outbox)")
+        try await pool.execute(
+            "UPDATE saga_outbox SET published_at = now() - interval '2 hours' WHERE id IN (SELECT min(id) FROM saga_outbox)"
+        )
+        try await pool.execute(
+            "UPDATE saga_outbox SET published_at = now() WHERE published_at IS NULL AND id = (SELECT max(id) FROM saga_outbox)"
+        )
         let deleted = await Retention.cleanOutbox(pool: pool, olderThan: .seconds(3600), logger: f.logger)
         let left = try await pool.query("SELECT published_at IS NULL AS pending FROM saga_outbox ORDER BY id")
         await pool.close()

@@ -8,7 +8,9 @@ struct KafkaClientTests {
     @Test func unknownPropertyIsAKafkaErrorNamingIt() {
         var configuration = KafkaProducerConfiguration(bootstrapServers: "127.0.0.1:1")
         configuration.properties = ["no.such.property": "1"]
-        let error = #expect(throws: KafkaError.self) { try KafkaProducer(configuration: configuration, logger: testLogger("p")) }
+        let error = #expect(throws: KafkaError.self) {
+            try KafkaProducer(configuration: configuration, logger: testLogger("p"))
+        }
         #expect(error?.name == "_INVALID_ARG")
         #expect(error?.message.contains("no.such.property") == true)
     }
@@ -16,7 +18,9 @@ struct KafkaClientTests {
     @Test func invalidValueIsAKafkaErrorNamingTheProperty() {
         var configuration = KafkaConsumerConfiguration(bootstrapServers: "127.0.0.1:1", groupId: "g")
         configuration.autoOffsetReset = "sometimes"
-        let error = #expect(throws: KafkaError.self) { try KafkaConsumer(configuration: configuration, logger: testLogger("c")) }
+        let error = #expect(throws: KafkaError.self) {
+            try KafkaConsumer(configuration: configuration, logger: testLogger("c"))
+        }
         #expect(error?.message.contains("auto.offset.reset") == true)
         #expect(error?.description.contains("auto.offset.reset") == true)
     }
@@ -24,7 +28,9 @@ struct KafkaClientTests {
     @Test func sensitiveValuesStayOutOfConfigurationErrors() {
         var configuration = KafkaProducerConfiguration(bootstrapServers: "127.0.0.1:1")
         configuration.properties = ["sasl.oauthbearer.method": "hunter2-secret"]
-        let error = #expect(throws: KafkaError.self) { try KafkaProducer(configuration: configuration, logger: testLogger("p")) }
+        let error = #expect(throws: KafkaError.self) {
+            try KafkaProducer(configuration: configuration, logger: testLogger("p"))
+        }
         #expect(error?.message.contains("sasl.oauthbearer.method") == true)
         #expect(error?.description.contains("hunter2-secret") == false)
     }
@@ -32,7 +38,9 @@ struct KafkaClientTests {
     @Test func invalidNamedSettingIsAKafkaErrorNamingTheProperty() {
         var configuration = KafkaProducerConfiguration(bootstrapServers: "127.0.0.1:1")
         configuration.acks = "banana"
-        let error = #expect(throws: KafkaError.self) { try KafkaProducer(configuration: configuration, logger: testLogger("p")) }
+        let error = #expect(throws: KafkaError.self) {
+            try KafkaProducer(configuration: configuration, logger: testLogger("p"))
+        }
         #expect(error?.name == "_INVALID_ARG")
         #expect(error?.message.contains("\"acks\"") == true)
     }
@@ -70,7 +78,8 @@ struct KafkaClientTests {
         let cluster = try KafkaMockCluster(brokers: 1, logger: testLogger("mock"))
         let admin = try KafkaAdmin(bootstrapServers: cluster.bootstrapServers, logger: testLogger("admin"))
         let topic = KafkaTestBroker.uniqueName("create")
-        let outcome: KafkaError? = try await withinLimit(seconds: 30, "CreateTopics against the mock cluster") { () async throws -> KafkaError? in
+        let outcome: KafkaError? = try await withinLimit(seconds: 30, "CreateTopics against the mock cluster") {
+            () async throws -> KafkaError? in
             do throws(KafkaError) {
                 try await admin.createTopics([(name: topic, partitions: 2, replicationFactor: 1)], timeout: .seconds(2))
                 return nil
@@ -83,7 +92,10 @@ struct KafkaClientTests {
         withExtendedLifetime(cluster) {}
     }
 
-    @Test(.enabled(if: KafkaTestBroker.usesRealKafka, "needs a real Kafka in SAGA_KAFKA_BOOTSTRAP: the mock cluster does not answer CreateTopics"))
+    @Test(
+        .enabled(
+            if: KafkaTestBroker.usesRealKafka,
+            "needs a real Kafka in SAGA_KAFKA_BOOTSTRAP: the mock cluster does not answer CreateTopics"))
     func createTopicsCreatesAndToleratesExistingTopics() async throws {
         let broker = try KafkaTestBroker.bootstrap()
         let admin = try KafkaAdmin(bootstrapServers: broker.servers, logger: testLogger("admin"))

@@ -14,7 +14,8 @@ struct KafkaConsumerGroupTests {
             configuration: KafkaProducerConfiguration(bootstrapServers: broker.servers), logger: testLogger("producer"))
         let outgoing = (0..<60).map { KafkaOutgoingMessage(topic: topic, key: "saga-\($0 % 7)", value: "\($0)") }
         let reports = try await producer.send(outgoing).map { try $0.get() }
-        let all = Set(reports.map { KafkaTopicPartitionOffset(topic: $0.topic, partition: $0.partition, offset: $0.offset) })
+        let all = Set(
+            reports.map { KafkaTopicPartitionOffset(topic: $0.topic, partition: $0.partition, offset: $0.offset) })
 
         // The mock cluster lets a new member in only once the previous member's session has
         // expired, even after a clean LeaveGroup: keep the session at Kafka's minimum (6 s).
@@ -41,8 +42,11 @@ struct KafkaConsumerGroupTests {
         try second.subscribe(topics: [topic])
         var rest = try await poll(second, count: all.count - handled.count)
         rest += try await second.poll(maxMessages: 100, timeout: .milliseconds(500))  // nothing more may come
-        let firstSet = Set(handled.map { KafkaTopicPartitionOffset(topic: $0.topic, partition: $0.partition, offset: $0.offset) })
-        let restList = rest.map { KafkaTopicPartitionOffset(topic: $0.topic, partition: $0.partition, offset: $0.offset) }
+        let firstSet = Set(
+            handled.map { KafkaTopicPartitionOffset(topic: $0.topic, partition: $0.partition, offset: $0.offset) })
+        let restList = rest.map {
+            KafkaTopicPartitionOffset(topic: $0.topic, partition: $0.partition, offset: $0.offset)
+        }
         #expect(restList.count == Set(restList).count, "no message twice")
         #expect(firstSet.isDisjoint(with: restList), "nothing before the committed offsets again")
         #expect(firstSet.union(restList) == all, "no gap")
@@ -54,7 +58,8 @@ struct KafkaConsumerGroupTests {
     @Test(
         .enabled(
             if: KafkaTestBroker.usesRealKafka,
-            "needs a real Kafka in SAGA_KAFKA_BOOTSTRAP: rebalances with several members are unreliable on librdkafka's mock cluster")
+            "needs a real Kafka in SAGA_KAFKA_BOOTSTRAP: rebalances with several members are unreliable on librdkafka's mock cluster"
+        )
     )
     func twoMembersOfOneGroupSplitThePartitions() async throws {
         let broker = try KafkaTestBroker.bootstrap()
@@ -69,7 +74,9 @@ struct KafkaConsumerGroupTests {
         _ = try await producer.send(outgoing).map { try $0.get() }
 
         let members = try (0..<2).map { index in
-            try KafkaConsumer(configuration: consumerConfiguration(broker.servers, group: group), logger: testLogger("member\(index)"))
+            try KafkaConsumer(
+                configuration: consumerConfiguration(broker.servers, group: group), logger: testLogger("member\(index)")
+            )
         }
         for member in members { try member.subscribe(topics: [topic]) }
         var received: [[KafkaMessage]] = [[], []]
@@ -114,10 +121,14 @@ struct KafkaConsumerGroupTests {
         }
         // Let the sequence deliver the message, then close while it waits for more.
         let deadline = ContinuousClock.now + .seconds(30)
-        while try consumer.assignment().isEmpty, ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(100)) }
+        while try consumer.assignment().isEmpty, ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(100))
+        }
         try await Task.sleep(for: .seconds(1))
         await consumer.close()
-        let values = try await withinLimit(seconds: 20, "the messages sequence after close") { try await iteration.value }
+        let values = try await withinLimit(seconds: 20, "the messages sequence after close") {
+            try await iteration.value
+        }
         #expect(values == ["one"])
         await producer.shutdown()
         withExtendedLifetime(broker.cluster) {}

@@ -61,7 +61,8 @@ struct KafkaMockClusterTests {
         let topic = KafkaTestBroker.uniqueName("inject")
         try cluster.createTopic(topic, partitions: 1)
         let producer = try KafkaProducer(
-            configuration: KafkaProducerConfiguration(bootstrapServers: cluster.bootstrapServers), logger: testLogger("producer"))
+            configuration: KafkaProducerConfiguration(bootstrapServers: cluster.bootstrapServers),
+            logger: testLogger("producer"))
         let warmUp = try await producer.send(KafkaOutgoingMessage(topic: topic, key: "k", value: "0"))
 
         let notLeader: Int32 = 6
@@ -89,7 +90,8 @@ struct KafkaMockClusterTests {
         let topic = KafkaTestBroker.uniqueName("inject-fail")
         try cluster.createTopic(topic, partitions: 1)
         let producer = try KafkaProducer(
-            configuration: KafkaProducerConfiguration(bootstrapServers: cluster.bootstrapServers), logger: testLogger("producer"))
+            configuration: KafkaProducerConfiguration(bootstrapServers: cluster.bootstrapServers),
+            logger: testLogger("producer"))
         _ = try await producer.send(KafkaOutgoingMessage(topic: topic, key: "k", value: "0"))
 
         let topicAuthorizationFailed: Int32 = 29
@@ -112,7 +114,8 @@ struct KafkaMockClusterTests {
         try consumer.subscribe(topics: [topic])
         _ = try await consumer.poll(maxMessages: 1, timeout: .seconds(1))  // the topic does not exist yet
         let producer = try KafkaProducer(
-            configuration: KafkaProducerConfiguration(bootstrapServers: cluster.bootstrapServers), logger: testLogger("producer"))
+            configuration: KafkaProducerConfiguration(bootstrapServers: cluster.bootstrapServers),
+            logger: testLogger("producer"))
         let report = try await producer.send(KafkaOutgoingMessage(topic: topic, key: "k", value: "v"))
         let messages = try await poll(consumer, count: 1)
         #expect(messages.map(\.offset) == [report.offset])
@@ -130,7 +133,8 @@ struct KafkaMockClusterTests {
         let cluster = try KafkaMockCluster(brokers: 1, logger: testLogger("mock"))
         let topic = KafkaTestBroker.uniqueName("auto-produce")
         let producer = try KafkaProducer(
-            configuration: KafkaProducerConfiguration(bootstrapServers: cluster.bootstrapServers), logger: testLogger("producer"))
+            configuration: KafkaProducerConfiguration(bootstrapServers: cluster.bootstrapServers),
+            logger: testLogger("producer"))
         let report = try await producer.send(KafkaOutgoingMessage(topic: topic, key: "k", value: "v"))
         #expect(report.offset == 0)
         await producer.shutdown()

@@ -16,7 +16,8 @@ struct KafkaRoundTripTests {
             KafkaHeader(key: "version", string: "2"),
             KafkaHeader(key: "binary", value: [0, 255, 7]),
         ]
-        let first = try await producer.send(KafkaOutgoingMessage(topic: topic, key: "saga-1", value: "hello", headers: headers))
+        let first = try await producer.send(
+            KafkaOutgoingMessage(topic: topic, key: "saga-1", value: "hello", headers: headers))
         let second = try await producer.send(KafkaOutgoingMessage(topic: topic, key: "saga-1", value: "world"))
         #expect(first.topic == topic)
         #expect(first.offset >= 0)
@@ -59,7 +60,9 @@ struct KafkaRoundTripTests {
         let perKey = 40
         var outgoing: [KafkaOutgoingMessage] = []
         for sequence in 0..<perKey {
-            for key in keys { outgoing.append(KafkaOutgoingMessage(topic: topic, key: key, value: "\(key):\(sequence)")) }
+            for key in keys {
+                outgoing.append(KafkaOutgoingMessage(topic: topic, key: key, value: "\(key):\(sequence)"))
+            }
         }
         let results = await producer.send(outgoing)
         let reports = try results.map { try $0.get() }
@@ -67,7 +70,8 @@ struct KafkaRoundTripTests {
         #expect(Set(reports.map(\.partition)).count > 1)  // the keys spread over partitions
         var lastOffset: [Int32: Int64] = [:]
         for report in reports {
-            #expect(report.offset > lastOffset[report.partition, default: -1], "offsets follow input order per partition")
+            #expect(
+                report.offset > lastOffset[report.partition, default: -1], "offsets follow input order per partition")
             lastOffset[report.partition] = report.offset
         }
 

@@ -65,7 +65,8 @@ func createTopic(
         try cluster.createTopic(name, partitions: partitions)
     } else if KafkaTestBroker.usesRealKafka {
         let admin = try KafkaAdmin(bootstrapServers: servers, logger: testLogger("admin"))
-        try await admin.createTopics([(name: name, partitions: partitions, replicationFactor: 1)], timeout: .seconds(30))
+        try await admin.createTopics(
+            [(name: name, partitions: partitions, replicationFactor: 1)], timeout: .seconds(30))
     }
 }
 

@@ -11,7 +11,8 @@ import Testing
             "SELECT s FROM unnest($1::text[]) WITH ORDINALITY AS u(s, n) ORDER BY n", [PostgresArray(strings)])
         #expect(try texts.map { try $0.decode("s", as: String.self) } == strings)
         let numbers: [Int64] = [-1, 0, 9_007_199_254_740_993]
-        let ints = try await connection.query("SELECT sum(x)::text AS s, count(*) AS n FROM unnest($1::bigint[]) x", [PostgresArray(numbers)])
+        let ints = try await connection.query(
+            "SELECT sum(x)::text AS s, count(*) AS n FROM unnest($1::bigint[]) x", [PostgresArray(numbers)])
         #expect(try ints.first?.decode("s", as: String.self) == "9007199254740992")
         let ids = [UUID(), UUID()]
         let uuids = try await connection.query("SELECT x FROM unnest($1::uuid[]) x", [PostgresArray(ids)])

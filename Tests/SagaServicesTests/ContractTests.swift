@@ -31,10 +31,11 @@ import Testing
             #expect(envelope.traceparent.map(TraceParent.isValid) == true)
         }
         // Causation: every event but order.created names the event that caused it, within its saga.
-        let byId = Dictionary(uniqueKeysWithValues: try events.map { m in
-            let e = try EventEnvelope(validated: try JSONValue(parsing: m.value))
-            return (e.id, e)
-        })
+        let byId = Dictionary(
+            uniqueKeysWithValues: try events.map { m in
+                let e = try EventEnvelope(validated: try JSONValue(parsing: m.value))
+                return (e.id, e)
+            })
         for e in byId.values where e.type != "order.created" {
             let cause = try #require(e.causationId.flatMap { byId[$0] }, "\(e.type) has no known cause")
             #expect(cause.sagaId == e.sagaId)

@@ -35,7 +35,9 @@ import Testing
 
         let id = try await stack.place("alice", [("widget", 2)])
         try await stack.eventually("the worker process reserved the stock") {
-            try await !stack.query("inventory", "SELECT 1 FROM reservations WHERE order_id = $1", [UUID(uuidString: id)]).isEmpty
+            try await !stack.query(
+                "inventory", "SELECT 1 FROM reservations WHERE order_id = $1", [UUID(uuidString: id)]
+            ).isEmpty
         }
         process.terminate()  // SIGTERM
         let deadline = ContinuousClock.now + .seconds(30)
@@ -45,7 +47,8 @@ import Testing
 
         // The group's committed offset on order.created is past the handled event.
         let consumer = try KafkaConsumer(
-            configuration: stack.kafka.consumer(groupId: stack.topics.group("inventory"), clientId: "test"), logger: stack.logger)
+            configuration: stack.kafka.consumer(groupId: stack.topics.group("inventory"), clientId: "test"),
+            logger: stack.logger)
         let topic = stack.topics.topic(for: "order.created")
         let committed = try await consumer.committed(
             (0..<4).map { KafkaTopicPartition(topic: topic, partition: $0) }, timeout: .seconds(10))

@@ -19,7 +19,8 @@ import Testing
                     + "\(try r.decode("reserved", as: Int.self)) \(try r.decode("sold", as: Int.self))")
         }
         for r in try await stack.query("billing", "SELECT customer_id, used FROM accounts ORDER BY customer_id") {
-            out.append("account \(try r.decode("customer_id", as: String.self)) \(try r.decode("used", as: Int64.self))")
+            out.append(
+                "account \(try r.decode("customer_id", as: String.self)) \(try r.decode("used", as: Int64.self))")
         }
         for s in TestStack.services {
             let n = try await stack.query(s, "SELECT count(*) AS n FROM saga_outbox").first!.decode("n", as: Int.self)
@@ -50,7 +51,8 @@ import Testing
         }
         try await Task.sleep(for: .seconds(1))
         let after = try await state(stack)
-        let deadLettered = ["orders", "inventory", "billing"].compactMap { stack.worker($0)?.stats.deadLettered }.reduce(0, +)
+        let deadLettered = ["orders", "inventory", "billing"].compactMap { stack.worker($0)?.stats.deadLettered }
+            .reduce(0, +)
         await stack.stop()
         #expect(before == after)
         #expect(deadLettered == 0)
@@ -66,7 +68,8 @@ import Testing
         let firstDelivery = try await stack.consumeAll([stack.topics.topic(for: "order.created")], atLeast: 1)
         #expect(firstDelivery.count == 1)
         #expect(crashing.stats.published == 0)
-        let unmarked = try await stack.query("orders", "SELECT count(*) AS n FROM saga_outbox WHERE published_at IS NULL")
+        let unmarked = try await stack.query(
+            "orders", "SELECT count(*) AS n FROM saga_outbox WHERE published_at IS NULL")
         #expect(try unmarked.first?.decode("n", as: Int.self) == 1)
         // A new relay publishes the same row again.
         stack.startRelay("orders")
@@ -102,16 +105,23 @@ import Testing
         let poison: [(String, [UInt8])] = [
             ("not JSON", Array("{not json".utf8)),
             ("invalid envelope", envelope { $0["sagaId"] = nil }),
-            ("schema violation", envelope { o in
-                o["id"] = .string(UUID().uuidString.lowercased())
-                o["data"] = .object(["orderId": .string("x")])
-            }),
-            ("unknown event version", envelope { o in
-                o["id"] = .string(UUID().uuidString.lowercased())
-                o["version"] = .integer(9)
-            }),
+            (
+                "schema violation",
+                envelope { o in
+                    o["id"] = .string(UUID().uuidString.lowercased())
+                    o["data"] = .object(["orderId": .string("x")])
+                }
+            ),
+            (
+                "unknown event version",
+                envelope { o in
+                    o["id"] = .string(UUID().uuidString.lowercased())
+                    o["version"] = .integer(9)
+                }
+            ),
         ]
-        try await stack.produce(poison.map { KafkaOutgoingMessage(topic: topic, key: Array("poison".utf8), value: $0.1, headers: []) })
+        try await stack.produce(
+            poison.map { KafkaOutgoingMessage(topic: topic, key: Array("poison".utf8), value: $0.1, headers: []) })
         // A payment.failed for an order inventory never reserved: the handler rejects it.
         let orphan = try OutgoingEvent(
             PaymentFailed(
@@ -147,7 +157,8 @@ import Testing
         let event = try OutgoingEvent(
             OrderCreatedV2(
                 orderId: id, customerId: "alice", total: Money(amount: 1250, currency: "EUR"),
-                lines: [.init(sku: "widget", quantity: 1, unitPrice: nil)]), sagaId: id, producer: "orders", causedBy: nil)
+                lines: [.init(sku: "widget", quantity: 1, unitPrice: nil)]), sagaId: id, producer: "orders",
+            causedBy: nil)
         return event.envelope.json
     }
 }

@@ -12,11 +12,13 @@ import Testing
 @Suite struct OrdersHTTPTests {
     func withAPI(_ body: @escaping @Sendable (any TestClientProtocol, PostgresPool) async throws -> Void) async throws {
         let logger = Logger(label: "test")
-        let db = ServiceDatabase(url: PostgresTestDatabase.url, schema: try await PostgresTestDatabase.freshSchema("http"))
+        let db = ServiceDatabase(
+            url: PostgresTestDatabase.url, schema: try await PostgresTestDatabase.freshSchema("http"))
         try await db.prepare(migrations: OrdersService.migrations, logger: logger)
         let pool = PostgresPool(configuration: db.configuration, size: 2, logger: logger)
         try await pool.execute("INSERT INTO prices (sku, currency, unit_price) VALUES ('widget', 'EUR', 1250)")
-        let book = OrderBook(pool: pool, codec: EventCodec(upcasters: sagaUpcasters, topics: TopicNaming()), emitVersion: 2)
+        let book = OrderBook(
+            pool: pool, codec: EventCodec(upcasters: sagaUpcasters, topics: TopicNaming()), emitVersion: 2)
         let app = Application(router: OrdersHTTP.router(book: book))
         do {
             try await app.test(.router) { client in try await body(client, pool) }
@@ -29,10 +31,13 @@ import Testing
         try await PostgresTestDatabase.dropSchema(db.schema)
     }
 
-    func post(_ client: some TestClientProtocol, _ body: String, key: String? = nil) async throws -> (HTTPResponse.Status, JSONValue) {
+    func post(_ client: some TestClientProtocol, _ body: String, key: String? = nil) async throws -> (
+        HTTPResponse.Status, JSONValue
+    ) {
         var headers: HTTPFields = [.contentType: "application/json"]
         if let key { headers[HTTPField.Name("Idempotency-Key")!] = key }
-        return try await client.execute(uri: "/orders", method: .post, headers: headers, body: ByteBuffer(string: body)) {
+        return try await client.execute(uri: "/orders", method: .post, headers: headers, body: ByteBuffer(string: body))
+        {
             ($0.status, (try? JSONValue(parsing: Array(buffer: $0.body))) ?? .null)
         }
     }
@@ -42,7 +47,10 @@ import Testing
             let (status, json) = try await post(
                 client, #"{"customerId": "alice", "currency": "EUR", "lines": [{"sku": "widget", "quantity": 2}]}"#)
             #expect(status == .accepted)
-            guard case .string(let id)? = json["orderId"] else { Issue.record("no orderId in \(json)"); return }
+            guard case .string(let id)? = json["orderId"] else {
+                Issue.record("no orderId in \(json)")
+                return
+            }
             let (getStatus, order) = try await client.execute(uri: "/orders/\(id)", method: .get) {
                 ($0.status, try JSONValue(parsing: Array(buffer: $0.body)))
             }
@@ -63,9 +71,15 @@ import Testing
         (#"{"customerId": "a", "currency": "euro", "lines": [{"sku": "widget", "quantity": 1}]}"#, "currency"),
         (#"{"customerId": "a", "currency": "EUR"}"#, "lines: required"),
         (#"{"customerId": "a", "currency": "EUR", "lines": []}"#, "lines: must not be empty"),
-        (#"{"customerId": "a", "currency": "EUR", "lines": [{"sku": "widget", "quantity": 0}]}"#, "lines[0].quantity: must be at least 1"),
+        (
+            #"{"customerId": "a", "currency": "EUR", "lines": [{"sku": "widget", "quantity": 0}]}"#,
+            "lines[0].quantity: must be at least 1"
+        ),
         (#"{"customerId": "a", "currency": "EUR", "lines": [{"sku": "widget", "quantity": -3}]}"#, "lines[0].quantity"),
-        (#"{"customerId": "a", "currency": "EUR", "lines": [{"sku": "widget", "quantity": "2"}]}"#, "lines[0].quantity: required, an integer"),
+        (
+            #"{"customerId": "a", "currency": "EUR", "lines": [{"sku": "widget", "quantity": "2"}]}"#,
+            "lines[0].quantity: required, an integer"
+        ),
         (#"{"customerId": "a", "currency": "EUR", "lines": [{"quantity": 1}]}"#, "lines[0].sku"),
         (#"{"customerId": "a", "currency": "EUR", "lines": [{"sku": "nope", "quantity": 1}]}"#, "unknown SKU 'nope'"),
         (#"{"customerId": "a", "currency": "USD", "lines": [{"sku": "widget", "quantity": 1}]}"#, "no price in USD"),
@@ -74,7 +88,10 @@ import Testing
         try await withAPI { client, pool in
             let (status, json) = try await post(client, body)
             #expect(status == .badRequest)
-            guard case .string(let error)? = json["error"] else { Issue.record("no error in \(json)"); return }
+            guard case .string(let error)? = json["error"] else {
+                Issue.record("no error in \(json)")
+                return
+            }
             #expect(error.contains(reason), "\(error)")
             #expect(try await pool.query("SELECT 1 FROM orders").isEmpty)
             #expect(try await pool.query("SELECT 1 FROM saga_outbox").isEmpty)

@@ -31,7 +31,10 @@ import Testing
 
         #expect(view.status == "CANCELLED")
         #expect(view.reason?.hasPrefix("out of stock") == true)
-        let bySku = try Dictionary(uniqueKeysWithValues: stock.map { (try $0.decode("sku", as: String.self), try $0.decode("available", as: Int.self)) })
+        let bySku = try Dictionary(
+            uniqueKeysWithValues: stock.map {
+                (try $0.decode("sku", as: String.self), try $0.decode("available", as: Int.self))
+            })
         #expect(bySku["widget"] == 1000)
         #expect(bySku["gizmo"] == 5)
         #expect(try stock.allSatisfy { try $0.decode("reserved", as: Int.self) == 0 })
@@ -46,7 +49,8 @@ import Testing
         let reservation = try await stack.query(
             "inventory", "SELECT status FROM reservations WHERE order_id = $1", [UUID(uuidString: id)])
         let gadget = try await stack.query("inventory", "SELECT available, reserved FROM stock WHERE sku = 'gadget'")
-        let charge = try await stack.query("billing", "SELECT status, reason FROM charges WHERE order_id = $1", [UUID(uuidString: id)])
+        let charge = try await stack.query(
+            "billing", "SELECT status, reason FROM charges WHERE order_id = $1", [UUID(uuidString: id)])
         await stack.stop()
 
         #expect(view.status == "CANCELLED")

@@ -27,7 +27,9 @@ final class TestStack: @unchecked Sendable {
 
     init(orderCreatedVersion: Int = 2, partitions: Int32 = 4) async throws {
         var logger = Logger(label: "test")
-        logger.logLevel = ProcessInfo.processInfo.environment["SAGA_TEST_LOG_LEVEL"].flatMap { Logger.Level(rawValue: $0) } ?? .warning
+        logger.logLevel =
+            ProcessInfo.processInfo.environment["SAGA_TEST_LOG_LEVEL"].flatMap { Logger.Level(rawValue: $0) }
+            ?? .warning
         self.logger = logger
         let broker = try KafkaTestBroker.bootstrap()
         self.cluster = broker.cluster
@@ -49,7 +51,8 @@ final class TestStack: @unchecked Sendable {
         }
         ordersPool = PostgresPool(configuration: dbs["orders"]!.configuration, size: 2, logger: logger)
         book = OrderBook(
-            pool: ordersPool, codec: EventCodec(upcasters: sagaUpcasters, topics: topics), emitVersion: orderCreatedVersion)
+            pool: ordersPool, codec: EventCodec(upcasters: sagaUpcasters, topics: topics),
+            emitVersion: orderCreatedVersion)
         try await withPools { o, i, b in try await DemoCatalogue.standard.seed(orders: o, inventory: i, billing: b) }
     }
 
@@ -65,7 +68,9 @@ final class TestStack: @unchecked Sendable {
     func withPools<T: Sendable>(
         _ body: (PostgresPool, PostgresPool, PostgresPool) async throws -> T
     ) async throws -> T {
-        let pools = Self.services.map { PostgresPool(configuration: databases[$0]!.configuration, size: 1, logger: logger) }
+        let pools = Self.services.map {
+            PostgresPool(configuration: databases[$0]!.configuration, size: 1, logger: logger)
+        }
         do {
             let result = try await body(pools[0], pools[1], pools[2])
             for p in pools { await p.close() }
@@ -144,7 +149,8 @@ final class TestStack: @unchecked Sendable {
     /// Places an order through the orders service (the same code the HTTP API calls).
     func place(_ customer: String, _ lines: [(String, Int)]) async throws -> String {
         let placed = try await book.place(
-            OrderRequest(customerId: customer, currency: "EUR", lines: lines.map { OrderLine(sku: $0.0, quantity: $0.1) }))
+            OrderRequest(
+                customerId: customer, currency: "EUR", lines: lines.map { OrderLine(sku: $0.0, quantity: $0.1) }))
         return placed.orderId.uuidString.lowercased()
     }
 
@@ -161,7 +167,8 @@ final class TestStack: @unchecked Sendable {
     }
 
     /// Waits until `condition` holds, polling. - Throws: on timeout, naming `what`.
-    func eventually(_ what: String, timeout: Duration = .seconds(60), _ condition: () async throws -> Bool) async throws {
+    func eventually(_ what: String, timeout: Duration = .seconds(60), _ condition: () async throws -> Bool) async throws
+    {
         let deadline = ContinuousClock.now + timeout
         while ContinuousClock.now < deadline {
             if try await condition() { return }
@@ -182,7 +189,8 @@ final class TestStack: @unchecked Sendable {
         -> [KafkaMessage]
     {
         let consumer = try KafkaConsumer(
-            configuration: kafka.consumer(groupId: KafkaTestBroker.uniqueName("reader"), clientId: "test"), logger: logger)
+            configuration: kafka.consumer(groupId: KafkaTestBroker.uniqueName("reader"), clientId: "test"),
+            logger: logger)
         try consumer.subscribe(topics: topicNames)
         var out: [KafkaMessage] = []
         let deadline = ContinuousClock.now + timeout
@@ -191,7 +199,9 @@ final class TestStack: @unchecked Sendable {
         }
         // Linger briefly so that extra (unexpected) messages would show up too.
         let settle = ContinuousClock.now + .milliseconds(500)
-        while ContinuousClock.now < settle { out += try await consumer.poll(maxMessages: 500, timeout: .milliseconds(100)) }
+        while ContinuousClock.now < settle {
+            out += try await consumer.poll(maxMessages: 500, timeout: .milliseconds(100))
+        }
         await consumer.close()
         return out
     }

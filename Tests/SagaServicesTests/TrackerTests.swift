@@ -54,7 +54,10 @@ import Testing
         #expect(o.saga?.outcome == "cancelled: out_of_stock")
         #expect(o.steps.map(\.kind) == ["step", "failure", "outcome"])
         let d = try #require(timelines[declined])
-        #expect(d.steps.map(\.type) == ["order.created", "inventory.reserved", "payment.failed", "inventory.released", "order.cancelled"])
+        #expect(
+            d.steps.map(\.type) == [
+                "order.created", "inventory.reserved", "payment.failed", "inventory.released", "order.cancelled",
+            ])
         #expect(d.steps.map(\.producer) == ["orders", "inventory", "billing", "inventory", "orders"])
         #expect(d.steps.map(\.kind) == ["step", "step", "failure", "compensation", "outcome"])
         #expect(d.saga?.outcome == "cancelled: payment_declined")
@@ -98,14 +101,16 @@ import Testing
         #expect(entry?.status == "running")
         #expect(!after.contains { $0.sagaId == id })
         #expect(stats.outcomes.first { $0.outcome == "confirmed" }?.sagas == 1)
-        #expect(stats.steps.contains { $0.from == "inventory.reserved" && $0.to == "payment.completed" && $0.count == 1 })
+        #expect(
+            stats.steps.contains { $0.from == "inventory.reserved" && $0.to == "payment.completed" && $0.count == 1 })
     }
 
     /// Everything in the read model, as text, in a fixed order.
     func snapshot(_ stack: TestStack) async throws -> [String] {
         var out: [String] = []
         for (table, order) in [
-            ("tracker_events", "event_id"), ("tracker_dead_letters", "topic, partition, \"offset\""), ("tracker_sagas", "saga_id"),
+            ("tracker_events", "event_id"), ("tracker_dead_letters", "topic, partition, \"offset\""),
+            ("tracker_sagas", "saga_id"),
         ] {
             let rows = try await stack.query("tracker", "SELECT t::text AS row FROM \(table) t ORDER BY \(order)")
             out += try rows.map { "\(table) " + (try $0.decode("row", as: String.self)) }
@@ -115,7 +120,8 @@ import Testing
 
     @Test func aTrackerRebuiltFromTheLogEqualsTheLiveOne() async throws {
         let stack = try await TestStack()
-        try await stack.query("orders", "INSERT INTO prices (sku, currency, unit_price) VALUES ('sprocket', 'EUR', 100)")
+        try await stack.query(
+            "orders", "INSERT INTO prices (sku, currency, unit_price) VALUES ('sprocket', 'EUR', 100)")
         try stack.startAll()
         let (_, live) = try await tracker(stack)
         let (inspector, pool) = inspector(stack)

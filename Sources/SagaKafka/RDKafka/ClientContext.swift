@@ -49,18 +49,19 @@ let rdKafkaLogCallback: @convention(c) (OpaquePointer?, Int32, UnsafePointer<CCh
 
 /// `error_cb`: client-level errors. Most are transient (e.g. all brokers down) and librdkafka
 /// recovers by itself; fatal ones are recorded on the context.
-let rdKafkaErrorCallback: @convention(c) (OpaquePointer?, Int32, UnsafePointer<CChar>?, UnsafeMutableRawPointer?) -> Void = {
-    rk, code, reason, _ in
-    guard let rk, let context = ClientContext.from(rk) else { return }
-    let reasonText = reason.map { String(cString: $0) } ?? ""
-    let error = rd_kafka_resp_err_t(rawValue: code)
-    if error == RD_KAFKA_RESP_ERR__FATAL {
-        let fatal = context.recordFatalError(rk)
-        context.logger.error("librdkafka fatal error", metadata: ["error": "\(fatal)"])
-    } else {
-        context.logger.warning(
-            "librdkafka error",
-            metadata: ["error": "\(String(cString: rd_kafka_err2name(error)))", "reason": "\(reasonText)"]
-        )
+let rdKafkaErrorCallback:
+    @convention(c) (OpaquePointer?, Int32, UnsafePointer<CChar>?, UnsafeMutableRawPointer?) -> Void = {
+        rk, code, reason, _ in
+        guard let rk, let context = ClientContext.from(rk) else { return }
+        let reasonText = reason.map { String(cString: $0) } ?? ""
+        let error = rd_kafka_resp_err_t(rawValue: code)
+        if error == RD_KAFKA_RESP_ERR__FATAL {
+            let fatal = context.recordFatalError(rk)
+            context.logger.error("librdkafka fatal error", metadata: ["error": "\(fatal)"])
+        } else {
+            context.logger.warning(
+                "librdkafka error",
+                metadata: ["error": "\(String(cString: rd_kafka_err2name(error)))", "reason": "\(reasonText)"]
+            )
+        }
     }
-}

@@ -17,7 +17,11 @@ final class DeliveryBatch: Sendable {
 
     /// Fills slot `index`; each slot is filled exactly once.
     func complete(_ index: Int, with result: Result<KafkaDeliveryReport, KafkaError>) {
-        let finished = state.withLock { state -> (CheckedContinuation<[Result<KafkaDeliveryReport, KafkaError>], Never>, [Result<KafkaDeliveryReport, KafkaError>])? in
+        let finished = state.withLock {
+            state -> (
+                CheckedContinuation<[Result<KafkaDeliveryReport, KafkaError>], Never>,
+                [Result<KafkaDeliveryReport, KafkaError>]
+            )? in
             precondition(state.results[index] == nil, "delivery slot \(index) completed twice")
             state.results[index] = result
             state.remaining -= 1

@@ -69,7 +69,8 @@ final class ProducerPollLoop: Sendable {
             let now = ContinuousClock.now
             if let purgedAt {
                 if now - purgedAt > .seconds(5) {
-                    logger.error("producer stopped with messages still outstanding", metadata: ["count": "\(outstanding)"])
+                    logger.error(
+                        "producer stopped with messages still outstanding", metadata: ["count": "\(outstanding)"])
                     break
                 }
             } else if now >= deadline {

@@ -33,7 +33,9 @@ public enum BillingService {
     public static func definition() -> SagaServiceDefinition {
         SagaServiceDefinition(
             name: name, migrations: migrations,
-            handlers: [.on(InventoryReserved.self) { reserved, context in try await charge(reserved, context: context) }])
+            handlers: [
+                .on(InventoryReserved.self) { reserved, context in try await charge(reserved, context: context) }
+            ])
     }
 
     static func charge(_ reserved: InventoryReserved, context: HandlerContext) async throws -> [OutgoingEvent] {
@@ -74,7 +76,8 @@ public enum BillingService {
         if let decline {
             return [
                 try context.emit(
-                    PaymentFailed(orderId: reserved.orderId, customerId: reserved.customerId, reason: decline, amount: amount))
+                    PaymentFailed(
+                        orderId: reserved.orderId, customerId: reserved.customerId, reason: decline, amount: amount))
             ]
         }
         try await db.execute(

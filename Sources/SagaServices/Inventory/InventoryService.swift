@@ -93,7 +93,10 @@ public enum InventoryService {
             INSERT INTO reservations (order_id, customer_id, status, total_amount, currency)
             VALUES ($1, $2, $3, $4, $5)
             """,
-            [orderId, order.customerId, shortages.isEmpty ? "RESERVED" : "REJECTED", order.total.amount, order.total.currency])
+            [
+                orderId, order.customerId, shortages.isEmpty ? "RESERVED" : "REJECTED", order.total.amount,
+                order.total.currency,
+            ])
         guard shortages.isEmpty else {
             let reason = shortages.map { "\($0.sku): \($0.requested) requested, \($0.available) available" }
                 .joined(separator: "; ")
@@ -109,7 +112,8 @@ public enum InventoryService {
                 "UPDATE stock SET available = available - $2, reserved = reserved + $2 WHERE sku = $1",
                 [sku, wanted[sku]!])
             try await db.execute(
-                "INSERT INTO reservation_lines (order_id, sku, quantity) VALUES ($1, $2, $3)", [orderId, sku, wanted[sku]!])
+                "INSERT INTO reservation_lines (order_id, sku, quantity) VALUES ($1, $2, $3)",
+                [orderId, sku, wanted[sku]!])
         }
         return [
             try context.emit(

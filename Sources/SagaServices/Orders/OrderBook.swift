@@ -42,14 +42,17 @@ public struct OrderBook: Sendable {
             var lines: [OrderCreatedV2.Line] = []
             for (i, line) in request.lines.enumerated() {
                 guard let price = prices[line.sku] else {
-                    throw OrderRequestError("lines[\(i)].sku: unknown SKU '\(line.sku)' (no price in \(request.currency))")
+                    throw OrderRequestError(
+                        "lines[\(i)].sku: unknown SKU '\(line.sku)' (no price in \(request.currency))")
                 }
                 let (lineTotal, o1) = price.multipliedReportingOverflow(by: Int64(line.quantity))
                 let (sum, o2) = total.addingReportingOverflow(lineTotal)
                 guard !o1, !o2 else { throw OrderRequestError("the order total is too large") }
                 total = sum
                 lines.append(
-                    .init(sku: line.sku, quantity: line.quantity, unitPrice: Money(amount: price, currency: request.currency)))
+                    .init(
+                        sku: line.sku, quantity: line.quantity,
+                        unitPrice: Money(amount: price, currency: request.currency)))
             }
             let id = UUID()
             try await connection.execute(
@@ -124,7 +127,8 @@ public struct OrderBook: Sendable {
                     unitPrice: Money(amount: try r.decode("unit_price"), currency: currency))
             }
             let history = try await connection.query(
-                "SELECT status, event_type, event_id, detail, at FROM order_history WHERE order_id = $1 ORDER BY seq", [id]
+                "SELECT status, event_type, event_id, detail, at FROM order_history WHERE order_id = $1 ORDER BY seq",
+                [id]
             ).map { r in
                 View.Step(
                     status: try r.decode("status"), event: try r.decode("event_type"),

@@ -15,7 +15,8 @@ public enum OrdersHTTP {
                 try await book.pool.query("SELECT 1")
                 return json(.ok, ["status": .string("ok")])
             } catch {
-                return json(.serviceUnavailable, ["status": .string("unavailable"), "reason": .string("database: \(error)")])
+                return json(
+                    .serviceUnavailable, ["status": .string("unavailable"), "reason": .string("database: \(error)")])
             }
         }
         router.post("/orders") { request, _ -> Response in

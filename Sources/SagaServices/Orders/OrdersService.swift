@@ -63,36 +63,34 @@ public enum OrdersService {
                     try await finish(
                         orderId: event.orderId, status: .confirmed, reason: nil, context: context
                     ) { row in
-                        [try context.emit(OrderConfirmed(orderId: event.orderId, customerId: row.customerId, total: row.total))]
+                        [
+                            try context.emit(
+                                OrderConfirmed(orderId: event.orderId, customerId: row.customerId, total: row.total))
+                        ]
                     }
                 },
                 .on(InventoryRejected.self) { event, context in
-                    try await finish(
-                        orderId: event.orderId, status: .cancelled, reason: "out of stock: \(event.reason)",
-                        context: context
-                    ) { row in
-                        [
-                            try context.emit(
-                                OrderCancelled(
-                                    orderId: event.orderId, customerId: row.customerId, reason: .outOfStock,
-                                    detail: event.reason))
-                        ]
-                    }
+                    try await cancel(
+                        orderId: event.orderId, reason: .outOfStock, detail: event.reason, context: context)
                 },
                 .on(InventoryReleased.self) { event, context in
-                    try await finish(
-                        orderId: event.orderId, status: .cancelled, reason: "payment declined: \(event.reason)",
-                        context: context
-                    ) { row in
-                        [
-                            try context.emit(
-                                OrderCancelled(
-                                    orderId: event.orderId, customerId: row.customerId, reason: .paymentDeclined,
-                                    detail: event.reason))
-                        ]
-                    }
+                    try await cancel(
+                        orderId: event.orderId, reason: .paymentDeclined, detail: event.reason, context: context)
                 },
             ])
+    }
+
+    /// Cancels a PENDING order and emits `order.cancelled` with `reason`.
+    private static func cancel(
+        orderId: String, reason: OrderCancelled.Reason, detail: String, context: HandlerContext
+    ) async throws -> [OutgoingEvent] {
+        let label = reason == .outOfStock ? "out of stock" : "payment declined"
+        return try await finish(orderId: orderId, status: .cancelled, reason: "\(label): \(detail)", context: context) {
+            [
+                try context.emit(
+                    OrderCancelled(orderId: orderId, customerId: $0.customerId, reason: reason, detail: detail))
+            ]
+        }
     }
 
     struct OrderRow {
@@ -117,7 +115,8 @@ public enum OrdersService {
             let existing = try await context.connection.query("SELECT status FROM orders WHERE id = $1", [id])
             guard let current = existing.first else { throw HandlerRejection("unknown order \(orderId)") }
             context.logger.info(
-                "order already terminal", metadata: ["order": .string(orderId), "status": .string(current["status"] ?? "")])
+                "order already terminal",
+                metadata: ["order": .string(orderId), "status": .string(current["status"] ?? "")])
             return []
         }
         try await context.connection.execute(
