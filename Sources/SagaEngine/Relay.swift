@@ -62,9 +62,11 @@ public final class OutboxRelay: Service, Sendable {
     private let logger: Logger
     private let state = Mutex(RelayStats())
     private let wake = WakeSignal()
+    private let metrics: RelayMetrics
 
     public init(configuration: RelayConfiguration, logger: Logger) {
         self.configuration = configuration
+        self.metrics = RelayMetrics(service: configuration.name)
         var logger = logger
         logger[metadataKey: "relay"] = .string(configuration.name)
         self.logger = logger
@@ -91,6 +93,7 @@ public final class OutboxRelay: Service, Sendable {
             } catch {
                 attempt += 1
                 state.withLock { $0.ownedShards = [] }
+                metrics.ownedShards.record(0)
                 logger.warning("relay lost the database, reconnecting", metadata: ["error": "\(error)"])
                 try? await Task.sleep(for: configuration.retry.delay(attempt: attempt))
                 continue
@@ -169,6 +172,7 @@ public final class OutboxRelay: Service, Sendable {
         if owned != stats.ownedShards {
             logger.info("relay owns shards", metadata: ["shards": "\(owned)"])
             state.withLock { $0.ownedShards = owned }
+            metrics.ownedShards.record(owned.count)
         }
         return owned
     }
@@ -179,15 +183,18 @@ public final class OutboxRelay: Service, Sendable {
     {
         let rows = try await connection.query(
             """
-            SELECT id, topic, key, headers::text AS headers, payload FROM saga_outbox
+            SELECT id, topic, key, headers::text AS headers, payload,
+                extract(epoch FROM clock_timestamp() - created_at) AS waited FROM saga_outbox
             WHERE published_at IS NULL AND shard = ANY($1::int[]) ORDER BY id LIMIT $2
             """,
             [PostgresArray(shards), configuration.batchSize])
         guard !rows.isEmpty else { return (0, 0, false) }
         var ids: [Int64] = []
+        var waited: [Double] = []
         var messages: [KafkaOutgoingMessage] = []
         for row in rows {
             ids.append(try row.decode("id", as: Int64.self))
+            waited.append(try row.decode("waited", as: Double.self))
             messages.append(
                 KafkaOutgoingMessage(
                     topic: try row.decode("topic", as: String.self),
@@ -195,7 +202,9 @@ public final class OutboxRelay: Service, Sendable {
                     value: try row.decode("payload", as: [UInt8].self),
                     headers: Outbox.decodeHeaders(try row.decode("headers", as: String.self))))
         }
+        let sending = ContinuousClock.now
         let results = await producer.send(messages)
+        let sendSeconds = (ContinuousClock.now - sending).milliseconds / 1000
         if configuration.failpoint == .crashAfterPublish {
             logger.warning("failpoint: crashing after publish, before mark", metadata: ["rows": "\(ids.count)"])
             throw RelayCrashed()
@@ -203,9 +212,11 @@ public final class OutboxRelay: Service, Sendable {
         var done: [Int64] = []
         var failed: [Int64] = []
         var firstError: KafkaError?
-        for (id, result) in zip(ids, results) {
+        for ((id, result), wait) in zip(zip(ids, results), waited) {
             switch result {
-            case .success: done.append(id)
+            case .success:
+                done.append(id)
+                metrics.lag.recordSeconds(wait + sendSeconds)
             case .failure(let error):
                 failed.append(id)
                 firstError = firstError ?? error
@@ -221,6 +232,8 @@ public final class OutboxRelay: Service, Sendable {
                 [PostgresArray(failed), firstError.description])
             logger.warning("publish failed", metadata: ["rows": "\(failed.count)", "error": "\(firstError)"])
         }
+        metrics.published.increment(by: done.count)
+        metrics.failed.increment(by: failed.count)
         state.withLock {
             $0.published += done.count
             $0.failed += failed.count

@@ -54,6 +54,7 @@ public final class Worker: Service, Sendable {
     private let migrations: [PostgresMigration]
     private let logger: Logger
     private let state = Mutex(WorkerStats())
+    private let metrics: WorkerMetrics
 
     public init(
         configuration: WorkerConfiguration, handlers: [EventHandler], upcasters: [Upcaster],
@@ -64,6 +65,7 @@ public final class Worker: Service, Sendable {
             handlers.map { ($0.eventType, $0.wrapped(in: middleware)) }, uniquingKeysWith: { a, _ in a })
         self.codec = EventCodec(upcasters: upcasters, topics: configuration.topics)
         self.migrations = migrations
+        self.metrics = WorkerMetrics(service: configuration.name)
         var logger = logger
         logger[metadataKey: "worker"] = .string(configuration.name)
         self.logger = logger
@@ -145,6 +147,7 @@ public final class Worker: Service, Sendable {
         var attempt = 0
         var isolate = false
         while true {
+            let started = ContinuousClock.now
             do {
                 let outcome = try await pool.withTransaction { [isolate] connection in
                     try await self.handle(batch, on: connection, isolate: isolate)
@@ -155,12 +158,17 @@ public final class Worker: Service, Sendable {
                     $0.deadLettered += outcome.deadLettered
                     $0.batches += 1
                 }
+                metrics.handled.increment(by: outcome.handled)
+                metrics.duplicates.increment(by: outcome.duplicates)
+                metrics.deadLettered.increment(by: outcome.deadLettered)
+                metrics.batchDuration.record(duration: ContinuousClock.now - started)
                 return true
             } catch is NeedsIsolation {
                 isolate = true
             } catch {
                 attempt += 1
                 state.withLock { $0.retries += 1 }
+                metrics.retries.increment()
                 logger.warning(
                     "batch failed, retrying",
                     metadata: ["error": "\(error)", "attempt": "\(attempt)", "size": "\(batch.count)"])

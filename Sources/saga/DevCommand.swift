@@ -21,6 +21,7 @@ struct DevCommand: AsyncParsableCommand {
 
     func run() async throws {
         try LogSetup.bootstrap()
+        OpsServer.bootstrapMetrics()
         var configured: SagaEnvironment
         configured = try SagaEnvironment.load(devFile: nil)
         let logger = Logger(label: "saga.dev")
@@ -44,6 +45,7 @@ struct DevCommand: AsyncParsableCommand {
             for s in Stack.services { services.append(try stack.relay(s)) }
             for s in Stack.services { services.append(try stack.worker(s)) }
             services.append(try stack.tracker())
+            services.append(stack.ops(Stack.services + ["tracker"]))
             let (http, pool) = stack.ordersHTTP(port: env.httpPort) { port in
                 let file = DevStackFile(
                     http: "http://\(env.httpHost):\(port)", kafkaBootstrap: env.kafkaBootstrap ?? "",
@@ -55,6 +57,7 @@ struct DevCommand: AsyncParsableCommand {
                     """
                     saga dev: the local stack is up (Ctrl-C stops it)
                       HTTP API    \(file.http)   (POST /orders, GET /orders/{id})
+                      ops         http://\(env.httpHost):\(env.opsPort)   (GET /health, GET /metrics)
                       Kafka       \(file.kafkaBootstrap)\(embedded ? "   (embedded mock cluster)" : "")
                       PostgreSQL  \(Redact.url(file.databaseURL))   (schemas: \(Stack.services.map { env.database($0).schema }.joined(separator: ", ")))
                       wrote \(DevStackFile.path)

@@ -25,6 +25,7 @@ struct Runtime {
 
     static func start(_ label: String) throws -> Runtime {
         try LogSetup.bootstrap()
+        OpsServer.bootstrapMetrics()
         return Runtime(env: try SagaEnvironment.load(), logger: Logger(label: label))
     }
 

@@ -11,6 +11,7 @@ struct SagaEnvironment: Sendable {
     var topicPrefix: String
     var httpHost: String
     var httpPort: Int
+    var opsPort: Int
     var orderCreatedVersion: Int
     var workerBatchSize: Int
     var relayBatchSize: Int
@@ -56,6 +57,7 @@ struct SagaEnvironment: Sendable {
             topicPrefix: env["SAGA_TOPIC_PREFIX"] ?? "",
             httpHost: env["SAGA_HTTP_HOST"].flatMap { $0.isEmpty ? nil : $0 } ?? "127.0.0.1",
             httpPort: try int("SAGA_HTTP_PORT", 8080, 0...65535),
+            opsPort: try int("SAGA_OPS_PORT", 9090, 0...65535),
             orderCreatedVersion: version,
             workerBatchSize: try int("SAGA_WORKER_BATCH_SIZE", 200, 1...10_000),
             relayBatchSize: try int("SAGA_RELAY_BATCH_SIZE", 500, 1...10_000),

@@ -50,6 +50,13 @@ struct Stack: Sendable {
         return SagaTracker(configuration: configuration, model: orderSagaModel, logger: logger)
     }
 
+    /// Health (the databases of `names`: services or "tracker") and metrics over HTTP.
+    func ops(_ names: [String]) -> OpsServer {
+        OpsServer(
+            host: env.httpHost, port: env.opsPort,
+            checks: names.map { OpsServer.database($0, env.database($0), logger: logger) }, logger: logger)
+    }
+
     /// Applies every service's migrations (engine tables + the service's own).
     func migrate(_ names: [String] = Stack.services) async throws {
         for name in names {

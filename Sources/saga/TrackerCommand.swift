@@ -17,6 +17,6 @@ struct TrackerCommand: AsyncParsableCommand {
     func run() async throws {
         let runtime = try Runtime.start("saga.tracker")
         let tracker = try runtime.stack.tracker(rebuild: rebuild)
-        try await Stack.run([tracker], logger: runtime.logger)
+        try await Stack.run([tracker, runtime.stack.ops(["tracker"])], logger: runtime.logger)
     }
 }

@@ -27,7 +27,7 @@ struct WorkerCommand: AsyncParsableCommand {
         let stack = runtime.stack
         let worker: Worker
         worker = try stack.worker(service)
-        var services: [any Service] = [worker]
+        var services: [any Service] = [worker, stack.ops([service])]
         var pool: PostgresPool?
         if service == "orders" {
             try await stack.migrate(["orders"])
@@ -69,7 +69,7 @@ struct RelayCommand: AsyncParsableCommand {
         var relays: [any Service] = []
         for s in names { relays.append(try runtime.stack.relay(s)) }
         try await runtime.stack.migrate(names)
-        try await Stack.run(relays, logger: runtime.logger)
+        try await Stack.run(relays + [runtime.stack.ops(names)], logger: runtime.logger)
     }
 }
 

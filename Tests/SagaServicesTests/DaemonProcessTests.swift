@@ -1,4 +1,7 @@
 import Foundation
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
 import SagaEngine
 import SagaKafka
 import SagaServices
@@ -29,6 +32,8 @@ import Testing
         env["SAGA_DATABASE_URL"] = PostgresTestDatabase.url
         env["SAGA_TOPIC_PREFIX"] = stack.topics.prefix
         env["SAGA_LOG_FORMAT"] = "json"
+        let opsPort = try Self.freePort()
+        env["SAGA_OPS_PORT"] = String(opsPort)
         process.environment = env
         process.standardError = try FileHandle(forWritingTo: log)
         try process.run()
@@ -39,6 +44,9 @@ import Testing
                 "inventory", "SELECT 1 FROM reservations WHERE order_id = $1", [UUID(uuidString: id)]
             ).isEmpty
         }
+        // Health and metrics over HTTP, from the running process.
+        let (healthStatus, health) = try await Self.get("http://127.0.0.1:\(opsPort)/health")
+        let (_, metrics) = try await Self.get("http://127.0.0.1:\(opsPort)/metrics")
         process.terminate()  // SIGTERM
         let deadline = ContinuousClock.now + .seconds(30)
         while process.isRunning && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(100)) }
@@ -60,5 +68,38 @@ import Testing
         #expect(exited && process.terminationStatus == 0)
         #expect(output.contains("\"message\":\"worker stopped\""))
         #expect(committed.reduce(0) { $0 + max(0, $1.offset) } == 1)
+        #expect(healthStatus == 200)
+        #expect(health.contains(#""database:inventory":"ok""#))
+        #expect(metrics.contains(#"saga_worker_events_total{service="inventory",result="handled"} 1"#))
+    }
+
+    /// A loopback port nothing listens on right now.
+    static func freePort() throws -> Int {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_port = 0
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0
+            }
+        }
+        guard bound else { throw POSIXError(.EADDRINUSE) }
+        return Int(UInt16(bigEndian: address.sin_port))
+    }
+
+    static func get(_ url: String) async throws -> (Int, String) {
+        let deadline = ContinuousClock.now + .seconds(10)
+        while true {
+            do {
+                let (data, response) = try await URLSession.shared.data(from: URL(string: url)!)
+                return ((response as? HTTPURLResponse)?.statusCode ?? 0, String(decoding: data, as: UTF8.self))
+            } catch where ContinuousClock.now < deadline {
+                try await Task.sleep(for: .milliseconds(200))  // the server may still be starting
+            }
+        }
     }
 }
