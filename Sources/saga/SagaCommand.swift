@@ -14,7 +14,7 @@ struct SagaCommand: AsyncParsableCommand {
             """,
         subcommands: [
             DevCommand.self, WorkerCommand.self, RelayCommand.self, BrokerCommand.self, MigrateCommand.self,
-            DemoCommand.self, BenchCommand.self,
+            DemoCommand.self, BenchCommand.self, ReplayCommand.self,
         ])
 }
 
