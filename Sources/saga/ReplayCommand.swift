@@ -243,12 +243,14 @@ enum ReplayOutput {
             say(
                 Table.render(
                     ["TOPIC", "PARTITION", "OFFSETS", "SCANNED", "MATCHED", "SENT", "FAILED"],
-                    summary.partitions.map {
+                    summary.partitions.filter { $0.endOffset > $0.startOffset }.map {
                         [
                             $0.topic, "\($0.partition)", "\($0.startOffset)..<\($0.endOffset)", "\($0.scanned)",
                             "\($0.matched)", "\($0.sent)", "\($0.failed)",
                         ]
                     }))
+            let idle = summary.partitions.filter { $0.endOffset <= $0.startOffset }.count
+            if idle > 0 { say("(\(idle) partition(s) with nothing in the range not shown)") }
             say(
                 (summary.dryRun ? "dry run: nothing sent. " : "")
                     + "scanned \(summary.scanned), matched \(summary.matched), sent \(summary.sent), failed \(summary.failed)")
