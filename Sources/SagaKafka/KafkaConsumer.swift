@@ -16,13 +16,13 @@ public final class KafkaConsumer: Sendable {
         var pendingError: KafkaError?
     }
 
-    private let client: RDKafkaClient
+    let client: RDKafkaClient  // internal: KafkaConsumer+Offsets.swift
     private let logger: Logger
     private let state = Mutex(State())
     /// Polls and close: serial, so close never overlaps a blocking poll.
     private let pollLane: BlockingLane
     /// Commits and committed-offset queries, so they do not wait behind a poll.
-    private let controlLane: BlockingLane
+    let controlLane: BlockingLane  // internal: KafkaConsumer+Offsets.swift
 
     /// Creates the consumer; it joins the group on ``subscribe(topics:)``.
     ///
@@ -210,7 +210,7 @@ public final class KafkaConsumer: Sendable {
         }
     }
 
-    private func throwIfClosed() throws(KafkaError) {
+    func throwIfClosed() throws(KafkaError) {
         if state.withLock({ $0.closed }) { throw KafkaError.state("the consumer is closed") }
     }
 

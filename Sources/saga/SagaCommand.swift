@@ -14,7 +14,7 @@ struct SagaCommand: AsyncParsableCommand {
             """,
         subcommands: [
             DevCommand.self, WorkerCommand.self, RelayCommand.self, BrokerCommand.self, MigrateCommand.self,
-            TrackerCommand.self, InspectCommand.self, DemoCommand.self, BenchCommand.self,
+            TrackerCommand.self, InspectCommand.self, ReplayCommand.self, DemoCommand.self, BenchCommand.self,
         ])
 }
 

@@ -1,0 +1,297 @@
+import Foundation
+import SagaEngine
+import SagaKafka
+import SagaServices
+import SagaTestSupport
+import Testing
+
+/// `saga replay` on real workers, relays, PostgreSQL and a broker: re-delivery changes nothing,
+/// a fixed poison event completes its saga when redriven, dry runs send nothing, group resets
+/// respect active members, and the inbox horizon guards old slices.
+@Suite(.serialized) struct ReplayTests {
+    @Test func replayingASliceRedeliversItAndChangesNothing() async throws {
+        let stack = try await TestStack()
+        try stack.startAll()
+        let start = Date()
+        let confirmed = try await stack.place("alice", [("widget", 1)])
+        let declined = try await stack.place("carol", [("gadget", 1)])
+        #expect(try await stack.waitForTerminal(confirmed).status == "CONFIRMED")
+        #expect(try await stack.waitForTerminal(declined).status == "CANCELLED")
+        try await stack.waitForOutboxesPublished()
+        let before = try await stack.stateSnapshot()
+        let replayer = stack.replayer()
+        let created = stack.topics.topic(for: "order.created")
+        let reserved = stack.topics.topic(for: "inventory.reserved")
+        let endsBefore = try await stack.endOffsets([created, reserved])
+
+        // A dry run lists the saga's order.created and sends nothing.
+        var options = ReplayOptions()
+        options.dryRun = true
+        let dry = try await replayer.replayTopic(created, selection: ReplaySelection(sagaId: confirmed), options: options)
+        #expect(dry.matched == 1 && dry.sent == 0)
+        #expect(dry.scanned == 2)
+        #expect(dry.messages.map(\.key) == [confirmed])
+        #expect(dry.messages.first?.type == "order.created")
+        #expect(try await stack.endOffsets([created, reserved]) == endsBefore)
+
+        // All of order.created for the finished saga, for real.
+        let inventoryDuplicates = stack.worker("inventory")!.stats.duplicates
+        let one = try await replayer.replayTopic(created, selection: ReplaySelection(sagaId: confirmed), options: ReplayOptions())
+        #expect(one.matched == 1 && one.sent == 1 && one.failed == 0)
+        try await stack.eventually("inventory skipped the replayed order.created") {
+            stack.worker("inventory")!.stats.duplicates >= inventoryDuplicates + 1
+        }
+
+        // A time-range slice: every inventory.reserved since the test began (both orders reserved stock).
+        let billingDuplicates = stack.worker("billing")!.stats.duplicates
+        let slice = try await replayer.replayTopic(
+            reserved, selection: ReplaySelection(since: start, until: Date()), options: ReplayOptions())
+        #expect(slice.matched == 2 && slice.sent == 2)
+        let empty = try await replayer.replayTopic(
+            reserved, selection: ReplaySelection(until: start.addingTimeInterval(-60)), options: ReplayOptions())
+        #expect(empty.scanned >= 2 && empty.matched == 0 && empty.sent == 0)
+        try await stack.eventually("billing skipped both replayed inventory.reserved") {
+            stack.worker("billing")!.stats.duplicates >= billingDuplicates + 2
+        }
+
+        // The messages are on the topics again, marked as replays.
+        let endsAfter = try await stack.endOffsets([created, reserved])
+        #expect(endsAfter[created] == endsBefore[created]! + 1)
+        #expect(endsAfter[reserved] == endsBefore[reserved]! + 2)
+        let again = try await stack.consumeAll([created], atLeast: 3)
+        let replayed = again.filter { $0.header(SagaHeader.replayedFrom) != nil }
+        #expect(replayed.count == 1)
+        if let copy = replayed.first, let original = again.first(where: { $0.header(SagaHeader.replayedFrom) == nil && $0.key == copy.key }) {
+            #expect(copy.header(SagaHeader.replayedFrom) == "\(created)/\(original.partition)/\(original.offset)")
+            #expect(copy.value == original.value)
+            #expect(copy.header(SagaHeader.eventId) == original.header(SagaHeader.eventId))
+            #expect(copy.header(SagaHeader.replayedAt).flatMap(Timestamp.parse) != nil)
+        }
+        try await Task.sleep(for: .milliseconds(500))
+        let after = try await stack.stateSnapshot()
+        await stack.stop()
+        #expect(before == after)
+    }
+
+    @Test func aPoisonEventFixedAndRedrivenCompletesItsSaga() async throws {
+        let stack = try await TestStack()
+        try stack.startAll()
+        // Orders prices a SKU that inventory does not stock: inventory dead-letters order.created.
+        _ = try await stack.query("orders", "INSERT INTO prices (sku, currency, unit_price) VALUES ('sprocket', 'EUR', 700)")
+        let id = try await stack.place("alice", [("sprocket", 2)])
+        let deadLetters = stack.topics.deadLetterTopic(consumer: "inventory")
+        let created = stack.topics.topic(for: "order.created")
+        try await stack.eventually("the dead letter is published") {
+            try await stack.endOffsets([deadLetters])[deadLetters]! >= 1
+        }
+        #expect(try await stack.book.view(UUID(uuidString: id)!)?.status == "PENDING")
+        let replayer = stack.replayer()
+
+        // Dry run first: the dead letter is listed with its reason and target, nothing is sent.
+        var dryRun = ReplayOptions()
+        dryRun.dryRun = true
+        let endsBefore = try await stack.endOffsets([created])
+        let listed = try await replayer.redriveDeadLetters(
+            consumers: TestStack.services, selection: ReplaySelection(sagaId: id), options: dryRun)
+        #expect(listed.matched == 1 && listed.sent == 0)
+        #expect(listed.messages.first?.reason?.hasPrefix("rejected: unknown SKU 'sprocket'") == true)
+        #expect(listed.messages.first?.target == created)
+        #expect(try await stack.endOffsets([created]) == endsBefore)
+        let otherReason = try await replayer.redriveDeadLetters(
+            consumers: ["inventory"], selection: ReplaySelection(reason: "schema"), options: dryRun)
+        #expect(otherReason.scanned == 1 && otherReason.matched == 0)
+
+        // The fix, then the redrive.
+        _ = try await stack.query("inventory", "INSERT INTO stock (sku, available) VALUES ('sprocket', 10)")
+        let redriven = try await replayer.redriveDeadLetters(
+            consumers: ["inventory"], selection: ReplaySelection(sagaId: id, reason: "unknown SKU"), options: ReplayOptions())
+        #expect(redriven.matched == 1 && redriven.sent == 1 && redriven.failed == 0)
+        #expect(try await stack.waitForTerminal(id).status == "CONFIRMED")
+        let stock = try await stack.query("inventory", "SELECT available, sold FROM stock WHERE sku = 'sprocket'")
+        #expect(try stock.first?.decode("available", as: Int.self) == 8)
+        #expect(try stock.first?.decode("sold", as: Int.self) == 2)
+        let copies = try await stack.consumeAll([created], atLeast: 2).filter { $0.header(SagaHeader.redrivenFrom) != nil }
+        #expect(copies.count == 1)
+        #expect(copies.first?.header(SagaHeader.deadLetterReason)?.contains("sprocket") == true)
+        #expect(copies.first?.header(SagaHeader.redrivenFrom)?.hasPrefix("\(deadLetters)/") == true)
+        await stack.stop()
+    }
+
+    @Test func aGroupResetRefusesAnActiveGroupAndMovesAnEmptyOne() async throws {
+        let stack = try await TestStack()
+        try stack.startAll()
+        let id = try await stack.place("alice", [("widget", 1)])
+        _ = try await stack.waitForTerminal(id)
+        let replayer = stack.replayer()
+        let group = stack.topics.group("inventory")
+        let created = stack.topics.topic(for: "order.created")
+        await #expect(throws: ReplayError.self) {
+            _ = try await replayer.planGroupReset(group: group, topics: [created], target: .earliest)
+        }
+        do {
+            _ = try await replayer.planGroupReset(group: group, topics: [created], target: .earliest)
+        } catch {
+            guard case .groupActive = error else { throw error }
+        }
+
+        await stack.stopWorker("inventory")
+        let plan = try await replayer.planGroupReset(group: group, topics: [created], target: .earliest)
+        #expect(plan.executed == false)
+        #expect(plan.rows.count == 4)
+        #expect(plan.rows.allSatisfy { $0.new == $0.low })
+        #expect(plan.rows.contains { ($0.current ?? 0) == 1 })  // the one order.created was handled and committed
+        // A dry run commits nothing.
+        let partitions = plan.rows.map { KafkaTopicPartition(topic: $0.topic, partition: $0.partition) }
+        #expect(try await stack.committed(group: group, partitions) == plan.rows.map { $0.current ?? KafkaTopicPartitionOffset.noOffset })
+
+        let done = try await replayer.executeGroupReset(plan)
+        #expect(done.executed)
+        #expect(try await stack.committed(group: group, partitions) == plan.rows.map(\.new))
+        let latest = try await replayer.executeGroupReset(
+            try await replayer.planGroupReset(group: group, topics: [created], target: .latest, partition: plan.rows[0].partition))
+        #expect(latest.rows.count == 1)
+        #expect(try await stack.committed(group: group, [partitions[0]]) == [latest.rows[0].high])
+        await stack.stop()
+    }
+
+    @Test func aSliceOlderThanTheInboxHorizonIsRefusedWithoutForce() async throws {
+        let stack = try await TestStack()
+        try stack.startAll()
+        let id = try await stack.place("alice", [("widget", 1)])
+        _ = try await stack.waitForTerminal(id)
+        try await stack.waitForOutboxesPublished()
+        let replayer = stack.replayer()
+        let created = stack.topics.topic(for: "order.created")
+        let ends = try await stack.endOffsets([created])
+        // A test-sized horizon: retention of one minute, measured an hour from now.
+        var options = ReplayOptions()
+        options.inboxRetention = .seconds(60)
+        options.now = Date().addingTimeInterval(3600)
+        do {
+            _ = try await replayer.replayTopic(created, selection: ReplaySelection(), options: options)
+            Issue.record("a slice past the horizon was replayed without --force")
+        } catch {
+            guard case .pastInboxHorizon(_, _, _, let count) = error else { throw error }
+            #expect(count == 1)
+            #expect("\(error)".contains("SAGA_INBOX_RETENTION=1m"))
+        }
+        #expect(try await stack.endOffsets([created]) == ends)
+        // Within the horizon (the real clock) the same slice passes.
+        var fresh = ReplayOptions()
+        fresh.inboxRetention = .seconds(3600)
+        fresh.dryRun = true
+        let dry = try await replayer.replayTopic(created, selection: ReplaySelection(), options: fresh)
+        #expect(dry.pastHorizon == 0 && dry.matched == 1)
+        options.force = true
+        let forced = try await replayer.replayTopic(created, selection: ReplaySelection(), options: options)
+        #expect(forced.sent == 1)
+        #expect(try await stack.endOffsets([created])[created] == ends[created]! + 1)
+        await stack.stop()
+    }
+
+    @Test func badInputIsRefusedAndSendsNothing() async throws {
+        let stack = try await TestStack()
+        let replayer = stack.replayer()
+        let created = stack.topics.topic(for: "order.created")
+        let ends = try await stack.endOffsets([created])
+        func expectFailure(_ what: String, _ body: () async throws -> Void, _ check: (ReplayError) -> Bool) async {
+            do {
+                try await body()
+                Issue.record("\(what) was accepted")
+            } catch let error as ReplayError {
+                #expect(check(error), "\(what): \(error)")
+            } catch {
+                Issue.record("\(what): not a ReplayError: \(error)")
+            }
+        }
+        await expectFailure("an unknown topic", {
+            _ = try await replayer.replayTopic("no-such-topic-\(UUID())", selection: ReplaySelection(), options: ReplayOptions())
+        }) { if case .unknownTopic = $0 { true } else { false } }
+        await expectFailure("from > to", {
+            _ = try await replayer.replayTopic(created, selection: ReplaySelection(fromOffset: 5, toOffset: 2), options: ReplayOptions())
+        }) { if case .invalidSelection = $0 { true } else { false } }
+        await expectFailure("since > until", {
+            _ = try await replayer.replayTopic(
+                created, selection: ReplaySelection(since: Date(), until: Date().addingTimeInterval(-60)), options: ReplayOptions())
+        }) { if case .invalidSelection = $0 { true } else { false } }
+        await expectFailure("an unknown partition", {
+            _ = try await replayer.replayTopic(created, selection: ReplaySelection(partitions: [99]), options: ReplayOptions())
+        }) { if case .unknownPartition = $0 { true } else { false } }
+        await expectFailure("an unknown --to topic", {
+            _ = try await replayer.replayTopic(created, selection: ReplaySelection(), to: "no-such-\(UUID())", options: ReplayOptions())
+        }) { if case .unknownTopic = $0 { true } else { false } }
+        var quick = ReplayOptions()
+        quick.requestTimeout = .seconds(2)
+        let nowhere = Replayer(kafka: KafkaSettings(bootstrapServers: "127.0.0.1:1"), topics: stack.topics, logger: stack.logger)
+        await expectFailure("an unreachable broker", {
+            _ = try await nowhere.replayTopic(created, selection: ReplaySelection(), options: quick)
+        }) { if case .brokerUnreachable = $0 { true } else { false } }
+        #expect(ReplayDurations.parseTime("15m", now: Date(timeIntervalSince1970: 1000)) == Date(timeIntervalSince1970: 100))
+        #expect(ReplayDurations.parseTime("2024-05-01T10:00:00Z") == Date(timeIntervalSince1970: 1_714_557_600))
+        #expect(ReplayDurations.parseTime("yesterday") == nil)
+        #expect(try await stack.endOffsets([created]) == ends)
+        await stack.stop()
+    }
+}
+
+extension TestStack {
+    func replayer() -> Replayer { Replayer(kafka: kafka, topics: topics, logger: logger) }
+
+    /// The sum of the high watermarks of each topic's partitions.
+    func endOffsets(_ names: [String]) async throws -> [String: Int64] {
+        let admin = try KafkaAdmin(bootstrapServers: kafka.bootstrapServers, logger: logger)
+        let reader = try KafkaConsumer(
+            configuration: kafka.consumer(groupId: KafkaTestBroker.uniqueName("ends"), clientId: "test"), logger: logger)
+        var out: [String: Int64] = [:]
+        for name in names {
+            var sum: Int64 = 0
+            for p in 0..<(try await admin.partitionCount(topic: name, timeout: .seconds(10))) {
+                sum += try await reader.watermarks(of: KafkaTopicPartition(topic: name, partition: p), timeout: .seconds(10)).high
+            }
+            out[name] = sum
+        }
+        await reader.close()
+        return out
+    }
+
+    /// The group's committed offsets, read from outside the group.
+    func committed(group: String, _ partitions: [KafkaTopicPartition]) async throws -> [Int64] {
+        let client = try KafkaConsumer(configuration: kafka.consumer(groupId: group, clientId: "test"), logger: logger)
+        let offsets = try await client.committed(partitions, timeout: .seconds(10))
+        await client.close()
+        return offsets.map(\.offset)
+    }
+
+    /// Waits until every outbox row is published (the relays are idle).
+    func waitForOutboxesPublished() async throws {
+        try await eventually("every outbox row published") {
+            var pending = 0
+            for s in Self.services {
+                pending += try await query(s, "SELECT count(*) AS n FROM saga_outbox WHERE published_at IS NULL")
+                    .first!.decode("n", as: Int.self)
+            }
+            return pending == 0
+        }
+    }
+
+    /// Every state a saga touches, to compare before and after re-deliveries.
+    func stateSnapshot() async throws -> [String] {
+        var out: [String] = []
+        for r in try await query("orders", "SELECT id::text, status FROM orders ORDER BY id") {
+            out.append("order \(try r.decode("id", as: String.self)) \(try r.decode("status", as: String.self))")
+        }
+        for r in try await query("inventory", "SELECT sku, available, reserved, sold FROM stock ORDER BY sku") {
+            out.append(
+                "stock \(try r.decode("sku", as: String.self)) \(try r.decode("available", as: Int.self)) "
+                    + "\(try r.decode("reserved", as: Int.self)) \(try r.decode("sold", as: Int.self))")
+        }
+        for r in try await query("billing", "SELECT customer_id, used FROM accounts ORDER BY customer_id") {
+            out.append("account \(try r.decode("customer_id", as: String.self)) \(try r.decode("used", as: Int64.self))")
+        }
+        for s in Self.services {
+            let n = try await query(s, "SELECT count(*) AS n FROM saga_outbox").first!.decode("n", as: Int.self)
+            out.append("outbox \(s) \(n)")
+        }
+        return out
+    }
+}
