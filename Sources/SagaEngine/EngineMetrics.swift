@@ -14,7 +14,8 @@ struct WorkerMetrics: Sendable {
         duplicates = Counter(label: "saga_worker_events_total", dimensions: d + [("result", "duplicate")])
         deadLettered = Counter(label: "saga_worker_events_total", dimensions: d + [("result", "dead_lettered")])
         retries = Counter(label: "saga_worker_batch_retries_total", dimensions: d)
-        batchDuration = Metrics.Timer(label: "saga_worker_batch_duration_seconds", dimensions: d, preferredDisplayUnit: .seconds)
+        batchDuration = Metrics.Timer(
+            label: "saga_worker_batch_duration_seconds", dimensions: d, preferredDisplayUnit: .seconds)
     }
 }
 

@@ -36,7 +36,7 @@ public enum ReplayError: Error, Sendable, CustomStringConvertible {
                 + "remember them and could apply them twice; narrow the slice or pass --force"
         case .groupActive(let group, let state, let members):
             return
-                "consumer group '\(group)' is \(state) with \(members.count) active member(s) (\(members.joined(separator: ", "))): "
+                "consumer group '\(group)' is \(state) and has active members (\(members.joined(separator: ", "))): "
                 + "stop its consumers first; offsets can only be reset while the group is empty"
         case .stalled(let why): return why
         case .kafka(let error): return error.description

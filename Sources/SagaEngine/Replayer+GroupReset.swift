@@ -44,7 +44,9 @@ extension Replayer {
         options: ReplayOptions = ReplayOptions()
     ) async throws(ReplayError) -> GroupResetPlan {
         guard !names.isEmpty else { throw .invalidSelection("name at least one --topic") }
-        if case .offset(let offset) = target, offset < 0 { throw .invalidSelection("--to-offset \(offset): offsets start at 0") }
+        if case .offset(let offset) = target, offset < 0 {
+            throw .invalidSelection("--to-offset \(offset): offsets start at 0")
+        }
         if let partition, partition < 0 { throw .invalidSelection("--partition \(partition): partitions start at 0") }
         let admin = try makeAdmin()
         var partitions: [KafkaTopicPartition] = []
@@ -65,7 +67,9 @@ extension Replayer {
             let committed = try await client.committed(partitions, timeout: options.requestTimeout)
             var wanted: [KafkaTopicPartition: Int64] = [:]
             if case .time(let time) = target {
-                for entry in try await client.offsets(forTimes: partitions.map { ($0, time) }, timeout: options.requestTimeout) {
+                for entry in try await client.offsets(
+                    forTimes: partitions.map { ($0, time) }, timeout: options.requestTimeout)
+                {
                     wanted[KafkaTopicPartition(topic: entry.topic, partition: entry.partition)] = entry.offset
                 }
             }
@@ -89,7 +93,8 @@ extension Replayer {
                 let current = committed[index].offset
                 rows.append(
                     GroupResetRow(
-                        topic: partition.topic, partition: partition.partition, current: current < 0 ? nil : current, new: new,
+                        topic: partition.topic, partition: partition.partition, current: current < 0 ? nil : current,
+                        new: new,
                         low: marks.low, high: marks.high))
             }
             await client.close()
@@ -105,7 +110,8 @@ extension Replayer {
     ///
     /// - Throws: ``ReplayError``: `.groupActive` when a member joined meanwhile, or the commit's
     ///   failure (on a real Kafka a commit from outside an active group is refused as well).
-    public func executeGroupReset(_ plan: GroupResetPlan, options: ReplayOptions = ReplayOptions()) async throws(ReplayError)
+    public func executeGroupReset(_ plan: GroupResetPlan, options: ReplayOptions = ReplayOptions())
+        async throws(ReplayError)
         -> GroupResetPlan
     {
         let client = try groupClient(plan.group)
@@ -115,10 +121,12 @@ extension Replayer {
             try await client.commit(
                 plan.rows.map { KafkaTopicPartitionOffset(topic: $0.topic, partition: $0.partition, offset: $0.new) })
             let readBack = try await client.committed(
-                plan.rows.map { KafkaTopicPartition(topic: $0.topic, partition: $0.partition) }, timeout: options.requestTimeout)
+                plan.rows.map { KafkaTopicPartition(topic: $0.topic, partition: $0.partition) },
+                timeout: options.requestTimeout)
             for (row, committed) in zip(plan.rows, readBack) where committed.offset != row.new {
                 throw ReplayError.stalled(
-                    "the commit of \(row.topic)[\(row.partition)] did not stick: committed \(committed.offset), wanted \(row.new)")
+                    "the commit of \(row.topic)[\(row.partition)] did not stick: committed \(committed.offset), wanted \(row.new)"
+                )
             }
             await client.close()
             var done = plan
@@ -134,7 +142,8 @@ extension Replayer {
     /// offsets from outside (as kafka-consumer-groups does).
     private func groupClient(_ group: String) throws(ReplayError) -> KafkaConsumer {
         do {
-            return try KafkaConsumer(configuration: kafka.consumer(groupId: group, clientId: "saga-replay-reset"), logger: logger)
+            return try KafkaConsumer(
+                configuration: kafka.consumer(groupId: group, clientId: "saga-replay-reset"), logger: logger)
         } catch {
             throw .kafka(error)
         }
@@ -159,7 +168,8 @@ extension Replayer {
             }
             return description.state
         } catch let error as KafkaError where error.name == "_UNSUPPORTED_FEATURE" {
-            logger.debug("DescribeGroups unsupported: checking membership by joining", metadata: ["group": .string(group)])
+            logger.debug(
+                "DescribeGroups unsupported: checking membership by joining", metadata: ["group": .string(group)])
         }
         let wanted = Set(partitions)
         try client.subscribe(topics: Array(Set(partitions.map(\.topic))).sorted())
@@ -178,7 +188,8 @@ extension Replayer {
             if let since = settledSince, ContinuousClock.now - since > .seconds(3) {
                 let missing = wanted.subtracting(assigned).count
                 throw ReplayError.groupActive(
-                    group: group, state: "Stable", members: ["other members hold \(missing) of the \(wanted.count) partitions"])
+                    group: group, state: "Stable",
+                    members: ["other members hold \(missing) of the \(wanted.count) partitions"])
             }
         }
         throw ReplayError.groupActive(

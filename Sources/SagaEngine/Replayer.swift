@@ -59,7 +59,8 @@ public final class Replayer: Sendable {
                 message.headers.filter { $0.key != SagaHeader.replayedFrom && $0.key != SagaHeader.replayedAt }
                     + [
                         KafkaHeader(
-                            key: SagaHeader.replayedFrom, string: "\(message.topic)/\(message.partition)/\(message.offset)"),
+                            key: SagaHeader.replayedFrom,
+                            string: "\(message.topic)/\(message.partition)/\(message.offset)"),
                         KafkaHeader(key: SagaHeader.replayedAt, string: Timestamp.format(at)),
                     ]
             },
@@ -103,7 +104,8 @@ public final class Replayer: Sendable {
                 message.headers.filter { $0.key != SagaHeader.redrivenFrom && $0.key != SagaHeader.redrivenAt }
                     + [
                         KafkaHeader(
-                            key: SagaHeader.redrivenFrom, string: "\(message.topic)/\(message.partition)/\(message.offset)"),
+                            key: SagaHeader.redrivenFrom,
+                            string: "\(message.topic)/\(message.partition)/\(message.offset)"),
                         KafkaHeader(key: SagaHeader.redrivenAt, string: Timestamp.format(at)),
                     ]
             },
@@ -144,7 +146,8 @@ public final class Replayer: Sendable {
 
     func makeAdmin() throws(ReplayError) -> KafkaAdmin {
         do {
-            return try KafkaAdmin(bootstrapServers: kafka.bootstrapServers, properties: kafka.properties, logger: logger)
+            return try KafkaAdmin(
+                bootstrapServers: kafka.bootstrapServers, properties: kafka.properties, logger: logger)
         } catch {
             throw .kafka(error)
         }
@@ -153,7 +156,8 @@ public final class Replayer: Sendable {
     func makeReader() throws(ReplayError) -> KafkaConsumer {
         // A group id is required to assign partitions; this one is never joined or committed.
         var configuration = kafka.consumer(
-            groupId: topics.group("saga-replay-reader-\(UUID().uuidString.prefix(8).lowercased())"), clientId: "saga-replay")
+            groupId: topics.group("saga-replay-reader-\(UUID().uuidString.prefix(8).lowercased())"),
+            clientId: "saga-replay")
         configuration.autoOffsetReset = "earliest"
         do {
             return try KafkaConsumer(configuration: configuration, logger: logger)
@@ -220,7 +224,8 @@ public final class Replayer: Sendable {
             let age = source.age(message)
             return ReplayedMessage(
                 topic: message.topic, partition: message.partition, offset: message.offset,
-                key: message.key.map { String(decoding: $0, as: UTF8.self) }, type: message.header(SagaHeader.eventType),
+                key: message.key.map { String(decoding: $0, as: UTF8.self) },
+                type: message.header(SagaHeader.eventType),
                 timestamp: message.timestamp, target: source.target(message),
                 reason: message.header(SagaHeader.deadLetterReason), pastHorizon: age.map { $0 < horizon } ?? true)
         }
@@ -262,11 +267,15 @@ public final class Replayer: Sendable {
                 message, flushOnly in
                 if flushOnly { return await sender.flush() }
                 guard let target = source.target(message) else {
-                    sender.recordFailure("\(message.topic)/\(message.partition)/\(message.offset): no \(SagaHeader.deadLetterSourceTopic) header")
+                    sender.recordFailure(
+                        "\(message.topic)/\(message.partition)/\(message.offset): no \(SagaHeader.deadLetterSourceTopic) header"
+                    )
                     return .failed(message)
                 }
                 if let check = source.checkTarget, await !check(target) {
-                    sender.recordFailure("\(message.topic)/\(message.partition)/\(message.offset): target topic '\(target)' does not exist")
+                    sender.recordFailure(
+                        "\(message.topic)/\(message.partition)/\(message.offset): target topic '\(target)' does not exist"
+                    )
                     return .failed(message)
                 }
                 let outgoing = KafkaOutgoingMessage(
@@ -325,27 +334,35 @@ public final class Replayer: Sendable {
         var sinceReport = 0
         func report(force: Bool = false) {
             let now = ContinuousClock.now
-            guard force || sinceReport >= options.progressEvery || now - lastReport >= options.progressInterval else { return }
+            guard force || sinceReport >= options.progressEvery || now - lastReport >= options.progressInterval else {
+                return
+            }
             lastReport = now
             sinceReport = 0
             let all = ordered()
             progress(
                 ReplayProgress(
-                    scanned: all.reduce(0) { $0 + $1.scanned }, total: total, matched: all.reduce(0) { $0 + $1.matched },
-                    sent: all.reduce(0) { $0 + $1.sent }, failed: all.reduce(0) { $0 + $1.failed }, elapsed: now - started))
+                    scanned: all.reduce(0) { $0 + $1.scanned }, total: total,
+                    matched: all.reduce(0) { $0 + $1.matched },
+                    sent: all.reduce(0) { $0 + $1.sent }, failed: all.reduce(0) { $0 + $1.failed },
+                    elapsed: now - started))
         }
 
         var remaining: [KafkaTopicPartition: Int64] = [:]
         for range in ranges where range.start < range.end { remaining[range.partition] = range.end }
         guard !remaining.isEmpty else {
-            apply(await body(KafkaMessage(topic: "", partition: 0, offset: 0, key: nil, value: [], headers: [], timestamp: nil), true))
+            apply(
+                await body(
+                    KafkaMessage(topic: "", partition: 0, offset: 0, key: nil, value: [], headers: [], timestamp: nil),
+                    true))
             return ordered()
         }
         let reader = try makeReader()
         do {
             try await reader.assign(
                 ranges.filter { $0.start < $0.end }.map {
-                    KafkaTopicPartitionOffset(topic: $0.partition.topic, partition: $0.partition.partition, offset: $0.start)
+                    KafkaTopicPartitionOffset(
+                        topic: $0.partition.topic, partition: $0.partition.partition, offset: $0.start)
                 })
             var lastRecord = ContinuousClock.now
             while !remaining.isEmpty {
@@ -357,7 +374,8 @@ public final class Replayer: Sendable {
                         if let end = remaining[key], position.offset >= end { remaining[key] = nil }
                     }
                     if !remaining.isEmpty && ContinuousClock.now - lastRecord > options.stallTimeout {
-                        let waiting = remaining.keys.map { "\($0.topic)[\($0.partition)]" }.sorted().joined(separator: ", ")
+                        let waiting = remaining.keys.map { "\($0.topic)[\($0.partition)]" }.sorted().joined(
+                            separator: ", ")
                         throw ReplayError.stalled(
                             "no record arrived for \(options.stallTimeout) before the end of the slice on \(waiting)")
                     }
@@ -382,7 +400,10 @@ public final class Replayer: Sendable {
                 }
                 report()
             }
-            apply(await body(KafkaMessage(topic: "", partition: 0, offset: 0, key: nil, value: [], headers: [], timestamp: nil), true))
+            apply(
+                await body(
+                    KafkaMessage(topic: "", partition: 0, offset: 0, key: nil, value: [], headers: [], timestamp: nil),
+                    true))
             report(force: true)
         } catch let error as ReplayError {
             await reader.close()

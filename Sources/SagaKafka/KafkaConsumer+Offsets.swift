@@ -43,7 +43,8 @@ extension KafkaConsumer {
             RDKafkaTopicPartitionList.with(offsets.map { ($0.topic, $0.partition, $0.offset) }) { list in
                 let result = rd_kafka_assign(client.handle, list)
                 guard result == RD_KAFKA_RESP_ERR_NO_ERROR else {
-                    return .failure(KafkaError(result, message: "assign failed: \(String(cString: rd_kafka_err2str(result)))"))
+                    return .failure(
+                        KafkaError(result, message: "assign failed: \(String(cString: rd_kafka_err2str(result)))"))
                 }
                 return .success(())
             }
@@ -87,7 +88,8 @@ extension KafkaConsumer {
                 return .failure(
                     KafkaError(
                         result,
-                        message: "watermarks of \(partition.topic)[\(partition.partition)]: \(String(cString: rd_kafka_err2str(result)))"
+                        message:
+                            "watermarks of \(partition.topic)[\(partition.partition)]: \(String(cString: rd_kafka_err2str(result)))"
                     ))
             }
             return .success(KafkaWatermarks(low: low, high: high))
@@ -111,7 +113,8 @@ extension KafkaConsumer {
             ($0.partition.topic, $0.partition.partition, Int64(($0.time.timeIntervalSince1970 * 1000).rounded(.down)))
         }
         return try await controlLane.run { () -> Result<[KafkaTopicPartitionOffset], KafkaError> in
-            RDKafkaTopicPartitionList.with(entries.map { (topic: $0.0, partition: $0.1, offset: Optional($0.2)) }) { list in
+            RDKafkaTopicPartitionList.with(entries.map { (topic: $0.0, partition: $0.1, offset: Optional($0.2)) }) {
+                list in
                 let result = rd_kafka_offsets_for_times(client.handle, list, milliseconds)
                 guard result == RD_KAFKA_RESP_ERR_NO_ERROR else {
                     return .failure(
@@ -123,10 +126,13 @@ extension KafkaConsumer {
                         return .failure(
                             KafkaError(
                                 element.error,
-                                message: "offset for time of \(element.topic)[\(element.partition)]: \(String(cString: rd_kafka_err2str(element.error)))"
+                                message:
+                                    "offset for time of \(element.topic)[\(element.partition)]: \(String(cString: rd_kafka_err2str(element.error)))"
                             ))
                     }
-                    offsets.append(KafkaTopicPartitionOffset(topic: element.topic, partition: element.partition, offset: element.offset))
+                    offsets.append(
+                        KafkaTopicPartitionOffset(
+                            topic: element.topic, partition: element.partition, offset: element.offset))
                 }
                 return .success(offsets)
             }
@@ -148,7 +154,9 @@ extension KafkaConsumer {
             defer { if let list { rd_kafka_group_list_destroy(list) } }
             guard result == RD_KAFKA_RESP_ERR_NO_ERROR || result == RD_KAFKA_RESP_ERR__PARTIAL, let list else {
                 return .failure(
-                    KafkaError(result, message: "describing group \(group) failed: \(String(cString: rd_kafka_err2str(result)))"))
+                    KafkaError(
+                        result,
+                        message: "describing group \(group) failed: \(String(cString: rd_kafka_err2str(result)))"))
             }
             let groups = UnsafeBufferPointer(start: list.pointee.groups, count: Int(list.pointee.group_cnt))
             guard let info = groups.first(where: { String(cString: $0.group) == group }) else {
@@ -157,7 +165,9 @@ extension KafkaConsumer {
             }
             guard info.err == RD_KAFKA_RESP_ERR_NO_ERROR else {
                 return .failure(
-                    KafkaError(info.err, message: "describing group \(group) failed: \(String(cString: rd_kafka_err2str(info.err)))"))
+                    KafkaError(
+                        info.err,
+                        message: "describing group \(group) failed: \(String(cString: rd_kafka_err2str(info.err)))"))
             }
             let members = UnsafeBufferPointer(start: info.members, count: Int(info.member_cnt)).map {
                 KafkaGroupDescription.Member(

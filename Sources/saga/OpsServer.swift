@@ -68,7 +68,8 @@ struct OpsServer: Service {
         let app = Application(
             router: router, configuration: .init(address: .hostname(host, port: port), serverName: "saga-ops"),
             onServerRunning: { [logger] channel in
-                logger.info("health and metrics", metadata: ["address": "\(host):\(channel.localAddress?.port ?? port)"])
+                logger.info(
+                    "health and metrics", metadata: ["address": "\(host):\(channel.localAddress?.port ?? port)"])
             },
             logger: logger)
         do {

@@ -31,7 +31,8 @@ struct ReplaySliceOptions: ParsableArguments {
             guard let raw else { return nil }
             guard let date = ReplayDurations.parseTime(raw, now: now) else {
                 throw ReplayError.invalidSelection(
-                    "\(flag) '\(raw)': expected an RFC 3339 time (2024-05-01T10:00:00Z) or a duration ago (15m, 2h, 7d)")
+                    "\(flag) '\(raw)': expected an RFC 3339 time (2024-05-01T10:00:00Z) or a duration ago (15m, 2h, 7d)"
+                )
             }
             return date
         }
@@ -150,7 +151,8 @@ struct ReplayResetGroupCommand: AsyncParsableCommand {
         } else {
             guard let raw = toTime, let time = ReplayDurations.parseTime(raw) else {
                 throw ReplayError.invalidSelection(
-                    "--to-time '\(toTime ?? "")': expected an RFC 3339 time (2024-05-01T10:00:00Z) or a duration ago (15m, 2h, 7d)")
+                    "--to-time '\(toTime ?? "")': expected an RFC 3339 time (2024-05-01T10:00:00Z) or a duration ago (15m, 2h, 7d)"
+                )
             }
             target = .time(time)
         }
@@ -167,11 +169,17 @@ struct ReplayResetGroupCommand: AsyncParsableCommand {
         say(
             Table.render(
                 ["TOPIC", "PARTITION", "CURRENT", "NEW", "LOW", "HIGH"],
-                plan.rows.map { [$0.topic, "\($0.partition)", $0.current.map(String.init) ?? "-", "\($0.new)", "\($0.low)", "\($0.high)"] }))
+                plan.rows.map {
+                    [
+                        $0.topic, "\($0.partition)", $0.current.map(String.init) ?? "-", "\($0.new)", "\($0.low)",
+                        "\($0.high)",
+                    ]
+                }))
         say(
             plan.executed
                 ? "group \(plan.group): committed the new offsets of \(plan.rows.count) partition(s)"
-                : "group \(plan.group) (\(plan.state)): dry run, nothing changed; add --execute to commit these offsets")
+                : "group \(plan.group) (\(plan.state)): dry run, nothing changed; add --execute to commit these offsets"
+        )
     }
 }
 
@@ -253,7 +261,8 @@ enum ReplayOutput {
             if idle > 0 { say("(\(idle) partition(s) with nothing in the range not shown)") }
             say(
                 (summary.dryRun ? "dry run: nothing sent. " : "")
-                    + "scanned \(summary.scanned), matched \(summary.matched), sent \(summary.sent), failed \(summary.failed)")
+                    + "scanned \(summary.scanned), matched \(summary.matched), sent \(summary.sent), failed \(summary.failed)"
+            )
         }
         if summary.failed > 0 { throw ExitCode(2) }
     }

@@ -13,7 +13,9 @@ import Testing
         let producer = try KafkaProducer(
             configuration: KafkaProducerConfiguration(bootstrapServers: broker.servers), logger: testLogger("p"))
         func send(_ range: Range<Int>) async throws {
-            for r in await producer.send(range.map { KafkaOutgoingMessage(topic: topic, key: "k\($0)", value: "v\($0)").on(0) }) {
+            for r in await producer.send(
+                range.map { KafkaOutgoingMessage(topic: topic, key: "k\($0)", value: "v\($0)").on(0) })
+            {
                 _ = try r.get()
             }
         }
@@ -52,21 +54,24 @@ import Testing
         let p0 = KafkaTopicPartition(topic: topic, partition: 0)
         // A group nobody joined: a commit from outside is accepted, by the mock too.
         let fresh = KafkaTestBroker.uniqueName("fresh")
-        let outsider = try KafkaConsumer(configuration: consumerConfiguration(broker.servers, group: fresh), logger: testLogger("o"))
+        let outsider = try KafkaConsumer(
+            configuration: consumerConfiguration(broker.servers, group: fresh), logger: testLogger("o"))
         try await outsider.commit([KafkaTopicPartitionOffset(topic: topic, partition: 0, offset: 7)])
         #expect(try await outsider.committed([p0], timeout: .seconds(10)).map(\.offset) == [7])
         await outsider.close()
 
         // A group with a member: the coordinator refuses commits from outside it.
         let group = KafkaTestBroker.uniqueName("active")
-        let member = try KafkaConsumer(configuration: consumerConfiguration(broker.servers, group: group), logger: testLogger("m"))
+        let member = try KafkaConsumer(
+            configuration: consumerConfiguration(broker.servers, group: group), logger: testLogger("m"))
         try member.subscribe(topics: [topic])
         let deadline = ContinuousClock.now + .seconds(30)
         while try member.assignment().isEmpty, ContinuousClock.now < deadline {
             _ = try await member.poll(maxMessages: 10, timeout: .milliseconds(200))
         }
         #expect(try member.assignment().count == 2)
-        let other = try KafkaConsumer(configuration: consumerConfiguration(broker.servers, group: group), logger: testLogger("x"))
+        let other = try KafkaConsumer(
+            configuration: consumerConfiguration(broker.servers, group: group), logger: testLogger("x"))
         await #expect(throws: KafkaError.self) {
             try await other.commit([KafkaTopicPartitionOffset(topic: topic, partition: 0, offset: 1)])
         }

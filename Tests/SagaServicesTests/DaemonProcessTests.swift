@@ -1,12 +1,13 @@
 import Foundation
-#if canImport(FoundationNetworking)
-import FoundationNetworking
-#endif
 import SagaEngine
 import SagaKafka
 import SagaServices
 import SagaTestSupport
 import Testing
+
+#if canImport(FoundationNetworking)
+    import FoundationNetworking
+#endif
 
 /// `saga worker` as a real process: configured by environment, stopped by SIGTERM.
 @Suite(.serialized) struct DaemonProcessTests {
@@ -97,7 +98,7 @@ import Testing
             do {
                 let (data, response) = try await URLSession.shared.data(from: URL(string: url)!)
                 return ((response as? HTTPURLResponse)?.statusCode ?? 0, String(decoding: data, as: UTF8.self))
-            } catch where ContinuousClock.now < deadline {
+            } catch  where ContinuousClock.now < deadline {
                 try await Task.sleep(for: .milliseconds(200))  // the server may still be starting
             }
         }

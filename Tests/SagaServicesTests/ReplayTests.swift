@@ -27,7 +27,8 @@ import Testing
         // A dry run lists the saga's order.created and sends nothing.
         var options = ReplayOptions()
         options.dryRun = true
-        let dry = try await replayer.replayTopic(created, selection: ReplaySelection(sagaId: confirmed), options: options)
+        let dry = try await replayer.replayTopic(
+            created, selection: ReplaySelection(sagaId: confirmed), options: options)
         #expect(dry.matched == 1 && dry.sent == 0)
         #expect(dry.scanned == 2)
         #expect(dry.messages.map(\.key) == [confirmed])
@@ -36,7 +37,8 @@ import Testing
 
         // All of order.created for the finished saga, for real.
         let inventoryDuplicates = stack.worker("inventory")!.stats.duplicates
-        let one = try await replayer.replayTopic(created, selection: ReplaySelection(sagaId: confirmed), options: ReplayOptions())
+        let one = try await replayer.replayTopic(
+            created, selection: ReplaySelection(sagaId: confirmed), options: ReplayOptions())
         #expect(one.matched == 1 && one.sent == 1 && one.failed == 0)
         try await stack.eventually("inventory skipped the replayed order.created") {
             stack.worker("inventory")!.stats.duplicates >= inventoryDuplicates + 1
@@ -61,7 +63,9 @@ import Testing
         let again = try await stack.consumeAll([created], atLeast: 3)
         let replayed = again.filter { $0.header(SagaHeader.replayedFrom) != nil }
         #expect(replayed.count == 1)
-        if let copy = replayed.first, let original = again.first(where: { $0.header(SagaHeader.replayedFrom) == nil && $0.key == copy.key }) {
+        if let copy = replayed.first,
+            let original = again.first(where: { $0.header(SagaHeader.replayedFrom) == nil && $0.key == copy.key })
+        {
             #expect(copy.header(SagaHeader.replayedFrom) == "\(created)/\(original.partition)/\(original.offset)")
             #expect(copy.value == original.value)
             #expect(copy.header(SagaHeader.eventId) == original.header(SagaHeader.eventId))
@@ -77,7 +81,8 @@ import Testing
         let stack = try await TestStack()
         try stack.startAll()
         // Orders prices a SKU that inventory does not stock: inventory dead-letters order.created.
-        _ = try await stack.query("orders", "INSERT INTO prices (sku, currency, unit_price) VALUES ('sprocket', 'EUR', 700)")
+        _ = try await stack.query(
+            "orders", "INSERT INTO prices (sku, currency, unit_price) VALUES ('sprocket', 'EUR', 700)")
         let id = try await stack.place("alice", [("sprocket", 2)])
         let deadLetters = stack.topics.deadLetterTopic(consumer: "inventory")
         let created = stack.topics.topic(for: "order.created")
@@ -104,13 +109,16 @@ import Testing
         // The fix, then the redrive.
         _ = try await stack.query("inventory", "INSERT INTO stock (sku, available) VALUES ('sprocket', 10)")
         let redriven = try await replayer.redriveDeadLetters(
-            consumers: ["inventory"], selection: ReplaySelection(sagaId: id, reason: "unknown SKU"), options: ReplayOptions())
+            consumers: ["inventory"], selection: ReplaySelection(sagaId: id, reason: "unknown SKU"),
+            options: ReplayOptions())
         #expect(redriven.matched == 1 && redriven.sent == 1 && redriven.failed == 0)
         #expect(try await stack.waitForTerminal(id).status == "CONFIRMED")
         let stock = try await stack.query("inventory", "SELECT available, sold FROM stock WHERE sku = 'sprocket'")
         #expect(try stock.first?.decode("available", as: Int.self) == 8)
         #expect(try stock.first?.decode("sold", as: Int.self) == 2)
-        let copies = try await stack.consumeAll([created], atLeast: 2).filter { $0.header(SagaHeader.redrivenFrom) != nil }
+        let copies = try await stack.consumeAll([created], atLeast: 2).filter {
+            $0.header(SagaHeader.redrivenFrom) != nil
+        }
         #expect(copies.count == 1)
         #expect(copies.first?.header(SagaHeader.deadLetterReason)?.contains("sprocket") == true)
         #expect(copies.first?.header(SagaHeader.redrivenFrom)?.hasPrefix("\(deadLetters)/") == true)
@@ -142,13 +150,16 @@ import Testing
         #expect(plan.rows.contains { ($0.current ?? 0) == 1 })  // the one order.created was handled and committed
         // A dry run commits nothing.
         let partitions = plan.rows.map { KafkaTopicPartition(topic: $0.topic, partition: $0.partition) }
-        #expect(try await stack.committed(group: group, partitions) == plan.rows.map { $0.current ?? KafkaTopicPartitionOffset.noOffset })
+        #expect(
+            try await stack.committed(group: group, partitions)
+                == plan.rows.map { $0.current ?? KafkaTopicPartitionOffset.noOffset })
 
         let done = try await replayer.executeGroupReset(plan)
         #expect(done.executed)
         #expect(try await stack.committed(group: group, partitions) == plan.rows.map(\.new))
         let latest = try await replayer.executeGroupReset(
-            try await replayer.planGroupReset(group: group, topics: [created], target: .latest, partition: plan.rows[0].partition))
+            try await replayer.planGroupReset(
+                group: group, topics: [created], target: .latest, partition: plan.rows[0].partition))
         #expect(latest.rows.count == 1)
         #expect(try await stack.committed(group: group, [partitions[0]]) == [latest.rows[0].high])
         await stack.stop()
@@ -204,29 +215,55 @@ import Testing
                 Issue.record("\(what): not a ReplayError: \(error)")
             }
         }
-        await expectFailure("an unknown topic", {
-            _ = try await replayer.replayTopic("no-such-topic-\(UUID())", selection: ReplaySelection(), options: ReplayOptions())
-        }) { if case .unknownTopic = $0 { true } else { false } }
-        await expectFailure("from > to", {
-            _ = try await replayer.replayTopic(created, selection: ReplaySelection(fromOffset: 5, toOffset: 2), options: ReplayOptions())
-        }) { if case .invalidSelection = $0 { true } else { false } }
-        await expectFailure("since > until", {
-            _ = try await replayer.replayTopic(
-                created, selection: ReplaySelection(since: Date(), until: Date().addingTimeInterval(-60)), options: ReplayOptions())
-        }) { if case .invalidSelection = $0 { true } else { false } }
-        await expectFailure("an unknown partition", {
-            _ = try await replayer.replayTopic(created, selection: ReplaySelection(partitions: [99]), options: ReplayOptions())
-        }) { if case .unknownPartition = $0 { true } else { false } }
-        await expectFailure("an unknown --to topic", {
-            _ = try await replayer.replayTopic(created, selection: ReplaySelection(), to: "no-such-\(UUID())", options: ReplayOptions())
-        }) { if case .unknownTopic = $0 { true } else { false } }
+        await expectFailure(
+            "an unknown topic",
+            {
+                _ = try await replayer.replayTopic(
+                    "no-such-topic-\(UUID())", selection: ReplaySelection(), options: ReplayOptions())
+            }
+        ) { if case .unknownTopic = $0 { true } else { false } }
+        await expectFailure(
+            "from > to",
+            {
+                _ = try await replayer.replayTopic(
+                    created, selection: ReplaySelection(fromOffset: 5, toOffset: 2), options: ReplayOptions())
+            }
+        ) { if case .invalidSelection = $0 { true } else { false } }
+        await expectFailure(
+            "since > until",
+            {
+                _ = try await replayer.replayTopic(
+                    created, selection: ReplaySelection(since: Date(), until: Date().addingTimeInterval(-60)),
+                    options: ReplayOptions())
+            }
+        ) { if case .invalidSelection = $0 { true } else { false } }
+        await expectFailure(
+            "an unknown partition",
+            {
+                _ = try await replayer.replayTopic(
+                    created, selection: ReplaySelection(partitions: [99]), options: ReplayOptions())
+            }
+        ) { if case .unknownPartition = $0 { true } else { false } }
+        await expectFailure(
+            "an unknown --to topic",
+            {
+                _ = try await replayer.replayTopic(
+                    created, selection: ReplaySelection(), to: "no-such-\(UUID())", options: ReplayOptions())
+            }
+        ) { if case .unknownTopic = $0 { true } else { false } }
         var quick = ReplayOptions()
         quick.requestTimeout = .seconds(2)
-        let nowhere = Replayer(kafka: KafkaSettings(bootstrapServers: "127.0.0.1:1"), topics: stack.topics, logger: stack.logger)
-        await expectFailure("an unreachable broker", {
-            _ = try await nowhere.replayTopic(created, selection: ReplaySelection(), options: quick)
-        }) { if case .brokerUnreachable = $0 { true } else { false } }
-        #expect(ReplayDurations.parseTime("15m", now: Date(timeIntervalSince1970: 1000)) == Date(timeIntervalSince1970: 100))
+        let nowhere = Replayer(
+            kafka: KafkaSettings(bootstrapServers: "127.0.0.1:1"), topics: stack.topics, logger: stack.logger)
+        await expectFailure(
+            "an unreachable broker",
+            {
+                _ = try await nowhere.replayTopic(created, selection: ReplaySelection(), options: quick)
+            }
+        ) { if case .brokerUnreachable = $0 { true } else { false } }
+        #expect(
+            ReplayDurations.parseTime("15m", now: Date(timeIntervalSince1970: 1000)) == Date(timeIntervalSince1970: 100)
+        )
         #expect(ReplayDurations.parseTime("2024-05-01T10:00:00Z") == Date(timeIntervalSince1970: 1_714_557_600))
         #expect(ReplayDurations.parseTime("yesterday") == nil)
         #expect(try await stack.endOffsets([created]) == ends)
@@ -241,12 +278,15 @@ extension TestStack {
     func endOffsets(_ names: [String]) async throws -> [String: Int64] {
         let admin = try KafkaAdmin(bootstrapServers: kafka.bootstrapServers, logger: logger)
         let reader = try KafkaConsumer(
-            configuration: kafka.consumer(groupId: KafkaTestBroker.uniqueName("ends"), clientId: "test"), logger: logger)
+            configuration: kafka.consumer(groupId: KafkaTestBroker.uniqueName("ends"), clientId: "test"), logger: logger
+        )
         var out: [String: Int64] = [:]
         for name in names {
             var sum: Int64 = 0
             for p in 0..<(try await admin.partitionCount(topic: name, timeout: .seconds(10))) {
-                sum += try await reader.watermarks(of: KafkaTopicPartition(topic: name, partition: p), timeout: .seconds(10)).high
+                sum += try await reader.watermarks(
+                    of: KafkaTopicPartition(topic: name, partition: p), timeout: .seconds(10)
+                ).high
             }
             out[name] = sum
         }
@@ -286,7 +326,8 @@ extension TestStack {
                     + "\(try r.decode("reserved", as: Int.self)) \(try r.decode("sold", as: Int.self))")
         }
         for r in try await query("billing", "SELECT customer_id, used FROM accounts ORDER BY customer_id") {
-            out.append("account \(try r.decode("customer_id", as: String.self)) \(try r.decode("used", as: Int64.self))")
+            out.append(
+                "account \(try r.decode("customer_id", as: String.self)) \(try r.decode("used", as: Int64.self))")
         }
         for s in Self.services {
             let n = try await query(s, "SELECT count(*) AS n FROM saga_outbox").first!.decode("n", as: Int.self)
