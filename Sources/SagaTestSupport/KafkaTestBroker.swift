@@ -24,6 +24,26 @@ public enum KafkaTestBroker {
         return !(env["SAGA_KAFKA_BOOTSTRAP"] ?? "").isEmpty && env["SAGA_KAFKA_EMBEDDED"] != "1"
     }
 
+    /// A broker on which `topics` exist with `partitions` partitions each: the real Kafka in
+    /// `SAGA_KAFKA_BOOTSTRAP` (topics created through the admin API), else a fresh in-process mock cluster
+    /// that the caller must keep alive. The embedded `saga broker` process is not used here: the mock
+    /// cluster answers no CreateTopics, so it cannot create topics on request.
+    ///
+    /// - Throws: ``KafkaError`` when the cluster cannot start or the topics cannot be created.
+    public static func withTopics(_ topics: [String], partitions: Int32) async throws -> (
+        servers: String, cluster: KafkaMockCluster?
+    ) {
+        if usesRealKafka, let servers = ProcessInfo.processInfo.environment["SAGA_KAFKA_BOOTSTRAP"] {
+            let admin = try KafkaAdmin(bootstrapServers: servers, logger: Logger(label: "saga.kafka.test-admin"))
+            try await admin.createTopics(
+                topics.map { (name: $0, partitions: partitions, replicationFactor: 1) }, timeout: .seconds(30))
+            return (servers, nil)
+        }
+        let cluster = try KafkaMockCluster(brokers: 3, logger: Logger(label: "saga.kafka.test-broker"))
+        for topic in topics { try cluster.createTopic(topic, partitions: partitions) }
+        return (cluster.bootstrapServers, cluster)
+    }
+
     /// `prefix` plus a random suffix: a topic or group name no other test uses.
     public static func uniqueName(_ prefix: String) -> String {
         "\(prefix)-\(UUID().uuidString.prefix(8).lowercased())"

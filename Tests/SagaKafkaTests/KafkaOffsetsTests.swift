@@ -48,9 +48,8 @@ import Testing
     }
 
     @Test func groupsAreDescribedAndCommittedFromOutside() async throws {
-        let broker = try KafkaTestBroker.bootstrap()
         let topic = KafkaTestBroker.uniqueName("groups")
-        try await createTopic(topic, partitions: 2, servers: broker.servers, cluster: broker.cluster)
+        let broker = try await KafkaTestBroker.withTopics([topic], partitions: 2)
         let p0 = KafkaTopicPartition(topic: topic, partition: 0)
         // A group nobody joined: a commit from outside is accepted, by the mock too.
         let fresh = KafkaTestBroker.uniqueName("fresh")

@@ -31,14 +31,11 @@ final class TestStack: @unchecked Sendable {
             ProcessInfo.processInfo.environment["SAGA_TEST_LOG_LEVEL"].flatMap { Logger.Level(rawValue: $0) }
             ?? .warning
         self.logger = logger
-        let broker = try KafkaTestBroker.bootstrap()
-        self.cluster = broker.cluster
-        self.kafka = KafkaSettings(bootstrapServers: broker.servers)
         let prefix = KafkaTestBroker.uniqueName("t") + "."
         self.topics = TopicNaming(prefix: prefix)
-        if let cluster = broker.cluster {
-            for topic in sagaTopics(topics) { try cluster.createTopic(topic, partitions: partitions) }
-        }
+        let broker = try await KafkaTestBroker.withTopics(sagaTopics(topics), partitions: partitions)
+        self.cluster = broker.cluster
+        self.kafka = KafkaSettings(bootstrapServers: broker.servers)
         var dbs: [String: ServiceDatabase] = [:]
         let schemaPrefix = String(prefix.dropLast()).lowercased().replacingOccurrences(of: "-", with: "_")
         for s in Self.services {
