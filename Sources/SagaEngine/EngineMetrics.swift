@@ -23,6 +23,7 @@ struct WorkerMetrics: Sendable {
 struct RelayMetrics: Sendable {
     let published: Counter
     let failed: Counter
+    let parked: Counter
     let lag: Metrics.Timer
     let ownedShards: Gauge
 
@@ -30,6 +31,7 @@ struct RelayMetrics: Sendable {
         let d = [("service", service)]
         published = Counter(label: "saga_relay_published_total", dimensions: d)
         failed = Counter(label: "saga_relay_publish_failures_total", dimensions: d)
+        parked = Counter(label: "saga_relay_parked_total", dimensions: d)
         lag = Metrics.Timer(label: "saga_relay_outbox_lag_seconds", dimensions: d, preferredDisplayUnit: .seconds)
         ownedShards = Gauge(label: "saga_relay_owned_shards", dimensions: d)
     }

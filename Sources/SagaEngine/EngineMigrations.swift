@@ -60,6 +60,14 @@ public enum EngineMigrations {
                     dead_lettered_at timestamptz NOT NULL DEFAULT now(),
                     PRIMARY KEY (source_topic, source_partition, source_offset)
                 );
-                """)
+                """),
+        PostgresMigration(
+            version: 2, name: "engine: park outbox rows the broker refuses for good",
+            sql: """
+                ALTER TABLE saga_outbox ADD COLUMN failed_at timestamptz;
+                DROP INDEX saga_outbox_pending;
+                CREATE INDEX saga_outbox_pending ON saga_outbox (shard, id) WHERE published_at IS NULL AND failed_at IS NULL;
+                CREATE INDEX saga_outbox_failed ON saga_outbox (failed_at) WHERE failed_at IS NOT NULL;
+                """),
     ]
 }

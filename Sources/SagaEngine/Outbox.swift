@@ -32,7 +32,7 @@ public enum Outbox {
     static func encodeHeaders(_ headers: [KafkaHeader]) -> [UInt8] {
         JSONValue.array(
             headers.map { h in
-                if let s = h.stringValue {
+                if let s = h.stringValue, !s.utf8.contains(0) {  // jsonb refuses \u0000: such values go as base64
                     return .object(["k": .string(h.key), "v": .string(s)])
                 }
                 return .object(["k": .string(h.key), "b64": .string(Data(h.value).base64EncodedString())])

@@ -80,13 +80,17 @@ public final class OutboxRelay: Service, Sendable {
     /// outbox table does not exist yet: the service's worker or `saga migrate` creates it).
     /// - Throws: `RelayCrashed` when the test failpoint fired; errors creating the producer.
     public func run() async throws {
-        let producer = try KafkaProducer(
-            configuration: configuration.kafka.producer(clientId: "saga-relay-\(configuration.name)"), logger: logger)
         defer { logger.info("relay stopped", metadata: ["stats": "\(stats)"]) }
         var attempt = 0
         while !Task.isShuttingDownGracefully && !Task.isCancelled {
+            // A new producer per session: after a fatal producer error (e.g. the idempotent producer lost its
+            // sequence), the next session starts with a fresh one.
+            let producer = try KafkaProducer(
+                configuration: configuration.kafka.producer(clientId: "saga-relay-\(configuration.name)"),
+                logger: logger)
             do {
                 try await runConnected(producer: producer)
+                attempt = 0
             } catch let crash as RelayCrashed {
                 await producer.shutdown()
                 throw crash
@@ -94,13 +98,11 @@ public final class OutboxRelay: Service, Sendable {
                 attempt += 1
                 state.withLock { $0.ownedShards = [] }
                 metrics.ownedShards.record(0)
-                logger.warning("relay lost the database, reconnecting", metadata: ["error": "\(error)"])
+                logger.warning("relay session ended, starting again", metadata: ["error": "\(error)"])
                 try? await Task.sleep(for: configuration.retry.delay(attempt: attempt))
-                continue
             }
-            attempt = 0
+            await producer.shutdown()
         }
-        await producer.shutdown()
     }
 
     /// One database session: owns shards while connected; returns on shutdown, throws on failure.
@@ -185,7 +187,7 @@ public final class OutboxRelay: Service, Sendable {
             """
             SELECT id, topic, key, headers::text AS headers, payload,
                 extract(epoch FROM clock_timestamp() - created_at) AS waited FROM saga_outbox
-            WHERE published_at IS NULL AND shard = ANY($1::int[]) ORDER BY id LIMIT $2
+            WHERE published_at IS NULL AND failed_at IS NULL AND shard = ANY($1::int[]) ORDER BY id LIMIT $2
             """,
             [PostgresArray(shards), configuration.batchSize])
         guard !rows.isEmpty else { return (0, 0, false) }
@@ -202,6 +204,7 @@ public final class OutboxRelay: Service, Sendable {
                     value: try row.decode("payload", as: [UInt8].self),
                     headers: Outbox.decodeHeaders(try row.decode("headers", as: String.self))))
         }
+        var fatal: KafkaError?
         let sending = ContinuousClock.now
         let results = await producer.send(messages)
         let sendSeconds = (ContinuousClock.now - sending).milliseconds / 1000
@@ -212,13 +215,21 @@ public final class OutboxRelay: Service, Sendable {
         var done: [Int64] = []
         var failed: [Int64] = []
         var firstError: KafkaError?
+        var refused: (id: Int64, error: KafkaError)?
         for ((id, result), wait) in zip(zip(ids, results), waited) {
             switch result {
             case .success:
                 done.append(id)
                 metrics.lag.recordSeconds(wait + sendSeconds)
             case .failure(let error):
-                failed.append(id)
+                if error.isFatal { fatal = error }
+                // The first row the broker refuses for good (e.g. too large) is parked so it cannot block
+                // the rows behind it; the rows after it may have failed only because it did, and go again.
+                if !error.isRetriable, !error.isFatal, refused == nil {
+                    refused = (id, error)
+                } else {
+                    failed.append(id)
+                }
                 firstError = firstError ?? error
             }
         }
@@ -226,7 +237,16 @@ public final class OutboxRelay: Service, Sendable {
             try await connection.execute(
                 "UPDATE saga_outbox SET published_at = now() WHERE id = ANY($1::bigint[])", [PostgresArray(done)])
         }
-        if let firstError {
+        if let refused {
+            try await connection.execute(
+                "UPDATE saga_outbox SET failed_at = now(), attempts = attempts + 1, last_error = $2 WHERE id = $1",
+                [refused.id, refused.error.description])
+            metrics.parked.increment()
+            logger.error(
+                "outbox row parked: the broker refused it for good (clear failed_at to retry it)",
+                metadata: ["id": "\(refused.id)", "error": "\(refused.error)"])
+        }
+        if let firstError, !failed.isEmpty {
             try await connection.execute(
                 "UPDATE saga_outbox SET attempts = attempts + 1, last_error = $2 WHERE id = ANY($1::bigint[])",
                 [PostgresArray(failed), firstError.description])
@@ -239,6 +259,7 @@ public final class OutboxRelay: Service, Sendable {
             $0.failed += failed.count
             $0.batches += 1
         }
+        if let fatal { throw fatal }  // the session ends; run() starts a new one with a new producer
         return (done.count, failed.count, rows.count == configuration.batchSize)
     }
 }

@@ -87,7 +87,6 @@ public final class SagaTracker: Service, Sendable {
         let consumer = try KafkaConsumer(configuration: consumerConfiguration, logger: logger)
         try consumer.subscribe(topics: subscribedTopics)
         logger.info("tracker started", metadata: ["group": .string(group), "rebuild": "\(configuration.rebuild)"])
-        var attempt = 0
         while !Task.isShuttingDownGracefully && !Task.isCancelled {
             let batch: [KafkaMessage]
             do {
@@ -100,15 +99,8 @@ public final class SagaTracker: Service, Sendable {
                 continue
             }
             guard !batch.isEmpty else { continue }
-            do {
-                try await pool.withTransaction { connection in try await self.record(batch, on: connection) }
-                attempt = 0
-            } catch {
-                attempt += 1
-                logger.warning("recording failed, retrying", metadata: ["error": "\(error)", "attempt": "\(attempt)"])
-                try? await Task.sleep(for: configuration.retry.delay(attempt: attempt))
-                continue  // uncommitted: the batch comes again after the consumer rejoins or the retry below
-            }
+            // The same batch until it is recorded: offsets must never move past an unrecorded message.
+            guard await recordUntilDone(batch, pool: pool) else { break }
             do { try await consumer.commit(after: batch) } catch {
                 logger.warning("offset commit failed", metadata: ["error": "\(error)"])
             }
@@ -135,35 +127,55 @@ public final class SagaTracker: Service, Sendable {
         }
     }
 
-    func record(_ batch: [KafkaMessage], on connection: PostgresConnection) async throws {
+    /// Records `batch`, retrying it with backoff on failures. A message the database refuses as data
+    /// (e.g. text it cannot hold) makes the batch run again with a savepoint per message, skipping that one.
+    /// Returns false when shutdown began first (the batch stays uncommitted and comes again).
+    private func recordUntilDone(_ batch: [KafkaMessage], pool: PostgresPool) async -> Bool {
+        var attempt = 0
+        var isolate = false
+        while true {
+            do {
+                try await pool.withTransaction { [isolate] connection in
+                    try await self.record(batch, on: connection, isolate: isolate)
+                }
+                return true
+            } catch let error as PostgresError where !isolate && Self.isDataError(error) {
+                isolate = true
+            } catch {
+                attempt += 1
+                logger.warning("recording failed, retrying", metadata: ["error": "\(error)", "attempt": "\(attempt)"])
+                if Task.isShuttingDownGracefully || Task.isCancelled { return false }
+                try? await Task.sleep(for: configuration.retry.delay(attempt: attempt))
+            }
+        }
+    }
+
+    static func isDataError(_ error: PostgresError) -> Bool {
+        !error.isRetriable && (error.sqlState?.hasPrefix("22") == true || error.sqlState?.hasPrefix("23") == true)
+    }
+
+    func record(_ batch: [KafkaMessage], on connection: PostgresConnection, isolate: Bool = false) async throws {
         var touched = Set<String>()
         var recorded = TrackerStats()
         for message in batch {
-            if configuration.topics.eventType(ofTopic: message.topic) == nil {
-                if let saga = try await recordDeadLetter(message, on: connection) { touched.insert(saga) }
-                recorded.deadLetters += 1
+            guard isolate else {
+                try await recordOne(message, on: connection, touched: &touched, recorded: &recorded)
                 continue
             }
-            guard let json = try? JSONValue(parsing: message.value), let envelope = try? EventEnvelope(validated: json)
-            else {
-                recorded.skipped += 1  // not an event: the consumers dead-letter it, and we record that dead letter
-                continue
+            try await connection.execute("SAVEPOINT tracker_message")
+            do {
+                try await recordOne(message, on: connection, touched: &touched, recorded: &recorded)
+            } catch let error as PostgresError where Self.isDataError(error) {
+                try await connection.execute("ROLLBACK TO SAVEPOINT tracker_message")
+                recorded.skipped += 1
+                logger.error(
+                    "message not recorded: the database refused it",
+                    metadata: [
+                        "topic": .string(message.topic), "partition": "\(message.partition)",
+                        "offset": "\(message.offset)", "error": "\(error)",
+                    ])
             }
-            try await connection.execute(
-                """
-                INSERT INTO tracker_events (event_id, saga_id, event_type, version, producer, occurred_at, causation_id,
-                    traceparent, data, topic, partition, "offset")
-                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10, $11, $12) ON CONFLICT (event_id) DO NOTHING
-                """,
-                [
-                    envelope.id, envelope.sagaId, envelope.type, envelope.version, envelope.producer,
-                    envelope.occurredAt,
-                    envelope.causationId, envelope.traceparent,
-                    String(decoding: envelope.data.serialized(), as: UTF8.self),
-                    message.topic, Int(message.partition), message.offset,
-                ])
-            touched.insert(envelope.sagaId)
-            recorded.events += 1
+            try await connection.execute("RELEASE SAVEPOINT tracker_message")
         }
         for saga in touched.sorted() { try await refresh(saga, on: connection) }
         state.withLock {
@@ -172,6 +184,37 @@ public final class SagaTracker: Service, Sendable {
             $0.skipped += recorded.skipped
             $0.batches += 1
         }
+    }
+
+    private func recordOne(
+        _ message: KafkaMessage, on connection: PostgresConnection, touched: inout Set<String>,
+        recorded: inout TrackerStats
+    ) async throws {
+        if configuration.topics.eventType(ofTopic: message.topic) == nil {
+            if let saga = try await recordDeadLetter(message, on: connection) { touched.insert(saga) }
+            recorded.deadLetters += 1
+            return
+        }
+        guard let json = try? JSONValue(parsing: message.value), let envelope = try? EventEnvelope(validated: json)
+        else {
+            recorded.skipped += 1  // not an event: the consumers dead-letter it, and we record that dead letter
+            return
+        }
+        try await connection.execute(
+            """
+            INSERT INTO tracker_events (event_id, saga_id, event_type, version, producer, occurred_at, causation_id,
+                traceparent, data, topic, partition, "offset")
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10, $11, $12) ON CONFLICT (event_id) DO NOTHING
+            """,
+            [
+                envelope.id, envelope.sagaId, envelope.type, envelope.version, envelope.producer,
+                envelope.occurredAt,
+                envelope.causationId, envelope.traceparent,
+                String(decoding: envelope.data.serialized(), as: UTF8.self),
+                message.topic, Int(message.partition), message.offset,
+            ])
+        touched.insert(envelope.sagaId)
+        recorded.events += 1
     }
 
     private func recordDeadLetter(_ message: KafkaMessage, on connection: PostgresConnection) async throws -> String? {
@@ -198,6 +241,8 @@ public final class SagaTracker: Service, Sendable {
 
     /// Recomputes one saga's state from its recorded events and dead letters.
     private func refresh(_ saga: String, on connection: PostgresConnection) async throws {
+        // Serialise refreshes of one saga, should two trackers ever overlap (e.g. a lock connection lost).
+        try await connection.execute("SELECT pg_advisory_xact_lock(hashtext($1))", ["saga_tracker_saga:" + saga])
         let events = try await connection.query(
             """
             SELECT event_type, occurred_at, data::text AS data FROM tracker_events WHERE saga_id = $1

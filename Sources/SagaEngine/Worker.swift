@@ -251,6 +251,8 @@ public final class Worker: Service, Sendable {
         return .handled
     }
 
+    static func withoutNUL(_ text: String) -> String { text.replacingOccurrences(of: "\u{0}", with: "\u{FFFD}") }
+
     /// The reason to dead-letter for a permanent failure; nil when the failure is worth retrying.
     static func permanentReason(_ error: any Error) -> String? {
         switch error {
@@ -276,7 +278,10 @@ public final class Worker: Service, Sendable {
         -> Bool
     {
         let envelope = (try? JSONValue(parsing: message.value)).flatMap { try? EventEnvelope(validated: $0) }
-        let sagaId = envelope?.sagaId ?? message.key.map { String(decoding: $0, as: UTF8.self) } ?? "unknown"
+        // Whatever the poison holds, the dead letter must be writable: PostgreSQL text holds no NUL.
+        let sagaId = Self.withoutNUL(
+            envelope?.sagaId ?? message.key.map { String(decoding: $0, as: UTF8.self) } ?? "unknown")
+        let reason = Self.withoutNUL(reason)
         let inserted = try await connection.execute(
             """
             INSERT INTO saga_dead_letters (source_topic, source_partition, source_offset, saga_id, event_id, reason)

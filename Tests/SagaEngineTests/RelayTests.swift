@@ -139,6 +139,35 @@ import Testing
         for saga in sagas { #expect(seen[saga] == Array(0..<steps), "\(saga): \(seen[saga] ?? [])") }
     }
 
+    @Test func aRowTheBrokerRefusesForGoodIsParkedAndTheRowsBehindItFlow() async throws {
+        let f = try await Fixture()
+        let (relay, task) = f.relay()
+        let pool = PostgresPool(configuration: f.database.configuration, size: 1, logger: f.logger)
+        // Larger than the producer's message.max.bytes (1 MB): refused at enqueue, never retriable.
+        let big = KafkaOutgoingMessage(
+            topic: f.topic, key: Array("big".utf8), value: [UInt8](repeating: 0x61, count: 2_000_000))
+        try await pool.withTransaction { c in
+            try await Outbox.append([("big", nil, nil, big), f.message(saga: "small", seq: 1)], on: c)
+        }
+        let published = try await f.consume(atLeast: 1)
+        var parked: [PostgresRow] = []
+        let deadline = ContinuousClock.now + .seconds(30)
+        while parked.isEmpty && ContinuousClock.now < deadline {
+            parked = try await pool.query("SELECT saga_id, last_error FROM saga_outbox WHERE failed_at IS NOT NULL")
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        let pending = try await pool.query(
+            "SELECT count(*) AS n FROM saga_outbox WHERE published_at IS NULL AND failed_at IS NULL")
+        await pool.close()
+        await f.tearDown([task])
+
+        #expect(published.map { String(decoding: $0.value, as: UTF8.self) } == ["small:1"])
+        #expect(try parked.map { try $0.decode("saga_id", as: String.self) } == ["big"])
+        #expect(try parked.first?.decode("last_error", as: String?.self)?.isEmpty == false)
+        #expect(try pending.first?.decode("n", as: Int.self) == 0)
+        #expect(relay.stats.published == 1)
+    }
+
     @Test func publishedRowsAreCleanedUpAfterRetention() async throws {
         let f = try await Fixture()
         let pool = PostgresPool(configuration: f.database.configuration, size: 1, logger: f.logger)

@@ -122,6 +122,22 @@ import Testing
         ]
         try await stack.produce(
             poison.map { KafkaOutgoingMessage(topic: topic, key: Array("poison".utf8), value: $0.1, headers: []) })
+        // NUL bytes, which PostgreSQL text cannot hold: in the key and a header of a non-event, and inside a
+        // valid event's field. Each must still be dead-lettered rather than retried forever.
+        try await stack.produce([
+            KafkaOutgoingMessage(
+                topic: topic, key: [0x61, 0, 0x62], value: Array("{nul".utf8),
+                headers: [KafkaHeader(key: "x-binary", value: [0x41, 0, 0x42])]),
+            KafkaOutgoingMessage(
+                topic: topic, key: Array("nul-field".utf8),
+                value: envelope { o in
+                    o["id"] = .string(UUID().uuidString.lowercased())
+                    if case .object(var data)? = o["data"] {
+                        data["customerId"] = .string("ali\u{0}ce")
+                        o["data"] = .object(data)
+                    }
+                }),
+        ])
         // A payment.failed for an order inventory never reserved: the handler rejects it.
         let orphan = try OutgoingEvent(
             PaymentFailed(
@@ -132,12 +148,14 @@ import Testing
         // The partition moves on: a good order placed afterwards completes.
         let id = try await stack.place("alice", [("widget", 1)])
         let view = try await stack.waitForTerminal(id)
-        let letters = try await stack.consumeAll([stack.topics.deadLetterTopic(consumer: "inventory")], atLeast: 5)
+        let letters = try await stack.consumeAll([stack.topics.deadLetterTopic(consumer: "inventory")], atLeast: 7)
         await stack.stop()
 
         #expect(view.status == "CONFIRMED")
-        #expect(letters.count == 5)
+        #expect(letters.count == 7)
         let reasons = letters.compactMap { $0.header(SagaHeader.deadLetterReason) }
+        #expect(letters.contains { $0.key == [0x61, 0, 0x62] && $0.header("x-binary") != nil })
+        #expect(reasons.contains { $0.hasPrefix("database rejected the event") })
         for (expected, _) in poison {
             #expect(reasons.contains { $0.hasPrefix(expected) }, "no dead letter for \(expected): \(reasons)")
         }

@@ -107,6 +107,22 @@ import Testing
         }
     }
 
+    @Test func concurrentRequestsWithOneIdempotencyKeyPlaceOneOrder() async throws {
+        try await withAPI { _, pool in
+            let book = OrderBook(pool: pool, codec: EventCodec(upcasters: [], topics: TopicNaming()), emitVersion: 2)
+            let request = OrderRequest(
+                customerId: "alice", currency: "EUR", lines: [OrderLine(sku: "widget", quantity: 1)])
+            let placed = try await withThrowingTaskGroup(of: OrderBook.Placed.self) { group in
+                for _ in 0..<2 { group.addTask { try await book.place(request, idempotencyKey: "same") } }
+                return try await group.reduce(into: []) { $0.append($1) }
+            }
+            #expect(Set(placed.map(\.orderId)).count == 1)
+            #expect(placed.filter(\.created).count == 1)
+            #expect(try await pool.query("SELECT 1 FROM orders").count == 1)
+            #expect(try await pool.query("SELECT 1 FROM saga_outbox").count == 1)
+        }
+    }
+
     @Test func aRetryWithTheSameIdempotencyKeyReturnsTheFirstOrder() async throws {
         try await withAPI { client, pool in
             let body = #"{"customerId": "alice", "currency": "EUR", "lines": [{"sku": "widget", "quantity": 1}]}"#

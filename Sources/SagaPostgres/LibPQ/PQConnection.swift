@@ -114,9 +114,11 @@ final class PQConnection {
         guard let conn else { throw PostgresError.closed }
         let texts = binds.map { $0?.postgresText }
         for (position, text) in texts.enumerated() where text?.utf8.contains(0) == true {
+            // The server would refuse it as 22021 (character_not_in_repertoire): report it the same way.
             throw PostgresError(
                 kind: .query,
-                message: "parameter $\(position + 1) contains a NUL character, which PostgreSQL text cannot hold")
+                message: "parameter $\(position + 1) contains a NUL character, which PostgreSQL text cannot hold",
+                sqlState: "22021")
         }
         let result: OpaquePointer? = withCStringArray(texts) { values in
             values.withUnsafeBufferPointer { buffer in

@@ -69,7 +69,13 @@ public enum InventoryService {
         }
         // Several lines may name one SKU; lock the rows in SKU order so concurrent reservations cannot deadlock.
         var wanted: [String: Int] = [:]
-        for line in order.lines { wanted[line.sku, default: 0] += line.quantity }
+        for line in order.lines {
+            let (sum, overflow) = wanted[line.sku, default: 0].addingReportingOverflow(line.quantity)
+            guard !overflow, sum <= Int32.max else {
+                throw HandlerRejection("quantity of \(line.sku) out of range")
+            }
+            wanted[line.sku] = sum
+        }
         let skus = wanted.keys.sorted()
         var available: [String: Int] = [:]
         for row in try await db.query(

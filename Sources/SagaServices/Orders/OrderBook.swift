@@ -55,11 +55,18 @@ public struct OrderBook: Sendable {
                         unitPrice: Money(amount: price, currency: request.currency)))
             }
             let id = UUID()
-            try await connection.execute(
+            // A concurrent request with the same key may have inserted it since the check above: then this
+            // inserts nothing and the first order is the answer (this transaction writes nothing).
+            let inserted = try await connection.execute(
                 """
                 INSERT INTO orders (id, customer_id, currency, total_amount, status, idempotency_key)
-                VALUES ($1, $2, $3, $4, 'PENDING', $5)
+                VALUES ($1, $2, $3, $4, 'PENDING', $5) ON CONFLICT (idempotency_key) DO NOTHING
                 """, [id, request.customerId, request.currency, total, idempotencyKey])
+            if inserted == 0, let idempotencyKey {
+                let first = try await connection.query(
+                    "SELECT id FROM orders WHERE idempotency_key = $1", [idempotencyKey])
+                return Placed(orderId: try first[0].decode("id"), created: false)
+            }
             for (n, line) in lines.enumerated() {
                 try await connection.execute(
                     "INSERT INTO order_lines (order_id, line_no, sku, quantity, unit_price) VALUES ($1, $2, $3, $4, $5)",
