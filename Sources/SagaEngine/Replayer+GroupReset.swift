@@ -204,11 +204,12 @@ extension Replayer {
     ) async throws -> Int64 {
         var found: Int64? = nil
         let range = Range(partition: partition, start: marks.low, end: marks.high)
-        _ = try await scan([range], selection: ReplaySelection(since: time), options: options, progress: { _ in }) {
-            message, flushOnly in
-            if !flushOnly, found == nil { found = message.offset }
-            return .skipped
-        }
+        _ = try await scan(
+            [range], selection: ReplaySelection(since: time), options: options, progress: { _ in },
+            body: { message, flushOnly in
+                if !flushOnly, found == nil { found = message.offset }
+                return .skipped
+            })
         return found ?? marks.high
     }
 

@@ -205,7 +205,7 @@ import Testing
         let replayer = stack.replayer()
         let created = stack.topics.topic(for: "order.created")
         let ends = try await stack.endOffsets([created])
-        func expectFailure(_ what: String, _ body: () async throws -> Void, _ check: (ReplayError) -> Bool) async {
+        func expectFailure(_ what: String, _ check: (ReplayError) -> Bool, _ body: () async throws -> Void) async {
             do {
                 try await body()
                 Issue.record("\(what) was accepted")
@@ -215,52 +215,34 @@ import Testing
                 Issue.record("\(what): not a ReplayError: \(error)")
             }
         }
-        await expectFailure(
-            "an unknown topic",
-            {
-                _ = try await replayer.replayTopic(
-                    "no-such-topic-\(UUID())", selection: ReplaySelection(), options: ReplayOptions())
-            }
-        ) { if case .unknownTopic = $0 { true } else { false } }
-        await expectFailure(
-            "from > to",
-            {
-                _ = try await replayer.replayTopic(
-                    created, selection: ReplaySelection(fromOffset: 5, toOffset: 2), options: ReplayOptions())
-            }
-        ) { if case .invalidSelection = $0 { true } else { false } }
-        await expectFailure(
-            "since > until",
-            {
-                _ = try await replayer.replayTopic(
-                    created, selection: ReplaySelection(since: Date(), until: Date().addingTimeInterval(-60)),
-                    options: ReplayOptions())
-            }
-        ) { if case .invalidSelection = $0 { true } else { false } }
-        await expectFailure(
-            "an unknown partition",
-            {
-                _ = try await replayer.replayTopic(
-                    created, selection: ReplaySelection(partitions: [99]), options: ReplayOptions())
-            }
-        ) { if case .unknownPartition = $0 { true } else { false } }
-        await expectFailure(
-            "an unknown --to topic",
-            {
-                _ = try await replayer.replayTopic(
-                    created, selection: ReplaySelection(), to: "no-such-\(UUID())", options: ReplayOptions())
-            }
-        ) { if case .unknownTopic = $0 { true } else { false } }
+        await expectFailure("an unknown topic", { if case .unknownTopic = $0 { true } else { false } }) {
+            _ = try await replayer.replayTopic(
+                "no-such-topic-\(UUID())", selection: ReplaySelection(), options: ReplayOptions())
+        }
+        await expectFailure("from > to", { if case .invalidSelection = $0 { true } else { false } }) {
+            _ = try await replayer.replayTopic(
+                created, selection: ReplaySelection(fromOffset: 5, toOffset: 2), options: ReplayOptions())
+        }
+        await expectFailure("since > until", { if case .invalidSelection = $0 { true } else { false } }) {
+            _ = try await replayer.replayTopic(
+                created, selection: ReplaySelection(since: Date(), until: Date().addingTimeInterval(-60)),
+                options: ReplayOptions())
+        }
+        await expectFailure("an unknown partition", { if case .unknownPartition = $0 { true } else { false } }) {
+            _ = try await replayer.replayTopic(
+                created, selection: ReplaySelection(partitions: [99]), options: ReplayOptions())
+        }
+        await expectFailure("an unknown --to topic", { if case .unknownTopic = $0 { true } else { false } }) {
+            _ = try await replayer.replayTopic(
+                created, selection: ReplaySelection(), to: "no-such-\(UUID())", options: ReplayOptions())
+        }
         var quick = ReplayOptions()
         quick.requestTimeout = .seconds(2)
         let nowhere = Replayer(
             kafka: KafkaSettings(bootstrapServers: "127.0.0.1:1"), topics: stack.topics, logger: stack.logger)
-        await expectFailure(
-            "an unreachable broker",
-            {
-                _ = try await nowhere.replayTopic(created, selection: ReplaySelection(), options: quick)
-            }
-        ) { if case .brokerUnreachable = $0 { true } else { false } }
+        await expectFailure("an unreachable broker", { if case .brokerUnreachable = $0 { true } else { false } }) {
+            _ = try await nowhere.replayTopic(created, selection: ReplaySelection(), options: quick)
+        }
         #expect(
             ReplayDurations.parseTime("15m", now: Date(timeIntervalSince1970: 1000)) == Date(timeIntervalSince1970: 100)
         )
