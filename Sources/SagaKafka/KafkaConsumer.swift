@@ -217,22 +217,17 @@ public final class KafkaConsumer: Sendable {
     /// `poll`, returning `nil` instead of throwing when the consumer is closed.
     func pollIfOpen(maxMessages: Int, timeout: Duration) async throws(KafkaError) -> [KafkaMessage]? {
         let maxMessages = max(1, maxMessages)
-        // First without blocking, on the calling thread. Holding the lock keeps close() out.
-        let immediate = state.withLock { state -> Result<[KafkaMessage], KafkaError>? in
-            guard !state.closed else { return nil }
-            if let pending = state.pendingError {
-                state.pendingError = nil
-                return .failure(pending)
-            }
-            return Self.settle(drain(maxMessages: maxMessages, timeoutMilliseconds: 0), pending: &state.pendingError)
-        }
-        guard let immediate else { return nil }
-        let messages = try immediate.get()
         let milliseconds = timeout.kafkaMilliseconds
-        if !messages.isEmpty || milliseconds == 0 { return messages }
-        // Then blocking, on the poll lane.
+        // On the poll lane, never on the calling (cooperative) thread: even a zero-timeout poll can run the
+        // rebalance callback, whose assign waits for librdkafka's main thread.
         let result = await pollLane.run { [self] () -> Result<[KafkaMessage], KafkaError>? in
-            guard !state.withLock({ $0.closed }) else { return nil }
+            let pending = state.withLock { state -> KafkaError?? in
+                guard !state.closed else { return .none }
+                defer { state.pendingError = nil }
+                return .some(state.pendingError)
+            }
+            guard let pending else { return nil }
+            if let pending { return .failure(pending) }
             let drained = drain(maxMessages: maxMessages, timeoutMilliseconds: milliseconds)
             return state.withLock { Self.settle(drained, pending: &$0.pendingError) }
         }
