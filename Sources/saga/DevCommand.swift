@@ -23,7 +23,7 @@ struct DevCommand: AsyncParsableCommand {
         try LogSetup.bootstrap()
         OpsServer.bootstrapMetrics()
         var configured: SagaEnvironment
-        configured = try SagaEnvironment.load(devFile: nil)
+        configured = try SagaEnvironment.load(devFile: nil, brokerFile: nil)
         let logger = Logger(label: "saga.dev")
 
         var cluster: KafkaMockCluster?

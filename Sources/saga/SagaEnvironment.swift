@@ -22,12 +22,14 @@ struct SagaEnvironment: Sendable {
 
     static let defaultDatabaseURL = "postgresql://postgres@127.0.0.1:55432/saga"
 
+    /// Where `saga broker` writes its bootstrap servers by default (it removes the file when it stops).
+    static let brokerFilePath = ".saga/broker"
+
     /// Reads the environment. - Throws: `ConfigurationError` naming the variable and what is wrong with it.
     static func load(
-        _ env: [String: String] = ProcessInfo.processInfo.environment, devFile: DevStackFile? = DevStackFile.read()
-    )
-        throws(ConfigurationError) -> SagaEnvironment
-    {
+        _ env: [String: String] = ProcessInfo.processInfo.environment, devFile: DevStackFile? = DevStackFile.read(),
+        brokerFile: String? = SagaEnvironment.readBrokerFile()
+    ) throws(ConfigurationError) -> SagaEnvironment {
         func int(_ name: String, _ fallback: Int, _ range: ClosedRange<Int>) throws(ConfigurationError) -> Int {
             guard let raw = env[name], !raw.isEmpty else { return fallback }
             guard let v = Int(raw), range.contains(v) else {
@@ -49,7 +51,8 @@ struct SagaEnvironment: Sendable {
         }
         let version = try int("SAGA_ORDER_CREATED_VERSION", 2, 1...2)
         return SagaEnvironment(
-            kafkaBootstrap: env["SAGA_KAFKA_BOOTSTRAP"].flatMap { $0.isEmpty ? nil : $0 } ?? devFile?.kafkaBootstrap,
+            kafkaBootstrap: env["SAGA_KAFKA_BOOTSTRAP"].flatMap { $0.isEmpty ? nil : $0 } ?? devFile?.kafkaBootstrap
+                ?? brokerFile,
             kafkaProperties: try parseProperties(env["SAGA_KAFKA_PROPERTIES"] ?? ""),
             databaseURL: env["SAGA_DATABASE_URL"].flatMap { $0.isEmpty ? nil : $0 } ?? devFile?.databaseURL
                 ?? defaultDatabaseURL,
@@ -66,6 +69,13 @@ struct SagaEnvironment: Sendable {
             inboxRetention: try duration("SAGA_INBOX_RETENTION", .seconds(7 * 86400)),
             outboxRetention: try duration("SAGA_OUTBOX_RETENTION", .seconds(3600)),
             fetchWaitMaxMs: try int("SAGA_KAFKA_FETCH_WAIT_MAX_MS", 10, 1...10_000))
+    }
+
+    /// The bootstrap servers a running `saga broker` wrote to `.saga/broker`, if any.
+    static func readBrokerFile(_ path: String = brokerFilePath) -> String? {
+        guard let data = FileManager.default.contents(atPath: path) else { return nil }
+        let servers = String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+        return servers.isEmpty ? nil : servers
     }
 
     /// `key=value` pairs separated by `;` or newlines, passed to librdkafka as they are.
