@@ -116,25 +116,7 @@ extension KafkaConsumer {
             RDKafkaTopicPartitionList.with(entries.map { (topic: $0.0, partition: $0.1, offset: Optional($0.2)) }) {
                 list in
                 let result = rd_kafka_offsets_for_times(client.handle, list, milliseconds)
-                guard result == RD_KAFKA_RESP_ERR_NO_ERROR else {
-                    return .failure(
-                        KafkaError(result, message: "offsets for times: \(String(cString: rd_kafka_err2str(result)))"))
-                }
-                var offsets: [KafkaTopicPartitionOffset] = []
-                for element in RDKafkaTopicPartitionList.elements(list) {
-                    guard element.error == RD_KAFKA_RESP_ERR_NO_ERROR else {
-                        return .failure(
-                            KafkaError(
-                                element.error,
-                                message:
-                                    "offset for time of \(element.topic)[\(element.partition)]: \(String(cString: rd_kafka_err2str(element.error)))"
-                            ))
-                    }
-                    offsets.append(
-                        KafkaTopicPartitionOffset(
-                            topic: element.topic, partition: element.partition, offset: element.offset))
-                }
-                return .success(offsets)
+                return RDKafkaTopicPartitionList.offsets(list, result: result, what: "offset for time")
             }
         }
     }

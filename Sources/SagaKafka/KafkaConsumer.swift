@@ -153,27 +153,7 @@ public final class KafkaConsumer: Sendable {
         return try await controlLane.run { () -> Result<[KafkaTopicPartitionOffset], KafkaError> in
             RDKafkaTopicPartitionList.with(partitions.map { ($0.topic, $0.partition, nil) }) { list in
                 let result = rd_kafka_committed(client.handle, list, milliseconds)
-                guard result == RD_KAFKA_RESP_ERR_NO_ERROR else {
-                    return .failure(
-                        KafkaError(
-                            result,
-                            message: "fetching committed offsets failed: \(String(cString: rd_kafka_err2str(result)))"))
-                }
-                var offsets: [KafkaTopicPartitionOffset] = []
-                for element in RDKafkaTopicPartitionList.elements(list) {
-                    guard element.error == RD_KAFKA_RESP_ERR_NO_ERROR else {
-                        return .failure(
-                            KafkaError(
-                                element.error,
-                                message:
-                                    "fetching the committed offset of \(element.topic)[\(element.partition)] failed: \(String(cString: rd_kafka_err2str(element.error)))"
-                            ))
-                    }
-                    offsets.append(
-                        KafkaTopicPartitionOffset(
-                            topic: element.topic, partition: element.partition, offset: element.offset))
-                }
-                return .success(offsets)
+                return RDKafkaTopicPartitionList.offsets(list, result: result, what: "committed offset")
             }
         }
     }

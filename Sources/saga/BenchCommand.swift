@@ -31,11 +31,7 @@ struct BenchCommand: AsyncParsableCommand {
     func run() async throws {
         let runtime = try Runtime.start("saga.bench")
         let env = runtime.env
-        let http = DevStackFile.read()?.http ?? "http://\(env.httpHost):\(env.httpPort)"
-        let client = OrdersClient(base: http)
-        guard await client.healthy() else {
-            throw ValidationError("the orders API at \(http) does not answer: start the stack first (saga dev)")
-        }
+        let client = try await OrdersClient.runningStack(env)
         let kafka: KafkaSettings
         kafka = try env.kafka()
         let pools = Stack.services.map {

@@ -28,11 +28,7 @@ struct DemoCommand: AsyncParsableCommand {
     func run() async throws {
         let runtime = try Runtime.start("saga.demo")
         let env = runtime.env
-        let http = DevStackFile.read()?.http ?? "http://\(env.httpHost):\(env.httpPort)"
-        let client = OrdersClient(base: http)
-        guard await client.healthy() else {
-            throw ValidationError("the orders API at \(http) does not answer: start the stack first (saga dev)")
-        }
+        let client = try await OrdersClient.runningStack(env)
         let run = String(UUID().uuidString.prefix(6)).lowercased()
         let (alice, bob, carol, dave) = ("alice-\(run)", "bob-\(run)", "carol-\(run)", "dave-\(run)")
         let catalogue = DemoCatalogue(
@@ -62,7 +58,7 @@ struct DemoCommand: AsyncParsableCommand {
             Scenario(customer: dave, lines: [("gadget", 1)], expected: "payment_declined", why: "unknown customer"),
         ]
         let stockBefore = try await stock(inventory)
-        print("placing \(scenarios.count) orders on \(http) ...")
+        print("placing \(scenarios.count) orders on \(client.base) ...")
         var placed: [(Scenario, String)] = []
         for s in scenarios { placed.append((s, try await client.place(customerId: s.customer, lines: s.lines))) }
 
@@ -125,7 +121,8 @@ struct DemoCommand: AsyncParsableCommand {
             seeded[sku].map { s.available + s.reserved + s.sold == $0 } ?? true
         }
         checks.append(("stock conserved (available + reserved + sold = seeded, per SKU)", conserved))
-        checks.append(("every reservation settled as its saga ended (sold, rejected or released)", reservations == wanted))
+        checks.append(
+            ("every reservation settled as its saga ended (sold, rejected or released)", reservations == wanted))
         let soldDelta = stockAfter.reduce(0) { $0 + $1.value.sold - (stockBefore[$1.key]?.sold ?? 0) }
         let soldExpected = placed.filter { $0.0.expected == "CONFIRMED" }.reduce(0) {
             $0 + $1.0.lines.reduce(0) { $0 + $1.1 }

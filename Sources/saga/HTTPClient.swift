@@ -18,6 +18,17 @@ struct OrdersClient: Sendable {
         self.session = URLSession(configuration: configuration)
     }
 
+    /// The orders API of the running stack (`.saga/dev.json`, else SAGA_HTTP_HOST:SAGA_HTTP_PORT), once it answers.
+    /// - Throws: when it does not answer, with a hint to start the stack.
+    static func runningStack(_ env: SagaEnvironment) async throws -> OrdersClient {
+        let client = OrdersClient(base: DevStackFile.read()?.http ?? "http://\(env.httpHost):\(env.httpPort)")
+        guard await client.healthy() else {
+            throw ConfigurationError(
+                "the orders API at \(client.base) does not answer: start the stack first (saga dev)")
+        }
+        return client
+    }
+
     struct Failure: Error, CustomStringConvertible {
         var description: String
     }

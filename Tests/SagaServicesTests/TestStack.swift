@@ -151,6 +151,17 @@ final class TestStack: @unchecked Sendable {
         return placed.orderId.uuidString.lowercased()
     }
 
+    /// Places one order of each outcome (confirmed, declined and released, out of stock) and waits until all
+    /// three sagas finished; returns their ids in that order.
+    func finishOneOfEachOutcome() async throws -> [String] {
+        let ids = [
+            try await place("alice", [("widget", 1)]), try await place("carol", [("gadget", 1)]),
+            try await place("alice", [("doohickey", 1)]),
+        ]
+        for id in ids { _ = try await waitForTerminal(id) }
+        return ids
+    }
+
     /// Waits until the order leaves PENDING; returns its view. - Throws: on timeout, with the last status.
     func waitForTerminal(_ orderId: String, timeout: Duration = .seconds(60)) async throws -> OrderBook.View {
         let deadline = ContinuousClock.now + timeout

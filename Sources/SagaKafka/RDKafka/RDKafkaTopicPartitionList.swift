@@ -27,6 +27,30 @@ enum RDKafkaTopicPartitionList {
         }
     }
 
+    /// The result of a request that filled `list` in place (`result`, then each element's error), as offsets
+    /// in list order; the error names `what` was asked for.
+    static func offsets(
+        _ list: UnsafePointer<rd_kafka_topic_partition_list_t>, result: rd_kafka_resp_err_t, what: String
+    ) -> Result<[KafkaTopicPartitionOffset], KafkaError> {
+        guard result == RD_KAFKA_RESP_ERR_NO_ERROR else {
+            return .failure(KafkaError(result, message: "\(what): \(String(cString: rd_kafka_err2str(result)))"))
+        }
+        var offsets: [KafkaTopicPartitionOffset] = []
+        for element in elements(list) {
+            guard element.error == RD_KAFKA_RESP_ERR_NO_ERROR else {
+                return .failure(
+                    KafkaError(
+                        element.error,
+                        message:
+                            "\(what) of \(element.topic)[\(element.partition)]: \(String(cString: rd_kafka_err2str(element.error)))"
+                    ))
+            }
+            offsets.append(
+                KafkaTopicPartitionOffset(topic: element.topic, partition: element.partition, offset: element.offset))
+        }
+        return .success(offsets)
+    }
+
     static func describe(_ list: UnsafePointer<rd_kafka_topic_partition_list_t>?) -> String {
         guard let list else { return "[]" }
         return "[" + elements(list).map { "\($0.topic)[\($0.partition)]" }.joined(separator: ", ") + "]"
