@@ -40,7 +40,8 @@ public struct OutgoingEvent: Sendable {
     public init(envelope: EventEnvelope) { self.envelope = envelope }
 
     /// A new event of a saga, caused by `cause` (nil for the first event of a saga).
-    /// The trace context is carried over from the cause, with a new span id.
+    /// The trace context is `traceparent` when given, else the current span's or the cause's trace
+    /// (see ``TraceParent/forEmitting(after:)``).
     public init<P: EventPayload>(
         _ payload: P, sagaId: String, producer: String, causedBy cause: EventEnvelope?, traceparent: String? = nil
     ) throws(EventEncodingError) {
@@ -49,7 +50,7 @@ public struct OutgoingEvent: Sendable {
         self.envelope = EventEnvelope(
             type: P.eventType, version: P.eventVersion, sagaId: sagaId, causationId: cause?.id,
             producer: producer,
-            traceparent: traceparent ?? TraceParent.child(of: cause?.traceparent),
+            traceparent: traceparent ?? TraceParent.forEmitting(after: cause?.traceparent),
             data: data)
     }
 }

@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import SagaPostgres
+import Tracing
 
 /// What a handler has at hand: the event's transaction (its own savepoint inside the batch transaction),
 /// the service it runs in, and a way to emit follow-up events of the same saga.
@@ -60,7 +61,8 @@ public struct EventHandler: Sendable {
     }
 }
 
-/// Logs every handled event at debug level with its saga, type, version and how long it took.
+/// Logs every handled event at debug level (the logger already names its saga, event, type and trace) with
+/// its published version, how many events it emitted and how long it took.
 public let loggingMiddleware: HandlerMiddleware = { next in
     { event, context in
         let start = ContinuousClock.now
@@ -68,11 +70,30 @@ public let loggingMiddleware: HandlerMiddleware = { next in
         context.logger.debug(
             "handled",
             metadata: [
-                "saga": .string(event.sagaId), "type": .string(event.type),
                 "version": .stringConvertible(event.publishedVersion), "emitted": .stringConvertible(out.count),
                 "ms": .stringConvertible((ContinuousClock.now - start).milliseconds),
             ])
         return out
+    }
+}
+
+/// Runs every handler in a consumer span that continues the event's trace (swift-distributed-tracing; a
+/// no-op until a tracer is bootstrapped). Events the handler emits carry this span as their parent.
+public let tracingMiddleware: HandlerMiddleware = { next in
+    { event, context in
+        try await withSpan(
+            "\(event.type) process", context: TraceParent.context(continuing: event.envelope.traceparent),
+            ofKind: .consumer
+        ) { span in
+            span.attributes["messaging.system"] = "kafka"
+            span.attributes["messaging.destination.name"] = event.topic
+            span.attributes["messaging.destination.partition.id"] = String(event.partition)
+            span.attributes["messaging.kafka.message.offset"] = Int(event.offset)
+            span.attributes["messaging.message.id"] = event.id.uuidString.lowercased()
+            span.attributes["saga.id"] = event.sagaId
+            span.attributes["saga.service"] = context.service
+            return try await next(event, context)
+        }
     }
 }
 

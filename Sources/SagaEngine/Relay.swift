@@ -22,6 +22,8 @@ public struct RelayConfiguration: Sendable {
     /// Published rows are kept this long (for inspection), then deleted by a bounded job.
     public var retention: Duration = .seconds(3600)
     public var cleanupInterval: Duration = .seconds(60)
+    /// How often the outbox gauges (backlog, age of the oldest unpublished row, parked rows) are refreshed.
+    public var gaugeInterval: Duration = .seconds(5)
     public var retry = RetryPolicy()
     /// Fault injection for tests: stop after publishing a batch, before marking it published,
     /// as a crash there would.
@@ -68,7 +70,7 @@ public final class OutboxRelay: Service, Sendable {
         self.configuration = configuration
         self.metrics = RelayMetrics(service: configuration.name)
         var logger = logger
-        logger[metadataKey: "relay"] = .string(configuration.name)
+        logger[metadataKey: "service"] = .string(configuration.name)
         self.logger = logger
     }
 
@@ -134,8 +136,13 @@ public final class OutboxRelay: Service, Sendable {
         var owned: [Int] = []
         var lastClaim = ContinuousClock.now - configuration.claimInterval
         var lastCleanup = ContinuousClock.now
+        var lastGauges = ContinuousClock.now - configuration.gaugeInterval
         var failures = 0
         while !Task.isShuttingDownGracefully && !Task.isCancelled {
+            if ContinuousClock.now - lastGauges >= configuration.gaugeInterval {
+                lastGauges = .now
+                try await recordOutboxGauges(on: connection)
+            }
             if ContinuousClock.now - lastClaim >= configuration.claimInterval {
                 lastClaim = .now
                 owned = try await claimShards(owned: owned, on: connection)
@@ -158,6 +165,22 @@ public final class OutboxRelay: Service, Sendable {
             if full || published > 0 && published == configuration.batchSize { continue }
             await wake.wait(timeout: configuration.pollInterval)
         }
+    }
+
+    /// The whole outbox's backlog (every shard, whoever owns it), its oldest unpublished row's age, and the
+    /// parked rows, as gauges.
+    private func recordOutboxGauges(on connection: PostgresConnection) async throws {
+        let rows = try await connection.query(
+            """
+            SELECT count(*) AS backlog,
+                COALESCE(extract(epoch FROM clock_timestamp() - min(created_at)), 0)::float8 AS oldest,
+                (SELECT count(*) FROM saga_outbox WHERE failed_at IS NOT NULL) AS parked
+            FROM saga_outbox WHERE published_at IS NULL AND failed_at IS NULL
+            """)
+        guard let row = rows.first else { return }
+        metrics.backlog.record(try row.decode("backlog", as: Int64.self))
+        metrics.oldestAge.record(try row.decode("oldest", as: Double.self))
+        metrics.parkedRows.record(try row.decode("parked", as: Int64.self))
     }
 
     /// Takes free shards (session advisory locks on this connection) up to `maxShards`.
@@ -208,6 +231,7 @@ public final class OutboxRelay: Service, Sendable {
         let sending = ContinuousClock.now
         let results = await producer.send(messages)
         let sendSeconds = (ContinuousClock.now - sending).milliseconds / 1000
+        metrics.publishDuration.recordSeconds(sendSeconds)
         if configuration.failpoint == .crashAfterPublish {
             logger.warning("failpoint: crashing after publish, before mark", metadata: ["rows": "\(ids.count)"])
             throw RelayCrashed()

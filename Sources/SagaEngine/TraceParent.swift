@@ -1,5 +1,12 @@
+import Logging
+import Tracing
+
 /// W3C trace context (`traceparent`: version-traceid-spanid-flags), carried in every envelope and as a
-/// Kafka header so a saga can be followed across services.
+/// Kafka header so a saga can be followed across services: one saga is one trace.
+///
+/// With a tracer bootstrapped (swift-distributed-tracing; the CLI bootstraps swift-otel when an OTLP
+/// endpoint is configured), an emitted event carries the traceparent of the span it was emitted in, so the
+/// exported spans link up. Without one, it carries its cause's trace id with a new span id.
 public enum TraceParent {
     /// A new root trace.
     public static func root() -> String { "00-\(hex(16))-\(hex(8))-01" }
@@ -9,6 +16,30 @@ public enum TraceParent {
         guard let parent, isValid(parent) else { return root() }
         let parts = parent.split(separator: "-")
         return "00-\(parts[1])-\(hex(8))-\(parts[3])"
+    }
+
+    /// The traceparent of an event emitted now: the current span's when a tracer gives one, else a child of
+    /// `parent` (the cause's traceparent, or an HTTP request's).
+    public static func forEmitting(after parent: String?) -> String {
+        current() ?? child(of: parent)
+    }
+
+    /// The current span's traceparent, when the bootstrapped tracer propagates one (nil with no tracer).
+    public static func current(_ context: ServiceContext? = .current) -> String? {
+        guard let context else { return nil }
+        var carrier: [String: String] = [:]
+        InstrumentationSystem.instrument.inject(context, into: &carrier, using: TraceCarrier())
+        return carrier[SagaHeader.traceparent].flatMap { isValid($0) ? $0 : nil }
+    }
+
+    /// A context whose parent span is `traceparent` (for starting a span that continues its trace).
+    public static func context(continuing traceparent: String?) -> ServiceContext {
+        var context = ServiceContext.topLevel
+        if let traceparent, isValid(traceparent) {
+            InstrumentationSystem.instrument.extract(
+                [SagaHeader.traceparent: traceparent], into: &context, using: TraceCarrier())
+        }
+        return context
     }
 
     /// The trace id of a well-formed traceparent.
@@ -32,5 +63,30 @@ public enum TraceParent {
             out += String(b, radix: 16).count == 1 ? "0" + String(b, radix: 16) : String(b, radix: 16)
         }
         return out
+    }
+}
+
+/// Trace headers in a plain dictionary, for the instrument's extract and inject.
+struct TraceCarrier: Extractor, Injector {
+    func extract(key: String, from carrier: [String: String]) -> String? { carrier[key] }
+    func inject(_ value: String, forKey key: String, into carrier: inout [String: String]) { carrier[key] = value }
+}
+
+/// The metadata every log line about an event carries, so a saga can be followed through the logs:
+/// `saga_id`, `event_id`, `event_type` and `trace_id` (the saga's trace).
+public enum EventLog {
+    public static let sagaId = "saga_id"
+    public static let eventId = "event_id"
+    public static let eventType = "event_type"
+    public static let traceId = "trace_id"
+
+    /// `base` with the event's saga, id, type and trace.
+    public static func logger(_ base: Logger, for envelope: EventEnvelope) -> Logger {
+        var logger = base
+        logger[metadataKey: sagaId] = .string(envelope.sagaId)
+        logger[metadataKey: eventId] = .string(envelope.id.uuidString.lowercased())
+        logger[metadataKey: eventType] = .string(envelope.type)
+        if let trace = envelope.traceparent.flatMap(TraceParent.traceId) { logger[metadataKey: traceId] = .string(trace) }
+        return logger
     }
 }

@@ -20,6 +20,8 @@ public struct WorkerConfiguration: Sendable {
     /// Inbox rows older than this are deleted; replay past this horizon can no longer be deduplicated.
     public var inboxRetention: Duration = .seconds(7 * 24 * 3600)
     public var cleanupInterval: Duration = .seconds(60)
+    /// How often the consumer lag gauge is refreshed.
+    public var lagInterval: Duration = .seconds(5)
 
     public init(name: String, kafka: KafkaSettings, database: ServiceDatabase, topics: TopicNaming = TopicNaming()) {
         self.name = name
@@ -58,7 +60,8 @@ public final class Worker: Service, Sendable {
 
     public init(
         configuration: WorkerConfiguration, handlers: [EventHandler], upcasters: [Upcaster],
-        migrations: [PostgresMigration], middleware: [HandlerMiddleware] = [loggingMiddleware], logger: Logger
+        migrations: [PostgresMigration], middleware: [HandlerMiddleware] = [tracingMiddleware, loggingMiddleware],
+        logger: Logger
     ) {
         self.configuration = configuration
         self.handlers = Dictionary(
@@ -67,7 +70,7 @@ public final class Worker: Service, Sendable {
         self.migrations = migrations
         self.metrics = WorkerMetrics(service: configuration.name)
         var logger = logger
-        logger[metadataKey: "worker"] = .string(configuration.name)
+        logger[metadataKey: "service"] = .string(configuration.name)
         self.logger = logger
     }
 
@@ -89,6 +92,14 @@ public final class Worker: Service, Sendable {
         try consumer.subscribe(topics: subscribedTopics)
         logger.info("worker started", metadata: ["topics": "\(subscribedTopics)"])
         defer { logger.info("worker stopped", metadata: ["stats": "\(stats)"]) }
+        // The lag gauge is refreshed apart from the loop, so it keeps moving while a batch is being retried.
+        let lagReporter = Task { [metrics, interval = configuration.lagInterval] in
+            while !Task.isCancelled {
+                try? await Task.sleep(for: interval)
+                if let lag = try? consumer.lag() { metrics.recordLag(lag) }
+            }
+        }
+        defer { lagReporter.cancel() }
 
         var lastCleanup = ContinuousClock.now
         var pollFailures = 0
@@ -100,6 +111,7 @@ public final class Worker: Service, Sendable {
                 pollFailures = 0
             } catch {
                 if error.isFatal {
+                    lagReporter.cancel()
                     await consumer.close()
                     await pool.close()
                     throw error
@@ -110,6 +122,7 @@ public final class Worker: Service, Sendable {
                 continue
             }
             if !batch.isEmpty {
+                for message in batch { metrics.type(eventType(of: message)).consumed.increment() }
                 guard await process(batch, pool: pool) else { break }  // shutting down mid-retry: not committed
                 await commitOffsets(after: batch, consumer: consumer)
             }
@@ -118,6 +131,7 @@ public final class Worker: Service, Sendable {
                 await Retention.cleanInbox(pool: pool, olderThan: configuration.inboxRetention, logger: logger)
             }
         }
+        lagReporter.cancel()
         await consumer.close()
         await pool.close()
     }
@@ -153,14 +167,17 @@ public final class Worker: Service, Sendable {
                     try await self.handle(batch, on: connection, isolate: isolate)
                 }
                 state.withLock {
-                    $0.handled += outcome.handled
-                    $0.duplicates += outcome.duplicates
-                    $0.deadLettered += outcome.deadLettered
+                    $0.handled += outcome.total(\.handled)
+                    $0.duplicates += outcome.total(\.duplicates)
+                    $0.deadLettered += outcome.total(\.deadLettered)
                     $0.batches += 1
                 }
-                metrics.handled.increment(by: outcome.handled)
-                metrics.duplicates.increment(by: outcome.duplicates)
-                metrics.deadLettered.increment(by: outcome.deadLettered)
+                for (type, counts) in outcome.byType {
+                    let m = metrics.type(type)
+                    m.handled.increment(by: counts.handled)
+                    m.duplicates.increment(by: counts.duplicates)
+                    m.deadLettered.increment(by: counts.deadLettered)
+                }
                 metrics.batchDuration.record(duration: ContinuousClock.now - started)
                 return true
             } catch is NeedsIsolation {
@@ -181,10 +198,21 @@ public final class Worker: Service, Sendable {
     /// A handler failed for good in a batch run without savepoints: run it again with them.
     private struct NeedsIsolation: Error {}
 
+    /// What a batch did, per event type.
     private struct Outcome: Sendable {
-        var handled = 0
-        var duplicates = 0
-        var deadLettered = 0
+        struct Counts: Sendable {
+            var handled = 0
+            var duplicates = 0
+            var deadLettered = 0
+        }
+        var byType: [String: Counts] = [:]
+
+        func total(_ count: KeyPath<Counts, Int>) -> Int { byType.values.reduce(0) { $0 + $1[keyPath: count] } }
+    }
+
+    /// The event type a message's topic carries (the topic itself when it names none): the metrics' label.
+    private func eventType(of message: KafkaMessage) -> String {
+        configuration.topics.eventType(ofTopic: message.topic) ?? message.topic
     }
 
     private func handle(_ batch: [KafkaMessage], on connection: PostgresConnection, isolate: Bool) async throws
@@ -197,21 +225,25 @@ public final class Worker: Service, Sendable {
                 decoded = try decode(message)
             } catch {
                 // Nothing was written for this message yet: dead-letter it without a savepoint.
-                if try await deadLetter(message, reason: error.reason, on: connection) { outcome.deadLettered += 1 }
+                if try await deadLetter(message, reason: error.reason, on: connection) {
+                    outcome.byType[eventType(of: message), default: .init()].deadLettered += 1
+                }
                 continue
             }
             if isolate { try await connection.execute("SAVEPOINT saga_event") }
             do {
                 switch try await handleOne(decoded.1, with: decoded.0, from: message, on: connection) {
-                case .handled: outcome.handled += 1
-                case .duplicate: outcome.duplicates += 1
+                case .handled: outcome.byType[eventType(of: message), default: .init()].handled += 1
+                case .duplicate: outcome.byType[eventType(of: message), default: .init()].duplicates += 1
                 }
                 if isolate { try await connection.execute("RELEASE SAVEPOINT saga_event") }
             } catch let failure {
                 guard let reason = Self.permanentReason(failure) else { throw failure }
                 guard isolate else { throw NeedsIsolation() }
                 try await connection.execute("ROLLBACK TO SAVEPOINT saga_event")
-                if try await deadLetter(message, reason: reason, on: connection) { outcome.deadLettered += 1 }
+                if try await deadLetter(message, reason: reason, on: connection) {
+                    outcome.byType[eventType(of: message), default: .init()].deadLettered += 1
+                }
                 try await connection.execute("RELEASE SAVEPOINT saga_event")
             }
         }
@@ -237,12 +269,15 @@ public final class Worker: Service, Sendable {
             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (event_id) DO NOTHING
             """,
             [event.id, event.type, event.sagaId, message.topic, Int(message.partition), message.offset])
+        let logger = EventLog.logger(self.logger, for: event.envelope)
         if inserted == 0 {
-            logger.debug("duplicate skipped", metadata: ["event": "\(event.id)", "saga": .string(event.sagaId)])
+            logger.debug("duplicate skipped")
             return .duplicate
         }
         let context = HandlerContext(connection: connection, service: configuration.name, event: event, logger: logger)
+        let started = ContinuousClock.now
         let emitted = try await handler.handle(event, context)
+        metrics.type(event.type).handlerDuration.record(duration: ContinuousClock.now - started)
         var rows: [(sagaId: String, eventId: UUID?, eventType: String?, message: KafkaOutgoingMessage)] = []
         for out in emitted {
             rows.append((out.envelope.sagaId, out.envelope.id, out.envelope.type, try codec.encode(out)))
@@ -302,11 +337,13 @@ public final class Worker: Service, Sendable {
             topic: configuration.topics.deadLetterTopic(consumer: configuration.name), key: message.key,
             value: message.value, headers: headers)
         try await Outbox.append([(sagaId, envelope?.id, envelope?.type, letter)], on: connection)
+        var logger = envelope.map { EventLog.logger(self.logger, for: $0) } ?? self.logger
+        logger[metadataKey: EventLog.sagaId] = .string(sagaId)
         logger.error(
             "event dead-lettered",
             metadata: [
                 "reason": .string(reason), "topic": .string(message.topic),
-                "partition": "\(message.partition)", "offset": "\(message.offset)", "saga": .string(sagaId),
+                "partition": "\(message.partition)", "offset": "\(message.offset)",
             ])
         return true
     }

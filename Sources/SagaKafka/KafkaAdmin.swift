@@ -50,29 +50,46 @@ public final class KafkaAdmin: Sendable {
     /// - Throws: ``KafkaError`` `UNKNOWN_TOPIC_OR_PART` when the topic does not exist, or
     ///   `_TIMED_OUT` / transport errors (retriable) when the cluster did not answer in time.
     public func partitionCount(topic: String, timeout: Duration) async throws(KafkaError) -> Int32 {
+        // All-topics metadata: asking for one topic by name would let brokers (and the
+        // mock cluster) auto-create it.
+        try await metadata(allTopics: true, timeout: timeout) { metadata throws(KafkaError) -> Int32 in
+            let topics = UnsafeBufferPointer(start: metadata.topics, count: Int(metadata.topic_cnt))
+            guard let entry = topics.first(where: { String(cString: $0.topic) == topic }) else {
+                throw KafkaError(RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART, message: "topic \(topic) does not exist")
+            }
+            guard entry.err == RD_KAFKA_RESP_ERR_NO_ERROR else {
+                throw KafkaError(entry.err, message: "topic \(topic): \(String(cString: rd_kafka_err2str(entry.err)))")
+            }
+            return entry.partition_cnt
+        }
+    }
+
+    /// How many brokers the cluster reports, asked of a broker now (never from a cache): a reachability
+    /// check for health endpoints.
+    ///
+    /// - Throws: ``KafkaError`` `_TIMED_OUT` / `_TRANSPORT` (retriable) when no broker answered in time.
+    public func brokerCount(timeout: Duration) async throws(KafkaError) -> Int {
+        try await metadata(allTopics: false, timeout: timeout) { metadata throws(KafkaError) -> Int in
+            Int(metadata.broker_cnt)
+        }
+    }
+
+    /// Runs a metadata request on the lane and reads the answer with `read` before it is freed.
+    private func metadata<T: Sendable>(
+        allTopics: Bool, timeout: Duration, _ read: @escaping @Sendable (rd_kafka_metadata) throws(KafkaError) -> T
+    ) async throws(KafkaError) -> T {
         let client = self.client
         let milliseconds = timeout.kafkaMilliseconds
-        return try await lane.run { () -> Result<Int32, KafkaError> in
-            // All-topics metadata: asking for one topic by name would let brokers (and the
-            // mock cluster) auto-create it.
+        return try await lane.run { () -> Result<T, KafkaError> in
             var metadata: UnsafePointer<rd_kafka_metadata>? = nil
-            let result = rd_kafka_metadata(client.handle, 1, nil, &metadata, milliseconds)
+            let result = rd_kafka_metadata(client.handle, allTopics ? 1 : 0, nil, &metadata, milliseconds)
             defer { if let metadata { rd_kafka_metadata_destroy(metadata) } }
             guard result == RD_KAFKA_RESP_ERR_NO_ERROR, let metadata else {
                 return .failure(
                     KafkaError(result, message: "metadata request failed: \(String(cString: rd_kafka_err2str(result)))")
                 )
             }
-            let topics = UnsafeBufferPointer(start: metadata.pointee.topics, count: Int(metadata.pointee.topic_cnt))
-            guard let entry = topics.first(where: { String(cString: $0.topic) == topic }) else {
-                return .failure(
-                    KafkaError(RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART, message: "topic \(topic) does not exist"))
-            }
-            guard entry.err == RD_KAFKA_RESP_ERR_NO_ERROR else {
-                return .failure(
-                    KafkaError(entry.err, message: "topic \(topic): \(String(cString: rd_kafka_err2str(entry.err)))"))
-            }
-            return .success(entry.partition_cnt)
+            do throws(KafkaError) { return .success(try read(metadata.pointee)) } catch { return .failure(error) }
         }
     }
 

@@ -69,6 +69,25 @@ extension KafkaConsumer {
         }.get()
     }
 
+    /// How many records each assigned partition holds past this consumer's position (its lag), from the
+    /// high watermarks librdkafka last saw in fetch responses: no request to the broker. Partitions with no
+    /// position yet (nothing read since the assignment) or no watermark yet are left out.
+    ///
+    /// - Throws: ``KafkaError`` from librdkafka, or `_STATE` after ``close()``.
+    public func lag() throws(KafkaError) -> [(partition: KafkaTopicPartition, lag: Int64)] {
+        let positions = try positions(try assignment())
+        return positions.compactMap { position in
+            guard position.offset >= 0 else { return nil }
+            var low: Int64 = -1
+            var high: Int64 = -1
+            let result = rd_kafka_get_watermark_offsets(
+                client.handle, position.topic, position.partition, &low, &high)
+            guard result == RD_KAFKA_RESP_ERR_NO_ERROR, high >= 0 else { return nil }
+            return (KafkaTopicPartition(topic: position.topic, partition: position.partition),
+                    max(0, high - position.offset))
+        }
+    }
+
     /// Asks the partition leader for the partition's current watermarks.
     ///
     /// - Throws: ``KafkaError``: `UNKNOWN_TOPIC_OR_PART`, `_TIMED_OUT` / transport errors

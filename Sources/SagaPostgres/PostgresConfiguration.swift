@@ -22,6 +22,10 @@ public struct PostgresConfiguration: Sendable {
         self.searchPath = searchPath
     }
 
+    /// The URL with its password (user info or `password=` parameter) replaced by `***`: the only form of
+    /// it that may be printed or logged.
+    public var redactedURL: String { redact(url) }
+
     /// Removes the URL's password from `text` (libpq quotes a malformed URI in its messages).
     func redact(_ text: String) -> String {
         var result = text

@@ -25,6 +25,7 @@ struct DevCommand: AsyncParsableCommand {
         var configured: SagaEnvironment
         configured = try SagaEnvironment.load(devFile: nil, brokerFile: nil)
         let logger = Logger(label: "saga.dev")
+        let tracing = try Telemetry.bootstrapTracing(serviceName: "saga-dev", logger: logger)
 
         var cluster: KafkaMockCluster?
         if configured.kafkaBootstrap == nil {
@@ -41,11 +42,11 @@ struct DevCommand: AsyncParsableCommand {
         do {
             try await stack.migrate()
             try await stack.seed()
-            var services: [any Service] = []
+            var services: [any Service] = tracing.map { [$0] } ?? []
             for s in Stack.services { services.append(try stack.relay(s)) }
             for s in Stack.services { services.append(try stack.worker(s)) }
             services.append(try stack.tracker())
-            services.append(stack.ops(Stack.services + ["tracker"]))
+            services.append(try stack.ops(Stack.services + ["tracker"]))
             let (http, pool) = stack.ordersHTTP(port: env.httpPort) { port in
                 let file = DevStackFile(
                     http: "http://\(env.httpHost):\(port)", kafkaBootstrap: env.kafkaBootstrap ?? "",
@@ -57,9 +58,9 @@ struct DevCommand: AsyncParsableCommand {
                     """
                     saga dev: the local stack is up (Ctrl-C stops it)
                       HTTP API    \(file.http)   (POST /orders, GET /orders/{id})
-                      ops         http://\(env.httpHost):\(env.opsPort)   (GET /health, GET /metrics)
+                      ops         http://\(env.httpHost):\(env.opsPort)   (GET /health/live, /health/ready, /metrics)
                       Kafka       \(file.kafkaBootstrap)\(embedded ? "   (embedded mock cluster)" : "")
-                      PostgreSQL  \(Redact.url(file.databaseURL))   (schemas: \(Stack.services.map { env.database($0).schema }.joined(separator: ", ")))
+                      PostgreSQL  \(PostgresConfiguration(url: file.databaseURL).redactedURL)   (schemas: \(Stack.services.map { env.database($0).schema }.joined(separator: ", ")))
                       wrote \(DevStackFile.path)
                     """)
             }
@@ -87,13 +88,13 @@ enum LocalPostgres {
         let explicit = ProcessInfo.processInfo.environment["SAGA_DATABASE_URL"].map { !$0.isEmpty } ?? false
         guard !explicit, FileManager.default.isExecutableFile(atPath: "scripts/pg") else {
             throw ValidationError(
-                "cannot reach PostgreSQL at \(Redact.url(env.databaseURL)): start it (scripts/pg start) or set SAGA_DATABASE_URL"
+                "cannot reach PostgreSQL at \(PostgresConfiguration(url: env.databaseURL).redactedURL): start it (scripts/pg start) or set SAGA_DATABASE_URL"
             )
         }
         logger.info("starting the local PostgreSQL (scripts/pg start)")
         try runScript(["start"])
         guard await reachable(env.databaseURL, logger: logger) else {
-            throw ValidationError("started the local PostgreSQL but cannot reach \(Redact.url(env.databaseURL))")
+            throw ValidationError("started the local PostgreSQL but cannot reach \(PostgresConfiguration(url: env.databaseURL).redactedURL)")
         }
         return true
     }
@@ -121,10 +122,3 @@ enum LocalPostgres {
 }
 
 /// Hides the password of a connection URL before it is printed or logged.
-enum Redact {
-    static func url(_ url: String) -> String {
-        guard var c = URLComponents(string: url), c.password != nil else { return url }
-        c.password = "***"
-        return c.string ?? url
-    }
-}

@@ -1,22 +1,39 @@
+import AsyncHTTPClient
 import Foundation
+import NIOCore
+import NIOHTTP1
 import SagaEngine
 
-#if canImport(FoundationNetworking)
-    import FoundationNetworking
-#endif
+/// Plain HTTP on loopback for the tools (the demo, the benchmark, `saga health`), through AsyncHTTPClient:
+/// no libcurl, so the container image needs nothing for it.
+enum LocalHTTP {
+    /// One client for the process, sized for the benchmark's concurrency. Never shut down: it lives as long
+    /// as the command.
+    static let client = HTTPClient(
+        eventLoopGroupProvider: .singleton,
+        configuration: .init(
+            timeout: .init(connect: .seconds(5), read: .seconds(30)),
+            connectionPool: .init(idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: 64)))
+
+    /// Sends a request; returns the status and the body (at most 4 MiB).
+    static func send(
+        _ method: HTTPMethod, _ url: String, body: [UInt8]? = nil, timeout: Duration = .seconds(30)
+    ) async throws -> (status: Int, body: [UInt8]) {
+        var request = HTTPClientRequest(url: url)
+        request.method = method
+        if let body {
+            request.body = .bytes(body)
+            request.headers.add(name: "Content-Type", value: "application/json")
+        }
+        let response = try await client.execute(request, timeout: .init(timeout))
+        let bytes = try await response.body.collect(upTo: 4 << 20)
+        return (Int(response.status.code), Array(buffer: bytes))
+    }
+}
 
 /// A small JSON-over-HTTP client for the demo and the benchmark (the orders API on loopback).
 struct OrdersClient: Sendable {
     let base: String
-    let session: URLSession
-
-    init(base: String) {
-        self.base = base
-        let configuration = URLSessionConfiguration.ephemeral
-        configuration.httpMaximumConnectionsPerHost = 64
-        configuration.timeoutIntervalForRequest = 30
-        self.session = URLSession(configuration: configuration)
-    }
 
     /// The orders API of the running stack (`.saga/dev.json`, else SAGA_HTTP_HOST:SAGA_HTTP_PORT), once it answers.
     /// - Throws: when it does not answer, with a hint to start the stack.
@@ -39,7 +56,7 @@ struct OrdersClient: Sendable {
             "customerId": .string(customerId), "currency": .string(currency),
             "lines": .array(lines.map { .object(["sku": .string($0.0), "quantity": .integer(Int64($0.1))]) }),
         ])
-        let (status, json) = try await send("POST", "/orders", body: body.serialized())
+        let (status, json) = try await send(.POST, "/orders", body: body.serialized())
         guard status == 202 || status == 200, case .string(let id)? = json["orderId"] else {
             throw Failure(
                 description: "POST /orders answered \(status): \(String(decoding: json.serialized(), as: UTF8.self))")
@@ -49,23 +66,15 @@ struct OrdersClient: Sendable {
 
     /// `GET /orders/{id}` as JSON.
     func order(_ id: String) async throws -> JSONValue {
-        let (status, json) = try await send("GET", "/orders/\(id)", body: nil)
+        let (status, json) = try await send(.GET, "/orders/\(id)", body: nil)
         guard status == 200 else { throw Failure(description: "GET /orders/\(id) answered \(status)") }
         return json
     }
 
-    func healthy() async -> Bool { (try? await send("GET", "/health", body: nil).0) == 200 }
+    func healthy() async -> Bool { (try? await send(.GET, "/health", body: nil).0) == 200 }
 
-    private func send(_ method: String, _ path: String, body: [UInt8]?) async throws -> (Int, JSONValue) {
-        guard let url = URL(string: base + path) else { throw Failure(description: "bad URL \(base + path)") }
-        var request = URLRequest(url: url)
-        request.httpMethod = method
-        if let body {
-            request.httpBody = Data(body)
-            request.setValue("application/json", forHTTPHeaderField: "Content-Type")
-        }
-        let (data, response) = try await session.data(for: request)
-        let status = (response as? HTTPURLResponse)?.statusCode ?? 0
-        return (status, (try? JSONValue(parsing: Array(data))) ?? .null)
+    private func send(_ method: HTTPMethod, _ path: String, body: [UInt8]?) async throws -> (Int, JSONValue) {
+        let (status, data) = try await LocalHTTP.send(method, base + path, body: body)
+        return (status, (try? JSONValue(parsing: data)) ?? .null)
     }
 }

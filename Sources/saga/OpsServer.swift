@@ -6,16 +6,14 @@ import Prometheus
 import SagaEngine
 import ServiceLifecycle
 
-/// Health and Prometheus metrics over HTTP for every daemon (`GET /health`, `GET /metrics`) on
-/// SAGA_HTTP_HOST:SAGA_OPS_PORT. It is auxiliary: when its port cannot be bound, it logs an error and the
-/// daemon keeps running.
+/// Health and Prometheus metrics over HTTP for every daemon, on SAGA_HTTP_HOST:SAGA_OPS_PORT:
+/// - `GET /health/live`: 200 while the process serves requests;
+/// - `GET /health/ready` (and `/health`): 200 while every dependency answers, else 503; the JSON body names
+///   each check (`database:<service>`, `kafka`) with "ok" or what is wrong;
+/// - `GET /metrics`: Prometheus text format.
+///
+/// It is auxiliary: when its port cannot be bound, it logs an error and the daemon keeps running.
 struct OpsServer: Service {
-    /// A named readiness check: nil when healthy, else what is wrong.
-    struct Check: Sendable {
-        var name: String
-        var run: @Sendable () async -> String?
-    }
-
     static let registry = PrometheusCollectorRegistry()
 
     /// Routes swift-metrics to the Prometheus registry; once per process, before any metric is created.
@@ -25,41 +23,26 @@ struct OpsServer: Service {
 
     let host: String
     let port: Int
-    let checks: [Check]
+    let health: HealthMonitor
     let logger: Logger
-
-    /// A check that the database behind `database` answers.
-    static func database(_ name: String, _ database: ServiceDatabase, logger: Logger) -> Check {
-        Check(name: "database:\(name)") {
-            do {
-                var configuration = database.configuration
-                configuration.connectTimeoutSeconds = 2
-                let connection = try await PostgresConnection.connect(configuration, logger: logger)
-                defer { Task { await connection.close() } }
-                try await connection.query("SELECT 1")
-                return nil
-            } catch {
-                return "\(error)"
-            }
-        }
-    }
 
     func run() async throws {
         let router = Router()
-        let checks = self.checks
-        router.get("/health") { _, _ -> Response in
-            var results: [String: JSONValue] = [:]
-            var healthy = true
-            for check in checks {
-                let problem = await check.run()
-                healthy = healthy && problem == nil
-                results[check.name] = .string(problem ?? "ok")
-            }
-            let body = JSONValue.object(["status": .string(healthy ? "ok" : "unavailable"), "checks": .object(results)])
-            return Response(
-                status: healthy ? .ok : .serviceUnavailable, headers: [.contentType: "application/json"],
-                body: ResponseBody(byteBuffer: ByteBuffer(bytes: body.serialized())))
+        let health = self.health
+        router.get("/health/live") { _, _ -> Response in
+            Self.json(.ok, .object(["status": .string("ok")]))
         }
+        let ready: @Sendable (Request, BasicRequestContext) async -> Response = { _, _ in
+            let report = health.report
+            return Self.json(
+                report.ready ? .ok : .serviceUnavailable,
+                .object([
+                    "status": .string(report.ready ? "ok" : "unavailable"),
+                    "checks": .object(report.checks.mapValues { .string($0) }),
+                ]))
+        }
+        router.get("/health/ready", use: ready)
+        router.get("/health", use: ready)
         router.get("/metrics") { _, _ -> Response in
             Response(
                 status: .ok, headers: [.contentType: "text/plain; version=0.0.4"],
@@ -73,12 +56,21 @@ struct OpsServer: Service {
             },
             logger: logger)
         do {
-            try await app.run()
+            try await withThrowingDiscardingTaskGroup { group in
+                group.addTask { try await health.run() }
+                group.addTask { try await app.run() }
+            }
         } catch {
             logger.error(
                 "health and metrics server not started (set SAGA_OPS_PORT to a free port)",
                 metadata: ["address": "\(host):\(port)", "error": "\(error)"])
             try? await gracefulShutdown()
         }
+    }
+
+    private static func json(_ status: HTTPResponse.Status, _ body: JSONValue) -> Response {
+        Response(
+            status: status, headers: [.contentType: "application/json"],
+            body: ResponseBody(byteBuffer: ByteBuffer(bytes: body.serialized())))
     }
 }

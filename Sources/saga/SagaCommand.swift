@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Logging
 import SagaEngine
+import ServiceLifecycle
 
 @main
 struct SagaCommand: AsyncParsableCommand {
@@ -15,6 +16,7 @@ struct SagaCommand: AsyncParsableCommand {
         subcommands: [
             DevCommand.self, WorkerCommand.self, RelayCommand.self, BrokerCommand.self, MigrateCommand.self,
             TrackerCommand.self, InspectCommand.self, ReplayCommand.self, DemoCommand.self, BenchCommand.self,
+            HealthCommand.self,
         ])
 }
 
@@ -22,12 +24,25 @@ struct SagaCommand: AsyncParsableCommand {
 struct Runtime {
     let env: SagaEnvironment
     let logger: Logger
+    /// The span exporter when tracing is configured (daemons only).
+    let tracing: (any Service)?
 
-    static func start(_ label: String) throws -> Runtime {
+    /// - Parameter tracing: the OTel service name, for daemons that export spans when an OTLP endpoint is set.
+    static func start(_ label: String, tracing serviceName: String? = nil) throws -> Runtime {
         try LogSetup.bootstrap()
         OpsServer.bootstrapMetrics()
-        return Runtime(env: try SagaEnvironment.load(), logger: Logger(label: label))
+        let env = try SagaEnvironment.load()
+        let logger = Logger(label: label)
+        let tracing = try serviceName.flatMap { name throws(ConfigurationError) in
+            try Telemetry.bootstrapTracing(serviceName: name, logger: logger)
+        }
+        return Runtime(env: env, logger: logger, tracing: tracing)
     }
 
     var stack: Stack { Stack(env: env, logger: logger) }
+
+    /// Runs the daemon's services (and the span exporter, which stops last) until SIGTERM/SIGINT.
+    func run(_ services: [any Service]) async throws {
+        try await Stack.run((tracing.map { [$0] } ?? []) + services, logger: logger)
+    }
 }

@@ -19,6 +19,8 @@ struct SagaEnvironment: Sendable {
     var inboxRetention: Duration
     var outboxRetention: Duration
     var fetchWaitMaxMs: Int
+    var healthInterval: Duration
+    var healthTimeout: Duration
 
     static let defaultDatabaseURL = "postgresql://postgres@127.0.0.1:55432/saga"
 
@@ -38,9 +40,11 @@ struct SagaEnvironment: Sendable {
             }
             return v
         }
-        func duration(_ name: String, _ fallback: Duration) throws(ConfigurationError) -> Duration {
+        func duration(_ name: String, _ fallback: Duration, positive: Bool = false) throws(ConfigurationError)
+            -> Duration
+        {
             guard let raw = env[name], !raw.isEmpty else { return fallback }
-            guard let d = DurationParser.parse(raw) else {
+            guard let d = DurationParser.parse(raw), !positive || d > .zero else {
                 throw ConfigurationError("\(name)='\(raw)': expected a duration such as 90s, 15m, 2h or 7d")
             }
             return d
@@ -68,7 +72,9 @@ struct SagaEnvironment: Sendable {
                 "SAGA_RELAY_MAX_SHARDS", EngineMigrations.shardCount, 1...EngineMigrations.shardCount),
             inboxRetention: try duration("SAGA_INBOX_RETENTION", .seconds(7 * 86400)),
             outboxRetention: try duration("SAGA_OUTBOX_RETENTION", .seconds(3600)),
-            fetchWaitMaxMs: try int("SAGA_KAFKA_FETCH_WAIT_MAX_MS", 10, 1...10_000))
+            fetchWaitMaxMs: try int("SAGA_KAFKA_FETCH_WAIT_MAX_MS", 10, 1...10_000),
+            healthInterval: try duration("SAGA_HEALTH_INTERVAL", .seconds(2), positive: true),
+            healthTimeout: try duration("SAGA_HEALTH_TIMEOUT", .seconds(2), positive: true))
     }
 
     /// The bootstrap servers a running `saga broker` wrote to `.saga/broker`, if any.

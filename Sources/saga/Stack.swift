@@ -50,11 +50,13 @@ struct Stack: Sendable {
         return SagaTracker(configuration: configuration, model: orderSagaModel, logger: logger)
     }
 
-    /// Health (the databases of `names`: services or "tracker") and metrics over HTTP.
-    func ops(_ names: [String]) -> OpsServer {
-        OpsServer(
-            host: env.httpHost, port: env.opsPort,
-            checks: names.map { OpsServer.database($0, env.database($0), logger: logger) }, logger: logger)
+    /// Health (the databases of `names`: services or "tracker", and the broker) and metrics over HTTP.
+    func ops(_ names: [String]) throws(ConfigurationError) -> OpsServer {
+        var checks = names.map { HealthMonitor.Check.database($0, env.database($0), logger: logger) }
+        checks.append(.broker(try env.kafka(), timeout: env.healthTimeout, logger: logger))
+        let monitor = HealthMonitor(
+            checks: checks, interval: env.healthInterval, timeout: env.healthTimeout, logger: logger)
+        return OpsServer(host: env.httpHost, port: env.opsPort, health: monitor, logger: logger)
     }
 
     /// Applies every service's migrations (engine tables + the service's own).

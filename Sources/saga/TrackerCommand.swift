@@ -15,8 +15,8 @@ struct TrackerCommand: AsyncParsableCommand {
     @Flag(help: "Drop the read model and rebuild it from the log.") var rebuild = false
 
     func run() async throws {
-        let runtime = try Runtime.start("saga.tracker")
+        let runtime = try Runtime.start("saga.tracker", tracing: "saga-tracker")
         let tracker = try runtime.stack.tracker(rebuild: rebuild)
-        try await Stack.run([tracker, runtime.stack.ops(["tracker"])], logger: runtime.logger)
+        try await runtime.run([tracker, try runtime.stack.ops(["tracker"])])
     }
 }

@@ -23,11 +23,11 @@ struct WorkerCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let runtime = try Runtime.start("saga.worker.\(service)")
+        let runtime = try Runtime.start("saga.worker.\(service)", tracing: "saga-\(service)")
         let stack = runtime.stack
         let worker: Worker
         worker = try stack.worker(service)
-        var services: [any Service] = [worker, stack.ops([service])]
+        var services: [any Service] = [worker, try stack.ops([service])]
         var pool: PostgresPool?
         if service == "orders" {
             try await stack.migrate(["orders"])
@@ -38,7 +38,7 @@ struct WorkerCommand: AsyncParsableCommand {
             services.append(http)
             pool = p
         }
-        try await Stack.run(services, logger: runtime.logger)
+        try await runtime.run(services)
         await pool?.close()
     }
 }
@@ -64,12 +64,12 @@ struct RelayCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let runtime = try Runtime.start("saga.relay")
+        let runtime = try Runtime.start("saga.relay", tracing: "saga-relay")
         let names = services.isEmpty ? Stack.services : services
         var relays: [any Service] = []
         for s in names { relays.append(try runtime.stack.relay(s)) }
         try await runtime.stack.migrate(names)
-        try await Stack.run(relays + [runtime.stack.ops(names)], logger: runtime.logger)
+        try await runtime.run(relays + [try runtime.stack.ops(names)])
     }
 }
 

@@ -19,13 +19,20 @@ public struct OrderBook: Sendable {
         public var orderId: UUID
         /// false when an earlier request with the same idempotency key already placed it.
         public var created: Bool
+        /// The saga's first event, when this call placed the order.
+        public var event: EventEnvelope? = nil
     }
 
     /// Prices the lines from the price list, stores the order as PENDING and writes `order.created` to the outbox,
     /// all in one transaction. Works whether or not inventory and billing are up.
-    /// - Parameter idempotencyKey: a client's retry with the same key returns the first order instead of a new one.
+    /// - Parameters:
+    ///   - idempotencyKey: a client's retry with the same key returns the first order instead of a new one.
+    ///   - traceparent: the caller's W3C trace context (an HTTP request's `traceparent`): the saga continues
+    ///     its trace. Without one (and no current span), the saga starts a new trace.
     /// - Throws: `OrderRequestError` for an unknown SKU or an overflowing total; `PostgresError` otherwise.
-    public func place(_ request: OrderRequest, idempotencyKey: String? = nil) async throws -> Placed {
+    public func place(_ request: OrderRequest, idempotencyKey: String? = nil, traceparent: String? = nil)
+        async throws -> Placed
+    {
         try await pool.withTransaction { connection in
             if let idempotencyKey {
                 let existing = try await connection.query(
@@ -76,16 +83,19 @@ public struct OrderBook: Sendable {
                 orderId: id.uuidString.lowercased(), customerId: request.customerId,
                 total: Money(amount: total, currency: request.currency), lines: lines)
             let sagaId = created.orderId
+            let trace = TraceParent.forEmitting(after: traceparent)
             let event =
                 emitVersion == 1
-                ? try OutgoingEvent(created.v1, sagaId: sagaId, producer: OrdersService.name, causedBy: nil)
-                : try OutgoingEvent(created, sagaId: sagaId, producer: OrdersService.name, causedBy: nil)
+                ? try OutgoingEvent(
+                    created.v1, sagaId: sagaId, producer: OrdersService.name, causedBy: nil, traceparent: trace)
+                : try OutgoingEvent(
+                    created, sagaId: sagaId, producer: OrdersService.name, causedBy: nil, traceparent: trace)
             try await connection.execute(
                 "INSERT INTO order_history (order_id, status, event_type, event_id) VALUES ($1, 'PENDING', $2, $3)",
                 [id, event.envelope.type, event.envelope.id])
             try await Outbox.append(
                 [(sagaId, event.envelope.id, event.envelope.type, try codec.encode(event))], on: connection)
-            return Placed(orderId: id, created: true)
+            return Placed(orderId: id, created: true, event: event.envelope)
         }
     }
 

@@ -4,12 +4,15 @@ import Hummingbird
 import SagaEngine
 
 /// The orders HTTP API:
-/// - `POST /orders` → 202 `{"orderId", "status": "PENDING"}` (optional `Idempotency-Key` header), 400 with a reason;
+/// - `POST /orders` → 202 `{"orderId", "status": "PENDING"}` (optional `Idempotency-Key` header; a W3C
+///   `traceparent` header makes the saga continue the caller's trace), 400 with a reason;
 /// - `GET /orders/{id}` → 200 with status, lines and history; 404 for an unknown id; 400 for a malformed one;
 /// - `GET /health` → 200 when the database answers, else 503.
 public enum OrdersHTTP {
     public static func router(book: OrderBook) -> Router<BasicRequestContext> {
         let router = Router()
+        // A server span per request continuing the caller's trace (a no-op until a tracer is bootstrapped).
+        router.add(middleware: TracingMiddleware())
         router.get("/health") { _, _ -> Response in
             do {
                 try await book.pool.query("SELECT 1")
@@ -19,7 +22,7 @@ public enum OrdersHTTP {
                     .serviceUnavailable, ["status": .string("unavailable"), "reason": .string("database: \(error)")])
             }
         }
-        router.post("/orders") { request, _ -> Response in
+        router.post("/orders") { request, context -> Response in
             var request = request
             let body: ByteBuffer
             do { body = try await request.collectBody(upTo: 1 << 20) } catch {
@@ -30,7 +33,11 @@ public enum OrdersHTTP {
                 return problem(.badRequest, error.reason)
             }
             do {
-                let placed = try await book.place(order, idempotencyKey: request.headers[.idempotencyKey])
+                let placed = try await book.place(
+                    order, idempotencyKey: request.headers[.idempotencyKey], traceparent: request.headers[.traceparent])
+                if let event = placed.event {
+                    EventLog.logger(context.logger, for: event).info("order placed")
+                }
                 var response = json(
                     placed.created ? .accepted : .ok,
                     ["orderId": .string(placed.orderId.uuidString.lowercased()), "status": .string("PENDING")])
@@ -67,4 +74,5 @@ public enum OrdersHTTP {
 
 extension HTTPField.Name {
     static let idempotencyKey = Self("Idempotency-Key")!
+    static let traceparent = Self("traceparent")!
 }

@@ -1,0 +1,150 @@
+import Logging
+import Metrics
+import SagaEngine
+import SagaKafka
+import ServiceLifecycle
+import Synchronization
+
+/// Readiness: whether what a daemon depends on (its databases, the Kafka broker) answers now.
+///
+/// The checks run in the background every `interval`, each bounded by `timeout`, so `/health/ready` answers
+/// at once from the last results (a probe never waits on a hung dependency) and `saga_ready{check}` shows
+/// the same thing in the metrics. Not ready until every check has passed once.
+final class HealthMonitor: Service, Sendable {
+    /// A named check: nil when healthy, else what is wrong.
+    struct Check: Sendable {
+        var name: String
+        var run: @Sendable () async -> String?
+    }
+
+    struct Report: Sendable {
+        var ready: Bool
+        /// Check name → "ok" or the problem ("not checked yet" before its first run).
+        var checks: [String: String]
+    }
+
+    let checks: [Check]
+    let interval: Duration
+    let timeout: Duration
+    private let logger: Logger
+    private let results: Mutex<[String: String]>
+    private let gauges: [String: Gauge]
+
+    init(checks: [Check], interval: Duration, timeout: Duration, logger: Logger) {
+        self.checks = checks
+        self.interval = interval
+        self.timeout = timeout
+        self.logger = logger
+        self.results = Mutex(Dictionary(uniqueKeysWithValues: checks.map { ($0.name, "not checked yet") }))
+        self.gauges = Dictionary(
+            uniqueKeysWithValues: checks.map { ($0.name, Gauge(label: "saga_ready", dimensions: [("check", $0.name)])) })
+    }
+
+    var report: Report {
+        let checks = results.withLock { $0 }
+        return Report(ready: checks.values.allSatisfy { $0 == "ok" }, checks: checks)
+    }
+
+    func run() async throws {
+        while !Task.isShuttingDownGracefully && !Task.isCancelled {
+            await checkOnce()
+            try? await Task.sleep(for: interval)
+        }
+    }
+
+    /// Runs every check once, concurrently, and records the results (logging each change).
+    func checkOnce() async {
+        let timeout = self.timeout
+        await withTaskGroup(of: (String, String).self) { group in
+            for check in checks {
+                group.addTask { (check.name, await Self.bounded(check, timeout: timeout) ?? "ok") }
+            }
+            for await (name, outcome) in group {
+                let previous = results.withLock { r in
+                    defer { r[name] = outcome }
+                    return r[name]
+                }
+                gauges[name]?.record(outcome == "ok" ? 1 : 0)
+                if previous != outcome {
+                    if outcome == "ok" {
+                        logger.info("dependency reachable", metadata: ["check": .string(name)])
+                    } else {
+                        logger.warning("dependency unreachable", metadata: ["check": .string(name), "error": .string(outcome)])
+                    }
+                }
+            }
+        }
+    }
+
+    /// The check's result, or a timeout message when it takes longer than `timeout`.
+    private static func bounded(_ check: Check, timeout: Duration) async -> String? {
+        await withTaskGroup(of: String??.self) { group in
+            group.addTask { .some(await check.run()) }
+            group.addTask {
+                try? await Task.sleep(for: timeout)
+                return Task.isCancelled ? nil : .some("no answer within \(timeout)")
+            }
+            let first = await group.next() ?? nil
+            group.cancelAll()
+            return first ?? "no answer within \(timeout)"
+        }
+    }
+}
+
+extension HealthMonitor.Check {
+    /// The database answers `SELECT 1`. Keeps one connection open between checks and opens a new one after
+    /// a failure, so a database that went away and came back is seen as both.
+    static func database(_ name: String, _ database: ServiceDatabase, logger: Logger) -> Self {
+        let probe = DatabaseProbe(database: database, logger: logger)
+        return Self(name: "database:\(name)") { await probe.check() }
+    }
+
+    /// A broker answers a metadata request.
+    static func broker(_ settings: KafkaSettings, timeout: Duration, logger: Logger) -> Self {
+        let admin = Mutex<KafkaAdmin?>(nil)
+        return Self(name: "kafka") {
+            do {
+                let client = try admin.withLock { current throws(KafkaError) -> KafkaAdmin in
+                    if let current { return current }
+                    let created = try KafkaAdmin(
+                        bootstrapServers: settings.bootstrapServers, properties: settings.properties, logger: logger)
+                    current = created
+                    return created
+                }
+                _ = try await client.brokerCount(timeout: timeout)
+                return nil
+            } catch {
+                return "\(error)"
+            }
+        }
+    }
+}
+
+/// One connection kept for health checks.
+private actor DatabaseProbe {
+    let database: ServiceDatabase
+    let logger: Logger
+    private var connection: PostgresConnection?
+
+    init(database: ServiceDatabase, logger: Logger) {
+        self.database = database
+        self.logger = logger
+    }
+
+    func check() async -> String? {
+        do {
+            if connection == nil {
+                var configuration = database.configuration
+                configuration.applicationName = "saga-health"
+                configuration.connectTimeoutSeconds = 2
+                connection = try await PostgresConnection.connect(configuration, logger: logger)
+            }
+            try await connection?.query("SELECT 1")
+            return nil
+        } catch {
+            await connection?.close()
+            connection = nil
+            return "\(error)"
+        }
+    }
+}
