@@ -116,17 +116,25 @@ public final class OutboxRelay: Service, Sendable {
         let listening = Task { [wake] in
             for await _ in listener.notifications { wake.signal() }
         }
-        defer {
-            listening.cancel()
+        // The outbox gauges are refreshed apart from the loop, so they keep moving while a publish waits on
+        // the broker.
+        let gauges = Task { [interval = configuration.gaugeInterval] in
+            while !Task.isCancelled {
+                try? await self.recordOutboxGauges(on: cleanupPool)
+                try? await Task.sleep(for: interval)
+            }
         }
+        defer { listening.cancel() }
         do {
             try await loop(connection: connection, producer: producer, cleanupPool: cleanupPool)
         } catch {
+            gauges.cancel()
             await listener.close()
             await connection.close()
             await cleanupPool.close()
             throw error
         }
+        gauges.cancel()
         await listener.close()
         await connection.close()
         await cleanupPool.close()
@@ -136,13 +144,8 @@ public final class OutboxRelay: Service, Sendable {
         var owned: [Int] = []
         var lastClaim = ContinuousClock.now - configuration.claimInterval
         var lastCleanup = ContinuousClock.now
-        var lastGauges = ContinuousClock.now - configuration.gaugeInterval
         var failures = 0
         while !Task.isShuttingDownGracefully && !Task.isCancelled {
-            if ContinuousClock.now - lastGauges >= configuration.gaugeInterval {
-                lastGauges = .now
-                try await recordOutboxGauges(on: connection)
-            }
             if ContinuousClock.now - lastClaim >= configuration.claimInterval {
                 lastClaim = .now
                 owned = try await claimShards(owned: owned, on: connection)
@@ -169,8 +172,8 @@ public final class OutboxRelay: Service, Sendable {
 
     /// The whole outbox's backlog (every shard, whoever owns it), its oldest unpublished row's age, and the
     /// parked rows, as gauges.
-    private func recordOutboxGauges(on connection: PostgresConnection) async throws {
-        let rows = try await connection.query(
+    private func recordOutboxGauges(on pool: PostgresPool) async throws {
+        let rows = try await pool.query(
             """
             SELECT count(*) AS backlog,
                 COALESCE(extract(epoch FROM clock_timestamp() - min(created_at)), 0)::float8 AS oldest,

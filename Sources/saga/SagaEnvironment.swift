@@ -51,7 +51,16 @@ struct SagaEnvironment: Sendable {
         }
         var urls: [String: String] = [:]
         for service in ["orders", "inventory", "billing", "tracker"] {
-            if let u = env["SAGA_\(service.uppercased())_DATABASE_URL"], !u.isEmpty { urls[service] = u }
+            let name = "SAGA_\(service.uppercased())_DATABASE_URL"
+            if let u = env[name], !u.isEmpty { urls[service] = try databaseURL(name, u) }
+        }
+        if let raw = env["SAGA_DATABASE_URL"], !raw.isEmpty { _ = try databaseURL("SAGA_DATABASE_URL", raw) }
+        if let raw = env["SAGA_KAFKA_BOOTSTRAP"], !raw.isEmpty { try checkBootstrap(raw) }
+        if let prefix = env["SAGA_TOPIC_PREFIX"],
+            !prefix.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || "._-".contains($0)) })
+        {
+            throw ConfigurationError(
+                "SAGA_TOPIC_PREFIX='\(prefix)': Kafka topic names allow only ASCII letters, digits, '.', '_' and '-'")
         }
         let version = try int("SAGA_ORDER_CREATED_VERSION", 2, 1...2)
         return SagaEnvironment(
@@ -75,6 +84,30 @@ struct SagaEnvironment: Sendable {
             fetchWaitMaxMs: try int("SAGA_KAFKA_FETCH_WAIT_MAX_MS", 10, 1...10_000),
             healthInterval: try duration("SAGA_HEALTH_INTERVAL", .seconds(2), positive: true),
             healthTimeout: try duration("SAGA_HEALTH_TIMEOUT", .seconds(2), positive: true))
+    }
+
+    /// `raw` when it is a PostgreSQL URL. - Throws: naming `name`, with the password masked.
+    static func databaseURL(_ name: String, _ raw: String) throws(ConfigurationError) -> String {
+        guard raw.hasPrefix("postgresql://") || raw.hasPrefix("postgres://"), URLComponents(string: raw) != nil else {
+            throw ConfigurationError(
+                "\(name)='\(PostgresConfiguration(url: raw).redactedURL)': expected a URL such as "
+                    + "postgresql://user:password@host:5432/database")
+        }
+        return raw
+    }
+
+    /// Checks `host:port[,host:port...]`. - Throws: naming SAGA_KAFKA_BOOTSTRAP.
+    static func checkBootstrap(_ raw: String) throws(ConfigurationError) {
+        for server in raw.split(separator: ",", omittingEmptySubsequences: false) {
+            let entry = server.trimmingCharacters(in: .whitespaces)
+                .replacingOccurrences(of: "PLAINTEXT://", with: "").replacingOccurrences(of: "SSL://", with: "")
+            guard let colon = entry.lastIndex(of: ":"), colon != entry.startIndex,
+                let port = Int(entry[entry.index(after: colon)...]), (1...65535).contains(port)
+            else {
+                throw ConfigurationError(
+                    "SAGA_KAFKA_BOOTSTRAP='\(raw)': expected host:port[,host:port...], e.g. kafka:9092")
+            }
+        }
     }
 
     /// The bootstrap servers a running `saga broker` wrote to `.saga/broker`, if any.
