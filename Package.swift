@@ -109,6 +109,7 @@ let package = Package(
             name: "SagaServicesTests",
             dependencies: [
                 "SagaServices", "SagaEngine", "SagaTestSupport",
+                .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "Yams", package: "Yams"),

@@ -35,6 +35,15 @@ enum Telemetry {
     static func configuration(serviceName: String, logger: Logger, env: [String: String]) throws(ConfigurationError)
         -> OTel.Configuration?
     {
+        for name in ["OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"] {
+            if let value = env[name], !value.isEmpty, value != "http/protobuf", value != "http/json" {
+                throw ConfigurationError(
+                    "\(name)='\(value)': expected http/protobuf or http/json (this build exports OTLP over HTTP)")
+            }
+        }
+        if let exporter = env["OTEL_TRACES_EXPORTER"], !exporter.isEmpty, exporter != "otlp", exporter != "none" {
+            throw ConfigurationError("OTEL_TRACES_EXPORTER='\(exporter)': expected otlp or none")
+        }
         let endpoints = endpointVariables.compactMap { name in env[name].flatMap { $0.isEmpty ? nil : (name, $0) } }
         guard !endpoints.isEmpty else { return nil }
         if env["OTEL_SDK_DISABLED"]?.lowercased() == "true" || env["OTEL_TRACES_EXPORTER"] == "none" { return nil }
@@ -42,15 +51,6 @@ enum Telemetry {
             guard let url = URL(string: value), url.scheme == "http" || url.scheme == "https", url.host != nil else {
                 throw ConfigurationError("\(name)='\(value)': expected an http:// or https:// URL")
             }
-        }
-        for name in ["OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"] {
-            if let value = env[name], !value.isEmpty, value != "http/protobuf", value != "http/json" {
-                throw ConfigurationError(
-                    "\(name)='\(value)': expected http/protobuf or http/json (this build exports OTLP over HTTP)")
-            }
-        }
-        if let exporter = env["OTEL_TRACES_EXPORTER"], !exporter.isEmpty, exporter != "otlp" {
-            throw ConfigurationError("OTEL_TRACES_EXPORTER='\(exporter)': expected otlp or none")
         }
         var configuration = OTel.Configuration.default
         configuration.serviceName = serviceName

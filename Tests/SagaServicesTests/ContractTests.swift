@@ -1,4 +1,7 @@
 import Foundation
+import HTTPTypes
+import Hummingbird
+import HummingbirdTesting
 import SagaEngine
 import SagaKafka
 import SagaSchemas
@@ -36,6 +39,40 @@ import Testing
             let cause = try #require(e.causationId.flatMap { byId[$0] }, "\(e.type) has no known cause")
             #expect(cause.sagaId == e.sagaId)
             #expect(TraceParent.traceId(cause.traceparent ?? "") == TraceParent.traceId(e.traceparent ?? ""))
+        }
+    }
+
+    @Test func theHTTPRequestsTraceparentTravelsInEveryEventOfItsSaga() async throws {
+        let stack = try await TestStack()
+        try stack.startAll()
+        let traceId = "0af7651916cd43dd8448eb211c80319c"
+        let requestSpan = "b7ad6b7169203331"
+        let app = Application(router: OrdersHTTP.router(book: stack.book))
+        let orderId = try await app.test(.router) { client in
+            try await client.execute(
+                uri: "/orders", method: .post,
+                headers: [.contentType: "application/json", HTTPField.Name("traceparent")!: "00-\(traceId)-\(requestSpan)-01"],
+                body: ByteBuffer(string: #"{"customerId": "alice", "currency": "EUR", "lines": [{"sku": "widget", "quantity": 1}]}"#)
+            ) { response -> String? in
+                guard case .string(let id)? = try? JSONValue(parsing: Array(buffer: response.body))["orderId"] else { return nil }
+                return id
+            }
+        }
+        let id = try #require(orderId)
+        #expect(try await stack.waitForTerminal(id).status == "CONFIRMED")
+        let events = try await stack.consumeAll(sagaEventTypes.map(stack.topics.topic(for:)), atLeast: 4)
+        await stack.stop()
+
+        let saga = events.filter { $0.key.map { String(decoding: $0, as: UTF8.self) } == id }
+        #expect(
+            Set(saga.map(\.topic))
+                == Set(["order.created", "inventory.reserved", "payment.completed", "order.confirmed"].map(stack.topics.topic(for:))))
+        for message in saga {
+            let envelope = try EventEnvelope(validated: try JSONValue(parsing: message.value))
+            let header = try #require(message.header(SagaHeader.traceparent), "\(message.topic) has no traceparent header")
+            #expect(header == envelope.traceparent)
+            #expect(TraceParent.traceId(header) == traceId, "\(message.topic): \(header)")
+            #expect(!header.contains(requestSpan), "each hop has its own span id")
         }
     }
 
