@@ -51,7 +51,7 @@ public final class SagaTracker: Service, Sendable {
         self.configuration = configuration
         self.model = model
         var logger = logger
-        logger[metadataKey: "tracker"] = .string(configuration.database.schema)
+        logger[metadataKey: "service"] = "tracker"
         self.logger = logger
     }
 

@@ -88,6 +88,8 @@ struct Stack: Sendable {
         let book = OrderBook(
             pool: pool, codec: EventCodec(upcasters: sagaUpcasters, topics: env.topics),
             emitVersion: env.orderCreatedVersion)
+        var logger = self.logger
+        logger[metadataKey: "service"] = .string(OrdersService.name)
         let app = Application(
             router: OrdersHTTP.router(book: book),
             configuration: .init(address: .hostname(env.httpHost, port: port), serverName: "saga-orders"),
