@@ -102,12 +102,15 @@ extension HealthMonitor.Check {
     /// A broker answers a metadata request.
     static func broker(_ settings: KafkaSettings, timeout: Duration, logger: Logger) -> Self {
         let admin = Mutex<KafkaAdmin?>(nil)
-        return Self(name: "kafka") {
+        // The daemon's own clients already log connection failures; the check reports through its result.
+        var quiet = logger
+        quiet.logLevel = .critical
+        return Self(name: "kafka") { [quiet] in
             do {
                 let client = try admin.withLock { current throws(KafkaError) -> KafkaAdmin in
                     if let current { return current }
                     let created = try KafkaAdmin(
-                        bootstrapServers: settings.bootstrapServers, properties: settings.properties, logger: logger)
+                        bootstrapServers: settings.bootstrapServers, properties: settings.properties, logger: quiet)
                     current = created
                     return created
                 }

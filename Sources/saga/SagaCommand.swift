@@ -33,6 +33,9 @@ struct Runtime {
         OpsServer.bootstrapMetrics()
         let env = try SagaEnvironment.load()
         let logger = Logger(label: label)
+        for name in SagaEnvironment.unknownVariables() {
+            logger.warning("unknown variable ignored (misspelt?)", metadata: ["variable": .string(name)])
+        }
         let tracing = try serviceName.flatMap { name throws(ConfigurationError) in
             try Telemetry.bootstrapTracing(serviceName: name, logger: logger)
         }

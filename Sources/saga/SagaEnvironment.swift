@@ -110,6 +110,24 @@ struct SagaEnvironment: Sendable {
         }
     }
 
+    /// Every SAGA_* variable the commands and scripts read.
+    static let knownVariables: Set<String> = [
+        "SAGA_KAFKA_BOOTSTRAP", "SAGA_KAFKA_PROPERTIES", "SAGA_KAFKA_FETCH_WAIT_MAX_MS", "SAGA_KAFKA_EMBEDDED",
+        "SAGA_DATABASE_URL", "SAGA_ORDERS_DATABASE_URL", "SAGA_INVENTORY_DATABASE_URL", "SAGA_BILLING_DATABASE_URL",
+        "SAGA_TRACKER_DATABASE_URL", "SAGA_TOPIC_PREFIX", "SAGA_HTTP_HOST", "SAGA_HTTP_PORT", "SAGA_OPS_PORT",
+        "SAGA_ORDER_CREATED_VERSION", "SAGA_WORKER_BATCH_SIZE", "SAGA_RELAY_BATCH_SIZE", "SAGA_RELAY_MAX_SHARDS",
+        "SAGA_INBOX_RETENTION", "SAGA_OUTBOX_RETENTION", "SAGA_LOG_FORMAT", "SAGA_LOG_LEVEL", "SAGA_HEALTH_INTERVAL",
+        "SAGA_HEALTH_TIMEOUT",
+        // scripts/ and the tests
+        "SAGA_PG_PORT", "SAGA_PG_FSYNC", "SAGA_PG_DB", "SAGA_ROOT", "SAGA_LOCAL", "SAGA_PIDS", "SAGA_STARTED_PG",
+        "SAGA_TEST_LOG_LEVEL",
+    ]
+
+    /// SAGA_* variables set in `env` that nothing reads: most likely misspelt.
+    static func unknownVariables(_ env: [String: String] = ProcessInfo.processInfo.environment) -> [String] {
+        env.keys.filter { $0.hasPrefix("SAGA_") && !knownVariables.contains($0) }.sorted()
+    }
+
     /// The bootstrap servers a running `saga broker` wrote to `.saga/broker`, if any.
     static func readBrokerFile(_ path: String = brokerFilePath) -> String? {
         guard let data = FileManager.default.contents(atPath: path) else { return nil }
