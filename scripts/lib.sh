@@ -11,18 +11,25 @@ SAGA_PIDS=()
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
-# Install what a fresh Debian machine lacks: the C libraries, PostgreSQL, pkg-config.
+# Install what a fresh Debian machine lacks: the C libraries, PostgreSQL, pkg-config; and the tools the
+# compose tests use: docker-compose (`docker-compose config` validates compose/) and binutils (readelf).
 saga_install() {
-    local need=()
+    local need=() tools=()
     for pkg in librdkafka-dev libpq-dev postgresql pkg-config; do
         dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
     done
-    if [ ${#need[@]} -gt 0 ]; then
-        log "installing ${need[*]}"
+    for pkg in docker-compose binutils; do
+        dpkg -s "$pkg" >/dev/null 2>&1 || tools+=("$pkg")
+    done
+    if [ $((${#need[@]} + ${#tools[@]})) -gt 0 ]; then
+        log "installing ${need[*]} ${tools[*]}"
         local sudo=""
         [ "$(id -u)" -eq 0 ] || sudo="sudo"
         $sudo apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+        [ ${#need[@]} -eq 0 ] || DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+        # Without recommends: docker-compose recommends docker.io, a container engine the tests do not use.
+        [ ${#tools[@]} -eq 0 ] ||
+            DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${tools[@]}" >/dev/null
     fi
     command -v swift >/dev/null || { echo "swift is not on PATH (expected Swift 6.2+)" >&2; exit 1; }
 }
