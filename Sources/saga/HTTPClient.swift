@@ -9,11 +9,14 @@ import SagaEngine
 enum LocalHTTP {
     /// One client for the process, sized for the benchmark's concurrency. Never shut down: it lives as long
     /// as the command.
-    static let client = HTTPClient(
-        eventLoopGroupProvider: .singleton,
-        configuration: .init(
+    /// A refused connection fails at once (no retry until the deadline): `saga health` answers quickly.
+    static let client: HTTPClient = {
+        var configuration = HTTPClient.Configuration(
             timeout: .init(connect: .seconds(5), read: .seconds(30)),
-            connectionPool: .init(idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: 64)))
+            connectionPool: .init(idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: 64))
+        configuration.connectionPool.retryConnectionEstablishment = false
+        return HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
+    }()
 
     /// Sends a request; returns the status and the body (at most 4 MiB).
     static func send(

@@ -7,9 +7,6 @@ import Testing
 
 /// `saga worker` as a real process: configured by environment, stopped by SIGTERM.
 @Suite(.serialized) struct DaemonProcessTests {
-    static var sagaExecutable: URL { SagaProcess.executable }
-    static func freePort() throws -> Int { try SagaProcess.freePort() }
-
     @Test func aWorkerStopsGracefullyOnSIGTERMAndCommitsItsOffsets() async throws {
         let stack = try await TestStack()
         stack.startRelay("orders")
