@@ -111,7 +111,6 @@ public final class Worker: Service, Sendable {
                 pollFailures = 0
             } catch {
                 if error.isFatal {
-                    lagReporter.cancel()
                     await consumer.close()
                     await pool.close()
                     throw error
@@ -131,7 +130,6 @@ public final class Worker: Service, Sendable {
                 await Retention.cleanInbox(pool: pool, olderThan: configuration.inboxRetention, logger: logger)
             }
         }
-        lagReporter.cancel()
         await consumer.close()
         await pool.close()
     }
