@@ -56,7 +56,8 @@ final class WorkerMetrics: Sendable {
                     ?? Gauge(
                         label: "saga_worker_consumer_lag",
                         dimensions: [
-                            ("service", service), ("topic", partition.topic), ("partition", String(partition.partition)),
+                            ("service", service), ("topic", partition.topic),
+                            ("partition", String(partition.partition)),
                         ])
                 gauges[partition] = gauge
                 gauge.record(lag)

@@ -86,7 +86,9 @@ public enum EventLog {
         logger[metadataKey: sagaId] = .string(envelope.sagaId)
         logger[metadataKey: eventId] = .string(envelope.id.uuidString.lowercased())
         logger[metadataKey: eventType] = .string(envelope.type)
-        if let trace = envelope.traceparent.flatMap(TraceParent.traceId) { logger[metadataKey: traceId] = .string(trace) }
+        if let trace = envelope.traceparent.flatMap(TraceParent.traceId) {
+            logger[metadataKey: traceId] = .string(trace)
+        }
         return logger
     }
 }

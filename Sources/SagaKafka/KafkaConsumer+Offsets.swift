@@ -83,8 +83,10 @@ extension KafkaConsumer {
             let result = rd_kafka_get_watermark_offsets(
                 client.handle, position.topic, position.partition, &low, &high)
             guard result == RD_KAFKA_RESP_ERR_NO_ERROR, high >= 0 else { return nil }
-            return (KafkaTopicPartition(topic: position.topic, partition: position.partition),
-                    max(0, high - position.offset))
+            return (
+                KafkaTopicPartition(topic: position.topic, partition: position.partition),
+                max(0, high - position.offset)
+            )
         }
     }
 

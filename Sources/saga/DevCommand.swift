@@ -94,7 +94,9 @@ enum LocalPostgres {
         logger.info("starting the local PostgreSQL (scripts/pg start)")
         try runScript(["start"])
         guard await reachable(env.databaseURL, logger: logger) else {
-            throw ValidationError("started the local PostgreSQL but cannot reach \(PostgresConfiguration(url: env.databaseURL).redactedURL)")
+            throw ValidationError(
+                "started the local PostgreSQL but cannot reach \(PostgresConfiguration(url: env.databaseURL).redactedURL)"
+            )
         }
         return true
     }

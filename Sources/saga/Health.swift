@@ -37,7 +37,8 @@ final class HealthMonitor: Service, Sendable {
         self.logger = logger
         self.results = Mutex(Dictionary(uniqueKeysWithValues: checks.map { ($0.name, "not checked yet") }))
         self.gauges = Dictionary(
-            uniqueKeysWithValues: checks.map { ($0.name, Gauge(label: "saga_ready", dimensions: [("check", $0.name)])) })
+            uniqueKeysWithValues: checks.map { ($0.name, Gauge(label: "saga_ready", dimensions: [("check", $0.name)])) }
+        )
     }
 
     var report: Report {
@@ -69,7 +70,8 @@ final class HealthMonitor: Service, Sendable {
                     if outcome == "ok" {
                         logger.info("dependency reachable", metadata: ["check": .string(name)])
                     } else {
-                        logger.warning("dependency unreachable", metadata: ["check": .string(name), "error": .string(outcome)])
+                        logger.warning(
+                            "dependency unreachable", metadata: ["check": .string(name), "error": .string(outcome)])
                     }
                 }
             }

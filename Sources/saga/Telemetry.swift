@@ -14,7 +14,9 @@ enum Telemetry {
     /// Bootstraps the tracer when configured and returns the service that exports its spans (run it first in
     /// the daemon's service group, so it stops last and flushes what the others traced); nil when off.
     /// - Throws: `ConfigurationError` naming the variable when the OTLP settings are unusable.
-    static func bootstrapTracing(serviceName: String, logger: Logger, env: [String: String] = ProcessInfo.processInfo.environment)
+    static func bootstrapTracing(
+        serviceName: String, logger: Logger, env: [String: String] = ProcessInfo.processInfo.environment
+    )
         throws(ConfigurationError) -> (any Service)?
     {
         guard let configuration = try configuration(serviceName: serviceName, logger: logger, env: env) else {

@@ -51,10 +51,15 @@ import Testing
         let orderId = try await app.test(.router) { client in
             try await client.execute(
                 uri: "/orders", method: .post,
-                headers: [.contentType: "application/json", HTTPField.Name("traceparent")!: "00-\(traceId)-\(requestSpan)-01"],
-                body: ByteBuffer(string: #"{"customerId": "alice", "currency": "EUR", "lines": [{"sku": "widget", "quantity": 1}]}"#)
+                headers: [
+                    .contentType: "application/json", HTTPField.Name("traceparent")!: "00-\(traceId)-\(requestSpan)-01",
+                ],
+                body: ByteBuffer(
+                    string: #"{"customerId": "alice", "currency": "EUR", "lines": [{"sku": "widget", "quantity": 1}]}"#)
             ) { response -> String? in
-                guard case .string(let id)? = try? JSONValue(parsing: Array(buffer: response.body))["orderId"] else { return nil }
+                guard case .string(let id)? = try? JSONValue(parsing: Array(buffer: response.body))["orderId"] else {
+                    return nil
+                }
                 return id
             }
         }
@@ -66,10 +71,13 @@ import Testing
         let saga = events.filter { $0.key.map { String(decoding: $0, as: UTF8.self) } == id }
         #expect(
             Set(saga.map(\.topic))
-                == Set(["order.created", "inventory.reserved", "payment.completed", "order.confirmed"].map(stack.topics.topic(for:))))
+                == Set(
+                    ["order.created", "inventory.reserved", "payment.completed", "order.confirmed"].map(
+                        stack.topics.topic(for:))))
         for message in saga {
             let envelope = try EventEnvelope(validated: try JSONValue(parsing: message.value))
-            let header = try #require(message.header(SagaHeader.traceparent), "\(message.topic) has no traceparent header")
+            let header = try #require(
+                message.header(SagaHeader.traceparent), "\(message.topic) has no traceparent header")
             #expect(header == envelope.traceparent)
             #expect(TraceParent.traceId(header) == traceId, "\(message.topic): \(header)")
             #expect(!header.contains(requestSpan), "each hop has its own span id")

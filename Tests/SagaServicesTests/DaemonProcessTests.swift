@@ -45,6 +45,7 @@ import Testing
         #expect(committed.reduce(0) { $0 + max(0, $1.offset) } == 1)
         #expect(healthStatus == 200)
         #expect(health.contains(#""database:inventory":"ok""#))
-        #expect(metrics.contains(#"saga_worker_events_total{service="inventory",type="order.created",result="handled"} 1"#))
+        #expect(
+            metrics.contains(#"saga_worker_events_total{service="inventory",type="order.created",result="handled"} 1"#))
     }
 }

@@ -127,7 +127,9 @@ import Testing
                 && (SagaProcess.sample(m, #"saga_outbox_oldest_age_seconds{service="orders"}"#) ?? 0) > 0
         }
         let before = try await SagaProcess.get(workerMetrics).body
-        #expect(SagaProcess.sample(before, #"saga_worker_events_consumed_total{service="inventory",type="order.created"}"#) ?? 0 == 0)
+        #expect(
+            SagaProcess.sample(before, #"saga_worker_events_consumed_total{service="inventory",type="order.created"}"#)
+                ?? 0 == 0)
 
         try cluster.setBrokerUp(1)
         try await stack.eventually("the relay published the backlog") {
@@ -142,10 +144,15 @@ import Testing
             return SagaProcess.sample(m, "saga_worker_events_consumed_total{\(d)}") == 3
                 && SagaProcess.sample(m, "saga_worker_events_total{\(d),result=\"handled\"}") == 3
                 && SagaProcess.sample(m, "saga_worker_handler_duration_seconds_count{\(d)}") == 3
-                && m.contains("saga_worker_consumer_lag{service=\"inventory\",topic=\"\(stack.topics.topic(for: "order.created"))\"")
+                && m.contains(
+                    "saga_worker_consumer_lag{service=\"inventory\",topic=\"\(stack.topics.topic(for: "order.created"))\""
+                )
         }
         let after = try await SagaProcess.get(workerMetrics).body
-        #expect(SagaProcess.sample(after, #"saga_worker_events_total{service="inventory",type="order.created",result="dead_lettered"}"#) == 0)
+        #expect(
+            SagaProcess.sample(
+                after, #"saga_worker_events_total{service="inventory",type="order.created",result="dead_lettered"}"#)
+                == 0)
         #expect(SagaProcess.sample(after, #"saga_ready{check="kafka"}"#) == 1)
 
         #expect(try await worker.stop() == 0, "\(worker.output)")
@@ -243,7 +250,10 @@ import Testing
             return bodies.contains { Self.contains($0, hex: traceId) && Self.contains($0, hex: spanId) }
         }
         let exported = received.withLock { $0 }
-        #expect(exported.contains { Self.contains($0, text: "saga-inventory") && Self.contains($0, text: "order.created process") })
+        #expect(
+            exported.contains {
+                Self.contains($0, text: "saga-inventory") && Self.contains($0, text: "order.created process")
+            })
         #expect(try await worker.stop() == 0, "\(worker.output)")
         collecting.cancel()
         _ = await collecting.result
@@ -254,7 +264,9 @@ import Testing
     static func contains(_ bytes: [UInt8], hex: String) -> Bool {
         var needle: [UInt8] = []
         var digits = hex.makeIterator()
-        while let high = digits.next(), let low = digits.next() { needle.append(UInt8(String([high, low]), radix: 16)!) }
+        while let high = digits.next(), let low = digits.next() {
+            needle.append(UInt8(String([high, low]), radix: 16)!)
+        }
         return contains(bytes, needle)
     }
 
@@ -278,7 +290,8 @@ import Testing
             "SAGA_OPS_PORT": String(try SagaProcess.freePort()),
         ]
         environment[variable] = value
-        let result = try await SagaProcess.run(["worker", "inventory"], environment: environment, timeout: .seconds(20))
+        let result = try await SagaProcess.run(
+            ["worker", "inventory"], environment: environment, timeout: .seconds(20))
         #expect(result.status == 1, "\(variable)=\(value): \(result.output)")
         #expect(result.output.contains(variable), "\(result.output)")
         #expect(!result.output.contains("worker started"))

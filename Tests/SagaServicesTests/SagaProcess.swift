@@ -101,7 +101,7 @@ final class SagaProcess: @unchecked Sendable {
             do {
                 let (data, response) = try await URLSession.shared.data(from: URL(string: url)!)
                 return ((response as? HTTPURLResponse)?.statusCode ?? 0, String(decoding: data, as: UTF8.self))
-            } catch where ContinuousClock.now < deadline {
+            } catch  where ContinuousClock.now < deadline {
                 try await Task.sleep(for: .milliseconds(200))  // the server may still be starting
             }
         }
