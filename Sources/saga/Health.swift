@@ -130,6 +130,7 @@ private actor DatabaseProbe {
     let database: ServiceDatabase
     let logger: Logger
     private var connection: PostgresConnection?
+    private var running = false
 
     init(database: ServiceDatabase, logger: Logger) {
         self.database = database
@@ -137,6 +138,10 @@ private actor DatabaseProbe {
     }
 
     func check() async -> String? {
+        // A check that outlived its timeout may still be waiting: never run two on one probe.
+        guard !running else { return "the previous check has not answered yet" }
+        running = true
+        defer { running = false }
         do {
             if connection == nil {
                 var configuration = database.configuration
