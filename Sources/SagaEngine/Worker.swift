@@ -96,7 +96,7 @@ public final class Worker: Service, Sendable {
         let lagReporter = Task { [metrics, interval = configuration.lagInterval] in
             while !Task.isCancelled {
                 try? await Task.sleep(for: interval)
-                if let lag = try? consumer.lag() { metrics.recordLag(lag) }
+                if let lag = try? await consumer.lag() { metrics.recordLag(lag) }
             }
         }
         defer { lagReporter.cancel() }
@@ -175,6 +175,7 @@ public final class Worker: Service, Sendable {
                     m.handled.increment(by: counts.handled)
                     m.duplicates.increment(by: counts.duplicates)
                     m.deadLettered.increment(by: counts.deadLettered)
+                    for duration in counts.handlerDurations { m.handlerDuration.record(duration: duration) }
                 }
                 metrics.batchDuration.record(duration: ContinuousClock.now - started)
                 return true
@@ -202,6 +203,8 @@ public final class Worker: Service, Sendable {
             var handled = 0
             var duplicates = 0
             var deadLettered = 0
+            /// How long each handled event's handler took (recorded only once the batch committed).
+            var handlerDurations: [Duration] = []
         }
         var byType: [String: Counts] = [:]
 
@@ -231,7 +234,9 @@ public final class Worker: Service, Sendable {
             if isolate { try await connection.execute("SAVEPOINT saga_event") }
             do {
                 switch try await handleOne(decoded.1, with: decoded.0, from: message, on: connection) {
-                case .handled: outcome.byType[eventType(of: message), default: .init()].handled += 1
+                case .handled(let took):
+                    outcome.byType[eventType(of: message), default: .init()].handled += 1
+                    outcome.byType[eventType(of: message), default: .init()].handlerDurations.append(took)
                 case .duplicate: outcome.byType[eventType(of: message), default: .init()].duplicates += 1
                 }
                 if isolate { try await connection.execute("RELEASE SAVEPOINT saga_event") }
@@ -248,7 +253,11 @@ public final class Worker: Service, Sendable {
         return outcome
     }
 
-    private enum OneOutcome { case handled, duplicate }
+    private enum OneOutcome {
+        /// Handled, with how long the handler took.
+        case handled(Duration)
+        case duplicate
+    }
 
     private func decode(_ message: KafkaMessage) throws(EventDecodingError) -> (EventHandler, IncomingEvent) {
         guard let type = configuration.topics.eventType(ofTopic: message.topic), let handler = handlers[type] else {
@@ -275,13 +284,13 @@ public final class Worker: Service, Sendable {
         let context = HandlerContext(connection: connection, service: configuration.name, event: event, logger: logger)
         let started = ContinuousClock.now
         let emitted = try await handler.handle(event, context)
-        metrics.type(event.type).handlerDuration.record(duration: ContinuousClock.now - started)
+        let took = ContinuousClock.now - started
         var rows: [(sagaId: String, eventId: UUID?, eventType: String?, message: KafkaOutgoingMessage)] = []
         for out in emitted {
             rows.append((out.envelope.sagaId, out.envelope.id, out.envelope.type, try codec.encode(out)))
         }
         try await Outbox.append(rows, on: connection)
-        return .handled
+        return .handled(took)
     }
 
     static func withoutNUL(_ text: String) -> String { text.replacingOccurrences(of: "\u{0}", with: "\u{FFFD}") }

@@ -69,24 +69,41 @@ extension KafkaConsumer {
         }.get()
     }
 
-    /// How many records each assigned partition holds past this consumer's position (its lag), from the
-    /// high watermarks librdkafka last saw in fetch responses: no request to the broker. Partitions with no
-    /// position yet (nothing read since the assignment) or no watermark yet are left out.
+    /// How many records each assigned partition holds past this consumer's position (its lag), against
+    /// the high watermark librdkafka last saw in fetch responses. A partition read nothing from since its
+    /// assignment counts from the group's committed offset (one request, bounded by `timeout`), else from
+    /// the log start. Partitions without a watermark yet are left out. Runs on the control lane.
     ///
     /// - Throws: ``KafkaError`` from librdkafka, or `_STATE` after ``close()``.
-    public func lag() throws(KafkaError) -> [(partition: KafkaTopicPartition, lag: Int64)] {
-        let positions = try positions(try assignment())
+    public func lag(timeout: Duration = .seconds(2)) async throws(KafkaError)
+        -> [(partition: KafkaTopicPartition, lag: Int64)]
+    {
+        try throwIfClosed()
+        let positions = try await controlLane.run { [self] () -> Result<[KafkaTopicPartitionOffset], KafkaError> in
+            do throws(KafkaError) { return .success(try self.positions(try self.assignment())) } catch {
+                return .failure(error)
+            }
+        }
+        let unread = positions.filter { $0.offset < 0 }.map {
+            KafkaTopicPartition(topic: $0.topic, partition: $0.partition)
+        }
+        let committed = unread.isEmpty ? [] : ((try? await committed(unread, timeout: timeout)) ?? [])
+        var from: [KafkaTopicPartition: Int64] = [:]
+        for p in positions where p.offset >= 0 {
+            from[KafkaTopicPartition(topic: p.topic, partition: p.partition)] = p.offset
+        }
+        for c in committed where c.offset >= 0 {
+            from[KafkaTopicPartition(topic: c.topic, partition: c.partition)] = c.offset
+        }
+        let client = self.client
         return positions.compactMap { position in
-            guard position.offset >= 0 else { return nil }
+            let partition = KafkaTopicPartition(topic: position.topic, partition: position.partition)
             var low: Int64 = -1
             var high: Int64 = -1
             let result = rd_kafka_get_watermark_offsets(
-                client.handle, position.topic, position.partition, &low, &high)
+                client.handle, partition.topic, partition.partition, &low, &high)
             guard result == RD_KAFKA_RESP_ERR_NO_ERROR, high >= 0 else { return nil }
-            return (
-                KafkaTopicPartition(topic: position.topic, partition: position.partition),
-                max(0, high - position.offset)
-            )
+            return (partition, max(0, high - (from[partition] ?? max(0, low))))
         }
     }
 

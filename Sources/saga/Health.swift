@@ -78,17 +78,25 @@ final class HealthMonitor: Service, Sendable {
         }
     }
 
-    /// The check's result, or a timeout message when it takes longer than `timeout`.
+    /// The check's result, or a timeout message when it takes longer than `timeout`. Does not wait for a
+    /// check that hangs (a blocking libpq or librdkafka call ignores cancellation): the check goes on in
+    /// its own task, and its probe refuses to start another until it has answered.
     private static func bounded(_ check: Check, timeout: Duration) async -> String? {
-        await withTaskGroup(of: String??.self) { group in
-            group.addTask { .some(await check.run()) }
-            group.addTask {
-                try? await Task.sleep(for: timeout)
-                return Task.isCancelled ? nil : .some("no answer within \(timeout)")
+        let pending = Mutex<CheckedContinuation<String?, Never>?>(nil)
+        let finish: @Sendable (String?) -> Void = { result in
+            let continuation = pending.withLock { c in
+                defer { c = nil }
+                return c
             }
-            let first = await group.next() ?? nil
-            group.cancelAll()
-            return first ?? "no answer within \(timeout)"
+            continuation?.resume(returning: result)
+        }
+        return await withCheckedContinuation { continuation in
+            pending.withLock { $0 = continuation }
+            Task { finish(await check.run()) }
+            Task {
+                try? await Task.sleep(for: timeout)
+                finish("no answer within \(timeout)")
+            }
         }
     }
 }

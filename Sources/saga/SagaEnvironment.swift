@@ -86,27 +86,36 @@ struct SagaEnvironment: Sendable {
             healthTimeout: try duration("SAGA_HEALTH_TIMEOUT", .seconds(2), positive: true))
     }
 
-    /// `raw` when it is a PostgreSQL URL. - Throws: naming `name`, with the password masked.
+    /// `raw` when it is a PostgreSQL URL (libpq checks the rest when it connects: several hosts, a Unix
+    /// socket directory, parameters). - Throws: naming `name`; the value is not printed, as it may hold a
+    /// password in a form that cannot be masked.
     static func databaseURL(_ name: String, _ raw: String) throws(ConfigurationError) -> String {
-        guard raw.hasPrefix("postgresql://") || raw.hasPrefix("postgres://"), URLComponents(string: raw) != nil else {
+        guard raw.hasPrefix("postgresql://") || raw.hasPrefix("postgres://") else {
             throw ConfigurationError(
-                "\(name)='\(PostgresConfiguration(url: raw).redactedURL)': expected a URL such as "
-                    + "postgresql://user:password@host:5432/database")
+                "\(name): expected a URL such as postgresql://user:password@host:5432/database "
+                    + "(it does not start with postgresql://)")
         }
         return raw
     }
 
-    /// Checks `host:port[,host:port...]`. - Throws: naming SAGA_KAFKA_BOOTSTRAP.
+    /// Checks `host[:port][,host[:port]...]` (librdkafka's default port is 9092). - Throws: naming
+    /// SAGA_KAFKA_BOOTSTRAP.
     static func checkBootstrap(_ raw: String) throws(ConfigurationError) {
-        for server in raw.split(separator: ",", omittingEmptySubsequences: false) {
-            let entry = server.trimmingCharacters(in: .whitespaces)
-                .replacingOccurrences(of: "PLAINTEXT://", with: "").replacingOccurrences(of: "SSL://", with: "")
-            guard let colon = entry.lastIndex(of: ":"), colon != entry.startIndex,
-                let port = Int(entry[entry.index(after: colon)...]), (1...65535).contains(port)
-            else {
+        let entries = raw.split(separator: ",").map {
+            $0.trimmingCharacters(in: .whitespaces).replacingOccurrences(of: "PLAINTEXT://", with: "")
+                .replacingOccurrences(of: "SSL://", with: "")
+        }.filter { !$0.isEmpty }
+        for entry in entries {
+            let hostAndPort =
+                entry.hasPrefix("[") ? String(entry[(entry.firstIndex(of: "]") ?? entry.startIndex)...]) : entry
+            let portText = hostAndPort.contains(":") ? hostAndPort.split(separator: ":").last.map(String.init) : "9092"
+            guard !entry.hasPrefix(":"), let portText, let port = Int(portText), (1...65535).contains(port) else {
                 throw ConfigurationError(
-                    "SAGA_KAFKA_BOOTSTRAP='\(raw)': expected host:port[,host:port...], e.g. kafka:9092")
+                    "SAGA_KAFKA_BOOTSTRAP='\(raw)': expected host[:port][,host[:port]...], e.g. kafka:9092")
             }
+        }
+        if entries.isEmpty {
+            throw ConfigurationError("SAGA_KAFKA_BOOTSTRAP='\(raw)': expected host[:port][,host[:port]...]")
         }
     }
 

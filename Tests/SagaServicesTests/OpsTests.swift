@@ -279,7 +279,7 @@ import Testing
 
     @Test(arguments: [
         ("SAGA_WORKER_BATCH_SIZE", "lots"), ("SAGA_OPS_PORT", "70000"), ("SAGA_HEALTH_INTERVAL", "0s"),
-        ("SAGA_LOG_LEVEL", "loud"), ("SAGA_KAFKA_BOOTSTRAP", "kafka"), ("SAGA_DATABASE_URL", "mysql://db/saga"),
+        ("SAGA_LOG_LEVEL", "loud"), ("SAGA_KAFKA_BOOTSTRAP", "kafka:port"), ("SAGA_DATABASE_URL", "mysql://db/saga"),
         ("SAGA_INVENTORY_DATABASE_URL", "localhost"), ("SAGA_TOPIC_PREFIX", "a b"),
         ("SAGA_INBOX_RETENTION", "forever"), ("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318"),
         ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),

@@ -28,7 +28,10 @@ final class SagaProcess: @unchecked Sendable {
         _ = FileManager.default.createFile(atPath: log.path, contents: nil)
         process.executableURL = Self.executable
         process.arguments = arguments
-        process.environment = ProcessInfo.processInfo.environment.merging(environment) { _, new in new }
+        // The test's own SAGA_* / OTEL_* settings stay out: the daemon gets only what the test gives it.
+        process.environment = ProcessInfo.processInfo.environment.filter {
+            !$0.key.hasPrefix("SAGA_") && !$0.key.hasPrefix("OTEL_")
+        }.merging(environment) { _, new in new }
         let output = try FileHandle(forWritingTo: log)
         process.standardError = output
         process.standardOutput = output
@@ -36,7 +39,7 @@ final class SagaProcess: @unchecked Sendable {
     }
 
     deinit {
-        if process.isRunning { process.interrupt() }
+        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
         try? FileManager.default.removeItem(at: log)
     }
 
@@ -57,12 +60,12 @@ final class SagaProcess: @unchecked Sendable {
         return process.isRunning ? nil : process.terminationStatus
     }
 
-    /// SIGTERM, then its exit status (nil, after a SIGINT, when it did not stop within `timeout`).
+    /// SIGTERM, then its exit status (nil, after a SIGKILL, when it did not stop within `timeout`).
     func stop(timeout: Duration = .seconds(30)) async throws -> Int32? {
         guard process.isRunning else { return process.terminationStatus }
         process.terminate()
         let status = try await waitForExit(timeout: timeout)
-        if status == nil { process.interrupt() }
+        if status == nil { kill(process.processIdentifier, SIGKILL) }
         return status
     }
 
