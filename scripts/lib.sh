@@ -47,25 +47,36 @@ pg_bin() {
 }
 
 # Run a PostgreSQL server command as the postgres OS user when we are root (it refuses root).
+# It runs from / : the postgres user may not be allowed into the caller's working directory (a checkout
+# under /root or in a 0700 folder), and initdb and pg_ctl change back into it.
 as_pg() {
-    if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+    if [ "$(id -u)" -eq 0 ]; then (cd / && runuser -u postgres -- "$@"); else "$@"; fi
 }
 
 # The data folder lives in the checkout (.local/postgres). When we are root and the postgres user
-# cannot reach the checkout (e.g. it sits under /root), the data lives in /tmp and .local/postgres
-# is a link to it.
+# cannot reach the checkout (e.g. it sits under /root or in a 0700 folder), the data lives in /tmp and
+# .local/postgres is a link to it. Either way this prints the real path, which the postgres user can
+# reach: the server commands are never handed the link, whose parent folders they cannot enter.
 pg_datadir() {
     local dir="$SAGA_LOCAL/postgres"
-    if [ "$(id -u)" -eq 0 ] && [ ! -e "$dir" ]; then
+    if [ "$(id -u)" -eq 0 ] && [ ! -e "$dir" ] && [ ! -L "$dir" ]; then
         mkdir -p "$SAGA_LOCAL"
-        if ! runuser -u postgres -- test -x "$SAGA_LOCAL"; then
+        if ! runuser -u postgres -- test -x "$SAGA_LOCAL" 2>/dev/null; then
             local alt
             alt="/tmp/saga-postgres-$(printf '%s' "$SAGA_ROOT" | md5sum | cut -c1-12)"
-            mkdir -p "$alt" && chown postgres: "$alt"
+            mkdir -p "$alt" && chown postgres: "$alt" && chmod 0700 "$alt"
             ln -s "$alt" "$dir"
         fi
     fi
-    echo "$dir"
+    if [ -L "$dir" ]; then
+        local target
+        target="$(readlink "$dir")"
+        # A link left by an earlier run whose target /tmp lost (a reboot): make the target again.
+        if [ ! -d "$target" ] && [ "$(id -u)" -eq 0 ]; then mkdir -p "$target" && chown postgres: "$target" && chmod 0700 "$target"; fi
+        echo "$target"
+    else
+        echo "$dir"
+    fi
 }
 
 saga_pg_url() { echo "postgresql://postgres@127.0.0.1:$SAGA_PG_PORT/$SAGA_PG_DB"; }
