@@ -25,6 +25,9 @@ public struct OrderBook: Sendable {
 
     /// Prices the lines from the price list, stores the order as PENDING and writes `order.created` to the outbox,
     /// all in one transaction. Works whether or not inventory and billing are up.
+    ///
+    /// Two round trips: one read (prices and the idempotency key), then one statement that writes the order, its
+    /// lines, its history and its event (a data-modifying `WITH`, which commits as one transaction).
     /// - Parameters:
     ///   - idempotencyKey: a client's retry with the same key returns the first order instead of a new one.
     ///   - traceparent: the caller's W3C trace context (an HTTP request's `traceparent`): the saga continues
@@ -33,70 +36,80 @@ public struct OrderBook: Sendable {
     public func place(_ request: OrderRequest, idempotencyKey: String? = nil, traceparent: String? = nil)
         async throws -> Placed
     {
-        try await pool.withTransaction { connection in
-            if let idempotencyKey {
-                let existing = try await connection.query(
-                    "SELECT id FROM orders WHERE idempotency_key = $1", [idempotencyKey])
-                if let row = existing.first { return Placed(orderId: try row.decode("id"), created: false) }
+        let skus = Array(Set(request.lines.map(\.sku)))
+        // One row at least (the key's order, if any), plus one per priced SKU.
+        let lookup = try await pool.query(
+            """
+            SELECT (SELECT id FROM orders WHERE idempotency_key = $3) AS existing, p.sku, p.unit_price
+            FROM (SELECT 1) AS one LEFT JOIN prices p ON p.currency = $1 AND p.sku = ANY($2::text[])
+            """, [request.currency, PostgresArray(skus), idempotencyKey])
+        if let existing = try lookup.first?.decode("existing", as: UUID?.self) {
+            return Placed(orderId: existing, created: false)
+        }
+        var prices: [String: Int64] = [:]
+        for row in lookup {
+            if let sku = try row.decode("sku", as: String?.self) { prices[sku] = try row.decode("unit_price") }
+        }
+        var total: Int64 = 0
+        var lines: [OrderCreatedV2.Line] = []
+        for (i, line) in request.lines.enumerated() {
+            guard let price = prices[line.sku] else {
+                throw OrderRequestError("lines[\(i)].sku: unknown SKU '\(line.sku)' (no price in \(request.currency))")
             }
-            let skus = Array(Set(request.lines.map(\.sku)))
-            let priceRows = try await connection.query(
-                "SELECT sku, unit_price FROM prices WHERE currency = $1 AND sku = ANY($2::text[])",
-                [request.currency, PostgresArray(skus)])
-            var prices: [String: Int64] = [:]
-            for row in priceRows { prices[try row.decode("sku")] = try row.decode("unit_price") }
-            var total: Int64 = 0
-            var lines: [OrderCreatedV2.Line] = []
-            for (i, line) in request.lines.enumerated() {
-                guard let price = prices[line.sku] else {
-                    throw OrderRequestError(
-                        "lines[\(i)].sku: unknown SKU '\(line.sku)' (no price in \(request.currency))")
-                }
-                let (lineTotal, o1) = price.multipliedReportingOverflow(by: Int64(line.quantity))
-                let (sum, o2) = total.addingReportingOverflow(lineTotal)
-                guard !o1, !o2 else { throw OrderRequestError("the order total is too large") }
-                total = sum
-                lines.append(
-                    .init(
-                        sku: line.sku, quantity: line.quantity,
-                        unitPrice: Money(amount: price, currency: request.currency)))
-            }
-            let id = UUID()
-            // A concurrent request with the same key may have inserted it since the check above: then this
-            // inserts nothing and the first order is the answer (this transaction writes nothing).
-            let inserted = try await connection.execute(
-                """
+            let (lineTotal, o1) = price.multipliedReportingOverflow(by: Int64(line.quantity))
+            let (sum, o2) = total.addingReportingOverflow(lineTotal)
+            guard !o1, !o2 else { throw OrderRequestError("the order total is too large") }
+            total = sum
+            lines.append(
+                .init(
+                    sku: line.sku, quantity: line.quantity, unitPrice: Money(amount: price, currency: request.currency))
+            )
+        }
+        let id = UUID()
+        let created = OrderCreatedV2(
+            orderId: id.uuidString.lowercased(), customerId: request.customerId,
+            total: Money(amount: total, currency: request.currency), lines: lines)
+        let sagaId = created.orderId
+        let trace = TraceParent.forEmitting(after: traceparent)
+        let event =
+            emitVersion == 1
+            ? try OutgoingEvent(
+                created.v1, sagaId: sagaId, producer: OrdersService.name, causedBy: nil, traceparent: trace)
+            : try OutgoingEvent(
+                created, sagaId: sagaId, producer: OrdersService.name, causedBy: nil, traceparent: trace)
+        let outbox = Outbox.insert(
+            try Outbox.Row(event, codec: codec), firstParameter: 11, where: "EXISTS (SELECT 1 FROM placed)")
+        // A concurrent request with the same key may have inserted it since the read above: then this statement
+        // writes nothing (every member depends on `placed`) and the first order is the answer.
+        let inserted = try await pool.query(
+            """
+            WITH placed AS (
                 INSERT INTO orders (id, customer_id, currency, total_amount, status, idempotency_key)
                 VALUES ($1, $2, $3, $4, 'PENDING', $5) ON CONFLICT (idempotency_key) DO NOTHING
-                """, [id, request.customerId, request.currency, total, idempotencyKey])
-            if inserted == 0, let idempotencyKey {
-                let first = try await connection.query(
-                    "SELECT id FROM orders WHERE idempotency_key = $1", [idempotencyKey])
-                return Placed(orderId: try first[0].decode("id"), created: false)
-            }
-            for (n, line) in lines.enumerated() {
-                try await connection.execute(
-                    "INSERT INTO order_lines (order_id, line_no, sku, quantity, unit_price) VALUES ($1, $2, $3, $4, $5)",
-                    [id, n, line.sku, line.quantity, line.unitPrice?.amount ?? 0])
-            }
-            let created = OrderCreatedV2(
-                orderId: id.uuidString.lowercased(), customerId: request.customerId,
-                total: Money(amount: total, currency: request.currency), lines: lines)
-            let sagaId = created.orderId
-            let trace = TraceParent.forEmitting(after: traceparent)
-            let event =
-                emitVersion == 1
-                ? try OutgoingEvent(
-                    created.v1, sagaId: sagaId, producer: OrdersService.name, causedBy: nil, traceparent: trace)
-                : try OutgoingEvent(
-                    created, sagaId: sagaId, producer: OrdersService.name, causedBy: nil, traceparent: trace)
-            try await connection.execute(
-                "INSERT INTO order_history (order_id, status, event_type, event_id) VALUES ($1, 'PENDING', $2, $3)",
-                [id, event.envelope.type, event.envelope.id])
-            try await Outbox.append(
-                [(sagaId, event.envelope.id, event.envelope.type, try codec.encode(event))], on: connection)
-            return Placed(orderId: id, created: true, event: event.envelope)
+                RETURNING id
+            ), lines AS (
+                INSERT INTO order_lines (order_id, line_no, sku, quantity, unit_price)
+                SELECT placed.id, line.n - 1, line.sku, line.quantity, line.unit_price
+                FROM placed, unnest($6::text[], $7::int[], $8::bigint[]) WITH ORDINALITY
+                    AS line (sku, quantity, unit_price, n)
+            ), history AS (
+                INSERT INTO order_history (order_id, status, event_type, event_id)
+                SELECT placed.id, 'PENDING', $9, $10 FROM placed
+            ), event AS (
+                \(outbox.sql)
+            )
+            SELECT count(*) AS n FROM placed
+            """,
+            [
+                id, request.customerId, request.currency, total, idempotencyKey,
+                PostgresArray(lines.map(\.sku)), PostgresArray(lines.map(\.quantity)),
+                PostgresArray(lines.map { $0.unitPrice?.amount ?? 0 }), event.envelope.type, event.envelope.id,
+            ] + outbox.binds)
+        if try inserted.first?.decode("n", as: Int.self) != 1, let idempotencyKey {
+            let first = try await pool.query("SELECT id FROM orders WHERE idempotency_key = $1", [idempotencyKey])
+            return Placed(orderId: try first[0].decode("id"), created: false)
         }
+        return Placed(orderId: id, created: true, event: event.envelope)
     }
 
     /// An order as `GET /orders/{id}` shows it.
