@@ -69,5 +69,38 @@ public enum EngineMigrations {
                 CREATE INDEX saga_outbox_pending ON saga_outbox (shard, id) WHERE published_at IS NULL AND failed_at IS NULL;
                 CREATE INDEX saga_outbox_failed ON saga_outbox (failed_at) WHERE failed_at IS NOT NULL;
                 """),
+        PostgresMigration(
+            version: 3, name: "engine: delete outbox rows once acknowledged; wake only an idle relay",
+            sql: """
+                -- The relay deletes a row once the broker acknowledged it: nothing is kept as "published".
+                DELETE FROM saga_outbox WHERE published_at IS NOT NULL;
+                DROP INDEX saga_outbox_published;
+                DROP INDEX saga_outbox_pending;
+                ALTER TABLE saga_outbox DROP COLUMN published_at;
+                CREATE INDEX saga_outbox_pending ON saga_outbox (shard, id) WHERE failed_at IS NULL;
+
+                -- One flag per shard, raised by the relay owning the shard when it finds nothing to publish and
+                -- lowered when it works again. A committing insert notifies only while its shard's flag is up,
+                -- so a busy relay costs the writers no NOTIFY (PostgreSQL serialises notifying commits).
+                CREATE TABLE saga_outbox_wake (
+                    shard int     PRIMARY KEY,
+                    idle  boolean NOT NULL DEFAULT false
+                );
+                INSERT INTO saga_outbox_wake (shard) SELECT generate_series(0, \(shardCount - 1));
+
+                DROP TRIGGER saga_outbox_notify ON saga_outbox;
+                DROP FUNCTION saga_outbox_notify();
+                CREATE FUNCTION saga_outbox_wake() RETURNS trigger LANGUAGE plpgsql AS $$
+                BEGIN
+                    IF EXISTS (SELECT 1 FROM saga_outbox_wake WHERE shard = NEW.shard AND idle) THEN
+                        PERFORM pg_notify('saga_outbox_' || TG_TABLE_SCHEMA, '');
+                    END IF;
+                    RETURN NULL;
+                END $$;
+                -- Deferred to the commit, so the flag is read as late as possible: the relay raises it, then
+                -- looks at the outbox again, so only a commit racing that look can be left to the fallback poll.
+                CREATE CONSTRAINT TRIGGER saga_outbox_wake AFTER INSERT ON saga_outbox
+                    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION saga_outbox_wake();
+                """),
     ]
 }

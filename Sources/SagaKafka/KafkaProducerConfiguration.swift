@@ -9,7 +9,8 @@ public struct KafkaProducerConfiguration: Sendable {
     public var idempotent: Bool = true
     /// `acks`; must stay `all` while `idempotent` is true.
     public var acks: String = "all"
-    /// `linger.ms`: how long to wait to fill a batch.
+    /// `linger.ms`: how long to wait to fill a batch (a caller that hands over whole batches, like the
+    /// outbox relay, sets 0–1).
     public var lingerMs: Int = 5
     /// `batch.num.messages`: maximum records per batch.
     public var batchSize: Int = 10000
