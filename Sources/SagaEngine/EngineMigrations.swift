@@ -90,17 +90,23 @@ public enum EngineMigrations {
 
                 DROP TRIGGER saga_outbox_notify ON saga_outbox;
                 DROP FUNCTION saga_outbox_notify();
+                -- Once per inserting statement. The shared advisory lock is held until the transaction ends: a
+                -- relay going idle raises its flag, then waits until it can take this lock exclusively (no
+                -- inserting transaction in flight) before its last look at the outbox. So every insert either
+                -- committed before that look or reads the raised flag and notifies (READ COMMITTED writers; a
+                -- REPEATABLE READ writer may read an older flag and leave its row to the fallback poll).
                 CREATE FUNCTION saga_outbox_wake() RETURNS trigger LANGUAGE plpgsql AS $$
                 BEGIN
-                    IF EXISTS (SELECT 1 FROM saga_outbox_wake WHERE shard = NEW.shard AND idle) THEN
+                    PERFORM pg_advisory_xact_lock_shared(hashtext('saga_outbox_wake:' || TG_TABLE_SCHEMA), 0);
+                    IF EXISTS (
+                        SELECT 1 FROM saga_outbox_wake w WHERE w.idle AND w.shard IN (SELECT shard FROM new_rows)
+                    ) THEN
                         PERFORM pg_notify('saga_outbox_' || TG_TABLE_SCHEMA, '');
                     END IF;
                     RETURN NULL;
                 END $$;
-                -- Deferred to the commit, so the flag is read as late as possible: the relay raises it, then
-                -- looks at the outbox again, so only a commit racing that look can be left to the fallback poll.
-                CREATE CONSTRAINT TRIGGER saga_outbox_wake AFTER INSERT ON saga_outbox
-                    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION saga_outbox_wake();
+                CREATE TRIGGER saga_outbox_wake AFTER INSERT ON saga_outbox
+                    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION saga_outbox_wake();
                 """),
     ]
 }
