@@ -164,6 +164,9 @@ public final class OutboxRelay: Service, Sendable {
         var failures = 0
         var flagged = false  // this relay's shards are flagged idle in saga_outbox_wake
         var prefetched: Batch?
+        // Acknowledged rows of the last clean batch: deleted while the broker acknowledges the next one, or before
+        // the relay idles or stops (a crash before that re-publishes them).
+        var acknowledged: [Int64] = []
         var round = 0
         while !Task.isShuttingDownGracefully && !Task.isCancelled {
             if ContinuousClock.now - lastClaim >= configuration.claimInterval {
@@ -179,6 +182,10 @@ public final class OutboxRelay: Service, Sendable {
             if let prefetched { batch = prefetched } else { batch = try await read(owned, round, [], connection) }
             prefetched = nil
             if batch.isEmpty {
+                if !acknowledged.isEmpty {
+                    try await delete(acknowledged, on: connection)
+                    acknowledged = []
+                }
                 if !flagged {
                     // Raise the flag, then look once more: a commit the read above missed either shows now or
                     // finds the flag raised and notifies.
@@ -195,16 +202,22 @@ public final class OutboxRelay: Service, Sendable {
             // The flag is lowered while the broker acknowledges the batch, not before sending it.
             let lowerFlag = flagged
             flagged = false
+            let previous = acknowledged
+            acknowledged = []
             let outcome = try await publish(
-                batch, shards: owned, round: round, lowerFlag: lowerFlag, on: connection, producer: producer)
+                batch, shards: owned, round: round, lowerFlag: lowerFlag, deleting: previous, on: connection,
+                producer: producer)
             if outcome.clean {
                 failures = 0
                 prefetched = outcome.next
+                acknowledged = outcome.acknowledged
             } else if outcome.retriable {
                 failures += 1
                 try? await Task.sleep(for: configuration.retry.delay(attempt: failures))
             }
         }
+        // Stopping: delete what the broker acknowledged (if this fails, the rows are published again later).
+        if !acknowledged.isEmpty { try? await delete(acknowledged, on: connection) }
     }
 
     /// Rows read from the outbox, in per-shard id order.
@@ -321,19 +334,28 @@ public final class OutboxRelay: Service, Sendable {
         /// Some row failed retriably: back off before the next round.
         var retriable: Bool
         var next: Batch?
+        /// When clean: the acknowledged rows, for the caller to delete (while the next batch is acknowledged).
+        var acknowledged: [Int64] = []
     }
 
-    /// Sends `batch`, reads the next one while the acknowledgements are pending, then deletes the acknowledged
-    /// rows, parks a row refused for good and records the failures.
+    private func delete(_ ids: [Int64], on connection: PostgresConnection) async throws {
+        try await connection.execute("DELETE FROM saga_outbox WHERE id = ANY($1::bigint[])", [PostgresArray(ids)])
+    }
+
+    /// Sends `batch`; while the acknowledgements are pending, deletes `previous` (the last batch's acknowledged
+    /// rows) and reads the next batch. Then, if every row was acknowledged, hands the rows back for deletion in the
+    /// next round; otherwise deletes the acknowledged ones now, parks a row refused for good and records the
+    /// failures.
     private func publish(
-        _ batch: Batch, shards: [Int], round: Int, lowerFlag: Bool, on connection: PostgresConnection,
-        producer: KafkaProducer
+        _ batch: Batch, shards: [Int], round: Int, lowerFlag: Bool, deleting previous: [Int64],
+        on connection: PostgresConnection, producer: KafkaProducer
     ) async throws -> Outcome {
         let sending = ContinuousClock.now
         let messages = batch.messages
         let delivery = Task { await producer.send(messages) }
         let next: Batch
         do {
+            if !previous.isEmpty { try await delete(previous, on: connection) }
             if lowerFlag { try await setIdle(false, shards: shards, on: connection) }
             next = try await read(shards, round + 1, batch.ids, connection)
         } catch {
@@ -353,10 +375,8 @@ public final class OutboxRelay: Service, Sendable {
         let (failed, heldBack, refused, firstError, fatal) = (
             settled.failed, settled.heldBack, settled.refused, settled.firstError, settled.fatal
         )
-        if !done.isEmpty {
-            try await connection.execute(
-                "DELETE FROM saga_outbox WHERE id = ANY($1::bigint[])", [PostgresArray(done)])
-        }
+        let clean = done.count == batch.ids.count
+        if !clean, !done.isEmpty { try await delete(done, on: connection) }
         if let refused {
             try await connection.execute(
                 "UPDATE saga_outbox SET failed_at = now(), attempts = attempts + 1, last_error = $2 WHERE id = $1",
@@ -382,8 +402,8 @@ public final class OutboxRelay: Service, Sendable {
             $0.batches += 1
         }
         if let fatal { throw fatal }  // the session ends; run() starts a new one with a new producer
-        let clean = done.count == batch.ids.count
-        return Outcome(clean: clean, retriable: !failed.isEmpty, next: clean ? next : nil)
+        return Outcome(
+            clean: clean, retriable: !failed.isEmpty, next: clean ? next : nil, acknowledged: clean ? done : [])
     }
 }
 
