@@ -94,7 +94,8 @@ public enum EngineMigrations {
                 -- relay going idle raises its flag, then waits until it can take this lock exclusively (no
                 -- inserting transaction in flight) before its last look at the outbox. So every insert either
                 -- committed before that look or reads the raised flag and notifies (READ COMMITTED writers; a
-                -- REPEATABLE READ writer may read an older flag and leave its row to the fallback poll).
+                -- REPEATABLE READ writer may read an older flag and leave its row to the fallback poll, and a
+                -- SERIALIZABLE writer's read of the flag can conflict with the relay flipping it).
                 CREATE FUNCTION saga_outbox_wake() RETURNS trigger LANGUAGE plpgsql AS $$
                 BEGIN
                     PERFORM pg_advisory_xact_lock_shared(hashtext('saga_outbox_wake:' || TG_TABLE_SCHEMA), 0);
