@@ -171,7 +171,10 @@ public final class OutboxRelay: Service, Sendable {
         while !Task.isShuttingDownGracefully && !Task.isCancelled {
             if ContinuousClock.now - lastClaim >= configuration.claimInterval {
                 lastClaim = .now
-                owned = try await claimShards(owned: owned, on: connection)
+                let claimed = try await claimShards(owned: owned, on: connection)
+                // Shards taken over carry whatever flag their last owner left: raise them all again when idle.
+                if claimed != owned { flagged = false }
+                owned = claimed
             }
             if owned.isEmpty {
                 await wake.wait(timeout: configuration.claimInterval)
