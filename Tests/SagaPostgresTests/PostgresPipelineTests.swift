@@ -155,3 +155,22 @@ import Testing
         }
     }
 }
+
+extension PostgresPipelineTests {
+    /// A prepared `SELECT *` whose table gained a column fails with 0A000 on the server; outside a
+    /// transaction the connection prepares it again and the caller sees the new column.
+    @Test func aPreparedStatementWhoseResultTypeChangedIsPreparedAgain() async throws {
+        try await withTestSchema("pipe") { configuration in
+            try await withConnection(configuration) { c in
+                try await c.executeScript(Self.table)
+                try await c.execute("INSERT INTO items (id, name) VALUES ($1, $2)", [1, "a"])
+                let sql = "SELECT * FROM items WHERE id = $1"
+                #expect(try await c.query(sql, [1])[0].columns == ["id", "name", "data"])
+                try await c.executeScript("ALTER TABLE items ADD COLUMN extra int NOT NULL DEFAULT 7")
+                let row = try await c.query(sql, [1])[0]
+                #expect(row.columns == ["id", "name", "data", "extra"])
+                #expect(try row.decode("extra", as: Int.self) == 7)
+            }
+        }
+    }
+}

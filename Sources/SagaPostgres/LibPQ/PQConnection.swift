@@ -150,6 +150,11 @@ final class PQConnection {
             return try consume(result, wantRows: wantRows)
         } catch {
             forgetIfPlanChanged(sql, error)
+            // Outside a transaction the failed statement changed nothing: prepare it anew and run it once more,
+            // as an unprepared statement would have run.
+            if error.sqlState == "0A000", name != nil, PQtransactionStatus(conn) == PQTRANS_IDLE {
+                return try execute(sql, binds, wantRows: wantRows)
+            }
             throw error
         }
     }
