@@ -69,5 +69,45 @@ public enum EngineMigrations {
                 CREATE INDEX saga_outbox_pending ON saga_outbox (shard, id) WHERE published_at IS NULL AND failed_at IS NULL;
                 CREATE INDEX saga_outbox_failed ON saga_outbox (failed_at) WHERE failed_at IS NOT NULL;
                 """),
+        PostgresMigration(
+            version: 3, name: "engine: delete outbox rows once acknowledged; wake only an idle relay",
+            sql: """
+                -- The relay deletes a row once the broker acknowledged it: nothing is kept as "published".
+                DELETE FROM saga_outbox WHERE published_at IS NOT NULL;
+                DROP INDEX saga_outbox_published;
+                DROP INDEX saga_outbox_pending;
+                ALTER TABLE saga_outbox DROP COLUMN published_at;
+                CREATE INDEX saga_outbox_pending ON saga_outbox (shard, id) WHERE failed_at IS NULL;
+
+                -- One flag per shard, raised by the relay owning the shard when it finds nothing to publish and
+                -- lowered when it works again. A committing insert notifies only while its shard's flag is up,
+                -- so a busy relay costs the writers no NOTIFY (PostgreSQL serialises notifying commits).
+                CREATE TABLE saga_outbox_wake (
+                    shard int     PRIMARY KEY,
+                    idle  boolean NOT NULL DEFAULT false
+                );
+                INSERT INTO saga_outbox_wake (shard) SELECT generate_series(0, \(shardCount - 1));
+
+                DROP TRIGGER saga_outbox_notify ON saga_outbox;
+                DROP FUNCTION saga_outbox_notify();
+                -- Once per inserting statement. The shared advisory lock is held until the transaction ends: a
+                -- relay going idle raises its flag, then waits until it can take this lock exclusively (no
+                -- inserting transaction in flight) before its last look at the outbox. So every insert either
+                -- committed before that look or reads the raised flag and notifies (READ COMMITTED writers; a
+                -- REPEATABLE READ writer may read an older flag and leave its row to the fallback poll, and a
+                -- SERIALIZABLE writer's read of the flag can conflict with the relay flipping it).
+                CREATE FUNCTION saga_outbox_wake() RETURNS trigger LANGUAGE plpgsql AS $$
+                BEGIN
+                    PERFORM pg_advisory_xact_lock_shared(hashtext('saga_outbox_wake:' || TG_TABLE_SCHEMA), 0);
+                    IF EXISTS (
+                        SELECT 1 FROM saga_outbox_wake w WHERE w.idle AND w.shard IN (SELECT shard FROM new_rows)
+                    ) THEN
+                        PERFORM pg_notify('saga_outbox_' || TG_TABLE_SCHEMA, '');
+                    END IF;
+                    RETURN NULL;
+                END $$;
+                CREATE TRIGGER saga_outbox_wake AFTER INSERT ON saga_outbox
+                    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION saga_outbox_wake();
+                """),
     ]
 }

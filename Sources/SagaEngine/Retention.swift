@@ -1,22 +1,12 @@
 import Logging
 import SagaPostgres
 
-/// Bounded clean-up of published outbox rows and old inbox rows: deletes in chunks so a large
-/// backlog never becomes one long transaction.
+/// Bounded clean-up of old inbox rows: deletes in chunks so a large backlog never becomes one long
+/// transaction. (Outbox rows need none: the relay deletes each row once the broker acknowledged it, and
+/// parked rows stay for the operator.)
 public enum Retention {
     static let chunk = 5000
     static let maxChunksPerRun = 20
-
-    /// Deletes outbox rows published more than `olderThan` ago. Returns how many were deleted.
-    @discardableResult
-    public static func cleanOutbox(pool: PostgresPool, olderThan: Duration, logger: Logger) async -> Int {
-        await clean(
-            pool: pool, olderThan: olderThan, logger: logger, what: "outbox",
-            sql: """
-                DELETE FROM saga_outbox WHERE id IN (
-                    SELECT id FROM saga_outbox WHERE published_at < now() - $1::interval LIMIT \(chunk))
-                """)
-    }
 
     /// Deletes inbox rows handled more than `olderThan` ago. Returns how many were deleted.
     @discardableResult

@@ -1,5 +1,6 @@
 import CRdKafka
 import Logging
+import Synchronization
 
 /// A Kafka producer (librdkafka, idempotent by default) whose sends complete with the
 /// broker's delivery report.
@@ -13,6 +14,9 @@ public final class KafkaProducer: Sendable {
     private let logger: Logger
     private let pollLoop: ProducerPollLoop
     private let lane: BlockingLane
+    private let metadataLane: BlockingLane
+    /// Topics whose metadata this producer has asked for (see ``send(_:)-([KafkaOutgoingMessage])``).
+    private let knownTopics = Mutex<Set<String>>([])
 
     /// - Throws: ``KafkaError`` with code `_INVALID_ARG` when a property name or value is
     ///   rejected (the message names the property), or when librdkafka cannot create the client.
@@ -27,6 +31,7 @@ public final class KafkaProducer: Sendable {
         )
         pollLoop = ProducerPollLoop.start(client: client, logger: logger)
         lane = BlockingLane(name: "kafka-producer-flush")
+        metadataLane = BlockingLane(name: "kafka-producer-metadata")
     }
 
     deinit {
@@ -54,8 +59,13 @@ public final class KafkaProducer: Sendable {
     /// cannot be enqueued, the messages after it are not enqueued either and fail with an
     /// error of the same code, so a caller that retries the failed tail cannot reorder a key.
     /// A full local queue is waited out (polling) for up to `message.timeout.ms`.
+    ///
+    /// The first time a topic appears, its metadata is requested before enqueuing (at most 5 s): librdkafka
+    /// 2.0 otherwise looks an unknown topic up only about once a second, so the first message to each
+    /// topic would wait up to a second.
     public func send(_ messages: [KafkaOutgoingMessage]) async -> [Result<KafkaDeliveryReport, KafkaError>] {
         guard !messages.isEmpty else { return [] }
+        await learnTopics(messages)
         let batch = DeliveryBatch(count: messages.count)
         let deadline = ContinuousClock.now + .milliseconds(configuration.messageTimeoutMs)
         var firstFailure: KafkaError? = nil
@@ -87,6 +97,34 @@ public final class KafkaProducer: Sendable {
             }
         }
         return await batch.results()
+    }
+
+    /// Requests the metadata of topics this producer has not sent to yet, once per topic (failures included:
+    /// the send then simply takes librdkafka's slower path). Runs on its own thread, never on the pool.
+    private func learnTopics(_ messages: [KafkaOutgoingMessage]) async {
+        let unknown = knownTopics.withLock { known -> [String] in
+            var fresh: [String] = []
+            for message in messages where !known.contains(message.topic) {
+                known.insert(message.topic)
+                fresh.append(message.topic)
+            }
+            return fresh
+        }
+        guard !unknown.isEmpty else { return }
+        let client = self.client
+        let milliseconds = Int32(min(configuration.messageTimeoutMs, 5000))
+        await metadataLane.run {
+            for topic in unknown {
+                guard let handle = rd_kafka_topic_new(client.handle, topic, nil) else { continue }
+                var metadata: UnsafePointer<rd_kafka_metadata>?
+                if rd_kafka_metadata(client.handle, 0, handle, &metadata, milliseconds) == RD_KAFKA_RESP_ERR_NO_ERROR,
+                    let metadata
+                {
+                    rd_kafka_metadata_destroy(metadata)
+                }
+                rd_kafka_topic_destroy(handle)
+            }
+        }
     }
 
     /// Waits until every outstanding message has its delivery report.

@@ -9,10 +9,16 @@ public struct KafkaProducerConfiguration: Sendable {
     public var idempotent: Bool = true
     /// `acks`; must stay `all` while `idempotent` is true.
     public var acks: String = "all"
-    /// `linger.ms`: how long to wait to fill a batch.
+    /// `linger.ms`: how long to wait to fill a batch (a caller that hands over whole batches, like the
+    /// outbox relay, sets 0–1).
     public var lingerMs: Int = 5
     /// `batch.num.messages`: maximum records per batch.
     public var batchSize: Int = 10000
+    /// `max.in.flight.requests.per.connection`, or `nil` for librdkafka's default (5 with idempotence).
+    /// With librdkafka's in-process mock cluster (the embedded broker), a second request in flight to a broker
+    /// waits ~40 ms for its response (measured: 500 messages acknowledged in 44 ms with the default, 2.6 ms
+    /// with 1), so a caller that sends whole batches and waits for them sets 1.
+    public var maxInFlightRequestsPerConnection: Int? = nil
     /// `message.timeout.ms`: upper bound for a send to get its delivery report, retries included.
     public var messageTimeoutMs: Int = 30000
     /// `reconnect.backoff.max.ms`: the longest wait between reconnection attempts to a broker.
@@ -38,6 +44,9 @@ public struct KafkaProducerConfiguration: Sendable {
             ("message.timeout.ms", String(messageTimeoutMs)),
             ("reconnect.backoff.max.ms", String(reconnectBackoffMaxMs)),
         ]
+        if let maxInFlightRequestsPerConnection {
+            result.append(("max.in.flight.requests.per.connection", String(maxInFlightRequestsPerConnection)))
+        }
         result += properties.sorted(by: { $0.key < $1.key }).map { ($0.key, $0.value) }
         return result
     }

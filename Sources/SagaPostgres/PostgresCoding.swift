@@ -1,10 +1,12 @@
 import Foundation
 
-/// A Swift value that can travel as a text-format bind parameter.
+/// A Swift value that can travel as a bind parameter.
 ///
 /// Conforming types: `String`, `Int`, `Int16`, `Int32`, `Int64`, `Bool`, `Double`, `UUID`,
-/// `Date` (ISO 8601, UTC, microseconds) and `[UInt8]` / `Data` (bytea hex). A `nil`
-/// ``PostgresBind`` is sent as SQL NULL.
+/// `Date` (ISO 8601, UTC, microseconds) and `[UInt8]` / `Data` (bytea). Values travel in
+/// text format, except `[UInt8]` and `Data`, which the connection sends as binary bytea
+/// (`postgresText`, the hex form, is what they would be as text). A `nil` ``PostgresBind`` is
+/// sent as SQL NULL.
 public protocol PostgresEncodable: Sendable {
     /// The value in PostgreSQL's text input format.
     var postgresText: String { get }
@@ -132,19 +134,26 @@ enum ByteaHex {
     }
 
     static func decode(_ text: String) -> [UInt8]? {
-        let utf8 = Array(text.utf8)
-        guard utf8.count >= 2, utf8[0] == UInt8(ascii: "\\"), utf8[1] == UInt8(ascii: "x"), utf8.count % 2 == 0 else {
-            return nil
+        var text = text
+        return text.withUTF8 { utf8 -> [UInt8]? in
+            guard utf8.count >= 2, utf8[0] == UInt8(ascii: "\\"), utf8[1] == UInt8(ascii: "x"), utf8.count % 2 == 0
+            else { return nil }
+            let count = (utf8.count - 2) / 2
+            var valid = true
+            let bytes = [UInt8](unsafeUninitializedCapacity: count) { buffer, initialized in
+                var index = 2
+                for position in 0..<count {
+                    guard let high = nibble(utf8[index]), let low = nibble(utf8[index + 1]) else {
+                        valid = false
+                        break
+                    }
+                    buffer[position] = high << 4 | low
+                    index += 2
+                }
+                initialized = valid ? count : 0
+            }
+            return valid ? bytes : nil
         }
-        var bytes: [UInt8] = []
-        bytes.reserveCapacity((utf8.count - 2) / 2)
-        var index = 2
-        while index < utf8.count {
-            guard let high = nibble(utf8[index]), let low = nibble(utf8[index + 1]) else { return nil }
-            bytes.append(high << 4 | low)
-            index += 2
-        }
-        return bytes
     }
 
     private static func nibble(_ c: UInt8) -> UInt8? {

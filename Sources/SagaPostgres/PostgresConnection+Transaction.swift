@@ -20,24 +20,39 @@ extension PostgresConnection {
     public func withTransaction<T: Sendable>(
         isolation: PostgresIsolation = .readCommitted, _ body: (PostgresConnection) async throws -> T
     ) async throws -> T {
-        do {
-            try await execute("BEGIN ISOLATION LEVEL \(isolation.rawValue)")
-        } catch {
-            throw error.prefixed("BEGIN failed")
+        // BEGIN travels with the body's first statement (same hand-off, same round trip); a failure of it
+        // surfaces there as `BEGIN failed: ...`.
+        let begin = "BEGIN ISOLATION LEVEL \(isolation.rawValue)"
+        let alreadyDeferred = deferredBegin.withLock { pending in
+            defer { if pending == nil { pending = begin } }
+            return pending != nil
+        }
+        if alreadyDeferred {
+            // A transaction inside a transaction that has not started yet: start the outer one now, as
+            // BEGIN would have been sent before.
+            do {
+                try await execute(begin)
+            } catch {
+                throw error.prefixed("BEGIN failed")
+            }
         }
         let value: T
         do {
             value = try await body(self)
         } catch {
-            do {
-                try await execute("ROLLBACK")
-            } catch let rollbackError {
-                logger.error(
-                    "ROLLBACK failed after the transaction body threw",
-                    metadata: ["error": "\(rollbackError)", "bodyError": "\(String(reflecting: type(of: error)))"])
+            if !takeUnsentBegin() {
+                do {
+                    try await execute("ROLLBACK")
+                } catch let rollbackError {
+                    logger.error(
+                        "ROLLBACK failed after the transaction body threw",
+                        metadata: ["error": "\(rollbackError)", "bodyError": "\(String(reflecting: type(of: error)))"])
+                }
             }
             throw error
         }
+        // The body ran no statement: there is no transaction to commit.
+        if takeUnsentBegin() { return value }
         let tag: String
         do {
             tag = try await command("COMMIT")
@@ -51,5 +66,13 @@ extension PostgresConnection {
                 sqlState: "25P02")
         }
         return value
+    }
+
+    /// Removes a deferred BEGIN that no statement carried yet; `true` if there was one.
+    private func takeUnsentBegin() -> Bool {
+        deferredBegin.withLock { pending in
+            defer { pending = nil }
+            return pending != nil
+        }
     }
 }

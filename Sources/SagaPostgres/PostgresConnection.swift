@@ -12,6 +12,9 @@ public final class PostgresConnection: Sendable {
     private let queue: DispatchQueue
     private let confined: QueueConfined
     private let health: Mutex<PQConnection.Health>
+    /// A `BEGIN` deferred by ``withTransaction(isolation:_:)`` until the first statement, which carries it to
+    /// the connection's queue (one hand-off and one round trip for both).
+    let deferredBegin = Mutex<String?>(nil)
     let logger: Logger
     /// The server process id of this session (for `pg_terminate_backend`, `pg_stat_activity`).
     public let backendPID: Int32
@@ -56,12 +59,17 @@ public final class PostgresConnection: Sendable {
     func run<R: Sendable>(_ operation: @escaping @Sendable (PQConnection) throws(PostgresError) -> R)
         async throws(PostgresError) -> R
     {
+        let begin = deferredBegin.withLock { pending in
+            defer { pending = nil }
+            return pending
+        }
         let result: Result<R, PostgresError> = await withCheckedContinuation { continuation in
             queue.async { [self] in
                 guard let connection = confined.connection, connection.isOpen else {
                     continuation.resume(returning: .failure(.closed))
                     return
                 }
+                if let begin { connection.pendingBegin = begin }
                 let result = Result { () throws(PostgresError) in try operation(connection) }
                 let state = connection.health
                 health.withLock { $0 = state }
@@ -73,7 +81,10 @@ public final class PostgresConnection: Sendable {
 
     /// Runs one statement with bind parameters and returns its rows.
     ///
-    /// Values travel as text-format parameters (`$1`, `$2`, ...), never inside the SQL text.
+    /// Values travel as parameters (`$1`, `$2`, ...), never inside the SQL text: `[UInt8]`/`Data` in
+    /// binary format, the others as text. A statement with parameters is prepared on its first use on
+    /// this session and reused by its SQL text afterwards (up to 256 texts per session; more run
+    /// unprepared), so keep values out of the SQL text.
     /// - Throws: `.query` with the server's SQLSTATE when the statement fails; `.connection` when
     ///   the session broke (the connection is then unusable); `.closed` after ``close()``.
     @discardableResult
@@ -92,6 +103,29 @@ public final class PostgresConnection: Sendable {
         let binds = SendableBinds(binds)
         return try await run { connection throws(PostgresError) in
             try connection.execute(sql, binds.values, wantRows: false).affectedRows
+        }
+    }
+
+    /// Sends `statements` in one round trip (libpq pipeline mode) and returns their results in order.
+    ///
+    /// - Outside a transaction the statements form one implicit transaction: if one fails, none takes
+    ///   effect. Inside ``withTransaction(isolation:_:)`` (or after an explicit `BEGIN`) they run in that
+    ///   transaction, and a failure aborts it like any failing statement.
+    /// - The statements after a failing one are not run.
+    /// - Meant for a handful of statements (an API request, a worker batch's writes): every statement
+    ///   is sent before any result is read.
+    /// - Throws: the first failure, with its SQLSTATE, its message prefixed with its position
+    ///   (`statement 2 of 3: ...`); `.connection` when the session broke; `.closed` after ``close()``.
+    @discardableResult
+    public func pipeline(_ statements: [PostgresStatement]) async throws(PostgresError) -> [PostgresStatementResult] {
+        let statements = statements.map {
+            PQConnection.Statement(sql: $0.sql, binds: $0.binds, wantRows: true)
+        }
+        let carried = SendableStatements(statements)
+        return try await run { connection throws(PostgresError) in
+            try connection.pipeline(carried.values).map {
+                PostgresStatementResult(rows: $0.rows, affectedRows: $0.affectedRows, commandTag: $0.commandTag)
+            }
         }
     }
 
@@ -152,6 +186,34 @@ public final class PostgresConnection: Sendable {
 /// submitted to the owning ``PostgresConnection``'s serial queue, which orders every access.
 private final class QueueConfined: @unchecked Sendable {
     var connection: PQConnection?
+}
+
+/// One statement of a ``PostgresConnection/pipeline(_:)``.
+public struct PostgresStatement: Sendable {
+    public var sql: String
+    public var binds: [PostgresBind]
+
+    public init(_ sql: String, _ binds: [PostgresBind] = []) {
+        self.sql = sql
+        self.binds = binds
+    }
+}
+
+/// What one statement of a ``PostgresConnection/pipeline(_:)`` returned.
+public struct PostgresStatementResult: Sendable {
+    /// The rows (empty for a statement that returns none).
+    public var rows: [PostgresRow]
+    /// Rows affected (0 for statements that report no count).
+    public var affectedRows: Int
+    /// The command tag (`INSERT 0 1`, `SELECT 3`, ...).
+    public var commandTag: String
+}
+
+/// Pipeline statements, carried to the connection's queue; like ``SendableBinds``, safe because every
+/// bind is `Sendable`.
+struct SendableStatements: @unchecked Sendable {
+    let values: [PQConnection.Statement]
+    init(_ values: [PQConnection.Statement]) { self.values = values }
 }
 
 /// The caller's binds, carried to the connection's queue.

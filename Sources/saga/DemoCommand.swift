@@ -138,9 +138,10 @@ struct DemoCommand: AsyncParsableCommand {
         for r in charges { charged[try r.decode("id")] = try r.decode("charged") }
         let chargedOnce = placed.allSatisfy { s, id in (charged[id] ?? 0) == (s.expected == "CONFIRMED" ? 1 : 0) }
         checks.append(("each confirmed order charged exactly once, no other order charged", chargedOnce))
-        let completions = try await billing.query(
+        // Billing's outbox rows are deleted once published: count the distinct events orders received.
+        let completions = try await orders.query(
             """
-            SELECT count(*) AS n FROM saga_outbox WHERE event_type = 'payment.completed' AND saga_id = ANY($1::text[])
+            SELECT count(*) AS n FROM saga_inbox WHERE event_type = 'payment.completed' AND saga_id = ANY($1::text[])
             """, [PostgresArray(ids)])
         let completionEvents: Int = try completions.first?.decode("n") ?? -1
         checks.append(
@@ -166,7 +167,7 @@ struct DemoCommand: AsyncParsableCommand {
             for pool in pools {
                 pending +=
                     try await pool.query(
-                        "SELECT count(*) AS n FROM saga_outbox WHERE published_at IS NULL AND saga_id = ANY($1::text[])",
+                        "SELECT count(*) AS n FROM saga_outbox WHERE saga_id = ANY($1::text[])",
                         [PostgresArray(ids)]
                     ).first?.decode("n", as: Int.self) ?? 0
             }

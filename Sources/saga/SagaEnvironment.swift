@@ -17,7 +17,6 @@ struct SagaEnvironment: Sendable {
     var relayBatchSize: Int
     var relayMaxShards: Int
     var inboxRetention: Duration
-    var outboxRetention: Duration
     var fetchWaitMaxMs: Int
     var healthInterval: Duration
     var healthTimeout: Duration
@@ -80,7 +79,6 @@ struct SagaEnvironment: Sendable {
             relayMaxShards: try int(
                 "SAGA_RELAY_MAX_SHARDS", EngineMigrations.shardCount, 1...EngineMigrations.shardCount),
             inboxRetention: try duration("SAGA_INBOX_RETENTION", .seconds(7 * 86400)),
-            outboxRetention: try duration("SAGA_OUTBOX_RETENTION", .seconds(3600)),
             fetchWaitMaxMs: try int("SAGA_KAFKA_FETCH_WAIT_MAX_MS", 10, 1...10_000),
             healthInterval: try duration("SAGA_HEALTH_INTERVAL", .seconds(2), positive: true),
             healthTimeout: try duration("SAGA_HEALTH_TIMEOUT", .seconds(2), positive: true))
@@ -125,7 +123,7 @@ struct SagaEnvironment: Sendable {
         "SAGA_DATABASE_URL", "SAGA_ORDERS_DATABASE_URL", "SAGA_INVENTORY_DATABASE_URL", "SAGA_BILLING_DATABASE_URL",
         "SAGA_TRACKER_DATABASE_URL", "SAGA_TOPIC_PREFIX", "SAGA_HTTP_HOST", "SAGA_HTTP_PORT", "SAGA_OPS_PORT",
         "SAGA_ORDER_CREATED_VERSION", "SAGA_WORKER_BATCH_SIZE", "SAGA_RELAY_BATCH_SIZE", "SAGA_RELAY_MAX_SHARDS",
-        "SAGA_INBOX_RETENTION", "SAGA_OUTBOX_RETENTION", "SAGA_LOG_FORMAT", "SAGA_LOG_LEVEL", "SAGA_HEALTH_INTERVAL",
+        "SAGA_INBOX_RETENTION", "SAGA_LOG_FORMAT", "SAGA_LOG_LEVEL", "SAGA_HEALTH_INTERVAL",
         "SAGA_HEALTH_TIMEOUT",
         // scripts/ and the tests
         "SAGA_PG_PORT", "SAGA_PG_FSYNC", "SAGA_PG_DB", "SAGA_ROOT", "SAGA_LOCAL", "SAGA_PIDS", "SAGA_STARTED_PG",

@@ -39,7 +39,6 @@ struct Stack: Sendable {
         var configuration = RelayConfiguration(name: name, kafka: try env.kafka(), database: env.database(name))
         configuration.batchSize = env.relayBatchSize
         configuration.maxShards = env.relayMaxShards
-        configuration.retention = env.outboxRetention
         return OutboxRelay(configuration: configuration, logger: logger)
     }
 

@@ -290,7 +290,7 @@ extension TestStack {
         try await eventually("every outbox row published") {
             var pending = 0
             for s in Self.services {
-                pending += try await query(s, "SELECT count(*) AS n FROM saga_outbox WHERE published_at IS NULL")
+                pending += try await query(s, "SELECT count(*) AS n FROM saga_outbox")
                     .first!.decode("n", as: Int.self)
             }
             return pending == 0
@@ -313,8 +313,12 @@ extension TestStack {
                 "account \(try r.decode("customer_id", as: String.self)) \(try r.decode("used", as: Int64.self))")
         }
         for s in Self.services {
+            // Published rows are deleted, so the outbox holds only what is unpublished; the events a service
+            // received (its inbox) show whether a re-delivery made anything emit again.
             let n = try await query(s, "SELECT count(*) AS n FROM saga_outbox").first!.decode("n", as: Int.self)
             out.append("outbox \(s) \(n)")
+            let handled = try await query(s, "SELECT count(*) AS n FROM saga_inbox").first!.decode("n", as: Int.self)
+            out.append("inbox \(s) \(handled)")
         }
         return out
     }

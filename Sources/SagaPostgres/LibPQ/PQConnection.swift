@@ -109,28 +109,180 @@ final class PQConnection {
         var isHealthy: Bool { open && transaction != .failed && transaction != .unknown }
     }
 
-    /// Runs one statement with text-format parameters (`PQexecParams`).
+    /// Statement names of the statements prepared on this session, by SQL text.
+    private var prepared: [String: String] = [:]
+    private var preparedCount = 0
+    /// Past this many prepared statements, further SQL texts run unprepared (a caller that builds SQL text
+    /// with values in it must not grow the server's memory without bound).
+    static let maxPreparedStatements = 256
+
+    /// A `BEGIN` the owner deferred: it is sent together with the next statement (same hand-off, same
+    /// round trip), or never if no statement follows before `COMMIT`/`ROLLBACK`.
+    var pendingBegin: String?
+
+    /// How many statements this session has prepared (for tests).
+    var preparedStatementCount: Int { prepared.count }
+
+    struct Statement {
+        var sql: String
+        var binds: [PostgresBind]
+        var wantRows: Bool
+    }
+
+    /// Runs one statement. A statement with parameters is prepared once per session (`PQprepare`, keyed by
+    /// its SQL text) and then executed with `PQexecPrepared`; `[UInt8]`/`Data` parameters travel in binary
+    /// format, every other one as text. A deferred `BEGIN` goes in the same pipeline.
     func execute(_ sql: String, _ binds: [PostgresBind], wantRows: Bool) throws(PostgresError) -> QueryResult {
-        guard let conn else { throw PostgresError.closed }
-        let texts = binds.map { $0?.postgresText }
-        for (position, text) in texts.enumerated() where text?.utf8.contains(0) == true {
-            // The server would refuse it as 22021 (character_not_in_repertoire): report it the same way.
-            throw PostgresError(
-                kind: .query,
-                message: "parameter $\(position + 1) contains a NUL character, which PostgreSQL text cannot hold",
-                sqlState: "22021")
+        if pendingBegin != nil {
+            return try pipeline([Statement(sql: sql, binds: binds, wantRows: wantRows)])[0]
         }
-        let result: OpaquePointer? = withCStringArray(texts) { values in
-            values.withUnsafeBufferPointer { buffer in
-                PQexecParams(conn, sql, Int32(texts.count), nil, buffer.baseAddress, nil, nil, 0)
+        guard let conn else { throw PostgresError.closed }
+        let parameters = try EncodedParameters(binds)
+        let name = try preparedName(sql, parameters)
+        let result: OpaquePointer? = parameters.withPointers { values, lengths, formats, types in
+            if let name {
+                PQexecPrepared(conn, name, parameters.count, values, lengths, formats, 0)
+            } else {
+                PQexecParams(conn, sql, parameters.count, types, values, lengths, formats, 0)
             }
         }
-        return try consume(result, wantRows: wantRows)
+        do {
+            return try consume(result, wantRows: wantRows)
+        } catch {
+            forgetIfPlanChanged(sql, error)
+            // Outside a transaction the failed statement changed nothing: prepare it anew and run it once more,
+            // as an unprepared statement would have run.
+            if error.sqlState == "0A000", name != nil, PQtransactionStatus(conn) == PQTRANS_IDLE {
+                return try execute(sql, binds, wantRows: wantRows)
+            }
+            throw error
+        }
+    }
+
+    /// Sends `statements` (after a deferred `BEGIN`, if any) in one round trip in libpq pipeline mode and
+    /// returns their results in order. Outside a transaction block they form one implicit transaction.
+    /// - Throws: the first failure, its message prefixed with the statement's position (`statement 2 of 3:`);
+    ///   the statements after it did not run. A failing deferred `BEGIN` is reported as `BEGIN failed: ...`.
+    func pipeline(_ statements: [Statement]) throws(PostgresError) -> [QueryResult] {
+        guard let conn else { throw PostgresError.closed }
+        var all = statements
+        let begin = pendingBegin
+        if let begin { all.insert(Statement(sql: begin, binds: [], wantRows: false), at: 0) }
+        pendingBegin = nil
+        if all.isEmpty { return [] }
+        let encoded = try all.map { (statement) throws(PostgresError) in try EncodedParameters(statement.binds) }
+        var names: [String?] = []
+        for (statement, parameters) in zip(all, encoded) { names.append(try preparedName(statement.sql, parameters)) }
+
+        guard PQenterPipelineMode(conn) == 1 else { throw failure(nil) }
+        var sendFailure: PostgresError?
+        for (index, statement) in all.enumerated() {
+            let parameters = encoded[index]
+            let sent: Int32 = parameters.withPointers { values, lengths, formats, types in
+                if let name = names[index] {
+                    PQsendQueryPrepared(conn, name, parameters.count, values, lengths, formats, 0)
+                } else {
+                    PQsendQueryParams(conn, statement.sql, parameters.count, types, values, lengths, formats, 0)
+                }
+            }
+            if sent != 1 {
+                sendFailure = failure(nil)
+                break
+            }
+        }
+        if sendFailure == nil, PQpipelineSync(conn) != 1 { sendFailure = failure(nil) }
+        if let sendFailure {
+            // Nothing can be read back reliably: the session is unusable.
+            close()
+            throw PostgresError(kind: .connection, message: sendFailure.message, sqlState: sendFailure.sqlState)
+        }
+
+        var outcomes: [Result<QueryResult, PostgresError>] = []
+        for statement in all {
+            var outcome: Result<QueryResult, PostgresError>?
+            // One statement yields one result, then NULL.
+            while let result = PQgetResult(conn) {
+                if outcome == nil {
+                    if PQresultStatus(result) == PGRES_PIPELINE_ABORTED {
+                        PQclear(result)
+                        outcome = .failure(PostgresError(kind: .query, message: "not run: an earlier statement failed"))
+                    } else {
+                        outcome = Result { () throws(PostgresError) in try consume(result, wantRows: statement.wantRows)
+                        }
+                    }
+                } else {
+                    PQclear(result)
+                }
+            }
+            outcomes.append(outcome ?? .failure(failure(nil)))
+        }
+        // The sync point, then back to normal mode.
+        var synced = false
+        for _ in 0..<4 {
+            guard let result = PQgetResult(conn) else {
+                if PQstatus(conn) != CONNECTION_OK { break }
+                continue
+            }
+            let status = PQresultStatus(result)
+            PQclear(result)
+            if status == PGRES_PIPELINE_SYNC {
+                synced = true
+                break
+            }
+        }
+        if !synced || PQexitPipelineMode(conn) != 1 {
+            let cause = failure(nil)
+            close()
+            throw PostgresError(kind: .connection, message: "pipeline did not complete: \(cause.message)")
+        }
+
+        var results: [QueryResult] = []
+        let offset = begin == nil ? 0 : 1
+        for (index, outcome) in outcomes.enumerated() {
+            switch outcome {
+            case .success(let result): results.append(result)
+            case .failure(let error):
+                forgetIfPlanChanged(all[index].sql, error)
+                if index < offset { throw error.prefixed("BEGIN failed") }
+                throw error.prefixed("statement \(index - offset + 1) of \(statements.count)")
+            }
+        }
+        return Array(results[offset...])
+    }
+
+    /// The name of `sql`'s prepared statement, preparing it first if needed; `nil` for a statement without
+    /// parameters or once the cache is full (it then runs unprepared).
+    private func preparedName(_ sql: String, _ parameters: EncodedParameters) throws(PostgresError) -> String? {
+        guard let conn, parameters.count > 0 else { return nil }
+        if let name = prepared[sql] { return name }
+        guard prepared.count < Self.maxPreparedStatements else { return nil }
+        preparedCount += 1
+        let name = "saga_\(preparedCount)"
+        let result = parameters.withPointers { _, _, _, types in
+            PQprepare(conn, name, sql, parameters.count, types)
+        }
+        _ = try consume(result, wantRows: false)
+        prepared[sql] = name
+        return name
+    }
+
+    /// After a table's columns changed, a prepared `SELECT *` fails with 0A000 ("cached plan must not change
+    /// result type"): prepare the statement again next time.
+    private func forgetIfPlanChanged(_ sql: String, _ error: PostgresError) {
+        if error.sqlState == "0A000" { prepared[sql] = nil }
     }
 
     /// Runs a parameterless, possibly multi-statement script (`PQexec`).
     func executeScript(_ sql: String) throws(PostgresError) {
         guard let conn else { throw PostgresError.closed }
+        if let begin = pendingBegin {
+            pendingBegin = nil
+            do {
+                _ = try consume(PQexec(conn, begin), wantRows: false)
+            } catch {
+                throw error.prefixed("BEGIN failed")
+            }
+        }
         _ = try consume(PQexec(conn, sql), wantRows: false)
     }
 
@@ -286,6 +438,86 @@ final class PQConnection {
         } else {
             logger.debug(
                 "postgres notice", metadata: ["severity": "\(severity)", "message": "\(field(UInt8(ascii: "M")))"])
+        }
+    }
+}
+
+/// Bind parameters in libpq's form: text values as NUL-terminated copies, `[UInt8]`/`Data` as binary
+/// bytea (type OID 17, format 1). Owns the memory until it is released.
+final class EncodedParameters {
+    private var storage: [UnsafeMutableRawPointer?] = []
+    private var lengths: [Int32] = []
+    private var formats: [Int32] = []
+    private var types: [UInt32] = []
+    var count: Int32 { Int32(storage.count) }
+
+    private static let byteaOID: UInt32 = 17
+
+    init(_ binds: [PostgresBind]) throws(PostgresError) {
+        storage.reserveCapacity(binds.count)
+        for (position, bind) in binds.enumerated() {
+            guard let bind else {
+                append(nil, length: 0, format: 0, type: 0)
+                continue
+            }
+            if let bytes = bind as? [UInt8] {
+                appendBinary(bytes)
+            } else if let data = bind as? Data {
+                appendBinary(Array(data))
+            } else {
+                var text = bind.postgresText
+                let copy: UnsafeMutableRawPointer? = text.withUTF8 { utf8 in
+                    guard !utf8.contains(0) else { return nil }
+                    let memory = malloc(utf8.count + 1)!
+                    if let base = utf8.baseAddress { memcpy(memory, base, utf8.count) }
+                    memory.storeBytes(of: 0, toByteOffset: utf8.count, as: UInt8.self)
+                    return memory
+                }
+                guard let copy else {
+                    // The server would refuse it as 22021 (character_not_in_repertoire): report it the same way.
+                    throw PostgresError(
+                        kind: .query,
+                        message:
+                            "parameter $\(position + 1) contains a NUL character, which PostgreSQL text cannot hold",
+                        sqlState: "22021")
+                }
+                append(copy, length: 0, format: 0, type: 0)
+            }
+        }
+    }
+
+    deinit { for pointer in storage { free(pointer) } }
+
+    private func appendBinary(_ bytes: [UInt8]) {
+        let memory = malloc(max(bytes.count, 1))!
+        bytes.withUnsafeBytes { raw in
+            if let base = raw.baseAddress { memcpy(memory, base, bytes.count) }
+        }
+        append(memory, length: Int32(bytes.count), format: 1, type: Self.byteaOID)
+    }
+
+    private func append(_ pointer: UnsafeMutableRawPointer?, length: Int32, format: Int32, type: UInt32) {
+        storage.append(pointer)
+        lengths.append(length)
+        formats.append(format)
+        types.append(type)
+    }
+
+    /// Calls `body` with libpq's parameter arrays (values, lengths, formats, type OIDs).
+    func withPointers<R>(
+        _ body: (
+            UnsafePointer<UnsafePointer<CChar>?>?, UnsafePointer<Int32>?, UnsafePointer<Int32>?, UnsafePointer<Oid>?
+        ) -> R
+    ) -> R {
+        let values = storage.map { $0.map { UnsafePointer($0.assumingMemoryBound(to: CChar.self)) } }
+        return values.withUnsafeBufferPointer { v in
+            lengths.withUnsafeBufferPointer { l in
+                formats.withUnsafeBufferPointer { f in
+                    types.withUnsafeBufferPointer { t in
+                        body(v.baseAddress, l.baseAddress, f.baseAddress, t.baseAddress)
+                    }
+                }
+            }
         }
     }
 }
