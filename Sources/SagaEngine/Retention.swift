@@ -18,17 +18,6 @@ public enum Retention {
                 """)
     }
 
-    /// Deletes inbox rows handled more than `olderThan` ago. Returns how many were deleted.
-    @discardableResult
-    public static func cleanInbox(pool: PostgresPool, olderThan: Duration, logger: Logger) async -> Int {
-        await clean(
-            pool: pool, olderThan: olderThan, logger: logger, what: "inbox",
-            sql: """
-                DELETE FROM saga_inbox WHERE event_id IN (
-                    SELECT event_id FROM saga_inbox WHERE handled_at < now() - $1::interval LIMIT \(chunk))
-                """)
-    }
-
     private static func clean(pool: PostgresPool, olderThan: Duration, logger: Logger, what: String, sql: String)
         async -> Int
     {
