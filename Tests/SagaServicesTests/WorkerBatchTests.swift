@@ -3,6 +3,7 @@ import Logging
 import SagaKafka
 import SagaServices
 import SagaTestSupport
+import Synchronization
 import Testing
 
 @testable import SagaEngine
@@ -277,5 +278,65 @@ import Testing
         #expect(reasons.count == 2)
         // A dead-lettered event leaves no inbox row: redriven once fixed, it is handled, not skipped.
         #expect(inbox.count == 2)
+    }
+
+    @Test func perSagaOrderHoldsAcrossHandlersOfOneBatch() async throws {
+        let stack = try await TestStack()
+        // A per-event handler for order.created and a batch handler for the payment events: the worker calls
+        // them in waves so that no saga's event is handled before an earlier one of the same saga.
+        let calls = Mutex<[String]>([])
+        let created = EventHandler(eventType: OrderCreatedV2.eventType, version: 2) { event, _ in
+            calls.withLock { $0.append("created \(event.sagaId)") }
+            return []
+        }
+        let payments = BatchHandler(
+            versions: [PaymentFailed.eventType: 1, PaymentCompleted.eventType: 1]
+        ) { events, _ in
+            calls.withLock { $0.append("payments " + events.map { "\($0.type) \($0.sagaId)" }.joined(separator: ", ")) }
+            return []
+        }
+        let worker = Worker(
+            configuration: stack.workerConfiguration("inventory"), handlers: [created] + payments.eventHandlers,
+            upcasters: sagaUpcasters, migrations: [], logger: stack.logger)
+        let pool = PostgresPool(
+            configuration: stack.databases["inventory"]!.configuration, size: 1, logger: stack.logger)
+        let codec = EventCodec(upcasters: [], topics: stack.topics)
+        func order(_ saga: String) throws -> KafkaOutgoingMessage {
+            try codec.encode(
+                OutgoingEvent(
+                    OrderCreatedV2(
+                        orderId: UUID().uuidString.lowercased(), customerId: "alice",
+                        total: Money(amount: 1, currency: "EUR"),
+                        lines: [.init(sku: "widget", quantity: 1, unitPrice: nil)]),
+                    sagaId: saga, producer: "orders", causedBy: nil))
+        }
+        func payment(_ saga: String, completed: Bool) throws -> KafkaOutgoingMessage {
+            let amount = Money(amount: 1, currency: "EUR")
+            let id = UUID().uuidString.lowercased()
+            return try codec.encode(
+                completed
+                    ? OutgoingEvent(
+                        PaymentCompleted(orderId: id, customerId: "alice", paymentId: id, amount: amount), sagaId: saga,
+                        producer: "billing", causedBy: nil)
+                    : OutgoingEvent(
+                        PaymentFailed(orderId: id, customerId: "alice", reason: .unknownCustomer, amount: amount),
+                        sagaId: saga, producer: "billing", causedBy: nil))
+        }
+        let batch = try await Self.throughBroker(
+            stack,
+            [
+                try order("A"), try payment("B", completed: false), try order("B"), try payment("A", completed: true),
+                try order("C"),
+            ])
+        #expect(await worker.process(batch, pool: pool))
+        let handled = worker.stats.handled
+        await pool.close()
+        await stack.stop()
+
+        #expect(handled == 5)
+        #expect(
+            calls.withLock { $0 } == [
+                "created A", "created C", "payments payment.failed B", "created B", "payments payment.completed A",
+            ])
     }
 }
