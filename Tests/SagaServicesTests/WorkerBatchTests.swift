@@ -339,4 +339,69 @@ import Testing
                 "created A", "created C", "payments payment.failed B", "created B", "payments payment.completed A",
             ])
     }
+
+    @Test func offsetsAreCommittedInTheBackgroundOnlyOnceTheTransactionCommitted() async throws {
+        let stack = try await TestStack()
+        stack.startRelay("orders")
+        try stack.startWorker("inventory")
+        // Another session holds a lock the inventory batch needs, so its transaction cannot commit.
+        let blocker = PostgresPool(
+            configuration: stack.databases["inventory"]!.configuration, size: 1, logger: stack.logger)
+        let (release, releaser) = AsyncStream<Void>.makeStream()
+        let (locked, lockedSignal) = AsyncStream<Void>.makeStream()
+        let holding = Task {
+            try await blocker.withTransaction { c in
+                try await c.execute("LOCK TABLE stock IN ACCESS EXCLUSIVE MODE")
+                lockedSignal.yield()
+                for await _ in release { break }
+            }
+        }
+        for await _ in locked { break }
+        let id = try await stack.place("alice", [("widget", 1)])
+        let topic = stack.topics.topic(for: "order.created")
+        let partitions = (0..<4).map { KafkaTopicPartition(topic: topic, partition: Int32($0)) }
+        func committed() async throws -> Int64 {
+            let offsets = try await Self.committed(stack, partitions)
+            return offsets.reduce(0) { $0 + max(0, $1) }
+        }
+        try await stack.eventually("the inventory batch waits for the lock") {
+            try await !stack.query(
+                "inventory",
+                "SELECT 1 FROM pg_locks WHERE relation = 'stock'::regclass AND NOT granted"
+            ).isEmpty
+        }
+        try await Task.sleep(for: .milliseconds(500))
+        let whileBlocked = try await committed()
+        releaser.yield()
+        try await holding.value
+        try await stack.eventually("inventory reserved the order") {
+            try await !stack.query(
+                "inventory", "SELECT 1 FROM reservations WHERE order_id = $1", [UUID(uuidString: id)]
+            )
+            .isEmpty
+        }
+        // Committed in the background while the worker keeps running (not only when it stops).
+        var afterCommit: Int64 = 0
+        try await stack.eventually("the offset is committed", timeout: .seconds(20)) {
+            afterCommit = try await committed()
+            return afterCommit == 1
+        }
+        let running = stack.worker("inventory") != nil
+        await blocker.close()
+        await stack.stop()
+
+        #expect(whileBlocked == 0)
+        #expect(afterCommit == 1)
+        #expect(running)
+    }
+
+    /// The group's committed offsets (next offset to read; negative when none), read from outside the group.
+    static func committed(_ stack: TestStack, _ partitions: [KafkaTopicPartition]) async throws -> [Int64] {
+        let client = try KafkaConsumer(
+            configuration: stack.kafka.consumer(groupId: stack.topics.group("inventory"), clientId: "test"),
+            logger: stack.logger)
+        let offsets = try await client.committed(partitions, timeout: .seconds(10))
+        await client.close()
+        return offsets.map(\.offset)
+    }
 }
