@@ -191,7 +191,9 @@ public struct JSONSchema: Sendable {
 
 /// Escapes one reference token of a JSON pointer (RFC 6901): `~` → `~0`, `/` → `~1`.
 func escapePointerToken(_ token: String) -> String {
-    token.replacingOccurrences(of: "~", with: "~0").replacingOccurrences(of: "/", with: "~1")
+    // Most tokens need no escaping: skip the (slow) replacing then, as validation builds a path per member.
+    guard token.utf8.contains(where: { $0 == UInt8(ascii: "~") || $0 == UInt8(ascii: "/") }) else { return token }
+    return token.replacingOccurrences(of: "~", with: "~0").replacingOccurrences(of: "/", with: "~1")
 }
 
 /// The seven JSON Schema type names.

@@ -64,6 +64,10 @@ public struct EventEncodingError: Error, Sendable, CustomStringConvertible {
 extension JSONValue {
     /// Encodes any `Encodable` as a JSON value (dates as RFC 3339 with microseconds).
     public init<T: Encodable>(encoding value: T) throws {
+        if let direct = try? JSONValueEncoder.encode(value) {
+            self = direct
+            return
+        }
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
         encoder.dateEncodingStrategy = .custom { date, encoder in
@@ -75,6 +79,7 @@ extension JSONValue {
 
     /// Decodes this value as `T`.
     public func decode<T: Decodable>(_ type: T.Type) throws(EventDecodingError) -> T {
+        if let direct = try? JSONValueDecoder.decode(type, from: self) { return direct }
         do {
             return try JSONDecoder().decode(T.self, from: Data(serialized()))
         } catch {

@@ -3,8 +3,9 @@ import Logging
 import SagaPostgres
 import Tracing
 
-/// What a handler has at hand: the event's transaction (its own savepoint inside the batch transaction),
-/// the service it runs in, and a way to emit follow-up events of the same saga.
+/// What a handler has at hand: the event's transaction (the batch's transaction; its own savepoint inside
+/// it when the batch is run one event at a time after a poison event), the service it runs in, and a way
+/// to emit follow-up events of the same saga.
 public struct HandlerContext: Sendable {
     /// The connection of the transaction the handler's state change, the outbox rows and the inbox
     /// record commit in together. Handlers must not commit or roll back themselves.
@@ -33,10 +34,16 @@ public typealias HandlerFunction = @Sendable (IncomingEvent, HandlerContext) asy
 public typealias HandlerMiddleware = @Sendable (@escaping HandlerFunction) -> HandlerFunction
 
 /// Handles one event type, written for one version of it (older versions are upcast first).
+///
+/// The worker calls `handle` once per event, in consumption order, inside the batch's transaction. A handler
+/// made by ``BatchHandler/eventHandlers`` also has a batch form (``batch``), which the worker calls once
+/// for all the batch's events of its types; `handle` then calls the batch form with one event.
 public struct EventHandler: Sendable {
     public var eventType: String
     public var version: Int
     public var handle: HandlerFunction
+    /// The batch form of this handler, if it has one.
+    public var batch: BatchHandler?
 
     public init(eventType: String, version: Int, handle: @escaping HandlerFunction) {
         self.eventType = eventType

@@ -6,24 +6,50 @@ import SagaPostgres
 /// Writes Kafka messages into the outbox table inside the caller's transaction.
 /// Nothing is published here: the relay publishes rows once their transaction committed.
 public enum Outbox {
-    /// Appends `messages` to the outbox of the connection's schema, in order.
+    /// Appends `messages` to the outbox of the connection's schema, in order, in one statement
+    /// (however many there are). Rows get ids in the order given, so one saga's rows keep their order.
     /// - Parameters:
     ///   - sagaId: the saga each message belongs to; it picks the shard, so one saga's rows keep their order.
+    ///     An empty `eventType` is stored as NULL, like a nil one.
     /// - Throws: `PostgresError`.
     public static func append(
         _ messages: [(sagaId: String, eventId: UUID?, eventType: String?, message: KafkaOutgoingMessage)],
         on connection: PostgresConnection
     ) async throws(PostgresError) {
-        for m in messages {
-            try await connection.execute(
-                """
-                INSERT INTO saga_outbox (shard, saga_id, event_id, event_type, topic, key, headers, payload)
-                VALUES ((hashtext($1) & 2147483647) % \(EngineMigrations.shardCount), $1, $2, $3, $4, $5, $6::jsonb, $7)
-                """,
-                [
-                    m.sagaId, m.eventId, m.eventType, m.message.topic, m.message.key,
-                    String(decoding: encodeHeaders(m.message.headers), as: UTF8.self), m.message.value,
-                ])
+        guard !messages.isEmpty else { return }
+        try await connection.execute(
+            """
+            INSERT INTO saga_outbox (shard, saga_id, event_id, event_type, topic, key, headers, payload)
+            SELECT (hashtext(m.saga_id) & 2147483647) % \(EngineMigrations.shardCount), m.saga_id,
+                   NULLIF(m.event_id, '')::uuid, NULLIF(m.event_type, ''), m.topic,
+                   CASE WHEN m.has_key = 1 THEN decode(m.key, 'hex') END, m.headers::jsonb, decode(m.payload, 'hex')
+            FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::text[], $7::text[], $8::text[])
+                 WITH ORDINALITY AS m(saga_id, event_id, event_type, topic, has_key, key, headers, payload, n)
+            ORDER BY m.n
+            """,
+            [
+                TextArray(messages.map(\.sagaId)),
+                TextArray(messages.map { $0.eventId.map { $0.uuidString.lowercased() } ?? "" }),
+                TextArray(messages.map { $0.eventType ?? "" }),
+                TextArray(messages.map(\.message.topic)),
+                PostgresArray(messages.map { $0.message.key == nil ? 0 : 1 }),
+                TextArray(messages.map { hex($0.message.key ?? []) }),
+                TextArray(messages.map { String(decoding: encodeHeaders($0.message.headers), as: UTF8.self) }),
+                TextArray(messages.map { hex($0.message.value) }),
+            ])
+    }
+
+    /// Lower-case hexadecimal digits of `bytes`, for `decode(…, 'hex')`.
+    static func hex(_ bytes: [UInt8]) -> String {
+        let digits: [UInt8] = Array("0123456789abcdef".utf8)
+        return String(unsafeUninitializedCapacity: bytes.count * 2) { buffer in
+            var i = 0
+            for b in bytes {
+                buffer[i] = digits[Int(b >> 4)]
+                buffer[i + 1] = digits[Int(b & 0x0f)]
+                i += 2
+            }
+            return i
         }
     }
 

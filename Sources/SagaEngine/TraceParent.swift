@@ -48,21 +48,44 @@ public enum TraceParent {
     }
 
     public static func isValid(_ value: String) -> Bool {
-        let parts = value.split(separator: "-", omittingEmptySubsequences: false)
-        guard parts.count == 4, parts.map(\.count) == [2, 32, 16, 2] else { return false }
-        let hexDigits = Set("0123456789abcdef")
-        guard value.allSatisfy({ $0 == "-" || hexDigits.contains($0) }) else { return false }
-        return parts[1] != String(repeating: "0", count: 32) && parts[2] != String(repeating: "0", count: 16)
+        // version(2)-traceid(32)-spanid(16)-flags(2), lower-case hex; ids not all zero. Checked byte by byte:
+        // every emitted event checks its cause's traceparent.
+        var value = value
+        return value.withUTF8 { isValid($0) }
     }
 
+    private static func isValid(_ bytes: UnsafeBufferPointer<UInt8>) -> Bool {
+        guard bytes.count == 55, bytes[2] == UInt8(ascii: "-"), bytes[35] == UInt8(ascii: "-"),
+            bytes[52] == UInt8(ascii: "-")
+        else { return false }
+        var traceNonZero = false
+        var spanNonZero = false
+        for (i, b) in bytes.enumerated() where i != 2 && i != 35 && i != 52 {
+            guard
+                (b >= UInt8(ascii: "0") && b <= UInt8(ascii: "9")) || (b >= UInt8(ascii: "a") && b <= UInt8(ascii: "f"))
+            else { return false }
+            if b != UInt8(ascii: "0") {
+                if i > 2 && i < 35 { traceNonZero = true }
+                if i > 35 && i < 52 { spanNonZero = true }
+            }
+        }
+        return traceNonZero && spanNonZero
+    }
+
+    /// `bytes` random bytes as lower-case hex (8 bytes per draw from the system generator).
     private static func hex(_ bytes: Int) -> String {
         var generator = SystemRandomNumberGenerator()
-        var out = ""
-        for _ in 0..<bytes {
-            let b = UInt8.random(in: 0...255, using: &generator)
-            out += String(b, radix: 16).count == 1 ? "0" + String(b, radix: 16) : String(b, radix: 16)
+        let digits = Array("0123456789abcdef".utf8)
+        var out: [UInt8] = []
+        out.reserveCapacity(bytes * 2)
+        var word: UInt64 = 0
+        for i in 0..<bytes {
+            if i % 8 == 0 { word = generator.next() }
+            let b = UInt8(truncatingIfNeeded: word >> (UInt64(i % 8) * 8))
+            out.append(digits[Int(b >> 4)])
+            out.append(digits[Int(b & 0x0f)])
         }
-        return out
+        return String(decoding: out, as: UTF8.self)
     }
 }
 

@@ -19,6 +19,7 @@ public struct WorkerConfiguration: Sendable {
     public var retry = RetryPolicy()
     /// Inbox rows older than this are deleted; replay past this horizon can no longer be deduplicated.
     public var inboxRetention: Duration = .seconds(7 * 24 * 3600)
+    /// How often inbox retention runs (on its own task and connection; each run deletes until caught up).
     public var cleanupInterval: Duration = .seconds(60)
     /// How often the consumer lag gauge is refreshed.
     public var lagInterval: Duration = .seconds(5)
@@ -38,34 +39,55 @@ public struct WorkerStats: Sendable, Hashable {
     public var deadLettered = 0
     public var retries = 0
     public var batches = 0
+    /// Batches run one event at a time (each in a savepoint) because a handler failed for good on one.
+    public var isolated = 0
 }
 
-/// The worker runtime: consume → one transaction (inbox check + handler + outbox rows + inbox record)
-/// → commit → commit the offsets.
+/// The worker runtime: consume → one transaction (inbox + handlers + outbox rows) → commit → commit the
+/// offsets in the background.
 ///
-/// - Effectively once: the inbox row and the handler's writes commit together, so a redelivered event
-///   is acknowledged and skipped.
-/// - Nothing lost: offsets are committed only after the transaction committed; a retriable failure
-///   (database down, serialization failure) rolls the batch back and retries it with backoff.
+/// - Set-based: a batch is one transaction with one inbox insert for all its events, one call per batch
+///   handler (``BatchHandler``) or one call per event (a plain ``EventHandler``), and one outbox insert.
+///   Per saga, events are handled in the order they were consumed, also across handlers.
+/// - Effectively once: the inbox rows and the handlers' writes commit together, so a redelivered event
+///   (or one delivered twice in a batch) is acknowledged and skipped.
+/// - Nothing lost: offsets are committed only after the transaction committed (asynchronously: a lost
+///   commit means a redelivery, which the inbox absorbs); a retriable failure (database down,
+///   serialization failure, deadlock) rolls the batch back and retries it with backoff.
 /// - Poison events (undecodable, schema-invalid, unknown version, rejected by the handler) are written
-///   as dead letters through the outbox, in the same transaction, and the partition moves on.
+///   as dead letters through the outbox, in the same transaction, and the partition moves on. When a
+///   handler fails for good, the batch is rolled back and run again one event at a time, each in its
+///   own savepoint, so only the poison event is dead-lettered.
+/// - The next poll runs while the transaction does; inbox retention runs on its own task and connection.
 public final class Worker: Service, Sendable {
     public let configuration: WorkerConfiguration
     private let handlers: [String: EventHandler]
+    /// The batch forms of the handlers that have one (wrapped in the batch middleware), by identity.
+    private let batchHandlers: [ObjectIdentifier: BatchHandler]
     private let codec: EventCodec
     private let migrations: [PostgresMigration]
     private let logger: Logger
     private let state = Mutex(WorkerStats())
     private let metrics: WorkerMetrics
 
+    /// - Parameters:
+    ///   - middleware: wraps every per-event call: plain handlers, and batch handlers when a batch is run
+    ///     one event at a time after a poison event.
+    ///   - batchMiddleware: wraps every call of a batch handler's batch form.
     public init(
         configuration: WorkerConfiguration, handlers: [EventHandler], upcasters: [Upcaster],
         migrations: [PostgresMigration], middleware: [HandlerMiddleware] = [tracingMiddleware, loggingMiddleware],
+        batchMiddleware: [BatchHandlerMiddleware] = [batchTracingMiddleware, batchLoggingMiddleware],
         logger: Logger
     ) {
         self.configuration = configuration
         self.handlers = Dictionary(
             handlers.map { ($0.eventType, $0.wrapped(in: middleware)) }, uniquingKeysWith: { a, _ in a })
+        var batchHandlers: [ObjectIdentifier: BatchHandler] = [:]
+        for handler in self.handlers.values {
+            if let batch = handler.batch { batchHandlers[ObjectIdentifier(batch.identity)] = batch }
+        }
+        self.batchHandlers = batchHandlers.mapValues { $0.wrapped(in: batchMiddleware) }
         self.codec = EventCodec(upcasters: upcasters, topics: configuration.topics)
         self.migrations = migrations
         self.metrics = WorkerMetrics(service: configuration.name)
@@ -84,7 +106,7 @@ public final class Worker: Service, Sendable {
     /// - Throws: when the database cannot be prepared or the consumer cannot be created.
     public func run() async throws {
         try await configuration.database.prepare(migrations: migrations, logger: logger)
-        let pool = PostgresPool(configuration: configuration.database.configuration, size: 2, logger: logger)
+        let pool = PostgresPool(configuration: configuration.database.configuration, size: 1, logger: logger)
         let consumer = try KafkaConsumer(
             configuration: configuration.kafka.consumer(
                 groupId: configuration.topics.group(configuration.name), clientId: "saga-\(configuration.name)"),
@@ -100,61 +122,78 @@ public final class Worker: Service, Sendable {
             }
         }
         defer { lagReporter.cancel() }
+        // Inbox retention on its own task and connection: never on the hot loop.
+        let retention = Task { [configuration, logger] in
+            let retentionPool = PostgresPool(
+                configuration: configuration.database.configuration, size: 1, logger: logger)
+            while !Task.isCancelled {
+                try? await Task.sleep(for: configuration.cleanupInterval)
+                if Task.isCancelled { break }
+                await Retention.cleanInbox(
+                    pool: retentionPool, olderThan: configuration.inboxRetention, logger: logger)
+            }
+            await retentionPool.close()
+        }
+        let committer = OffsetCommitter(consumer: consumer, retry: configuration.retry, logger: logger)
 
-        var lastCleanup = ContinuousClock.now
-        var pollFailures = 0
-        while !Task.isShuttingDownGracefully && !Task.isCancelled {
-            let batch: [KafkaMessage]
-            do {
-                batch = try await consumer.poll(
-                    maxMessages: configuration.batchSize, timeout: configuration.pollTimeout)
-                pollFailures = 0
-            } catch {
-                if error.isFatal {
-                    await consumer.close()
-                    await pool.close()
-                    throw error
+        let maxMessages = configuration.batchSize
+        let timeout = configuration.pollTimeout
+        func startPoll() -> Task<Result<[KafkaMessage], KafkaError>, Never> {
+            Task {
+                do throws(KafkaError) {
+                    return .success(try await consumer.poll(maxMessages: maxMessages, timeout: timeout))
+                } catch {
+                    return .failure(error)
                 }
+            }
+        }
+        var prefetched: Task<Result<[KafkaMessage], KafkaError>, Never>? = nil
+        var pollFailures = 0
+        var failure: (any Error)? = nil
+        loop: while !Task.isShuttingDownGracefully && !Task.isCancelled {
+            // A poll started while the last transaction ran has collected only what was there then.
+            let overlapped = prefetched != nil
+            let polled = await (prefetched ?? startPoll()).value
+            prefetched = nil
+            var batch: [KafkaMessage]
+            switch polled {
+            case .success(let messages):
+                batch = messages
+                pollFailures = 0
+            case .failure(let error) where error.isFatal:
+                failure = error
+                break loop
+            case .failure(let error):
                 pollFailures += 1
                 logger.warning("poll failed", metadata: ["error": "\(error)"])
                 try? await Task.sleep(for: configuration.retry.delay(attempt: pollFailures))
-                continue
+                continue loop
             }
-            if !batch.isEmpty {
-                for message in batch { metrics.type(eventType(of: message)).consumed.increment() }
-                guard await process(batch, pool: pool) else { break }  // shutting down mid-retry: not committed
-                await commitOffsets(after: batch, consumer: consumer)
+            if batch.isEmpty { continue }
+            if overlapped && batch.count < maxMessages {
+                batch += await consumer.pollAvailable(maxMessages: maxMessages - batch.count)
             }
-            if ContinuousClock.now - lastCleanup >= configuration.cleanupInterval {
-                lastCleanup = .now
-                await Retention.cleanInbox(pool: pool, olderThan: configuration.inboxRetention, logger: logger)
-            }
+            for message in batch { metrics.type(eventType(of: message)).consumed.increment() }
+            prefetched = startPoll()  // runs while the transaction does
+            guard await process(batch, pool: pool) else { break }  // shutting down mid-retry: not committed
+            committer.handled(batch)
         }
+        // Messages a poll prefetched are not handled: their offsets are not committed, so they are redelivered.
+        _ = await prefetched?.value
+        retention.cancel()
+        await committer.flush()
         await consumer.close()
         await pool.close()
-    }
-
-    /// Commits offsets, retrying retriable failures a few times. A lost commit only means a redelivery,
-    /// which the inbox absorbs.
-    private func commitOffsets(after batch: [KafkaMessage], consumer: KafkaConsumer) async {
-        for attempt in 1...5 {
-            do {
-                try await consumer.commit(after: batch)
-                return
-            } catch {
-                logger.warning("offset commit failed", metadata: ["error": "\(error)", "attempt": "\(attempt)"])
-                if !error.isRetriable { return }
-                try? await Task.sleep(for: configuration.retry.delay(attempt: attempt))
-            }
-        }
+        _ = await retention.value
+        if let failure { throw failure }
     }
 
     /// Handles `batch` in one transaction, retrying the whole batch on retriable failures until it commits.
     /// Returns false if shutdown began while retrying (the batch is then left uncommitted, to be redelivered).
     ///
-    /// The fast path runs the batch without savepoints. When a handler fails for good, the transaction is
-    /// rolled back and the batch runs again with a savepoint per event, so only the poison event is undone
-    /// and dead-lettered.
+    /// The fast path runs the batch set-based without savepoints. When a handler fails for good, the
+    /// transaction is rolled back and the batch runs again one event at a time with a savepoint per event,
+    /// so only the poison event is undone and dead-lettered.
     func process(_ batch: [KafkaMessage], pool: PostgresPool) async -> Bool {
         var attempt = 0
         var isolate = false
@@ -162,13 +201,16 @@ public final class Worker: Service, Sendable {
             let started = ContinuousClock.now
             do {
                 let outcome = try await pool.withTransaction { [isolate] connection in
-                    try await self.handle(batch, on: connection, isolate: isolate)
+                    isolate
+                        ? try await self.handleIsolated(batch, on: connection)
+                        : try await self.handle(batch, on: connection)
                 }
                 state.withLock {
                     $0.handled += outcome.total(\.handled)
                     $0.duplicates += outcome.total(\.duplicates)
                     $0.deadLettered += outcome.total(\.deadLettered)
                     $0.batches += 1
+                    if isolate { $0.isolated += 1 }
                 }
                 for (type, counts) in outcome.byType {
                     let m = metrics.type(type)
@@ -203,7 +245,8 @@ public final class Worker: Service, Sendable {
             var handled = 0
             var duplicates = 0
             var deadLettered = 0
-            /// How long each handled event's handler took (recorded only once the batch committed).
+            /// How long each handled event's handler took (recorded only once the batch committed); for a
+            /// batch call, its time shared evenly among its events.
             var handlerDurations: [Duration] = []
         }
         var byType: [String: Counts] = [:]
@@ -216,22 +259,136 @@ public final class Worker: Service, Sendable {
         configuration.topics.eventType(ofTopic: message.topic) ?? message.topic
     }
 
-    private func handle(_ batch: [KafkaMessage], on connection: PostgresConnection, isolate: Bool) async throws
-        -> Outcome
-    {
+    /// A decoded message and the handler it goes to.
+    private struct Decoded: Sendable {
+        let message: KafkaMessage
+        let handler: EventHandler
+        let event: IncomingEvent
+    }
+
+    /// The set-based path: one inbox insert, one call per handler group (see ``schedule(_:)``), one outbox
+    /// insert. Any failure for good becomes `NeedsIsolation`.
+    private func handle(_ batch: [KafkaMessage], on connection: PostgresConnection) async throws -> Outcome {
+        var outcome = Outcome()
+        var decoded: [Decoded] = []
+        decoded.reserveCapacity(batch.count)
+        var seen = Set<UUID>()
+        for message in batch {
+            let handler: EventHandler
+            let event: IncomingEvent
+            do {
+                (handler, event) = try decode(message)
+            } catch {
+                // Nothing was written for this message: dead-letter it without a savepoint.
+                if try await deadLetter(message, reason: error.reason, on: connection) {
+                    outcome.byType[eventType(of: message), default: .init()].deadLettered += 1
+                }
+                continue
+            }
+            guard seen.insert(event.id).inserted else {
+                EventLog.logger(logger, for: event.envelope).debug("duplicate skipped (twice in one batch)")
+                outcome.byType[event.type, default: .init()].duplicates += 1
+                continue
+            }
+            decoded.append(Decoded(message: message, handler: handler, event: event))
+        }
+        guard !decoded.isEmpty else { return outcome }
+        do {
+            let new = try await Inbox.record(decoded.map { ($0.event, $0.message) }, on: connection)
+            var fresh: [Decoded] = []
+            fresh.reserveCapacity(decoded.count)
+            for d in decoded {
+                if new.contains(d.event.id) {
+                    fresh.append(d)
+                } else {
+                    EventLog.logger(logger, for: d.event.envelope).debug("duplicate skipped")
+                    outcome.byType[d.event.type, default: .init()].duplicates += 1
+                }
+            }
+            var emitted: [OutgoingEvent] = []
+            for group in Self.schedule(fresh) {
+                if let identity = group[0].handler.batch?.identity,
+                    let batch = batchHandlers[ObjectIdentifier(identity)]
+                {
+                    let context = BatchHandlerContext(
+                        connection: connection, service: configuration.name, logger: logger)
+                    let started = ContinuousClock.now
+                    emitted += try await batch.handle(group.map(\.event), context)
+                    let share = (ContinuousClock.now - started) / group.count
+                    for d in group {
+                        outcome.byType[d.event.type, default: .init()].handled += 1
+                        outcome.byType[d.event.type, default: .init()].handlerDurations.append(share)
+                    }
+                } else {
+                    for d in group {
+                        let context = HandlerContext(
+                            connection: connection, service: configuration.name, event: d.event,
+                            logger: EventLog.logger(logger, for: d.event.envelope))
+                        let started = ContinuousClock.now
+                        emitted += try await d.handler.handle(d.event, context)
+                        outcome.byType[d.event.type, default: .init()].handled += 1
+                        outcome.byType[d.event.type, default: .init()].handlerDurations.append(
+                            ContinuousClock.now - started)
+                    }
+                }
+            }
+            var rows: [(sagaId: String, eventId: UUID?, eventType: String?, message: KafkaOutgoingMessage)] = []
+            rows.reserveCapacity(emitted.count)
+            for out in emitted {
+                rows.append((out.envelope.sagaId, out.envelope.id, out.envelope.type, try codec.encode(out)))
+            }
+            try await Outbox.append(rows, on: connection)
+        } catch {
+            if Self.permanentReason(error) != nil { throw NeedsIsolation() }
+            throw error
+        }
+        return outcome
+    }
+
+    /// Who handles an event: a batch handler (all its types together) or a plain handler (its type).
+    private enum Unit: Hashable {
+        case batch(ObjectIdentifier)
+        case single(String)
+    }
+
+    /// The handler calls for `events`, in the order to make them: each is one unit's events (in consumption
+    /// order). Calls come in waves: an event goes into the wave of its saga's previous event when that went
+    /// to the same unit, else into the next wave; within a wave no saga has events in two units, so per
+    /// saga events are handled in consumption order however the units are called.
+    private static func schedule(_ events: [Decoded]) -> [[Decoded]] {
+        var waves: [[(unit: Unit, events: [Decoded])]] = []
+        var last: [String: (wave: Int, unit: Unit)] = [:]
+        for d in events {
+            let unit: Unit =
+                d.handler.batch.map { .batch(ObjectIdentifier($0.identity)) } ?? .single(d.handler.eventType)
+            var wave = 0
+            if let previous = last[d.event.sagaId] { wave = previous.unit == unit ? previous.wave : previous.wave + 1 }
+            last[d.event.sagaId] = (wave, unit)
+            while waves.count <= wave { waves.append([]) }
+            if let i = waves[wave].firstIndex(where: { $0.unit == unit }) {
+                waves[wave][i].events.append(d)
+            } else {
+                waves[wave].append((unit, [d]))
+            }
+        }
+        return waves.flatMap { $0.map(\.events) }
+    }
+
+    /// The fallback path after a poison event: one event at a time, each in its own savepoint, so that a
+    /// failure for good undoes and dead-letters only its event.
+    private func handleIsolated(_ batch: [KafkaMessage], on connection: PostgresConnection) async throws -> Outcome {
         var outcome = Outcome()
         for message in batch {
             let decoded: (EventHandler, IncomingEvent)
             do {
                 decoded = try decode(message)
             } catch {
-                // Nothing was written for this message yet: dead-letter it without a savepoint.
                 if try await deadLetter(message, reason: error.reason, on: connection) {
                     outcome.byType[eventType(of: message), default: .init()].deadLettered += 1
                 }
                 continue
             }
-            if isolate { try await connection.execute("SAVEPOINT saga_event") }
+            try await connection.execute("SAVEPOINT saga_event")
             do {
                 switch try await handleOne(decoded.1, with: decoded.0, from: message, on: connection) {
                 case .handled(let took):
@@ -239,10 +396,9 @@ public final class Worker: Service, Sendable {
                     outcome.byType[eventType(of: message), default: .init()].handlerDurations.append(took)
                 case .duplicate: outcome.byType[eventType(of: message), default: .init()].duplicates += 1
                 }
-                if isolate { try await connection.execute("RELEASE SAVEPOINT saga_event") }
+                try await connection.execute("RELEASE SAVEPOINT saga_event")
             } catch let failure {
                 guard let reason = Self.permanentReason(failure) else { throw failure }
-                guard isolate else { throw NeedsIsolation() }
                 try await connection.execute("ROLLBACK TO SAVEPOINT saga_event")
                 if try await deadLetter(message, reason: reason, on: connection) {
                     outcome.byType[eventType(of: message), default: .init()].deadLettered += 1
@@ -270,14 +426,8 @@ public final class Worker: Service, Sendable {
         _ event: IncomingEvent, with handler: EventHandler, from message: KafkaMessage,
         on connection: PostgresConnection
     ) async throws -> OneOutcome {
-        let inserted = try await connection.execute(
-            """
-            INSERT INTO saga_inbox (event_id, event_type, saga_id, source_topic, source_partition, source_offset)
-            VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (event_id) DO NOTHING
-            """,
-            [event.id, event.type, event.sagaId, message.topic, Int(message.partition), message.offset])
         let logger = EventLog.logger(self.logger, for: event.envelope)
-        if inserted == 0 {
+        guard try await !Inbox.record([(event, message)], on: connection).isEmpty else {
             logger.debug("duplicate skipped")
             return .duplicate
         }

@@ -86,6 +86,22 @@ public final class KafkaConsumer: Sendable {
         return messages
     }
 
+    /// The messages already fetched and waiting in the consumer's queue, up to `maxMessages`, without
+    /// waiting for more: to top up a batch polled earlier. An error met is not thrown but kept for the next
+    /// ``poll(maxMessages:timeout:)``, which throws it. Returns `[]` after ``close()``.
+    public func pollAvailable(maxMessages: Int) async -> [KafkaMessage] {
+        guard maxMessages > 0 else { return [] }
+        return await pollLane.run { [self] () -> [KafkaMessage] in
+            let open = state.withLock { !$0.closed && $0.pendingError == nil }
+            guard open else { return [] }
+            let drained = drain(maxMessages: maxMessages, timeoutMilliseconds: 0)
+            if let error = drained.error {
+                state.withLock { if $0.pendingError == nil { $0.pendingError = error } }
+            }
+            return drained.messages
+        }
+    }
+
     /// The messages of the subscription, one by one, built on ``poll(maxMessages:timeout:)``.
     /// Iteration ends after ``close()`` or when the iterating task is cancelled, and throws
     /// what `poll` throws.

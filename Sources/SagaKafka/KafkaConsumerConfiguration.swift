@@ -13,6 +13,15 @@ public struct KafkaConsumerConfiguration: Sendable {
     /// `fetch.wait.max.ms`. librdkafka's mock cluster answers an empty fetch only after this
     /// delay, so it bounds the latency there; a low value is harmless on real Kafka.
     public var fetchWaitMaxMs: Int = 10
+    /// `fetch.min.bytes`: the broker answers a fetch as soon as this much is there (1: at once, the lowest
+    /// latency).
+    public var fetchMinBytes: Int = 1
+    /// `queued.max.messages.kbytes`: the most the consumer prefetches into its local queue. librdkafka's
+    /// default (64 MB) would let a worker that is behind grow far past its memory budget; a few MB hold
+    /// many batches ahead.
+    public var queuedMaxMessagesKbytes: Int = 8192
+    /// `queued.min.messages`: how many messages the consumer tries to keep prefetched.
+    public var queuedMinMessages: Int = 10000
     /// `session.timeout.ms`.
     public var sessionTimeoutMs: Int = 10000
     /// `max.poll.interval.ms`: the longest allowed gap between polls before the group evicts this member.
@@ -32,6 +41,9 @@ public struct KafkaConsumerConfiguration: Sendable {
             ("client.id", clientId),
             ("auto.offset.reset", autoOffsetReset),
             ("fetch.wait.max.ms", String(fetchWaitMaxMs)),
+            ("fetch.min.bytes", String(fetchMinBytes)),
+            ("queued.max.messages.kbytes", String(queuedMaxMessagesKbytes)),
+            ("queued.min.messages", String(queuedMinMessages)),
             ("session.timeout.ms", String(sessionTimeoutMs)),
             ("max.poll.interval.ms", String(maxPollIntervalMs)),
             ("enable.auto.commit", "false"),

@@ -31,62 +31,114 @@ public enum BillingService {
     ]
 
     public static func definition() -> SagaServiceDefinition {
-        SagaServiceDefinition(
-            name: name, migrations: migrations,
-            handlers: [
-                .on(InventoryReserved.self) { reserved, context in try await charge(reserved, context: context) }
-            ])
+        SagaServiceDefinition(name: name, migrations: migrations, handlers: handler.eventHandlers)
     }
 
-    static func charge(_ reserved: InventoryReserved, context: HandlerContext) async throws -> [OutgoingEvent] {
-        guard let orderId = UUID(uuidString: reserved.orderId) else {
-            throw HandlerRejection("order id \(reserved.orderId) is not a UUID")
+    /// Billing's handler: it takes a whole batch of `inventory.reserved` events at once.
+    public static let handler = BatchHandler(versions: [InventoryReserved.eventType: InventoryReserved.eventVersion]) {
+        events, context in try await charge(events, context: context)
+    }
+
+    /// Charges a batch in a constant number of statements: it reads which orders were charged before, locks
+    /// the batch's accounts (in customer order, so concurrent batches cannot deadlock), decides each charge
+    /// in the order given against the accounts' running totals, then writes the charges and the accounts'
+    /// new totals with one statement each.
+    static func charge(_ events: [IncomingEvent], context: BatchHandlerContext) async throws -> [OutgoingEvent] {
+        var charges: [(event: IncomingEvent, reserved: InventoryReserved, orderId: UUID)] = []
+        charges.reserveCapacity(events.count)
+        for event in events {
+            let reserved = try event.decode(InventoryReserved.self)
+            guard let orderId = UUID(uuidString: reserved.orderId) else {
+                throw HandlerRejection("order id \(reserved.orderId) is not a UUID")
+            }
+            charges.append((event, reserved, orderId))
         }
         let db = context.connection
-        if try await !db.query("SELECT 1 FROM charges WHERE order_id = $1", [orderId]).isEmpty {
-            return []  // charged (or declined) before: at most one charge per order
+        var decided = Set<UUID>()
+        for row in try await db.query(
+            "SELECT order_id FROM charges WHERE order_id = ANY($1::uuid[])",
+            [PostgresArray(charges.map(\.orderId))])
+        {
+            decided.insert(try row.decode("order_id"))
         }
-        let amount = reserved.total
-        let account = try await db.query(
-            "SELECT currency, credit_limit, used FROM accounts WHERE customer_id = $1 FOR UPDATE", [reserved.customerId]
-        ).first
-        var decline: PaymentFailed.Reason? = nil
-        if let account {
-            let currency: String = try account.decode("currency")
-            let limit: Int64 = try account.decode("credit_limit")
-            let used: Int64 = try account.decode("used")
-            if currency != amount.currency {
-                decline = .currencyMismatch
-            } else if amount.amount > limit - used {
-                decline = .insufficientCredit
+        struct Account {
+            var currency: String
+            var limit: Int64
+            var used: Int64
+            var charged: Int64 = 0
+        }
+        var accounts: [String: Account] = [:]
+        for row in try await db.query(
+            """
+            SELECT customer_id, currency, credit_limit, used FROM accounts
+            WHERE customer_id = ANY($1::text[]) ORDER BY customer_id FOR UPDATE
+            """, [PostgresArray(Set(charges.map(\.reserved.customerId)).sorted())])
+        {
+            accounts[try row.decode("customer_id")] = Account(
+                currency: try row.decode("currency"), limit: try row.decode("credit_limit"),
+                used: try row.decode("used"))
+        }
+
+        var out: [OutgoingEvent] = []
+        var rows:
+            [(orderId: UUID, customerId: String, paymentId: UUID, amount: Money, decline: PaymentFailed.Reason?)] =
+                []
+        for (event, reserved, orderId) in charges {
+            // Charged (or declined) before: at most one charge per order.
+            guard decided.insert(orderId).inserted else { continue }
+            let amount = reserved.total
+            var decline: PaymentFailed.Reason? = nil
+            if let account = accounts[reserved.customerId] {
+                if account.currency != amount.currency {
+                    decline = .currencyMismatch
+                } else if amount.amount > account.limit - account.used {
+                    decline = .insufficientCredit
+                }
+            } else {
+                decline = .unknownCustomer
             }
-        } else {
-            decline = .unknownCustomer
+            let paymentId = UUID()
+            rows.append((orderId, reserved.customerId, paymentId, amount, decline))
+            if let decline {
+                out.append(
+                    try context.emit(
+                        PaymentFailed(
+                            orderId: reserved.orderId, customerId: reserved.customerId, reason: decline, amount: amount),
+                        causedBy: event))
+                continue
+            }
+            accounts[reserved.customerId]!.used += amount.amount
+            accounts[reserved.customerId]!.charged += amount.amount
+            out.append(
+                try context.emit(
+                    PaymentCompleted(
+                        orderId: reserved.orderId, customerId: reserved.customerId,
+                        paymentId: paymentId.uuidString.lowercased(), amount: amount),
+                    causedBy: event))
         }
-        let paymentId = UUID()
+        guard !rows.isEmpty else { return out }
         try await db.execute(
             """
             INSERT INTO charges (order_id, customer_id, payment_id, amount, currency, status, reason)
-            VALUES ($1, $2, $3, $4, $5, $6, $7)
+            SELECT c.order_id, c.customer_id, c.payment_id, c.amount, c.currency,
+                   CASE WHEN c.reason = '' THEN 'CHARGED' ELSE 'DECLINED' END, NULLIF(c.reason, '')
+            FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::bigint[], $5::text[], $6::text[])
+                 AS c(order_id, customer_id, payment_id, amount, currency, reason)
             """,
             [
-                orderId, reserved.customerId, paymentId, amount.amount, amount.currency,
-                decline == nil ? "CHARGED" : "DECLINED", decline?.rawValue,
+                PostgresArray(rows.map(\.orderId)), PostgresArray(rows.map(\.customerId)),
+                PostgresArray(rows.map(\.paymentId)), PostgresArray(rows.map(\.amount.amount)),
+                PostgresArray(rows.map(\.amount.currency)), PostgresArray(rows.map { $0.decline?.rawValue ?? "" }),
             ])
-        if let decline {
-            return [
-                try context.emit(
-                    PaymentFailed(
-                        orderId: reserved.orderId, customerId: reserved.customerId, reason: decline, amount: amount))
-            ]
+        let charged = accounts.filter { $0.value.charged != 0 }.sorted { $0.key < $1.key }
+        if !charged.isEmpty {
+            try await db.execute(
+                """
+                UPDATE accounts a SET used = a.used + d.charged
+                FROM unnest($1::text[], $2::bigint[]) AS d(customer_id, charged)
+                WHERE a.customer_id = d.customer_id
+                """, [PostgresArray(charged.map(\.key)), PostgresArray(charged.map(\.value.charged))])
         }
-        try await db.execute(
-            "UPDATE accounts SET used = used + $2 WHERE customer_id = $1", [reserved.customerId, amount.amount])
-        return [
-            try context.emit(
-                PaymentCompleted(
-                    orderId: reserved.orderId, customerId: reserved.customerId,
-                    paymentId: paymentId.uuidString.lowercased(), amount: amount))
-        ]
+        return out
     }
 }

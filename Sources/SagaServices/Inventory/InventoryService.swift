@@ -39,122 +39,255 @@ public enum InventoryService {
     ]
 
     public static func definition() -> SagaServiceDefinition {
-        SagaServiceDefinition(
-            name: name, migrations: migrations,
-            handlers: [
-                .on(OrderCreatedV2.self) { order, context in try await reserve(order, context: context) },
-                .on(PaymentFailed.self) { payment, context in
-                    try await settle(orderId: payment.orderId, to: "RELEASED", context: context) { lines in
-                        [
-                            try context.emit(
-                                InventoryReleased(
-                                    orderId: payment.orderId, customerId: payment.customerId,
-                                    reason: "payment failed: \(payment.reason.rawValue)", lines: lines))
-                        ]
-                    }
-                },
-                .on(PaymentCompleted.self) { payment, context in
-                    try await settle(orderId: payment.orderId, to: "SOLD", context: context) { _ in [] }
-                },
-            ])
+        SagaServiceDefinition(name: name, migrations: migrations, handlers: handler.eventHandlers)
     }
 
-    static func reserve(_ order: OrderCreatedV2, context: HandlerContext) async throws -> [OutgoingEvent] {
-        guard let orderId = UUID(uuidString: order.orderId) else {
-            throw HandlerRejection("order id \(order.orderId) is not a UUID")
-        }
-        let db = context.connection
-        if try await !db.query("SELECT 1 FROM reservations WHERE order_id = $1", [orderId]).isEmpty {
-            return []  // decided before (e.g. the same order re-published under a new event id)
-        }
-        // Several lines may name one SKU; lock the rows in SKU order so concurrent reservations cannot deadlock.
-        var wanted: [String: Int] = [:]
-        for line in order.lines {
-            let (sum, overflow) = wanted[line.sku, default: 0].addingReportingOverflow(line.quantity)
-            guard !overflow, sum <= Int32.max else {
-                throw HandlerRejection("quantity of \(line.sku) out of range")
-            }
-            wanted[line.sku] = sum
-        }
-        let skus = wanted.keys.sorted()
-        var available: [String: Int] = [:]
-        for row in try await db.query(
-            "SELECT sku, available FROM stock WHERE sku = ANY($1::text[]) ORDER BY sku FOR UPDATE",
-            [PostgresArray(skus)])
-        {
-            available[try row.decode("sku")] = try row.decode("available")
-        }
-        // A SKU that orders priced but inventory does not know means the two catalogues are out of sync:
-        // an operator's problem, not the customer's. Dead-letter the event (to be redriven once the SKU
-        // exists) rather than cancelling the order as out of stock.
-        if let unknown = skus.first(where: { available[$0] == nil }) {
-            throw HandlerRejection("unknown SKU '\(unknown)': not in the inventory catalogue")
-        }
-        let shortages = skus.compactMap { sku -> InventoryRejected.Shortage? in
-            let have = available[sku] ?? 0
-            return have < wanted[sku]! ? .init(sku: sku, requested: wanted[sku]!, available: have) : nil
-        }
-        try await db.execute(
-            """
-            INSERT INTO reservations (order_id, customer_id, status, total_amount, currency)
-            VALUES ($1, $2, $3, $4, $5)
-            """,
-            [
-                orderId, order.customerId, shortages.isEmpty ? "RESERVED" : "REJECTED", order.total.amount,
-                order.total.currency,
-            ])
-        guard shortages.isEmpty else {
-            let reason = shortages.map { "\($0.sku): \($0.requested) requested, \($0.available) available" }
-                .joined(separator: "; ")
-            return [
-                try context.emit(
-                    InventoryRejected(
-                        orderId: order.orderId, customerId: order.customerId, reason: "insufficient stock (\(reason))",
-                        shortages: shortages))
-            ]
-        }
-        for sku in skus {
-            try await db.execute(
-                "UPDATE stock SET available = available - $2, reserved = reserved + $2 WHERE sku = $1",
-                [sku, wanted[sku]!])
-            try await db.execute(
-                "INSERT INTO reservation_lines (order_id, sku, quantity) VALUES ($1, $2, $3)",
-                [orderId, sku, wanted[sku]!])
-        }
-        return [
-            try context.emit(
-                InventoryReserved(
-                    orderId: order.orderId, customerId: order.customerId, total: order.total,
-                    lines: skus.map { OrderLine(sku: $0, quantity: wanted[$0]!) }))
+    /// Inventory's handler: it takes a whole batch of `order.created`, `payment.failed` and
+    /// `payment.completed` events at once.
+    public static let handler = BatchHandler(
+        versions: [
+            OrderCreatedV2.eventType: OrderCreatedV2.eventVersion, PaymentFailed.eventType: PaymentFailed.eventVersion,
+            PaymentCompleted.eventType: PaymentCompleted.eventVersion,
         ]
+    ) { events, context in try await handle(events, context: context) }
+
+    /// What one event asks for.
+    private enum Step {
+        /// Reserve every line (quantities summed per SKU) or reject the order.
+        case reserve(OrderCreatedV2, orderId: UUID, wanted: [String: Int])
+        /// Release (payment failed) or sell (payment completed) a RESERVED reservation.
+        case settle(orderId: UUID, to: String, failed: PaymentFailed?)
     }
 
-    /// Moves a RESERVED reservation to RELEASED (stock back to available) or SOLD (stock leaves).
-    /// Anything else (rejected, already settled) is left alone and emits nothing.
-    static func settle(
-        orderId: String, to status: String, context: HandlerContext, emit: ([OrderLine]) throws -> [OutgoingEvent]
-    ) async throws -> [OutgoingEvent] {
-        guard let id = UUID(uuidString: orderId) else { throw HandlerRejection("order id \(orderId) is not a UUID") }
-        let db = context.connection
-        let updated = try await db.execute(
-            "UPDATE reservations SET status = $2, updated_at = now() WHERE order_id = $1 AND status = 'RESERVED'",
-            [id, status])
-        guard updated == 1 else {
-            if try await db.query("SELECT 1 FROM reservations WHERE order_id = $1", [id]).isEmpty {
-                throw HandlerRejection("no reservation for order \(orderId)")
+    /// A reservation as the batch sees it: read (locked) from the table or made earlier in the batch.
+    private struct Reservation {
+        var status: String
+        var lines: [OrderLine]
+        /// Made in this batch (inserted at the end, with its final status).
+        var isNew: Bool
+        var customerId = ""
+        var total = Money(amount: 0, currency: "")
+    }
+
+    /// Stock of one SKU (locked), and how the batch changes it.
+    private struct Stock {
+        var available: Int
+        var delta = (available: 0, reserved: 0, sold: 0)
+    }
+
+    /// Handles a batch in a constant number of statements: it locks the batch's reservations (in order id
+    /// order), then every SKU they and the new orders name (in SKU order), decides each event in the order
+    /// given against that state, and writes the new reservations, their lines, the status changes and the
+    /// stock changes with one statement each.
+    static func handle(_ events: [IncomingEvent], context: BatchHandlerContext) async throws -> [OutgoingEvent] {
+        var steps: [(event: IncomingEvent, step: Step)] = []
+        steps.reserveCapacity(events.count)
+        for event in events {
+            switch event.type {
+            case OrderCreatedV2.eventType:
+                let order = try event.decode(OrderCreatedV2.self)
+                guard let orderId = UUID(uuidString: order.orderId) else {
+                    throw HandlerRejection("order id \(order.orderId) is not a UUID")
+                }
+                // Several lines may name one SKU.
+                var wanted: [String: Int] = [:]
+                for line in order.lines {
+                    let (sum, overflow) = wanted[line.sku, default: 0].addingReportingOverflow(line.quantity)
+                    guard !overflow, sum <= Int32.max else {
+                        throw HandlerRejection("quantity of \(line.sku) out of range")
+                    }
+                    wanted[line.sku] = sum
+                }
+                steps.append((event, .reserve(order, orderId: orderId, wanted: wanted)))
+            case PaymentFailed.eventType:
+                let payment = try event.decode(PaymentFailed.self)
+                steps.append((event, .settle(orderId: try uuid(payment.orderId), to: "RELEASED", failed: payment)))
+            case PaymentCompleted.eventType:
+                let payment = try event.decode(PaymentCompleted.self)
+                steps.append((event, .settle(orderId: try uuid(payment.orderId), to: "SOLD", failed: nil)))
+            default:
+                throw HandlerRejection("inventory does not handle \(event.type)")
             }
-            return []
         }
-        let lines = try await db.query(
-            "SELECT sku, quantity FROM reservation_lines WHERE order_id = $1 ORDER BY sku", [id]
-        ).map { OrderLine(sku: try $0.decode("sku"), quantity: try $0.decode("quantity")) }
-        for line in lines {
+        let db = context.connection
+
+        // The reservations the batch names, locked in order id order, with their lines.
+        var orderIds = Set<UUID>()
+        for (_, step) in steps {
+            switch step {
+            case .reserve(_, let id, _), .settle(let id, _, _): orderIds.insert(id)
+            }
+        }
+        var reservations: [UUID: Reservation] = [:]
+        for row in try await db.query(
+            """
+            SELECT r.order_id, r.status, l.sku, l.quantity
+            FROM reservations r LEFT JOIN reservation_lines l ON l.order_id = r.order_id
+            WHERE r.order_id = ANY($1::uuid[])
+            ORDER BY r.order_id, l.sku
+            FOR UPDATE OF r
+            """, [PostgresArray(Array(orderIds))])
+        {
+            let id: UUID = try row.decode("order_id")
+            var reservation = try reservations[id] ?? Reservation(status: row.decode("status"), lines: [], isNew: false)
+            if let sku = try row.decode("sku", as: String?.self) {
+                reservation.lines.append(OrderLine(sku: sku, quantity: try row.decode("quantity")))
+            }
+            reservations[id] = reservation
+        }
+
+        // Every SKU the batch may touch, locked in SKU order so concurrent batches cannot deadlock on them.
+        var skus = Set<String>()
+        for (_, step) in steps {
+            switch step {
+            case .reserve(_, _, let wanted): skus.formUnion(wanted.keys)
+            case .settle(let id, _, _): for line in reservations[id]?.lines ?? [] { skus.insert(line.sku) }
+            }
+        }
+        var stock: [String: Stock] = [:]
+        if !skus.isEmpty {
+            for row in try await db.query(
+                "SELECT sku, available FROM stock WHERE sku = ANY($1::text[]) ORDER BY sku FOR UPDATE",
+                [PostgresArray(skus.sorted())])
+            {
+                stock[try row.decode("sku")] = Stock(available: try row.decode("available"))
+            }
+        }
+
+        // Decide each event in order.
+        var out: [OutgoingEvent] = []
+        var created: [UUID] = []
+        var settled: [UUID: String] = [:]
+        for (event, step) in steps {
+            switch step {
+            case .reserve(let order, let orderId, let wanted):
+                guard reservations[orderId] == nil else {
+                    // Decided before (e.g. the same order re-published under a new event id).
+                    context.logger(for: event).debug("order already decided")
+                    continue
+                }
+                let lineSkus = wanted.keys.sorted()
+                // A SKU that orders priced but inventory does not know means the two catalogues are out of
+                // sync: an operator's problem, not the customer's. Dead-letter the event (to be redriven once
+                // the SKU exists) rather than cancelling the order as out of stock.
+                if let unknown = lineSkus.first(where: { stock[$0] == nil }) {
+                    throw HandlerRejection("unknown SKU '\(unknown)': not in the inventory catalogue")
+                }
+                let shortages = lineSkus.compactMap { sku -> InventoryRejected.Shortage? in
+                    let have = stock[sku]!.available
+                    return have < wanted[sku]! ? .init(sku: sku, requested: wanted[sku]!, available: have) : nil
+                }
+                created.append(orderId)
+                guard shortages.isEmpty else {
+                    reservations[orderId] = Reservation(
+                        status: "REJECTED", lines: [], isNew: true, customerId: order.customerId, total: order.total)
+                    let reason = shortages.map { "\($0.sku): \($0.requested) requested, \($0.available) available" }
+                        .joined(separator: "; ")
+                    out.append(
+                        try context.emit(
+                            InventoryRejected(
+                                orderId: order.orderId, customerId: order.customerId,
+                                reason: "insufficient stock (\(reason))", shortages: shortages),
+                            causedBy: event))
+                    continue
+                }
+                let lines = lineSkus.map { OrderLine(sku: $0, quantity: wanted[$0]!) }
+                for line in lines {
+                    stock[line.sku]!.available -= line.quantity
+                    stock[line.sku]!.delta.available -= line.quantity
+                    stock[line.sku]!.delta.reserved += line.quantity
+                }
+                reservations[orderId] = Reservation(
+                    status: "RESERVED", lines: lines, isNew: true, customerId: order.customerId, total: order.total)
+                out.append(
+                    try context.emit(
+                        InventoryReserved(
+                            orderId: order.orderId, customerId: order.customerId, total: order.total, lines: lines),
+                        causedBy: event))
+            case .settle(let orderId, let status, let failed):
+                guard var reservation = reservations[orderId] else {
+                    throw HandlerRejection("no reservation for order \(orderId.uuidString.lowercased())")
+                }
+                // Anything but RESERVED (rejected, already settled) is left alone and emits nothing.
+                guard reservation.status == "RESERVED" else { continue }
+                reservation.status = status
+                reservations[orderId] = reservation
+                if !reservation.isNew { settled[orderId] = status }
+                // Stock goes back to available (released) or leaves (sold); a SKU no longer stocked is skipped.
+                for line in reservation.lines where stock[line.sku] != nil {
+                    stock[line.sku]!.delta.reserved -= line.quantity
+                    if status == "RELEASED" {
+                        stock[line.sku]!.available += line.quantity
+                        stock[line.sku]!.delta.available += line.quantity
+                    } else {
+                        stock[line.sku]!.delta.sold += line.quantity
+                    }
+                }
+                if let failed {
+                    out.append(
+                        try context.emit(
+                            InventoryReleased(
+                                orderId: failed.orderId, customerId: failed.customerId,
+                                reason: "payment failed: \(failed.reason.rawValue)", lines: reservation.lines),
+                            causedBy: event))
+                }
+            }
+        }
+
+        // Write what was decided: one statement per kind of change.
+        if !created.isEmpty {
+            let rows = created.map { ($0, reservations[$0]!) }
             try await db.execute(
-                status == "RELEASED"
-                    ? "UPDATE stock SET available = available + $2, reserved = reserved - $2 WHERE sku = $1"
-                    : "UPDATE stock SET sold = sold + $2, reserved = reserved - $2 WHERE sku = $1",
-                [line.sku, line.quantity])
+                """
+                INSERT INTO reservations (order_id, customer_id, status, total_amount, currency)
+                SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::text[])
+                """,
+                [
+                    PostgresArray(rows.map { $0.0 }), PostgresArray(rows.map { $0.1.customerId }),
+                    PostgresArray(rows.map { $0.1.status }), PostgresArray(rows.map { $0.1.total.amount }),
+                    PostgresArray(rows.map { $0.1.total.currency }),
+                ])
+            let lines = rows.flatMap { id, r in r.lines.map { (id, $0) } }
+            if !lines.isEmpty {
+                try await db.execute(
+                    """
+                    INSERT INTO reservation_lines (order_id, sku, quantity)
+                    SELECT * FROM unnest($1::uuid[], $2::text[], $3::int[])
+                    """,
+                    [
+                        PostgresArray(lines.map { $0.0 }), PostgresArray(lines.map { $0.1.sku }),
+                        PostgresArray(lines.map { $0.1.quantity }),
+                    ])
+            }
         }
-        return try emit(lines)
+        if !settled.isEmpty {
+            let changes = settled.sorted { $0.key.uuidString < $1.key.uuidString }
+            try await db.execute(
+                """
+                UPDATE reservations r SET status = u.status, updated_at = now()
+                FROM unnest($1::uuid[], $2::text[]) AS u(order_id, status)
+                WHERE r.order_id = u.order_id
+                """, [PostgresArray(changes.map(\.key)), PostgresArray(changes.map(\.value))])
+        }
+        let changed = stock.filter { $0.value.delta != (0, 0, 0) }.sorted { $0.key < $1.key }
+        if !changed.isEmpty {
+            try await db.execute(
+                """
+                UPDATE stock s SET available = s.available + d.available, reserved = s.reserved + d.reserved,
+                    sold = s.sold + d.sold
+                FROM unnest($1::text[], $2::int[], $3::int[], $4::int[]) AS d(sku, available, reserved, sold)
+                WHERE s.sku = d.sku
+                """,
+                [
+                    PostgresArray(changed.map(\.key)), PostgresArray(changed.map(\.value.delta.available)),
+                    PostgresArray(changed.map(\.value.delta.reserved)), PostgresArray(changed.map(\.value.delta.sold)),
+                ])
+        }
+        return out
+    }
+
+    private static func uuid(_ orderId: String) throws -> UUID {
+        guard let id = UUID(uuidString: orderId) else { throw HandlerRejection("order id \(orderId) is not a UUID") }
+        return id
     }
 }

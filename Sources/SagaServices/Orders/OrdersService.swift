@@ -56,75 +56,155 @@ public enum OrdersService {
     ]
 
     public static func definition() -> SagaServiceDefinition {
-        SagaServiceDefinition(
-            name: name, migrations: migrations,
-            handlers: [
-                .on(PaymentCompleted.self) { event, context in
-                    try await finish(
-                        orderId: event.orderId, status: .confirmed, reason: nil, context: context
-                    ) { row in
-                        [
-                            try context.emit(
-                                OrderConfirmed(orderId: event.orderId, customerId: row.customerId, total: row.total))
-                        ]
-                    }
-                },
-                .on(InventoryRejected.self) { event, context in
-                    try await cancel(
-                        orderId: event.orderId, reason: .outOfStock, detail: event.reason, context: context)
-                },
-                .on(InventoryReleased.self) { event, context in
-                    try await cancel(
-                        orderId: event.orderId, reason: .paymentDeclined, detail: event.reason, context: context)
-                },
-            ])
+        SagaServiceDefinition(name: name, migrations: migrations, handlers: handler.eventHandlers)
     }
 
-    /// Cancels a PENDING order and emits `order.cancelled` with `reason`.
-    private static func cancel(
-        orderId: String, reason: OrderCancelled.Reason, detail: String, context: HandlerContext
-    ) async throws -> [OutgoingEvent] {
-        let label = reason == .outOfStock ? "out of stock" : "payment declined"
-        return try await finish(orderId: orderId, status: .cancelled, reason: "\(label): \(detail)", context: context) {
-            [
-                try context.emit(
-                    OrderCancelled(orderId: orderId, customerId: $0.customerId, reason: reason, detail: detail))
-            ]
-        }
-    }
+    /// Orders' handler: it takes a whole batch of `payment.completed`, `inventory.rejected` and
+    /// `inventory.released` events at once.
+    public static let handler = BatchHandler(
+        versions: [
+            PaymentCompleted.eventType: PaymentCompleted.eventVersion,
+            InventoryRejected.eventType: InventoryRejected.eventVersion,
+            InventoryReleased.eventType: InventoryReleased.eventVersion,
+        ]
+    ) { events, context in try await finish(events, context: context) }
 
     struct OrderRow {
         var customerId: String
         var total: Money
     }
 
-    /// Moves a PENDING order to a terminal status, records it in the history and emits what `emit` returns.
-    /// An order already terminal is left as it is (nothing emitted); an unknown order is rejected.
-    private static func finish(
-        orderId: String, status: Status, reason: String?, context: HandlerContext,
-        emit: (OrderRow) throws -> [OutgoingEvent]
-    ) async throws -> [OutgoingEvent] {
-        guard let id = UUID(uuidString: orderId) else { throw HandlerRejection("order id \(orderId) is not a UUID") }
-        let rows = try await context.connection.query(
-            """
-            UPDATE orders SET status = $2, reason = $3, updated_at = now()
-            WHERE id = $1 AND status = 'PENDING'
-            RETURNING customer_id, total_amount, currency
-            """, [id, status.rawValue, reason])
-        guard let row = rows.first else {
-            let existing = try await context.connection.query("SELECT status FROM orders WHERE id = $1", [id])
-            guard let current = existing.first else { throw HandlerRejection("unknown order \(orderId)") }
-            context.logger.info(
-                "order already terminal",
-                metadata: ["order": .string(orderId), "status": .string(current["status"] ?? "")])
-            return []
+    /// What one event asks for: a terminal status for its order.
+    private struct Finish {
+        var event: IncomingEvent
+        var orderId: UUID
+        var status: Status
+        /// The order's reason column and the history's detail.
+        var reason: String?
+        /// The event to emit once the order is finished.
+        var emit: (OrderRow) throws -> OutgoingEvent
+    }
+
+    /// Moves each event's PENDING order to its terminal status, records it in the history and emits
+    /// `order.confirmed` / `order.cancelled`, in a constant number of statements. Per order, the first
+    /// event of the batch decides; an order already terminal is left as it is (nothing emitted); an unknown
+    /// order is rejected.
+    static func finish(_ events: [IncomingEvent], context: BatchHandlerContext) async throws -> [OutgoingEvent] {
+        var finishes: [Finish] = []
+        finishes.reserveCapacity(events.count)
+        for event in events {
+            switch event.type {
+            case PaymentCompleted.eventType:
+                let payment = try event.decode(PaymentCompleted.self)
+                finishes.append(
+                    Finish(
+                        event: event, orderId: try uuid(payment.orderId), status: .confirmed, reason: nil,
+                        emit: { row in
+                            try context.emit(
+                                OrderConfirmed(orderId: payment.orderId, customerId: row.customerId, total: row.total),
+                                causedBy: event)
+                        }))
+            case InventoryRejected.eventType:
+                let rejected = try event.decode(InventoryRejected.self)
+                finishes.append(
+                    try cancel(event, orderId: rejected.orderId, reason: .outOfStock, detail: rejected.reason, context))
+            case InventoryReleased.eventType:
+                let released = try event.decode(InventoryReleased.self)
+                finishes.append(
+                    try cancel(
+                        event, orderId: released.orderId, reason: .paymentDeclined, detail: released.reason, context))
+            default:
+                throw HandlerRejection("orders does not handle \(event.type)")
+            }
         }
-        try await context.connection.execute(
-            "INSERT INTO order_history (order_id, status, event_type, event_id, detail) VALUES ($1, $2, $3, $4, $5)",
-            [id, status.rawValue, context.event.type, context.event.id, reason])
-        return try emit(
-            OrderRow(
+        // Per order, the first event decides: the later ones find it terminal.
+        var first: [Finish] = []
+        var seen = Set<UUID>()
+        for f in finishes where seen.insert(f.orderId).inserted { first.append(f) }
+        let db = context.connection
+        var finished: [UUID: OrderRow] = [:]
+        for row in try await db.query(
+            """
+            UPDATE orders o SET status = u.status, reason = NULLIF(u.reason, ''), updated_at = now()
+            FROM unnest($1::uuid[], $2::text[], $3::text[]) AS u(id, status, reason)
+            WHERE o.id = u.id AND o.status = 'PENDING'
+            RETURNING o.id, o.customer_id, o.total_amount, o.currency
+            """,
+            [
+                PostgresArray(first.map(\.orderId)), PostgresArray(first.map(\.status.rawValue)),
+                PostgresArray(first.map { $0.reason ?? "" }),
+            ])
+        {
+            finished[try row.decode("id")] = OrderRow(
                 customerId: try row.decode("customer_id"),
-                total: Money(amount: try row.decode("total_amount"), currency: try row.decode("currency"))))
+                total: Money(amount: try row.decode("total_amount"), currency: try row.decode("currency")))
+        }
+        // Orders not finished now are terminal already, or unknown: tell which (rare: one more statement).
+        var current: [UUID: String] = [:]
+        let others = first.filter { finished[$0.orderId] == nil }
+        if !others.isEmpty {
+            for row in try await db.query(
+                "SELECT id, status FROM orders WHERE id = ANY($1::uuid[])", [PostgresArray(others.map(\.orderId))])
+            {
+                current[try row.decode("id")] = try row.decode("status")
+            }
+        }
+        let decidingStatus = Dictionary(first.map { ($0.orderId, $0.status.rawValue) }, uniquingKeysWith: { a, _ in a })
+        var out: [OutgoingEvent] = []
+        var history: [Finish] = []
+        var decided = Set<UUID>()
+        for f in finishes {
+            if let row = finished[f.orderId], decided.insert(f.orderId).inserted {
+                history.append(f)
+                out.append(try f.emit(row))
+                continue
+            }
+            guard finished[f.orderId] != nil || current[f.orderId] != nil else {
+                throw HandlerRejection("unknown order \(f.orderId.uuidString.lowercased())")
+            }
+            context.logger(for: f.event).info(
+                "order already terminal",
+                metadata: [
+                    "order": .string(f.orderId.uuidString.lowercased()),
+                    "status": .string(
+                        finished[f.orderId] != nil ? decidingStatus[f.orderId] ?? "" : current[f.orderId] ?? ""),
+                ])
+        }
+        if !history.isEmpty {
+            try await db.execute(
+                """
+                INSERT INTO order_history (order_id, status, event_type, event_id, detail)
+                SELECT h.order_id, h.status, h.event_type, h.event_id, NULLIF(h.detail, '')
+                FROM unnest($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::text[]) WITH ORDINALITY
+                     AS h(order_id, status, event_type, event_id, detail, n)
+                ORDER BY h.n
+                """,
+                [
+                    PostgresArray(history.map(\.orderId)), PostgresArray(history.map(\.status.rawValue)),
+                    PostgresArray(history.map(\.event.type)), PostgresArray(history.map(\.event.id)),
+                    PostgresArray(history.map { $0.reason ?? "" }),
+                ])
+        }
+        return out
+    }
+
+    private static func uuid(_ orderId: String) throws -> UUID {
+        guard let id = UUID(uuidString: orderId) else { throw HandlerRejection("order id \(orderId) is not a UUID") }
+        return id
+    }
+
+    /// Cancelling the event's order with `reason`, emitting `order.cancelled`.
+    private static func cancel(
+        _ event: IncomingEvent, orderId: String, reason: OrderCancelled.Reason, detail: String,
+        _ context: BatchHandlerContext
+    ) throws -> Finish {
+        let label = reason == .outOfStock ? "out of stock" : "payment declined"
+        return Finish(
+            event: event, orderId: try uuid(orderId), status: .cancelled, reason: "\(label): \(detail)",
+            emit: { row in
+                try context.emit(
+                    OrderCancelled(orderId: orderId, customerId: row.customerId, reason: reason, detail: detail),
+                    causedBy: event)
+            })
     }
 }
