@@ -274,12 +274,23 @@ struct BenchRun: Sendable {
             try await Task.sleep(for: .milliseconds(5))
         }
         let wall = millis(ContinuousClock.now - start) / 1000
-        let after = await MetricsScrape.scrape(metricsURLs)
         let figures = processes.end(cpu, seconds: wall)
+        // A relay counts a row once it has marked it, a moment after the broker acknowledged it (and the
+        // bench may have read it): wait until the counters stand still, so no row is counted in the next phase.
+        var after = await MetricsScrape.scrape(metricsURLs)
+        let settle = ContinuousClock.now + .seconds(3)
+        while after.reachable > 0 && ContinuousClock.now < settle {
+            try await Task.sleep(for: .milliseconds(250))
+            let next = await MetricsScrape.scrape(metricsURLs)
+            let stands = next.values[RelayFigures.publishedMetric] == after.values[RelayFigures.publishedMetric]
+            after = next
+            if stands { break }
+        }
         let tally = watch.tally.withLock { $0 }
-        return PhaseReport(
-            name: name, description: description, tally: tally, start: start,
-            relay: RelayFigures(before: before, after: after, seconds: wall), processes: figures)
+        var report = PhaseReport(
+            name: name, description: description, tally: tally, start: start, relay: nil, processes: figures)
+        report.relay = RelayFigures(before: before, after: after, seconds: report.seconds)
+        return report
     }
 
     @discardableResult

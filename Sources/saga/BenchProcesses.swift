@@ -216,7 +216,7 @@ struct RelayFigures: Sendable {
     }
 
     var text: String {
-        "\(Int(published)) rows published, \(fmt(rowsPerSecond)) rows/s"
+        "\(Int(published)) rows published (any saga's), \(fmt(rowsPerSecond)) rows/s over the phase"
             + (meanLagMs.map { ", outbox lag mean \(fmt($0)) ms (insert → broker ack)" } ?? "")
             + (backlogEnd.map { ", backlog at end \(Int($0))" } ?? "")
             + "   (relays' /metrics, \(endpoints) endpoint(s))"
