@@ -167,15 +167,15 @@ struct BenchSagasCommand: AsyncParsableCommand {
                     "sagas": .integer(Int64(tally.foreignSagas)), "events": .integer(Int64(tally.foreignEvents)),
                 ]),
             ])
-            print(String(decoding: result.serialized(), as: UTF8.self))
+            say(String(decoding: result.serialized(), as: UTF8.self))
         } else {
-            print("limits          PostgreSQL: \(limits.commit.text)")
-            print("                broker: \(limits.broker.text)")
-            print(
+            say("limits          PostgreSQL: \(limits.commit.text)")
+            say("                broker: \(limits.broker.text)")
+            say(
                 "                hop floor \(String(format: "%.2f", limits.hopFloorMs)) ms (one commit + one round trip)"
             )
-            for p in phases { print(p.text(limits: limits)) }
-            print(
+            for p in phases { say(p.text(limits: limits)) }
+            say(
                 "foreign         \(tally.foreignSagas) sagas / \(tally.foreignEvents) events seen that this run did not place (ignored)"
             )
         }

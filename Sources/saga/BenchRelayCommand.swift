@@ -70,9 +70,9 @@ struct BenchRelayCommand: AsyncParsableCommand {
 
         let result = try outcome.get()
         if json {
-            print(String(decoding: result.json.serialized(), as: UTF8.self))
+            say(String(decoding: result.json.serialized(), as: UTF8.self))
         } else {
-            print(result.text)
+            say(result.text)
         }
         guard result.published >= rows else {
             throw BenchFailure(
