@@ -105,6 +105,10 @@ let package = Package(
         .testTarget(
             name: "SagaEngineTests", dependencies: ["SagaEngine", "SagaTestSupport"],
             swiftSettings: strict),
+        // The executable's own logic (e.g. the benchmark's tally), through @testable import.
+        .testTarget(
+            name: "sagaTests", dependencies: ["saga", "SagaServices", "SagaEngine", "SagaKafka", "SagaTestSupport"],
+            swiftSettings: strict),
         .testTarget(
             name: "SagaServicesTests",
             dependencies: [

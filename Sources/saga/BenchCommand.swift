@@ -9,187 +9,310 @@ import Synchronization
 struct BenchCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
-        abstract: "Drive N sagas through the running stack and report throughput and latency.",
+        abstract: "Benchmark the running stack: sagas (default) or the relay draining an outbox backlog.",
+        subcommands: [BenchSagasCommand.self, BenchRelayCommand.self],
+        defaultSubcommand: BenchSagasCommand.self)
+}
+
+/// Thrown when a run did not do what it measured (a saga lost, an order refused): a failure of the system
+/// under test, not of the command line, so it exits 1 with the reason and no usage text.
+struct BenchFailure: Error, CustomStringConvertible {
+    var description: String
+}
+
+struct BenchSagasCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "sagas",
+        abstract: "Drive sagas through the running stack; report throughput, latency and the limits.",
         discussion: """
-            Needs a running stack (saga dev). Places orders over HTTP at the given concurrency (each one walks
-            order.created → inventory.reserved → payment.completed → order.confirmed across the three workers
-            and relays) and watches order.confirmed / order.cancelled on Kafka. Reports sagas/s, end-to-end
-            latency p50/p95/p99 (order accepted → confirmed or cancelled), the relays' publish rate and the
-            outbox lag (insert → broker ack). Fails if any saga does not finish (nothing may be lost).
+            Needs a running stack (saga dev, or the workers and relays with the orders API on SAGA_HTTP_PORT).
+            Places orders over HTTP (each walks order.created → inventory.reserved → payment.completed →
+            order.confirmed) and reads those topics from their current end, counting only the orders it placed.
+            Modes: closed loop (--concurrency N orders in flight), a fixed arrival rate (--rate R orders/s,
+            placed on schedule whether or not earlier ones finished), one at a time (--lone: place one, wait
+            for its order.confirmed, place the next), or --suite (lone, then closed loop, then a fixed rate of
+            half the closed loop's throughput).
+            Before the load it measures the limits on this machine: PostgreSQL single-row commits on one
+            connection and a produce → consume round trip on the broker. Reports sagas/s; latency (order
+            accepted → order.confirmed seen); per-hop latency from the events' occurredAt and record timestamps;
+            outbox lag; the relays' rows/s from their /metrics; CPU seconds and RSS of the stack's processes.
+            Exits 1 when a saga it placed does not finish within --timeout (nothing may be lost).
             """)
 
-    @Option(help: "Number of sagas.") var sagas = 1000
-    @Option(help: "Orders in flight at once.") var concurrency = 32
-    @Option(help: "Seconds to wait for the last saga.") var timeout = 300
+    @Option(help: "Sagas per phase (closed loop, fixed rate, or --lone).") var sagas = 2000
+    @Option(help: "Closed loop: orders in flight at once.") var concurrency = 32
+    @Option(help: "Open loop: orders placed per second, on schedule.") var rate: Double?
+    @Flag(help: "One saga at a time: place one, wait for its end, place the next.") var lone = false
+    @Flag(help: "Lone sagas, then the closed loop, then a fixed rate of half the closed loop's sagas/s.")
+    var suite = false
+    @Option(help: "Sagas of the --suite's lone phase.") var loneSagas = 200
+    @Option(help: "Sagas placed (closed loop, concurrency 16) and finished before measuring; not reported.")
+    var warmup = 0
+    @Option(help: "Seconds a phase waits for its last saga.") var timeout = 300
+    @Option(
+        name: .customLong("metrics"),
+        help: "A daemon's Prometheus endpoint (repeatable; default: SAGA_HTTP_HOST:SAGA_OPS_PORT/metrics).")
+    var metricsURLs: [String] = []
+    @Option(
+        name: .customLong("process"),
+        help: "A process of the stack to measure, name=pid (repeatable; default: the saga dev of .saga/dev.json).")
+    var processes: [String] = []
+    @Option(help: "Seconds of the PostgreSQL commit probe.") var probeSeconds = 2.0
+    @Option(help: "Round trips of the broker probe.") var probeRoundTrips = 200
     @Flag(help: "Print the result as JSON.") var json = false
 
+    enum Mode: Sendable {
+        case closed(concurrency: Int)
+        case rate(Double)
+        case lone
+    }
+
     func validate() throws {
-        guard sagas >= 1 && sagas <= 1_000_000 else { throw ValidationError("--sagas must be 1...1000000") }
-        guard concurrency >= 1 && concurrency <= 1024 else { throw ValidationError("--concurrency must be 1...1024") }
+        guard (1...1_000_000).contains(sagas) else { throw ValidationError("--sagas must be 1...1000000") }
+        guard (1...1024).contains(concurrency) else { throw ValidationError("--concurrency must be 1...1024") }
+        guard (1...100_000).contains(loneSagas) else { throw ValidationError("--lone-sagas must be 1...100000") }
+        guard (0...1_000_000).contains(warmup) else { throw ValidationError("--warmup must be 0...1000000") }
+        guard timeout >= 1 else { throw ValidationError("--timeout must be at least 1") }
+        if let rate, !(rate > 0 && rate <= 100_000) { throw ValidationError("--rate must be in (0, 100000]") }
+        guard [rate != nil, lone, suite].filter({ $0 }).count <= 1 else {
+            throw ValidationError("choose one of --rate, --lone and --suite")
+        }
+        guard probeSeconds >= 0, probeRoundTrips >= 0 else { throw ValidationError("probes cannot be negative") }
+        _ = try parsedProcesses()
+    }
+
+    private func parsedProcesses() throws -> [WatchedProcess] {
+        try processes.map { spec in
+            let parts = spec.split(separator: "=", maxSplits: 1)
+            guard parts.count == 2, let pid = Int32(parts[1]), pid > 0 else {
+                throw ValidationError("--process '\(spec)': expected name=pid")
+            }
+            return WatchedProcess(name: String(parts[0]), pid: pid)
+        }
     }
 
     func run() async throws {
         let runtime = try Runtime.start("saga.bench")
         let env = runtime.env
+        let logger = runtime.logger
         let client = try await OrdersClient.runningStack(env)
-        let kafka: KafkaSettings
-        kafka = try env.kafka()
-        let pools = Stack.services.map {
-            PostgresPool(configuration: env.database($0).configuration, size: 1, logger: runtime.logger)
-        }
+        let kafka = try env.kafka()
         let customer = "bench-\(UUID().uuidString.prefix(8).lowercased())"
-        try await DemoCatalogue(
-            products: [.init(sku: "bench-item", unitPrice: Money(amount: 100, currency: "EUR"), stock: 1_000_000_000)],
-            customers: [.init(id: customer, creditLimit: Money(amount: 1_000_000_000_000, currency: "EUR"))]
-        ).seed(orders: pools[0], inventory: pools[1], billing: pools[2])
+        try await Self.seed(env: env, customer: customer, logger: logger)
 
-        // Watch the saga's last events before placing anything.
-        var consumerConfig = kafka.consumer(
-            groupId: "saga-bench-\(UUID().uuidString.prefix(8))", clientId: "saga-bench")
-        consumerConfig.autoOffsetReset = "latest"
-        let consumer = try KafkaConsumer(configuration: consumerConfig, logger: runtime.logger)
-        try consumer.subscribe(
-            topics: [OrderConfirmed.eventType, OrderCancelled.eventType].map(env.topics.topic(for:)))
-        let joinDeadline = ContinuousClock.now + .seconds(30)
-        while try consumer.assignment().isEmpty && ContinuousClock.now < joinDeadline {
-            _ = try await consumer.poll(maxMessages: 100, timeout: .milliseconds(100))
+        var watched = try parsedProcesses()
+        if watched.isEmpty, let dev = DevStackFile.read() {
+            watched.append(WatchedProcess(name: "saga dev", pid: dev.pid))
         }
+        watched.append(WatchedProcess(name: "bench", pid: getpid()))
+        if let postmaster = await CommitProbe.postmaster(url: env.database(OrdersService.name).url, logger: logger) {
+            watched.append(WatchedProcess(name: "postgres (all backends)", pid: postmaster, withChildren: true))
+        }
+        let metricsURLs =
+            self.metricsURLs.isEmpty ? ["http://\(env.httpHost):\(env.opsPort)/metrics"] : self.metricsURLs
 
-        let progress = Progress(total: sagas)
-        let startWall = Date()
+        progress(
+            "measuring the limits: PostgreSQL commits for \(probeSeconds) s, \(probeRoundTrips) broker round trips")
+        let limits = BenchLimits(
+            commit: try await CommitProbe.run(
+                url: env.database(OrdersService.name).url, duration: .milliseconds(Int64(probeSeconds * 1000)),
+                logger: logger),
+            broker: try await BrokerProbe.run(
+                kafka: kafka, topic: env.topics.topic(for: "saga.bench.probe"), roundTrips: probeRoundTrips,
+                logger: logger))
+
+        let watch = try await SagaWatch.start(kafka: kafka, topics: env.topics, logger: logger)
+        let watching = Task { try await watch.run() }
+        let run = BenchRun(
+            client: client, customer: customer, watch: watch, timeout: .seconds(timeout),
+            processes: ProcessWatch(watched), metricsURLs: metricsURLs)
+        let sampling = Task { await run.processes.sampleRSS() }
+        var phases: [PhaseReport] = []
+        var failure: (any Error)?
+        do {
+            if warmup > 0 {
+                progress("warming up: \(warmup) sagas")
+                let report = try await run.phase(
+                    "warmup", "closed loop, concurrency 16", count: warmup, .closed(concurrency: 16))
+                guard report.unfinished.isEmpty else {
+                    throw BenchFailure(
+                        description:
+                            "warm-up: \(report.unfinished.count) of \(report.placed) sagas did not finish within \(timeout) s"
+                    )
+                }
+            }
+            for (name, description, count, mode) in plan() {
+                progress("\(name): \(description), \(count) sagas")
+                phases.append(try await run.phase(name, description, count: count, mode))
+            }
+            if suite, let closed = phases.last, closed.sagasPerSecond > 0 {
+                let half = max(1, closed.sagasPerSecond / 2)
+                let description = "fixed rate \(fmt(half)) orders/s (half the closed loop's throughput)"
+                progress("rate: \(description), \(sagas) sagas")
+                phases.append(try await run.phase("rate", description, count: sagas, .rate(half)))
+            }
+        } catch {
+            failure = error
+        }
+        watching.cancel()
+        sampling.cancel()
+        _ = try? await watching.value
+        await watch.close()
+
+        let tally = watch.tally.withLock { $0 }
+        if json {
+            let result = JSONValue.object([
+                "limits": limits.json, "phases": .array(phases.map { $0.json(limits: limits) }),
+                "foreign": .object([
+                    "sagas": .integer(Int64(tally.foreignSagas)), "events": .integer(Int64(tally.foreignEvents)),
+                ]),
+            ])
+            say(String(decoding: result.serialized(), as: UTF8.self))
+        } else {
+            say("limits          PostgreSQL: \(limits.commit.text)")
+            say("                broker: \(limits.broker.text)")
+            say(
+                "                hop floor \(String(format: "%.2f", limits.hopFloorMs)) ms (one commit + one round trip)"
+            )
+            for p in phases { say(p.text(limits: limits)) }
+            say(
+                "foreign         \(tally.foreignSagas) sagas / \(tally.foreignEvents) events seen that this run did not place (ignored)"
+            )
+        }
+        if let failure { throw failure }
+        let lost = phases.filter { !$0.unfinished.isEmpty }
+        if !lost.isEmpty {
+            throw BenchFailure(
+                description: lost.map {
+                    "\($0.name): \($0.unfinished.count) of \($0.placed) sagas placed did not finish within \(timeout) s "
+                        + "(e.g. \($0.unfinished.prefix(3).joined(separator: ", ")))"
+                }.joined(separator: "; "))
+        }
+    }
+
+    private func plan() -> [(String, String, Int, Mode)] {
+        if suite {
+            return [
+                ("lone", "one saga at a time", loneSagas, .lone),
+                ("closed", "closed loop, concurrency \(concurrency)", sagas, .closed(concurrency: concurrency)),
+            ]
+        }
+        if lone { return [("lone", "one saga at a time", sagas, .lone)] }
+        if let rate { return [("rate", "fixed rate \(fmt(rate)) orders/s", sagas, .rate(rate))] }
+        return [("closed", "closed loop, concurrency \(concurrency)", sagas, .closed(concurrency: concurrency))]
+    }
+
+    /// An item with stock and a customer with credit for any run.
+    static func seed(env: SagaEnvironment, customer: String, logger: Logger) async throws {
+        let pools = Stack.services.map {
+            PostgresPool(configuration: env.database($0).configuration, size: 1, logger: logger)
+        }
+        do {
+            try await DemoCatalogue(
+                products: [
+                    .init(sku: "bench-item", unitPrice: Money(amount: 100, currency: "EUR"), stock: 1_000_000_000)
+                ],
+                customers: [.init(id: customer, creditLimit: Money(amount: 1_000_000_000_000, currency: "EUR"))]
+            ).seed(orders: pools[0], inventory: pools[1], billing: pools[2])
+        } catch {
+            for p in pools { await p.close() }
+            throw error
+        }
+        for p in pools { await p.close() }
+    }
+}
+
+/// Places the orders of each phase and measures it.
+struct BenchRun: Sendable {
+    let client: OrdersClient
+    let customer: String
+    let watch: SagaWatch
+    let timeout: Duration
+    let processes: ProcessWatch
+    let metricsURLs: [String]
+
+    /// Places `count` orders in `mode`, waits for each to end (or the timeout) and reports.
+    func phase(_ name: String, _ description: String, count: Int, _ mode: BenchSagasCommand.Mode) async throws
+        -> PhaseReport
+    {
+        let before = await MetricsScrape.scrape(metricsURLs)
+        let cpu = processes.begin()
         let start = ContinuousClock.now
-        let concurrency = self.concurrency
-        let placing = Task {
-            try await withThrowingTaskGroup(of: Void.self) { group in
-                for _ in 0..<concurrency {
+        let deadline = start + timeout
+        switch mode {
+        case .closed(let concurrency):
+            let claims = Claims()
+            try await withThrowingDiscardingTaskGroup { group in
+                for _ in 0..<min(concurrency, count) {
                     group.addTask {
-                        while progress.claim() {
-                            let id = try await client.place(customerId: customer, lines: [("bench-item", 1)])
-                            progress.accepted(id)
+                        while claims.next.add(1, ordering: .relaxed).oldValue < count {
+                            try await place(name, requested: .now)
                         }
                     }
                 }
-                try await group.waitForAll()
             }
-        }
-        var finished: [String: ContinuousClock.Instant] = [:]
-        var confirmed = 0
-        let deadline = ContinuousClock.now + .seconds(timeout)
-        while finished.count < sagas && ContinuousClock.now < deadline {
-            for m in try await consumer.poll(maxMessages: 1000, timeout: .milliseconds(100)) {
-                let id = m.key.map { String(decoding: $0, as: UTF8.self) } ?? ""
-                if finished[id] == nil {
-                    finished[id] = .now
-                    if m.topic.hasSuffix(OrderConfirmed.eventType) { confirmed += 1 }
+        case .rate(let perSecond):
+            try await withThrowingDiscardingTaskGroup { group in
+                for i in 0..<count {
+                    let due = start + .nanoseconds(Int64(Double(i) / perSecond * 1e9))
+                    if due > .now { try await Task.sleep(until: due, clock: .continuous) }
+                    group.addTask { try await place(name, requested: due) }
                 }
             }
-        }
-        try await placing.value
-        let end = ContinuousClock.now
-        await consumer.close()
-        let acceptedAt = progress.acceptedAt
-        let latencies = finished.compactMap { id, t in acceptedAt[id].map { (t - $0).milliseconds } }.sorted()
-        let elapsed = (end - start).milliseconds / 1000
-
-        // The relays mark the last rows just after the broker acknowledged them: let them finish.
-        let markDeadline = ContinuousClock.now + .seconds(10)
-        while ContinuousClock.now < markDeadline {
-            var pending = 0
-            for pool in pools {
-                pending +=
-                    try await pool.query(
-                        "SELECT count(*) AS n FROM saga_outbox WHERE created_at >= $1 AND published_at IS NULL",
-                        [startWall]
-                    ).first?.decode("n", as: Int.self) ?? 0
-            }
-            if pending == 0 { break }
-            try await Task.sleep(for: .milliseconds(100))
-        }
-        var relayRows = 0
-        var lag: [Double] = []
-        for pool in pools {
-            for r in try await pool.query(
-                """
-                SELECT extract(epoch FROM (published_at - created_at)) * 1000 AS lag_ms FROM saga_outbox
-                WHERE created_at >= $1 AND published_at IS NOT NULL
-                """, [startWall])
-            {
-                relayRows += 1
-                lag.append(try r.decode("lag_ms"))
+        case .lone:
+            for _ in 0..<count {
+                let id = try await place(name, requested: .now)
+                while !watch.tally.withLock({ $0.isFinished(id) }) && ContinuousClock.now < deadline {
+                    try await Task.sleep(for: .microseconds(200))
+                }
+                if ContinuousClock.now >= deadline { break }
             }
         }
-        lag.sort()
-        for p in pools { await p.close() }
+        while watch.tally.withLock({ $0.finishedCount(in: name) < $0.placedCount(in: name) })
+            && ContinuousClock.now < deadline
+        {
+            try await Task.sleep(for: .milliseconds(5))
+        }
+        let wall = millis(ContinuousClock.now - start) / 1000
+        let figures = processes.end(cpu, seconds: wall)
+        // A relay counts a row once it has marked it, a moment after the broker acknowledged it (and the
+        // bench may have read it): wait until the counters stand still, so no row is counted in the next phase.
+        var after = await MetricsScrape.scrape(metricsURLs)
+        let settle = ContinuousClock.now + .seconds(3)
+        while after.reachable > 0 && ContinuousClock.now < settle {
+            try await Task.sleep(for: .milliseconds(250))
+            let next = await MetricsScrape.scrape(metricsURLs)
+            let stands = next.values[RelayFigures.publishedMetric] == after.values[RelayFigures.publishedMetric]
+            after = next
+            if stands { break }
+        }
+        let tally = watch.tally.withLock { $0 }
+        var report = PhaseReport(
+            name: name, description: description, tally: tally, start: start, relay: nil, processes: figures)
+        report.relay = RelayFigures(before: before, after: after, seconds: report.seconds)
+        return report
+    }
 
-        let result = JSONValue.object([
-            "sagas": .integer(Int64(sagas)), "concurrency": .integer(Int64(concurrency)),
-            "finished": .integer(Int64(latencies.count)), "confirmed": .integer(Int64(confirmed)),
-            "seconds": .number(round1(elapsed)), "sagasPerSecond": .number(round1(Double(latencies.count) / elapsed)),
-            "latencyMs": .object([
-                "p50": .number(round1(pct(latencies, 0.50))), "p95": .number(round1(pct(latencies, 0.95))),
-                "p99": .number(round1(pct(latencies, 0.99))), "max": .number(round1(latencies.last ?? 0)),
-            ]),
-            "relay": .object([
-                "eventsPublished": .integer(Int64(relayRows)),
-                "eventsPerSecond": .number(round1(Double(relayRows) / elapsed)),
-                "outboxLagMs": .object([
-                    "p50": .number(round1(pct(lag, 0.50))), "p99": .number(round1(pct(lag, 0.99))),
-                    "max": .number(round1(lag.last ?? 0)),
-                ]),
-            ]),
-        ])
-        if json {
-            print(String(decoding: result.serialized(), as: UTF8.self))
-        } else {
-            print(
-                """
-                sagas           \(latencies.count)/\(sagas) finished (\(confirmed) confirmed) in \(round1(elapsed)) s, concurrency \(concurrency)
-                throughput      \(round1(Double(latencies.count) / elapsed)) sagas/s
-                latency (ms)    p50 \(round1(pct(latencies, 0.5)))   p95 \(round1(pct(latencies, 0.95)))   p99 \(round1(pct(latencies, 0.99)))   max \(round1(latencies.last ?? 0))
-                relay           \(relayRows) events published, \(round1(Double(relayRows) / elapsed)) events/s
-                outbox lag (ms) p50 \(round1(pct(lag, 0.5)))   p99 \(round1(pct(lag, 0.99)))   max \(round1(lag.last ?? 0))   (outbox insert → broker ack)
-                """)
+    @discardableResult
+    private func place(_ phase: String, requested: ContinuousClock.Instant) async throws -> String {
+        let id: String
+        do {
+            id = try await client.place(customerId: customer, lines: [("bench-item", 1)])
+        } catch {
+            throw BenchFailure(description: "placing an order failed: \(error)")
         }
-        guard latencies.count == sagas else {
-            throw ValidationError("\(sagas - latencies.count) of \(sagas) sagas did not finish within \(timeout) s")
-        }
+        let accepted = ContinuousClock.now
+        watch.tally.withLock { $0.placed(id, phase: phase, requested: requested, accepted: accepted) }
+        return id
     }
 }
 
-/// Orders handed out to the placing tasks and when each was accepted.
-final class Progress: Sendable {
-    private let state: Mutex<(next: Int, accepted: [String: ContinuousClock.Instant])>
-    private let total: Int
-
-    init(total: Int) {
-        self.total = total
-        self.state = Mutex((0, [:]))
-    }
-
-    /// Takes the next order to place; false when all are taken.
-    func claim() -> Bool {
-        state.withLock { s in
-            guard s.next < total else { return false }
-            s.next += 1
-            return true
-        }
-    }
-
-    func accepted(_ id: String) {
-        let now = ContinuousClock.now
-        state.withLock { $0.accepted[id] = now }
-    }
-
-    var acceptedAt: [String: ContinuousClock.Instant] { state.withLock { $0.accepted } }
+/// Hands out the orders of a closed-loop phase to its placing tasks.
+private final class Claims: Sendable {
+    let next = Atomic<Int>(0)
 }
 
-func pct(_ sorted: [Double], _ p: Double) -> Double {
-    guard !sorted.isEmpty else { return 0 }
-    return sorted[
-        min(
-            sorted.count - 1,
-            Int((Double(sorted.count) * p).rounded(.up)) - 1 < 0 ? 0 : Int((Double(sorted.count) * p).rounded(.up)) - 1)
-    ]
+/// Progress for people, on standard error (standard output carries the result, e.g. --json).
+func progress(_ text: String) {
+    FileHandle.standardError.write(Data(("saga bench: " + text + "\n").utf8))
 }
-
-func round1(_ x: Double) -> Double { (x * 10).rounded() / 10 }

@@ -1,0 +1,95 @@
+import Foundation
+import Logging
+import SagaEngine
+import SagaKafka
+import SagaServices
+import SagaTestSupport
+import ServiceLifecycle
+import Synchronization
+import Testing
+
+@testable import saga
+
+/// The benchmark against a real stack (PostgreSQL, an in-process mock cluster, the three workers, the relays
+/// and the orders API in this process), with sagas it did not place ending on the same topics.
+@Suite struct BenchEndToEndTests {
+    @Test func theBenchmarkRefusesToCountForeignSagas() async throws {
+        var logger = Logger(label: "test")
+        logger.logLevel = .warning
+        let prefix = KafkaTestBroker.uniqueName("tb") + "."
+        let cluster = try KafkaMockCluster(brokers: 1, logger: logger)
+        for topic in sagaTopics(TopicNaming(prefix: prefix)) { try cluster.createTopic(topic, partitions: 2) }
+        let env = try SagaEnvironment.load(
+            [
+                "SAGA_DATABASE_URL": PostgresTestDatabase.url, "SAGA_KAFKA_BOOTSTRAP": cluster.bootstrapServers,
+                "SAGA_TOPIC_PREFIX": prefix, "SAGA_HTTP_PORT": "0",
+            ], devFile: nil, brokerFile: nil)
+        let stack = Stack(env: env, logger: logger)
+        try await stack.migrate()
+        let port = Mutex<Int?>(nil)
+        var services: [any Service] = []
+        for s in Stack.services { services.append(try stack.relay(s)) }
+        for s in Stack.services { services.append(try stack.worker(s)) }
+        let (http, pool) = stack.ordersHTTP(port: 0) { p in port.withLock { $0 = p } }
+        services.append(http)
+        let group = ServiceGroup(
+            configuration: .init(
+                services: services.map { .init(service: $0) }, gracefulShutdownSignals: [], logger: logger))
+        let running = Task { try await group.run() }
+        let customer = "bench-test"
+        let watch = try await SagaWatch.start(kafka: try env.kafka(), topics: env.topics, logger: logger)
+        let watching = Task { try await watch.run() }
+        do {
+            try await BenchSagasCommand.seed(env: env, customer: customer, logger: logger)
+            while port.withLock({ $0 }) == nil { try await Task.sleep(for: .milliseconds(10)) }
+            let client = OrdersClient(base: "http://127.0.0.1:\(port.withLock { $0 }!)")
+
+            // Five sagas this run did not place end first (an earlier run draining, say).
+            let producer = try KafkaProducer(configuration: try env.kafka().producer(clientId: "test"), logger: logger)
+            for i in 0..<5 {
+                let envelope = EventEnvelope(
+                    type: OrderConfirmed.eventType, version: 1, sagaId: "foreign-\(i)", causationId: nil,
+                    producer: "orders", traceparent: nil, data: .object([:]))
+                _ = try await producer.send(
+                    KafkaOutgoingMessage(
+                        topic: env.topics.topic(for: OrderConfirmed.eventType), key: Array("foreign-\(i)".utf8),
+                        value: envelope.serialized()))
+            }
+            await producer.shutdown()
+            let seen = ContinuousClock.now + .seconds(30)
+            while watch.tally.withLock({ $0.foreignSagas }) < 5 && ContinuousClock.now < seen {
+                try await Task.sleep(for: .milliseconds(10))
+            }
+            #expect(watch.tally.withLock { $0.foreignSagas } == 5)
+
+            let run = BenchRun(
+                client: client, customer: customer, watch: watch, timeout: .seconds(60),
+                processes: ProcessWatch([WatchedProcess(name: "test", pid: getpid())]), metricsURLs: [])
+            let report = try await run.phase("closed", "closed loop, concurrency 2", count: 3, .closed(concurrency: 2))
+
+            #expect(report.placed == 3)
+            #expect(report.finished == 3)
+            #expect(report.confirmed == 3)
+            #expect(report.unfinished.isEmpty)
+            #expect(report.latency.count == 3)
+            #expect(report.hops.allSatisfy { $0.total.count == 3 })
+            #expect(report.processes.map(\.name) == ["test"])
+            let tally = watch.tally.withLock { $0 }
+            #expect(tally.foreignSagas == 5)
+            for (id, saga) in tally.sagas(in: "closed") {
+                #expect(!id.hasPrefix("foreign"))
+                #expect(Set(saga.events.keys) == Set(benchHopTypes))
+            }
+        } catch {
+            Issue.record(error)
+        }
+        watching.cancel()
+        _ = try? await watching.value
+        await watch.close()
+        await group.triggerGracefulShutdown()
+        _ = try? await running.value
+        await pool.close()
+        for s in Stack.services { try? await PostgresTestDatabase.dropSchema(env.database(s).schema) }
+        cluster.shutdown()
+    }
+}

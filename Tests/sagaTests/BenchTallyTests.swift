@@ -1,0 +1,153 @@
+import ArgumentParser
+import Foundation
+import SagaServices
+import Testing
+
+@testable import saga
+
+@Suite struct BenchTallyTests {
+    let t0 = ContinuousClock.now
+    let wall = Date(timeIntervalSince1970: 1_800_000_000)
+
+    func sighting(at ms: Double, recorded: Double? = nil, seen: Double? = nil) -> SagaTally.Sighting {
+        SagaTally.Sighting(
+            occurredAt: wall.addingTimeInterval(ms / 1000),
+            recordTime: recorded.map { wall.addingTimeInterval($0 / 1000) },
+            seenAt: wall.addingTimeInterval((seen ?? ms) / 1000),
+            seen: t0 + .milliseconds(Int64(seen ?? ms)))
+    }
+
+    @Test func foreignSagasNeverFinishTheRun() {
+        var tally = SagaTally()
+        // An earlier run's sagas end while this run's first saga is still in flight.
+        tally.saw(type: OrderConfirmed.eventType, key: "earlier-1", sighting(at: 1))
+        tally.saw(type: OrderCancelled.eventType, key: "earlier-2", sighting(at: 2))
+        tally.placed("mine", phase: "closed", requested: t0, accepted: t0 + .milliseconds(3))
+        tally.saw(type: OrderConfirmed.eventType, key: "earlier-3", sighting(at: 4))
+
+        #expect(tally.placedCount(in: "closed") == 1)
+        #expect(tally.finishedCount(in: "closed") == 0)
+        #expect(tally.unfinished(in: "closed") == ["mine"])
+        #expect(!tally.isFinished("mine"))
+        #expect(tally.foreignSagas == 3)
+        #expect(tally.foreignEvents == 3)
+        #expect(tally.sagas["earlier-1"] == nil)
+
+        tally.saw(type: OrderConfirmed.eventType, key: "mine", sighting(at: 50))
+        #expect(tally.finishedCount(in: "closed") == 1)
+        #expect(tally.unfinished(in: "closed").isEmpty)
+        #expect(tally.sagas["mine"]?.outcome == .confirmed)
+    }
+
+    @Test func anEventSeenBeforeTheAPIAnsweredIsCreditedToTheOrder() {
+        var tally = SagaTally()
+        tally.saw(type: OrderCreatedV2.eventType, key: "fast", sighting(at: 1, recorded: 2))
+        #expect(tally.foreignSagas == 1)
+        tally.placed("fast", phase: "lone", requested: t0, accepted: t0 + .milliseconds(5))
+        #expect(tally.foreignSagas == 0)
+        #expect(tally.foreignEvents == 0)
+        #expect(tally.sagas["fast"]?.events[OrderCreatedV2.eventType]?.recordTime != nil)
+        #expect(tally.finishedCount(in: "lone") == 0)
+    }
+
+    @Test func aRepublishedTerminalEventCountsOnce() {
+        var tally = SagaTally()
+        tally.placed("a", phase: "closed", requested: t0, accepted: t0)
+        tally.saw(type: OrderConfirmed.eventType, key: "a", sighting(at: 10))
+        tally.saw(type: OrderConfirmed.eventType, key: "a", sighting(at: 20))
+        #expect(tally.finishedCount(in: "closed") == 1)
+        #expect(tally.sagas["a"]?.finished == t0 + .milliseconds(10))
+    }
+
+    @Test func phasesAreCountedApart() {
+        var tally = SagaTally()
+        tally.placed("w", phase: "warmup", requested: t0, accepted: t0)
+        tally.saw(type: OrderConfirmed.eventType, key: "w", sighting(at: 10))
+        tally.placed("c", phase: "closed", requested: t0, accepted: t0)
+        #expect(tally.finishedCount(in: "warmup") == 1)
+        #expect(tally.finishedCount(in: "closed") == 0)
+        #expect(tally.placedCount(in: "closed") == 1)
+    }
+
+    @Test func hopsSplitAtTheRecordTimestamp() {
+        var tally = SagaTally()
+        tally.placed("s", phase: "lone", requested: t0, accepted: t0)
+        tally.saw(type: OrderCreatedV2.eventType, key: "s", sighting(at: 0, recorded: 2))
+        tally.saw(type: InventoryReserved.eventType, key: "s", sighting(at: 10, recorded: 13))
+        tally.saw(type: PaymentCompleted.eventType, key: "s", sighting(at: 25, recorded: 26))
+        tally.saw(type: OrderConfirmed.eventType, key: "s", sighting(at: 40, recorded: 42, seen: 45))
+        let hops = tally.hops(in: "lone")
+        #expect(hops.map(\.from) == benchHopTypes)
+        #expect(hops.map(\.to) == Array(benchHopTypes.dropFirst()) + ["bench"])
+        #expect(hops.map { round2($0.total.p50) } == [10, 15, 15, 5])
+        #expect(hops.map { round2($0.outbox.p50) } == [2, 3, 1, 2])
+        #expect(hops.map { round2($0.delivery.p50) } == [8, 12, 14, 3])
+        #expect(round2(tally.outboxLag(in: "lone").max) == 3)
+
+        let report = PhaseReport(
+            name: "lone", description: "one at a time", tally: tally, start: t0, relay: nil, processes: [])
+        #expect(report.finished == 1)
+        #expect(report.confirmed == 1)
+        #expect(round2(report.latency.p50) == 45)
+    }
+
+    @Test func percentilesUseNearestRank() {
+        let d = Distribution((1...100).map(Double.init))
+        #expect(d.p50 == 50)
+        #expect(d.p95 == 95)
+        #expect(d.p99 == 99)
+        #expect(d.max == 100)
+        #expect(Distribution([]).count == 0)
+    }
+
+    @Test func aLostSagaIsAFailureNotAUsageError() {
+        let failure = BenchFailure(description: "closed: 3 of 300 sagas placed did not finish within 300 s")
+        #expect(BenchSagasCommand.exitCode(for: failure) == .failure)
+        #expect(BenchSagasCommand.exitCode(for: failure) != .validationFailure)
+        let message = BenchSagasCommand.fullMessage(for: failure)
+        #expect(message.contains("did not finish"))
+        #expect(!message.contains("Usage"))
+    }
+}
+
+@Suite struct BenchMetricsTests {
+    @Test func prometheusSamplesAreSummedOverLabels() {
+        let text = """
+            # HELP saga_relay_published_total x
+            # TYPE saga_relay_published_total counter
+            saga_relay_published_total{service="orders"} 10
+            saga_relay_published_total{service="billing"} 5
+            saga_relay_outbox_lag_seconds_sum{service="orders"} 0.5
+            saga_relay_outbox_lag_seconds_count{service="orders"} 10
+            saga_outbox_backlog 3
+            """
+        let values = MetricsScrape.parse(text)
+        #expect(values["saga_relay_published_total"] == 15)
+        #expect(values["saga_outbox_backlog"] == 3)
+
+        let before = MetricsScrape(values: ["saga_relay_published_total": 5], reachable: 1)
+        let after = MetricsScrape(values: values, reachable: 1)
+        let relay = RelayFigures(before: before, after: after, seconds: 2)
+        #expect(relay?.published == 10)
+        #expect(relay?.rowsPerSecond == 5)
+        #expect(relay?.meanLagMs == 50)
+        #expect(RelayFigures(before: before, after: MetricsScrape(), seconds: 2) == nil)
+    }
+
+    @Test func procStatIsReadPastTheCommand() throws {
+        let stat = "4242 (saga (dev) x) S 17 4242 4242 0 -1 4194560 100 0 0 0 250 50 30 20 20 0 9 0 100 1000 200"
+        let status = "Name:\tsaga\nVmHWM:\t   20480 kB\nVmRSS:\t   10240 kB\n"
+        let sample = try #require(ProcessSample.parse(stat: stat, status: status))
+        #expect(sample.parent == 17)
+        #expect(sample.cpuSeconds == 300 / ProcessSample.ticksPerSecond)
+        #expect(sample.childrenCPUSeconds == 50 / ProcessSample.ticksPerSecond)
+        #expect(sample.rss == 10240 * 1024)
+        #expect(sample.peakRSS == 20480 * 1024)
+    }
+
+    @Test func ourOwnProcessIsReadable() throws {
+        let sample = try #require(ProcessSample.read(getpid()))
+        #expect(sample.rss > 0)
+        #expect(sample.peakRSS >= sample.rss)
+    }
+}
