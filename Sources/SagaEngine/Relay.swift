@@ -16,6 +16,11 @@ public struct RelayConfiguration: Sendable {
     /// Fallback poll while idle. An idle relay is normally woken by a NOTIFY from the first commit that adds
     /// rows to one of its shards; the poll only covers a commit that raced the relay going idle.
     public var pollInterval: Duration = .seconds(1)
+    /// How long a relay that found nothing keeps looking (every `gracePollInterval`) before it flags itself idle.
+    /// Under load rows come again within milliseconds; a relay that flagged itself idle between them would make
+    /// every writer's commit send a NOTIFY, and PostgreSQL serialises notifying commits cluster-wide.
+    public var idleGrace: Duration = .milliseconds(100)
+    public var gracePollInterval: Duration = .milliseconds(2)
     /// How often an instance tries to take over shards nobody owns (e.g. after another relay died).
     public var claimInterval: Duration = .seconds(2)
     /// Most shards one instance owns; lower it to spread the shards over several instances.
@@ -61,7 +66,8 @@ public struct RelayStats: Sendable, Hashable {
 ///   rows go out again in order after it. A row the broker refuses for good is parked (`failed_at`).
 /// - While the broker acknowledges a batch, the next one is read (excluding the rows in flight); it is sent
 ///   only if the whole previous batch succeeded, otherwise it is dropped and read again.
-/// - Idle: it raises its shards' flag in `saga_outbox_wake`, waits until no inserting transaction is in flight,
+/// - Idle (nothing found for `idleGrace`, looking every `gracePollInterval`): it raises its shards' flag in
+///   `saga_outbox_wake`, waits until no inserting transaction is in flight,
 ///   and reads once more; an insert into a flagged shard notifies at commit, which wakes it. `pollInterval` is
 ///   only a fallback (a writer transaction open for long, a REPEATABLE READ writer).
 /// - Several instances: each owns outbox shards through session advisory locks held on its connection;
@@ -190,6 +196,16 @@ public final class OutboxRelay: Service, Sendable {
                     acknowledged = []
                 }
                 if !flagged {
+                    // Keep looking for a while before going idle, so that writers under load never notify.
+                    let graceEnd = ContinuousClock.now + configuration.idleGrace
+                    while batch.isEmpty && ContinuousClock.now < graceEnd && !Task.isShuttingDownGracefully
+                        && !Task.isCancelled
+                    {
+                        try await Task.sleep(for: configuration.gracePollInterval)
+                        batch = try await read(owned, round, [], connection)
+                    }
+                }
+                if batch.isEmpty && !flagged {
                     // Raise the flag, then look once more: a commit the read above missed either shows now or
                     // finds the flag raised and notifies.
                     try await setIdle(true, shards: owned, on: connection)

@@ -31,11 +31,12 @@ import Testing
 
         func relay(
             maxShards: Int = EngineMigrations.shardCount, pollInterval: Duration = .milliseconds(200),
-            kafka: KafkaSettings? = nil
+            idleGrace: Duration? = nil, kafka: KafkaSettings? = nil
         ) -> (OutboxRelay, Task<Void, any Error>) {
             var c = RelayConfiguration(name: "test", kafka: kafka ?? self.kafka, database: database)
             c.maxShards = maxShards
             c.pollInterval = pollInterval
+            if let idleGrace { c.idleGrace = idleGrace }
             c.claimInterval = .milliseconds(100)
             let relay = OutboxRelay(configuration: c, logger: logger)
             return (relay, Task { try await relay.run() })
@@ -296,5 +297,34 @@ import Testing
         // Generous: the point is "woken, and not held up by a first send to a topic" (librdkafka looks unknown
         // topics up about once a second: ~0.75-1 s before), not "fast"; the fallback poll would take 60 s.
         for e in elapsed { #expect(e < .milliseconds(500), "\(elapsed)") }
+    }
+
+    /// Writers pay for a NOTIFY only while the relay idles (notifying commits serialise cluster-wide): a relay that
+    /// keeps finding rows within its grace never flags itself idle; once they stop, it does.
+    @Test func aRelayThatKeepsFindingRowsNeverFlagsItselfIdle() async throws {
+        let f = try await Fixture()
+        let (relay, task) = f.relay(pollInterval: .seconds(60), idleGrace: .seconds(3))
+        let pool = PostgresPool(configuration: f.database.configuration, size: 1, logger: f.logger)
+        func raisedFlags() async throws -> Int {
+            try await pool.query("SELECT count(*) AS n FROM saga_outbox_wake WHERE idle").first!.decode("n")
+        }
+        var raisedWhileBusy: [Int] = []
+        // Rows every 100 ms for 2 s: always within the grace.
+        for seq in 1...20 {
+            try await pool.withTransaction { try await Outbox.append([f.message(saga: "s\(seq)", seq: seq)], on: $0) }
+            try await Task.sleep(for: .milliseconds(100))
+            raisedWhileBusy.append(try await raisedFlags())
+        }
+        let deadline = ContinuousClock.now + .seconds(30)
+        while try await raisedFlags() == 0 && ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        let raisedAfter = try await raisedFlags()
+        let published = relay.stats.published
+        await pool.close()
+        await f.tearDown([task])
+        #expect(published == 20)
+        #expect(raisedWhileBusy.allSatisfy { $0 == 0 }, "flags raised while rows kept coming: \(raisedWhileBusy)")
+        #expect(raisedAfter == EngineMigrations.shardCount, "an idle relay flags every shard it owns")
     }
 }
