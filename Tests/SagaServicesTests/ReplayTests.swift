@@ -230,7 +230,12 @@ import Testing
                 summary.notes.contains { $0.contains("\(topic)[0]") && $0.contains("\(summary.unreached) record") },
                 "\(summary.notes)")
         }
-        if KafkaTestBroker.usesRealKafka && !KafkaTestBroker.isTansu || broker.cluster != nil {
+        if KafkaTestBroker.isTansu {
+            // The ten records usually travel as one batch, and Tansu then reports the high watermark 1.
+            withKnownIssue("Tansu's high watermark is the last batch's base offset + 1", isIntermittent: true) {
+                #expect(summary.unreached == 0, "\(summary.notes)")
+            }
+        } else if KafkaTestBroker.usesRealKafka || broker.cluster != nil {
             #expect(summary.unreached == 0 && partition.endOffset == 10)  // a correct high watermark
         }
         withExtendedLifetime(broker.cluster) {}
