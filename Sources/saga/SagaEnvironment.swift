@@ -127,7 +127,7 @@ struct SagaEnvironment: Sendable {
         "SAGA_HEALTH_TIMEOUT",
         // scripts/ and the tests
         "SAGA_PG_PORT", "SAGA_PG_FSYNC", "SAGA_PG_DB", "SAGA_ROOT", "SAGA_LOCAL", "SAGA_PIDS", "SAGA_STARTED_PG",
-        "SAGA_TEST_LOG_LEVEL",
+        "SAGA_TEST_LOG_LEVEL", "SAGA_TEST_BROKER",
     ]
 
     /// SAGA_* variables set in `env` that nothing reads: most likely misspelt.

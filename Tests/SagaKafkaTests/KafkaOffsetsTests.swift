@@ -31,11 +31,26 @@ import Testing
             logger: testLogger("r"))
         let p0 = KafkaTopicPartition(topic: topic, partition: 0)
         let p1 = KafkaTopicPartition(topic: topic, partition: 1)
-        #expect(try await reader.watermarks(of: p0, timeout: .seconds(10)) == KafkaWatermarks(low: 0, high: 10))
+        let marks = try await reader.watermarks(of: p0, timeout: .seconds(10))
+        if KafkaTestBroker.isTansu {
+            // Tansu reports the last batch's base offset + 1: the second send's records (5..<10) usually travel
+            // as one batch, giving 6. What it must still give: past the first send, within the log.
+            withKnownIssue("Tansu's high watermark is the last batch's base offset + 1", isIntermittent: true) {
+                #expect(marks == KafkaWatermarks(low: 0, high: 10))
+            }
+            #expect(marks.low == 0 && (6...10).contains(marks.high), "\(marks)")
+        } else {
+            #expect(marks == KafkaWatermarks(low: 0, high: 10))
+        }
         #expect(try await reader.watermarks(of: p1, timeout: .seconds(10)) == KafkaWatermarks(low: 0, high: 0))
         let times = try await reader.offsets(forTimes: [(p0, middle)], timeout: .seconds(10))
         if broker.cluster != nil {
             #expect(times.map(\.offset) == [-1])  // the mock answers "none that recent" to every time
+        } else if KafkaTestBroker.isTansu {
+            withKnownIssue("Tansu's offsets for times are approximate", isIntermittent: true) {
+                #expect(times.map(\.offset) == [5])
+            }
+            #expect(times.count == 1 && (-1...10).contains(times[0].offset), "\(times)")
         } else if KafkaTestBroker.usesRealKafka {
             #expect(times.map(\.offset) == [5])
         }
@@ -76,7 +91,18 @@ import Testing
         }
         do {
             let description = try await other.describeGroup(group, timeout: .seconds(10))
-            #expect(description.members.count == 1)
+            if KafkaTestBroker.isTansu {
+                // Seen here: Tansu answered DescribeGroups for this group, which has one member, with no
+                // members. `saga replay reset-group` relies on the member list; there the coordinator's refusal
+                // of commits from outside an active group (checked above) is what still protects the group.
+                withKnownIssue(
+                    "Tansu's DescribeGroups can list no members of a group that has one", isIntermittent: true
+                ) {
+                    #expect(description.members.count == 1, "state \(description.state)")
+                }
+            } else {
+                #expect(description.members.count == 1)
+            }
             #expect(broker.cluster == nil)
         } catch {
             // librdkafka 2.0.2's mock cluster answers neither ListGroups nor DescribeGroups.

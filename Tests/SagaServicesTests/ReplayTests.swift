@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 import SagaEngine
 import SagaKafka
 import SagaServices
@@ -9,6 +10,8 @@ import Testing
 /// a fixed poison event completes its saga when redriven, dry runs send nothing, group resets
 /// respect active members, and the inbox horizon guards old slices.
 @Suite(.serialized) struct ReplayTests {
+    static let logger = Logger(label: "replay-test")
+
     @Test func replayingASliceRedeliversItAndChangesNothing() async throws {
         let stack = try await TestStack()
         try stack.startAll()
@@ -198,6 +201,44 @@ import Testing
         #expect(forced.sent == 1)
         #expect(try await stack.endOffsets([created])[created] == ends[created]! + 1)
         await stack.stop()
+    }
+
+    /// A replay reads up to the high watermark read at its start. A broker that reports it too low (Tansu:
+    /// the last batch's base offset + 1) hides records written before the start: the replay must count
+    /// and name them, not end quietly as if the slice were complete.
+    @Test func recordsPastALowHighWatermarkAreReportedNotSilentlySkipped() async throws {
+        let topic = KafkaTestBroker.uniqueName("replay-hw")
+        let broker = try await KafkaTestBroker.withTopics([topic], partitions: 1)
+        let kafka = KafkaSettings(bootstrapServers: broker.servers)
+        let producer = try KafkaProducer(configuration: kafka.producer(clientId: "test"), logger: Self.logger)
+        // Sent at once, so that they travel (and are stored) as one batch.
+        let outgoing = (0..<10).map {
+            KafkaOutgoingMessage(topic: topic, key: Array("k\($0)".utf8), value: Array("v\($0)".utf8), partition: 0)
+        }
+        for result in await producer.send(outgoing) { _ = try result.get() }
+        await producer.shutdown()
+        let replayer = Replayer(kafka: kafka, logger: Self.logger)
+        var options = ReplayOptions()
+        options.dryRun = true
+        let summary = try await replayer.replayTopic(topic, selection: ReplaySelection(), options: options)
+        let partition = try #require(summary.partitions.first)
+        #expect(summary.messages.map(\.offset) == Array(0..<Int64(summary.scanned)))
+        #expect(summary.scanned + summary.unreached == 10, "every record is either read or reported")
+        #expect(partition.unreached == summary.unreached)
+        if summary.unreached > 0 {
+            #expect(
+                summary.notes.contains { $0.contains("\(topic)[0]") && $0.contains("\(summary.unreached) record") },
+                "\(summary.notes)")
+        }
+        if KafkaTestBroker.isTansu {
+            // The ten records usually travel as one batch, and Tansu then reports the high watermark 1.
+            withKnownIssue("Tansu's high watermark is the last batch's base offset + 1", isIntermittent: true) {
+                #expect(summary.unreached == 0, "\(summary.notes)")
+            }
+        } else if KafkaTestBroker.usesRealKafka || broker.cluster != nil {
+            #expect(summary.unreached == 0 && partition.endOffset == 10)  // a correct high watermark
+        }
+        withExtendedLifetime(broker.cluster) {}
     }
 
     @Test func badInputIsRefusedAndSendsNothing() async throws {
