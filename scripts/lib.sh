@@ -212,7 +212,7 @@ saga_tansu_start() {
         --listener-url "tcp://127.0.0.1:$broker_port" --advertised-listener-url "tcp://127.0.0.1:$proxy_port" \
         --storage-engine "memory://tansu/" >"$SAGA_LOCAL/tansu.log" 2>&1
     saga_wait_port "$broker_port" "tansu" "${SAGA_PIDS[-1]}"
-    saga_spawn python3 "$SAGA_ROOT/scripts/kafka-apiversions-proxy.py" "$proxy_port" "$broker_port"
+    saga_spawn python3 "$SAGA_ROOT/scripts/kafka-apiversions-proxy.py" "127.0.0.1:$proxy_port" "127.0.0.1:$broker_port"
     saga_wait_port "$proxy_port" "the ApiVersions proxy" "${SAGA_PIDS[-1]}"
     SAGA_KAFKA_BOOTSTRAP="127.0.0.1:$proxy_port"
     SAGA_TEST_BROKER=tansu
