@@ -67,6 +67,15 @@ def rewrite_api_versions(frame):
     return bytes(out) + b"\x00" + frame[pos:]
 
 
+def shut_down(*sockets):
+    """Ends both directions of a proxied connection once either side is done."""
+    for s in sockets:
+        try:
+            s.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
 def pump_requests(client, upstream, pending, lock):
     try:
         while True:
@@ -79,11 +88,7 @@ def pump_requests(client, upstream, pending, lock):
     except (EOFError, OSError, struct.error):
         pass
     finally:
-        for s in (client, upstream):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        shut_down(client, upstream)
 
 
 def pump_replies(upstream, client, pending, lock):
@@ -103,11 +108,7 @@ def pump_replies(upstream, client, pending, lock):
     except (EOFError, OSError, struct.error):
         pass
     finally:
-        for s in (client, upstream):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        shut_down(client, upstream)
 
 
 def serve(listen, upstream_address):

@@ -35,7 +35,7 @@ extension Outbox {
     ) {
         let sql = """
             INSERT INTO saga_outbox (shard, saga_id, event_id, event_type, topic, key, headers, payload)
-            SELECT (hashtext($\(n)) & 2147483647) % \(EngineMigrations.shardCount), $\(n), $\(n + 1)::uuid, $\(n + 2),
+            SELECT \(shard(of: "$\(n)")), $\(n), $\(n + 1)::uuid, $\(n + 2),
                 $\(n + 3), $\(n + 4)::bytea, $\(n + 5)::jsonb, $\(n + 6)::bytea
             WHERE \(condition)
             """

@@ -20,7 +20,7 @@ public enum Outbox {
         try await connection.execute(
             """
             INSERT INTO saga_outbox (shard, saga_id, event_id, event_type, topic, key, headers, payload)
-            SELECT (hashtext(m.saga_id) & 2147483647) % \(EngineMigrations.shardCount), m.saga_id,
+            SELECT \(shard(of: "m.saga_id")), m.saga_id,
                    NULLIF(m.event_id, '')::uuid, NULLIF(m.event_type, ''), m.topic,
                    CASE WHEN m.has_key = 1 THEN decode(m.key, 'hex') END, m.headers::jsonb, decode(m.payload, 'hex')
             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::text[], $7::text[], $8::text[])
@@ -37,6 +37,11 @@ public enum Outbox {
                 TextArray(messages.map { String(decoding: encodeHeaders($0.message.headers), as: UTF8.self) }),
                 TextArray(messages.map { hex($0.message.value) }),
             ])
+    }
+
+    /// The SQL expression of a row's shard, from the SQL expression of its saga id: one saga's rows share a shard.
+    public static func shard(of sagaId: String) -> String {
+        "(hashtext(\(sagaId)) & 2147483647) % \(EngineMigrations.shardCount)"
     }
 
     /// Lower-case hexadecimal digits of `bytes`, for `decode(…, 'hex')`.

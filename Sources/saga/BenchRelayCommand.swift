@@ -128,7 +128,7 @@ struct BenchRelayCommand: AsyncParsableCommand {
         try await pool.execute(
             """
             INSERT INTO saga_outbox (shard, saga_id, event_id, event_type, topic, key, headers, payload)
-            SELECT (hashtext(s) & 2147483647) % \(EngineMigrations.shardCount), s, gen_random_uuid(), $2, $3,
+            SELECT \(Outbox.shard(of: "s")), s, gen_random_uuid(), $2, $3,
                 convert_to(s, 'UTF8'), '[]'::jsonb, convert_to(rpad('{"sagaId":"' || s || '","data":"', $4, 'x') || '"}', 'UTF8')
             FROM (SELECT 'drain-' || g AS s FROM generate_series(1, $1::int) AS g) AS backlog
             """, [rows, "saga.bench.drain", topic, max(0, payloadBytes - 2)])
