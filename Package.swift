@@ -107,7 +107,12 @@ let package = Package(
             swiftSettings: strict),
         // The executable's own logic (e.g. the benchmark's tally), through @testable import.
         .testTarget(
-            name: "sagaTests", dependencies: ["saga", "SagaServices", "SagaEngine", "SagaKafka", "SagaTestSupport"],
+            name: "sagaTests",
+            dependencies: [
+                "saga", "SagaServices", "SagaEngine", "SagaKafka", "SagaTestSupport",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdTesting", package: "hummingbird"),
+            ],
             swiftSettings: strict),
         .testTarget(
             name: "SagaServicesTests",
