@@ -126,7 +126,8 @@ struct SagaEnvironment: Sendable {
         "SAGA_INBOX_RETENTION", "SAGA_LOG_FORMAT", "SAGA_LOG_LEVEL", "SAGA_HEALTH_INTERVAL",
         "SAGA_HEALTH_TIMEOUT",
         // scripts/ and the tests
-        "SAGA_PG_PORT", "SAGA_PG_FSYNC", "SAGA_PG_DB", "SAGA_ROOT", "SAGA_LOCAL", "SAGA_PIDS", "SAGA_STARTED_PG",
+        "SAGA_PG_PORT", "SAGA_PG_FSYNC", "SAGA_PG_DB", "SAGA_PG_DIR", "SAGA_ROOT", "SAGA_LOCAL", "SAGA_PIDS",
+        "SAGA_STARTED_PG",
         "SAGA_TEST_LOG_LEVEL", "SAGA_TEST_BROKER",
     ]
 
