@@ -341,7 +341,7 @@ public final class Worker: Service, Sendable {
                 } else {
                     for d in group {
                         let context = HandlerContext(
-                            connection: connection, service: configuration.name, event: d.event,
+                            connection: PostgresTransaction(connection), service: configuration.name, event: d.event,
                             logger: EventLog.logger(logger, for: d.event.envelope))
                         let started = ContinuousClock.now
                         emitted += try await d.handler.handle(d.event, context)
@@ -462,7 +462,8 @@ public final class Worker: Service, Sendable {
             logger.debug("duplicate skipped")
             return .duplicate
         }
-        let context = HandlerContext(connection: connection, service: configuration.name, event: event, logger: logger)
+        let context = HandlerContext(
+            connection: PostgresTransaction(connection), service: configuration.name, event: event, logger: logger)
         let started = ContinuousClock.now
         let emitted = try await handler.handle(event, context)
         let took = ContinuousClock.now - started

@@ -403,6 +403,72 @@ import Testing
         #expect(headers.first { $0.key == SagaHeader.deadLetterAttempts }?.stringValue == "4")
     }
 
+    @Test func aHandlerCannotCommitOrRollBackTheBatchTransaction() async throws {
+        let stack = try await TestStack()
+        try await stack.query("inventory", "CREATE TABLE handler_marks (saga text PRIMARY KEY)")
+        let refusals = Mutex<[String]>([])
+        // Each event writes a mark, then tries to end the batch's transaction; the one of saga "bad" is then
+        // rejected, so its mark must be undone with it, whatever the handler tried.
+        let handler = EventHandler(eventType: OrderCreatedV2.eventType, version: 2) { event, context in
+            try await context.connection.execute("INSERT INTO handler_marks (saga) VALUES ($1)", [event.sagaId])
+            for sql in ["COMMIT", "  rollback", "/* sneaky */ END", "SAVEPOINT mine", "RELEASE SAVEPOINT saga_event"] {
+                do {
+                    try await context.connection.execute(sql)
+                } catch let error as PostgresError {
+                    refusals.withLock { $0.append("\(error.sqlState ?? "-") \(sql)") }
+                }
+            }
+            if event.sagaId == "bad" { throw HandlerRejection("bad saga") }
+            return []
+        }
+        let batchCommits = BatchHandler(versions: [PaymentFailed.eventType: 1]) { events, context in
+            do {
+                try await context.connection.execute("COMMIT")
+            } catch let error as PostgresError {
+                refusals.withLock { $0.append("\(error.sqlState ?? "-") batch COMMIT") }
+            }
+            return []
+        }
+        let worker = Worker(
+            configuration: stack.workerConfiguration("inventory"), handlers: [handler] + batchCommits.eventHandlers,
+            upcasters: sagaUpcasters, migrations: [], logger: stack.logger)
+        let pool = PostgresPool(
+            configuration: stack.databases["inventory"]!.configuration, size: 1, logger: stack.logger)
+        let codec = EventCodec(upcasters: [], topics: stack.topics)
+        func order(_ saga: String) throws -> KafkaOutgoingMessage {
+            try codec.encode(
+                OutgoingEvent(
+                    OrderCreatedV2(
+                        orderId: UUID().uuidString.lowercased(), customerId: "alice",
+                        total: Money(amount: 1, currency: "EUR"),
+                        lines: [.init(sku: "widget", quantity: 1, unitPrice: nil)]),
+                    sagaId: saga, producer: "orders", causedBy: nil))
+        }
+        let batch = try await Self.throughBroker(
+            stack,
+            [
+                try order("good"), try order("bad"),
+                try Self.payment(stack, orderId: UUID().uuidString.lowercased(), completed: false),
+            ])
+        let processed = await Self.process(batch, with: worker, pool: pool, within: .seconds(20))
+        let stats = worker.stats
+        let marks = try await stack.query("inventory", "SELECT saga FROM handler_marks ORDER BY saga").map {
+            try $0.decode("saga", as: String.self)
+        }
+        await pool.close()
+        await stack.stop()
+
+        #expect(processed)
+        #expect(stats.handled == 2)
+        #expect(stats.deadLettered == 1)
+        #expect(marks == ["good"])
+        let seen = refusals.withLock { $0 }
+        for sql in ["COMMIT", "  rollback", "/* sneaky */ END", "SAVEPOINT mine", "RELEASE SAVEPOINT saga_event"] {
+            #expect(seen.contains("2D000 \(sql)"), "\(sql) was not refused: \(seen)")
+        }
+        #expect(seen.contains("2D000 batch COMMIT"), "\(seen)")
+    }
+
     @Test func perSagaOrderHoldsAcrossHandlersOfOneBatch() async throws {
         let stack = try await TestStack()
         // A per-event handler for order.created and a batch handler for the payment events: the worker calls
