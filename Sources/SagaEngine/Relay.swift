@@ -69,7 +69,8 @@ public struct RelayStats: Sendable, Hashable {
 /// - Idle (nothing found for `idleGrace`, looking every `gracePollInterval`): it raises its shards' flag in
 ///   `saga_outbox_wake`, waits until no inserting transaction is in flight,
 ///   and reads once more; an insert into a flagged shard notifies at commit, which wakes it. `pollInterval` is
-///   only a fallback (a writer transaction open for long, a REPEATABLE READ writer).
+///   only a fallback (a writer transaction open for long, a REPEATABLE READ writer). A lost listening session
+///   is re-established (``WakeListener``).
 /// - Several instances: each owns outbox shards through session advisory locks held on its connection;
 ///   a saga's rows are all in one shard, so one saga is only ever published by one instance, in order.
 public final class OutboxRelay: Service, Sendable {
@@ -129,16 +130,14 @@ public final class OutboxRelay: Service, Sendable {
         let db = configuration.database.configuration
         let connection = try await PostgresConnection.connect(db, logger: logger)
         let gaugePool = PostgresPool(configuration: db, size: 1, logger: logger)
-        let listener: PostgresListener
+        let listener: WakeListener
         do {
-            listener = try await PostgresListener.start(db, channels: [channel], logger: logger)
+            listener = try await WakeListener.start(
+                db, channel: channel, wake: wake, retry: configuration.retry, logger: logger)
         } catch {
             await connection.close()
             await gaugePool.close()
             throw error
-        }
-        let listening = Task { [wake] in
-            for await _ in listener.notifications { wake.signal() }
         }
         // The outbox gauges are refreshed apart from the loop, so they keep moving while a publish waits on
         // the broker.
@@ -148,7 +147,6 @@ public final class OutboxRelay: Service, Sendable {
                 try? await Task.sleep(for: interval)
             }
         }
-        defer { listening.cancel() }
         do {
             try await loop(connection: connection, producer: producer)
         } catch {
