@@ -109,7 +109,9 @@ public final class Worker: Service, Sendable {
     public var subscribedTopics: [String] { handlers.keys.sorted().map(configuration.topics.topic(for:)) }
 
     /// Runs until graceful shutdown (SIGTERM/SIGINT through a ServiceGroup) or cancellation. The batch in
-    /// flight finishes (or rolls back) first, then offsets are committed and the consumer leaves its group.
+    /// flight finishes (or rolls back) first, then offsets are committed and the consumer leaves its group. On
+    /// cancellation (a hard stop) the batch's statement in flight is cancelled at the server, so its transaction
+    /// rolls back at once instead of running on (the batch is delivered again).
     /// - Throws: when the database cannot be prepared or the consumer cannot be created.
     public func run() async throws {
         try await configuration.database.prepare(migrations: migrations, logger: logger)
@@ -210,7 +212,7 @@ public final class Worker: Service, Sendable {
         while true {
             let started = ContinuousClock.now
             do {
-                let outcome = try await pool.withTransaction { [isolate, exhausted] connection in
+                let outcome = try await pool.withCancellableTransaction { [isolate, exhausted] connection in
                     isolate
                         ? try await self.handleIsolated(batch, exhausted: exhausted, on: connection)
                         : try await self.handle(batch, on: connection)
