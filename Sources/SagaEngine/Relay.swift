@@ -28,6 +28,12 @@ public struct RelayConfiguration: Sendable {
     /// How often the outbox gauges (backlog, age of the oldest unpublished row, parked rows) are refreshed.
     public var gaugeInterval: Duration = .seconds(5)
     public var retry = RetryPolicy()
+    /// The server ends the session holding this relay's shard locks once it has been idle this long (see
+    /// ``OutboxRelay/lockSession(_:)``), so a frozen relay's shards go to a standby within about this plus
+    /// `claimInterval` (at least three times the longer of `pollInterval` and `claimInterval`: an idle relay
+    /// uses the session that often). Waiting longer than this for the broker's acknowledgements ends a live
+    /// relay's session too (it starts a new one, and the rows go out again); nil keeps the server's setting.
+    public var lockSessionIdleTimeout: Duration? = .seconds(10)
     /// Fault injection for tests: stop after publishing a batch, before marking it published,
     /// as a crash there would.
     public var failpoint: RelayFailpoint? = nil
@@ -128,7 +134,7 @@ public final class OutboxRelay: Service, Sendable {
     /// One database session: owns shards while connected; returns on shutdown, throws on failure.
     private func runConnected(producer: KafkaProducer) async throws {
         let db = configuration.database.configuration
-        let connection = try await PostgresConnection.connect(db, logger: logger)
+        let connection = try await PostgresConnection.connect(lockSession(db), logger: logger)
         let gaugePool = PostgresPool(configuration: db, size: 1, logger: logger)
         let listener: WakeListener
         do {

@@ -34,6 +34,11 @@ public struct PostgresConfiguration: Sendable {
     /// `lock_timeout` of every session (waiting longer for a lock fails with SQLSTATE 55P03), or `nil` for
     /// the server's (by default none).
     public var lockTimeout: Duration? = nil
+    /// Ends the session at the server once it has been idle this long, in or out of a transaction
+    /// (`idle_session_timeout`, PostgreSQL 14+, and `idle_in_transaction_session_timeout`), or `nil` for
+    /// the server's. For a session whose locks must not outlive a frozen client: a process stopped with
+    /// SIGSTOP keeps its socket alive (its kernel answers keepalives), so only the server can notice it.
+    public var idleSessionTimeout: Duration? = nil
 
     public init(url: String, searchPath: String? = nil) {
         self.url = url

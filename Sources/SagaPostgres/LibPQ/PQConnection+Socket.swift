@@ -49,6 +49,12 @@ extension PQConnection {
         if let timeout = configuration.lockTimeout {
             settings.append(("lock_timeout", String(Self.milliseconds(timeout))))
         }
+        if let timeout = configuration.idleSessionTimeout {
+            settings.append(("idle_in_transaction_session_timeout", String(Self.milliseconds(timeout))))
+            if serverVersion >= 140000 {
+                settings.append(("idle_session_timeout", String(Self.milliseconds(timeout))))
+            }
+        }
         let options = socketOptions()
         if options.keepalive {
             settings += [

@@ -388,6 +388,9 @@ final class PQConnection {
     /// The session's socket (`PQsocket`), -1 when closed.
     var socketDescriptor: Int32 { conn.map { PQsocket($0) } ?? -1 }
 
+    /// The server's version as a number (`PQserverVersion`: 140005 for 14.5), 0 when closed.
+    var serverVersion: Int32 { conn.map { PQserverVersion($0) } ?? 0 }
+
     /// A cancel handle for the session (`PQgetCancel`), usable from any thread.
     func makeCancelHandle() -> PostgresCancelHandle? { conn.flatMap { PQgetCancel($0) }.map(PostgresCancelHandle.init) }
 
