@@ -348,6 +348,58 @@ import Testing
         #expect(headers.first { $0.key == "x-nul" }?.value == [0x41, 0, 0x42])
     }
 
+    @Test func aDeadLetterTheDatabaseRefusesIsWrittenInMinimalFormInsteadOfLooping() async throws {
+        let stack = try await TestStack()
+        let inventory = Inventory(stack)
+        // The database refuses every dead letter but a minimal one (saga id "unknown").
+        try await stack.query(
+            "inventory",
+            """
+            CREATE FUNCTION refuse_full_letters() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF NEW.saga_id <> 'unknown' THEN RAISE EXCEPTION 'dead letter refused'; END IF;
+                RETURN NEW;
+            END $$
+            """)
+        try await stack.query(
+            "inventory",
+            """
+            CREATE TRIGGER refuse_full_letters BEFORE INSERT ON saga_dead_letters
+                FOR EACH ROW EXECUTE FUNCTION refuse_full_letters()
+            """)
+        let before = try Self.orderCreated(stack, [("widget", 1)])
+        let poison = KafkaOutgoingMessage(
+            topic: stack.topics.topic(for: "order.created"), key: Array("poison-key".utf8),
+            value: Array("{not json".utf8), headers: [KafkaHeader(key: "x-custom", string: "kept only in full")])
+        let after = try Self.orderCreated(stack, [("widget", 2)])
+        let batch = try await Self.throughBroker(stack, [before.message, poison, after.message])
+        let processed = await Self.process(batch, with: inventory.worker, pool: inventory.pool, within: .seconds(20))
+        let stats = inventory.worker.stats
+        let letters = try await stack.query("inventory", "SELECT saga_id, reason FROM saga_dead_letters")
+        let rows = try await stack.query(
+            "inventory", "SELECT saga_id, key, payload, headers::text AS headers FROM saga_outbox WHERE topic = $1",
+            [stack.topics.deadLetterTopic(consumer: "inventory")])
+        let reservations = try await Self.reservations(stack)
+        await inventory.pool.close()
+        await stack.stop()
+
+        #expect(processed)
+        #expect(stats.retries == 0)
+        #expect(stats.handled == 2)
+        #expect(stats.deadLettered == 1)
+        #expect(reservations == [before.orderId: "RESERVED", after.orderId: "RESERVED"])
+        #expect(try letters.map { try $0.decode("saga_id", as: String.self) } == ["unknown"])
+        let reason = try letters.first?.decode("reason", as: String.self) ?? ""
+        #expect(reason.hasPrefix("not JSON"), "\(reason)")
+        #expect(reason.contains("minimal dead letter") && reason.contains("dead letter refused"), "\(reason)")
+        #expect(rows.count == 1)
+        #expect(try rows.first?.decode("key", as: [UInt8].self) == Array("poison-key".utf8))
+        #expect(try rows.first?.decode("payload", as: [UInt8].self) == Array("{not json".utf8))
+        let headers = Outbox.decodeHeaders(try rows.first?.decode("headers", as: String.self) ?? "")
+        #expect(headers.allSatisfy { $0.key.hasPrefix("dlq-") }, "\(headers.map(\.key))")
+        #expect(headers.first { $0.key == SagaHeader.deadLetterSourceOffset }?.stringValue == String(batch[1].offset))
+    }
+
     @Test func aHandlerFailingAgainAndAgainWithTheSameErrorIsDeadLetteredWithItsAttempts() async throws {
         let stack = try await TestStack()
         let poisonSaga = "fails-" + UUID().uuidString.lowercased()
