@@ -54,6 +54,7 @@ struct DevCommand: AsyncParsableCommand {
             let (http, pool) = stack.ordersHTTP(port: env.httpPort) { port in
                 let file = DevStackFile(
                     http: "http://\(env.httpHost):\(port)", kafkaBootstrap: env.kafkaBootstrap ?? "",
+                    kafkaEmbedded: embedded,
                     databaseURL: env.databaseURL,
                     schemas: Dictionary(uniqueKeysWithValues: Stack.services.map { ($0, env.database($0).schema) }),
                     pid: getpid())

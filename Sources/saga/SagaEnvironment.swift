@@ -70,7 +70,9 @@ struct SagaEnvironment: Sendable {
         let bootstrap = env["SAGA_KAFKA_BOOTSTRAP"].flatMap { $0.isEmpty ? nil : $0 }
         // The embedded broker (librdkafka's mock cluster) answers an empty fetch only after fetch.wait.max.ms, even
         // when data arrives meanwhile; Kafka answers as soon as data arrives, so there a longer wait costs nothing.
-        let embedded = env["SAGA_KAFKA_EMBEDDED"] == "1" || (bootstrap == nil && devFile == nil && brokerFile != nil)
+        let embedded =
+            env["SAGA_KAFKA_EMBEDDED"] == "1"
+            || (bootstrap == nil && (devFile.map { $0.kafkaEmbedded == true } ?? (brokerFile != nil)))
         return SagaEnvironment(
             kafkaBootstrap: bootstrap ?? devFile?.kafkaBootstrap ?? brokerFile,
             kafkaProperties: try parseProperties(env["SAGA_KAFKA_PROPERTIES"] ?? ""),
@@ -215,6 +217,8 @@ enum DurationParser {
 struct DevStackFile: Codable, Sendable {
     var http: String
     var kafkaBootstrap: String
+    /// `kafkaBootstrap` is `saga dev`'s own embedded broker (absent in files of older versions).
+    var kafkaEmbedded: Bool?
     var databaseURL: String
     var schemas: [String: String]
     var pid: Int32
