@@ -30,4 +30,25 @@ struct EnvironmentTests {
         #expect(overridden.fetchWaitMaxMs == 7)
         #expect(SagaEnvironment.embeddedFetchWaitMaxMs < 10)
     }
+
+    /// SAGA_STATEMENT_TIMEOUT and SAGA_LOCK_TIMEOUT reach every service's database configuration (not the
+    /// migrations'); unset or 0s means none, and a bad value names the variable.
+    @Test func statementAndLockTimeoutsReachEveryDatabaseConfiguration() throws {
+        let none = try SagaEnvironment.load([:], devFile: nil, brokerFile: nil)
+        let set = try SagaEnvironment.load(
+            ["SAGA_STATEMENT_TIMEOUT": "30s", "SAGA_LOCK_TIMEOUT": "500ms"], devFile: nil, brokerFile: nil)
+        let zero = try SagaEnvironment.load(["SAGA_STATEMENT_TIMEOUT": "0s"], devFile: nil, brokerFile: nil)
+        #expect(none.database("orders").configuration.statementTimeout == nil)
+        #expect(none.database("orders").configuration.lockTimeout == nil)
+        for service in ["orders", "inventory", "billing", "tracker"] {
+            #expect(set.database(service).configuration.statementTimeout == .seconds(30))
+            #expect(set.database(service).configuration.lockTimeout == .milliseconds(500))
+        }
+        #expect(zero.statementTimeout == nil)
+        for (name, value) in [("SAGA_STATEMENT_TIMEOUT", "30"), ("SAGA_LOCK_TIMEOUT", "soon")] {
+            #expect {
+                _ = try SagaEnvironment.load([name: value], devFile: nil, brokerFile: nil)
+            } throws: { "\($0)".contains(name) }
+        }
+    }
 }
