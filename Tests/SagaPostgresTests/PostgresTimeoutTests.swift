@@ -54,12 +54,15 @@ import Testing
     @Test func aStatementPastItsTimeoutIsCancelled() async throws {
         var configuration = PostgresTestDatabase.configuration()
         configuration.statementTimeout = .milliseconds(300)
-        let started = ContinuousClock.now
-        let error = await #expect(throws: PostgresError.self) {
-            try await withConnection(configuration) { try await $0.execute("SELECT pg_sleep(5)") }
+        try await withConnection(configuration) { connection in
+            let started = ContinuousClock.now
+            let error = await #expect(throws: PostgresError.self) {
+                try await connection.execute("SELECT pg_sleep(30)")
+            }
+            // Generous for a loaded machine: the point is "cut short by the timeout", not "fast".
+            #expect(error?.sqlState == "57014")
+            #expect(ContinuousClock.now - started < .seconds(15))
         }
-        #expect(error?.sqlState == "57014")
-        #expect(ContinuousClock.now - started < .seconds(3))
     }
 }
 
@@ -70,7 +73,7 @@ import Testing
             let started = ContinuousClock.now
             let sleeping = Task { () -> String? in
                 do {
-                    try await connection.execute("SELECT pg_sleep(10)")
+                    try await connection.execute("SELECT pg_sleep(30)")
                     return nil
                 } catch {
                     return (error as? PostgresError)?.sqlState
@@ -79,7 +82,7 @@ import Testing
             try await Task.sleep(for: .milliseconds(300))
             await connection.cancel()
             #expect(await sleeping.value == "57014")
-            #expect(ContinuousClock.now - started < .seconds(5))
+            #expect(ContinuousClock.now - started < .seconds(15))
             // The session goes on.
             #expect(try await connection.query("SELECT 1 AS one")[0].decode("one", as: Int.self) == 1)
         }
@@ -93,7 +96,7 @@ import Testing
                 let task = Task {
                     try await pool.withCancellableTransaction { c in
                         try await c.execute("INSERT INTO items VALUES ($1)", ["lost"])
-                        try await c.execute("SELECT pg_sleep(10)")
+                        try await c.execute("SELECT pg_sleep(30)")
                     }
                 }
                 try await Task.sleep(for: .milliseconds(300))
@@ -102,7 +105,7 @@ import Testing
                 let elapsed = ContinuousClock.now - started
                 let count = try await pool.query("SELECT count(*) AS n FROM items")[0].decode("n", as: Int.self)
                 #expect(throws: PostgresError.self) { try result.get() }
-                #expect(elapsed < .seconds(5))
+                #expect(elapsed < .seconds(15))
                 #expect(count == 0)
             }
         }
