@@ -34,6 +34,12 @@ public struct RelayConfiguration: Sendable {
     /// How often the outbox gauges (backlog, age of the oldest unpublished row, parked rows) are refreshed.
     public var gaugeInterval: Duration = .seconds(5)
     public var retry = RetryPolicy()
+    /// The server ends the session holding this relay's shard locks once it has been idle this long (see
+    /// ``OutboxRelay/lockSession(_:)``), so a frozen relay's shards go to a standby within about this plus
+    /// `claimInterval` (at least three times the longer of `pollInterval` and `claimInterval`: an idle relay
+    /// uses the session that often). Waiting longer than this for the broker's acknowledgements ends a live
+    /// relay's session too (it starts a new one, and the rows go out again); nil keeps the server's setting.
+    public var lockSessionIdleTimeout: Duration? = .seconds(10)
     /// Fault injection for tests: stop after publishing a batch, before marking it published,
     /// as a crash there would.
     public var failpoint: RelayFailpoint? = nil
@@ -81,7 +87,8 @@ public struct RelayStats: Sendable, Hashable {
 /// - Idle (nothing found for `idleGrace`, looking every `gracePollInterval`): it raises its shards' flag in
 ///   `saga_outbox_wake`, waits until no inserting transaction is in flight,
 ///   and reads once more; an insert into a flagged shard notifies at commit, which wakes it. `pollInterval` is
-///   only a fallback (a writer transaction open for long, a REPEATABLE READ writer).
+///   only a fallback (a writer transaction open for long, a REPEATABLE READ writer). A lost listening session
+///   is re-established (``WakeListener``).
 /// - Several instances: each owns outbox shards through session advisory locks held on its connection;
 ///   a saga's rows are all in one shard, so one saga is only ever published by one instance, in order.
 public final class OutboxRelay: Service, Sendable {
@@ -140,18 +147,16 @@ public final class OutboxRelay: Service, Sendable {
     /// One database session: owns shards while connected; returns on shutdown, throws on failure.
     private func runConnected(producer: KafkaProducer) async throws {
         let db = configuration.database.configuration
-        let connection = try await PostgresConnection.connect(db, logger: logger)
+        let connection = try await PostgresConnection.connect(lockSession(db), logger: logger)
         let gaugePool = PostgresPool(configuration: db, size: 1, logger: logger)
-        let listener: PostgresListener
+        let listener: WakeListener
         do {
-            listener = try await PostgresListener.start(db, channels: [channel], logger: logger)
+            listener = try await WakeListener.start(
+                db, channel: channel, wake: wake, retry: configuration.retry, logger: logger)
         } catch {
             await connection.close()
             await gaugePool.close()
             throw error
-        }
-        let listening = Task { [wake] in
-            for await _ in listener.notifications { wake.signal() }
         }
         // The outbox gauges are refreshed apart from the loop, so they keep moving while a publish waits on
         // the broker.
@@ -161,7 +166,6 @@ public final class OutboxRelay: Service, Sendable {
                 try? await Task.sleep(for: interval)
             }
         }
-        defer { listening.cancel() }
         do {
             try await loop(connection: connection, producer: producer)
         } catch {

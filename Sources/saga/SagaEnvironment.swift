@@ -20,6 +20,9 @@ struct SagaEnvironment: Sendable {
     var fetchWaitMaxMs: Int
     var healthInterval: Duration
     var healthTimeout: Duration
+    /// `statement_timeout` / `lock_timeout` of every daemon's database sessions; nil keeps the server's.
+    var statementTimeout: Duration? = nil
+    var lockTimeout: Duration? = nil
 
     static let defaultDatabaseURL = "postgresql://postgres@127.0.0.1:55432/saga"
 
@@ -73,7 +76,12 @@ struct SagaEnvironment: Sendable {
         let embedded =
             env["SAGA_KAFKA_EMBEDDED"] == "1"
             || (bootstrap == nil && (devFile.map { $0.kafkaEmbedded == true } ?? (brokerFile != nil)))
-        return SagaEnvironment(
+        /// A timeout: unset or 0 (`0s`) for none.
+        func timeout(_ name: String) throws(ConfigurationError) -> Duration? {
+            let d = try duration(name, .zero)
+            return d > .zero ? d : nil
+        }
+        var loaded = SagaEnvironment(
             kafkaBootstrap: bootstrap ?? devFile?.kafkaBootstrap ?? brokerFile,
             kafkaProperties: try parseProperties(env["SAGA_KAFKA_PROPERTIES"] ?? ""),
             databaseURL: env["SAGA_DATABASE_URL"].flatMap { $0.isEmpty ? nil : $0 } ?? devFile?.databaseURL
@@ -93,6 +101,9 @@ struct SagaEnvironment: Sendable {
                 "SAGA_KAFKA_FETCH_WAIT_MAX_MS", embedded ? embeddedFetchWaitMaxMs : 10, 1...10_000),
             healthInterval: try duration("SAGA_HEALTH_INTERVAL", .seconds(2), positive: true),
             healthTimeout: try duration("SAGA_HEALTH_TIMEOUT", .seconds(2), positive: true))
+        loaded.statementTimeout = try timeout("SAGA_STATEMENT_TIMEOUT")
+        loaded.lockTimeout = try timeout("SAGA_LOCK_TIMEOUT")
+        return loaded
     }
 
     /// `raw` when it is a PostgreSQL URL (libpq checks the rest when it connects: several hosts, a Unix
@@ -135,7 +146,7 @@ struct SagaEnvironment: Sendable {
         "SAGA_TRACKER_DATABASE_URL", "SAGA_TOPIC_PREFIX", "SAGA_HTTP_HOST", "SAGA_HTTP_PORT", "SAGA_OPS_PORT",
         "SAGA_ORDER_CREATED_VERSION", "SAGA_WORKER_BATCH_SIZE", "SAGA_RELAY_BATCH_SIZE", "SAGA_RELAY_MAX_SHARDS",
         "SAGA_INBOX_RETENTION", "SAGA_LOG_FORMAT", "SAGA_LOG_LEVEL", "SAGA_HEALTH_INTERVAL",
-        "SAGA_HEALTH_TIMEOUT",
+        "SAGA_HEALTH_TIMEOUT", "SAGA_STATEMENT_TIMEOUT", "SAGA_LOCK_TIMEOUT",
         // scripts/ and the tests
         "SAGA_PG_PORT", "SAGA_PG_FSYNC", "SAGA_PG_DB", "SAGA_ROOT", "SAGA_LOCAL", "SAGA_PIDS", "SAGA_STARTED_PG",
         "SAGA_TEST_LOG_LEVEL", "SAGA_TEST_BROKER",
@@ -183,10 +194,13 @@ struct SagaEnvironment: Sendable {
     /// A service's database (or the tracker's): its own schema, named as the service, in
     /// `SAGA_<SERVICE>_DATABASE_URL` or `SAGA_DATABASE_URL`.
     func database(_ service: String) -> ServiceDatabase {
-        ServiceDatabase(
+        var database = ServiceDatabase(
             url: serviceDatabaseURLs[service] ?? databaseURL,
             schema: topicPrefix.isEmpty
                 ? service : sanitized(topicPrefix) + service)
+        database.statementTimeout = statementTimeout
+        database.lockTimeout = lockTimeout
+        return database
     }
 
     private func sanitized(_ prefix: String) -> String {

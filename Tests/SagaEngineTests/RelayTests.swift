@@ -432,6 +432,50 @@ import Testing
         for e in elapsed { #expect(e < .milliseconds(500), "\(elapsed)") }
     }
 
+    @Test func aListenerWhoseBackendIsTerminatedIsReestablishedAndWakesTheRelayAgain() async throws {
+        let f = try await Fixture()
+        let (relay, task) = f.relay(pollInterval: .seconds(60))
+        let pool = PostgresPool(configuration: f.database.configuration, size: 1, logger: f.logger)
+        let listen = "LISTEN " + PostgresConnection.quoteIdentifier("saga_outbox_" + f.database.schema)
+        func listenerPID() async throws -> Int32? {
+            try await pool.query("SELECT pid FROM pg_stat_activity WHERE query = $1", [listen]).first?.decode("pid")
+        }
+        func publish(_ seq: Int) async throws -> Duration {
+            let start = ContinuousClock.now
+            try await pool.withTransaction { try await Outbox.append([f.message(saga: "a", seq: seq)], on: $0) }
+            while relay.stats.published < seq && ContinuousClock.now - start < .seconds(30) {
+                try await Task.sleep(for: .milliseconds(2))
+            }
+            return ContinuousClock.now - start
+        }
+        _ = try await publish(1)
+        var first: Int32?
+        let deadline = ContinuousClock.now + .seconds(10)
+        while first == nil && ContinuousClock.now < deadline {
+            first = try await listenerPID()
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        let old = try #require(first)
+        _ = try await pool.query("SELECT pg_terminate_backend($1)", [old])
+        // A new session listens again, and the relay, idle again, is woken by the next commit (the fallback poll
+        // would take 60 s).
+        var again: Int32?
+        let reconnectDeadline = ContinuousClock.now + .seconds(10)
+        while (again == nil || again == old) && ContinuousClock.now < reconnectDeadline {
+            again = try await listenerPID()
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        try await Task.sleep(for: .milliseconds(500))
+        let woken = try await publish(2)
+        let published = relay.stats.published
+        await pool.close()
+        await f.tearDown([task])
+
+        #expect(again != nil && again != old)
+        #expect(published == 2)
+        #expect(woken < .seconds(2), "\(woken)")
+    }
+
     /// Writers pay for a NOTIFY only while the relay idles (notifying commits serialise cluster-wide): a relay that
     /// keeps finding rows within its grace never flags itself idle; once they stop, it does.
     @Test func aRelayThatKeepsFindingRowsNeverFlagsItselfIdle() async throws {
