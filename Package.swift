@@ -111,7 +111,11 @@ let package = Package(
             swiftSettings: strict),
         // The executable's own logic (e.g. the benchmark's tally), through @testable import.
         .testTarget(
-            name: "sagaTests", dependencies: ["saga", "SagaServices", "SagaEngine", "SagaKafka", "SagaTestSupport"],
+            name: "sagaTests",
+            dependencies: [
+                "saga", "SagaServices", "SagaEngine", "SagaKafka", "SagaTestSupport", "SagaSchemas",
+                .product(name: "Yams", package: "Yams"),
+            ],
             swiftSettings: strict),
         .testTarget(
             name: "SagaServicesTests",
