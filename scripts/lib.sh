@@ -135,6 +135,8 @@ saga_cleanup() {
         for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
         kill -KILL "$pid" 2>/dev/null || true
     done
+    # A caller's own clean-up (e.g. dropping its database), once its processes are gone.
+    [ -z "${SAGA_CLEANUP_HOOK:-}" ] || "$SAGA_CLEANUP_HOOK" || true
     [ "$SAGA_STARTED_PG" -eq 0 ] || saga_pg_stop
     exit "$status"
 }
