@@ -16,20 +16,26 @@ struct SchemasCheckCommand: ParsableCommand {
         abstract:
             "Refuse schema changes that would break a producer or a consumer (exit 1), compared with a git revision.",
         discussion: """
-            Compares schemas/<type>/v<N>.schema.json of the checkout (the working tree) with the same files at REF
-            (default: the last tag reachable from HEAD, else the merge base with origin/main, else with main), and
-            with what this binary's code produces, upcasts and consumes. It refuses:
-              - a version published at REF that changed in place (as JSON, not as text) or was removed;
-              - a version N > 1 without version N - 1 or without an upcaster from N - 1 (sagaUpcasters);
-              - a version a consumer handles that has no schema, or that nothing produces or upcasts to;
-              - a produced version without a schema, or newer than a consumer of its type handles.
-            Exit status 0 when nothing is refused, 1 otherwise (each problem on its own line).
+            Compares schemas/<type>/v<N>.schema.json of the working tree with the
+            same files at REF (default: the last tag reachable from HEAD, else the
+            merge base with origin/main, else with main) and with what this
+            binary's code produces, upcasts and consumes. It refuses:
+              - a version published at REF changed in place (as JSON) or removed;
+              - a version N > 1 without version N - 1, or without an upcaster
+                from N - 1 (sagaUpcasters);
+              - a version a consumer handles that has no schema, or that nothing
+                produces or upcasts to;
+              - a produced version without a schema, or newer than a consumer of
+                its type handles.
+            Exit status 0 when nothing is refused, 1 otherwise (one line each).
             """)
 
-    @Option(help: "The git revision whose schemas count as published.")
+    @Option(help: ArgumentHelp("The git revision whose schemas count as published.", valueName: "REF"))
     var against: String?
 
-    @Option(help: "The repository's root (default: the git top level of the current directory).")
+    @Option(
+        help: ArgumentHelp(
+            "The repository's root (default: the git top level of the current directory).", valueName: "DIR"))
     var root: String?
 
     func run() throws {
@@ -61,9 +67,12 @@ struct SchemasAsyncAPICommand: ParsableCommand {
         commandName: "asyncapi",
         abstract: "Print the AsyncAPI 3.0 document of the events (schemas/asyncapi.yaml is its output).",
         discussion: """
-            Generated from the schemas compiled into this binary (schemas/), the topics (one per event type and
-            deadletter.<service>), what each service produces and consumes, and the Kafka key and headers. After
-            changing any of them: saga schemas asyncapi > schemas/asyncapi.yaml (a test fails when it is stale).
+            Generated from the schemas compiled into this binary (schemas/), the
+            topics (one per event type, and deadletter.<service>), what each
+            service produces and consumes, and the Kafka key and headers. After
+            changing any of them:
+                saga schemas asyncapi > schemas/asyncapi.yaml
+            (AsyncAPIDocumentTests fails while the committed file is stale).
             """)
 
     func run() throws {
