@@ -200,7 +200,8 @@ import Testing
     }
 
     @Test func aBodyShorterThanItsContentLengthIsABadRequestNotTooLarge() async throws {
-        try await Fixture.withOrdersAPI(.live) { client, pool in
+        let logs = CapturedLogs()
+        try await Fixture.withOrdersAPI(.live, logger: logs.logger) { client, pool in
             let port = try #require(client.port)
             let head =
                 "POST /orders HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n"
@@ -208,6 +209,22 @@ import Testing
                 port: port, send: Array((head + #"{"customerId": "alice""#).utf8), closeWriting: true,
                 readFor: .seconds(10))
             #expect(answer.text.hasPrefix("HTTP/1.1 400"), "\(answer.text)")
+            #expect(try await Self.stored(pool) == 0)
+            let refusal = logs.entries.first { $0.metadata["status"] != nil }
+            #expect(refusal?.level == .warning)
+            #expect(refusal?.metadata["status"] == "400")
+            #expect(refusal.map { "\($0.metadata["reason"] ?? "")".hasPrefix("malformed HTTP request") } == true)
+        }
+    }
+
+    @Test func jsonNestedDeeperThan512LevelsAnswers400() async throws {
+        try await Fixture.withOrdersAPI { client, pool in
+            let deep = String(repeating: "[", count: 600) + String(repeating: "]", count: 600)
+            let body = #"{"customerId": "a", "currency": "EUR", "lines": \#(deep)}"#
+            let (status, json) = try await Fixture.post(client, body)
+            #expect(status == .badRequest)
+            #expect(Self.reason(json).hasPrefix("body is not valid JSON: "), "\(json)")
+            #expect(Self.reason(json).hasSuffix("nesting deeper than 512"), "\(json)")
             #expect(try await Self.stored(pool) == 0)
         }
     }

@@ -26,7 +26,9 @@ public struct OrderRequest: Sendable, Hashable {
     /// - Throws: `OrderRequestError` naming the first field that is wrong and why.
     public init(body: [UInt8]) throws(OrderRequestError) {
         let json: JSONValue
-        do { json = try JSONValue(parsing: body) } catch { throw OrderRequestError("body is not valid JSON") }
+        do { json = try JSONValue(parsing: body) } catch {
+            throw OrderRequestError("body is not valid JSON: \(error.message)")
+        }
         guard case .object(let o) = json else { throw OrderRequestError("body must be a JSON object") }
         try Self.refuseUnknownMembers(o, allowed: ["customerId", "currency", "lines"], at: "body")
         guard case .string(let customerId)? = o["customerId"],
