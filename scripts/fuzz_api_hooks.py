@@ -1,11 +1,11 @@
 """schemathesis hooks for scripts/fuzz-api (loaded through SCHEMATHESIS_HOOKS=fuzz_api_hooks).
 
 A generated order whose SKUs are random strings is refused with a 400 for an unknown SKU before it reaches
-the database, so random valid bodies would never test the path that stores an order. When a generated body
-is valid by the document, this points most of its lines at SKUs of the demo catalogue (priced in EUR) and
-its currency at EUR: the body stays valid, and the customer id, quantities and number of lines the fuzzer
-chose reach PostgreSQL, the order.created schema and the outbox. Invalid bodies (negative mode) are left as
-generated.
+the database, so random bodies would never test the path that stores an order. This points the lines of
+two bodies in three at SKUs of the demo catalogue (priced in EUR) and their currency at EUR, unless that
+would make an invalid body valid or a valid one invalid: valid bodies reach PostgreSQL, the order.created
+schema and the outbox with the customer id, quantities and lines the fuzzer chose, and invalid ones are
+refused for what the fuzzer broke, not for an unknown SKU.
 """
 import pathlib
 
@@ -30,12 +30,32 @@ def _rewrite(node):
 _validator = Draft202012Validator(_rewrite(_schema))
 
 
+def _with_catalogue(body):
+    """`body` with its lines' string SKUs replaced by catalogue SKUs and a string currency by EUR; None when
+    it has no list of lines to change."""
+    lines = body.get("lines")
+    if not isinstance(lines, list):
+        return None
+    mapped = dict(body, lines=[
+        dict(line, sku=CATALOGUE[len(line["sku"]) % len(CATALOGUE)])
+        if isinstance(line, dict) and isinstance(line.get("sku"), str) else line
+        for line in lines
+    ])
+    if isinstance(body.get("currency"), str):
+        mapped["currency"] = "EUR"
+    return mapped
+
+
 @schemathesis.hook
 def map_body(context, body):
-    if not isinstance(body, dict) or not _validator.is_valid(body):
+    if not isinstance(body, dict):
         return body
     # Every third customer keeps its random SKUs and currency: the unknown-SKU refusal stays fuzzed too.
-    if len(body["customerId"]) % 3 == 0:
+    if len(str(body.get("customerId", ""))) % 3 == 0:
         return body
-    lines = [dict(line, sku=CATALOGUE[len(line["sku"]) % len(CATALOGUE)]) for line in body["lines"]]
-    return dict(body, currency="EUR", lines=lines)
+    mapped = _with_catalogue(body)
+    # Never turn an invalid body into a valid one (or the reverse): a negative case stays negative, but now
+    # reaches past the price lookup when what is wrong is elsewhere (e.g. the customer id).
+    if mapped is None or _validator.is_valid(mapped) != _validator.is_valid(body):
+        return body
+    return mapped
