@@ -266,6 +266,13 @@ import Testing
             }
             #expect(failures.first?.metadata["reason"] == "lines[0].quantity: must be at least 1")
 
+            // What the client sent is logged without its control characters: it cannot forge log lines.
+            _ = try await Fixture.post(client, Self.order(), contentType: "text/plain;\tx=y")
+            let echoed = try #require(logs.entries.last { $0.metadata["status"] != nil })
+            #expect(
+                echoed.metadata["reason"] == "Content-Type: expected application/json (UTF-8), got text/plain;\\u{9}x=y"
+            )
+
             // A failure of ours (here: the database is gone) is a 500 with a JSON reason, logged at error.
             await pool.close()
             let (status, json) = try await Fixture.post(client, Self.order())

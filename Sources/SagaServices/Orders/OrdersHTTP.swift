@@ -204,14 +204,29 @@ public enum OrdersHTTP {
 
         private func log(_ status: HTTPResponse.Status, _ reason: String, _ request: Request, _ context: Context) {
             let metadata: Logger.Metadata = [
-                "status": .string(String(status.code)), "reason": .string(reason),
-                "method": .string(request.method.rawValue), "path": .string(request.uri.path),
+                "status": .string(String(status.code)), "reason": .string(Self.printable(reason)),
+                "method": .string(Self.printable(request.method.rawValue)),
+                "path": .string(Self.printable(request.uri.path)),
             ]
             if status.code >= 500 {
                 context.logger.error("request failed", metadata: metadata)
             } else {
                 context.logger.warning("request refused", metadata: metadata)
             }
+        }
+
+        /// `text` with control characters written as `\u{…}`: what a client sent cannot forge log lines in the
+        /// text log format.
+        static func printable(_ text: String) -> String {
+            var out = ""
+            for scalar in text.unicodeScalars {
+                if scalar.properties.generalCategory == .control {
+                    out += "\\u{\(String(scalar.value, radix: 16))}"
+                } else {
+                    out.unicodeScalars.append(scalar)
+                }
+            }
+            return out
         }
     }
 }
