@@ -42,7 +42,7 @@ public struct OrderBook: Sendable {
     {
         if let idempotencyKey { try OrderRequest.validate(idempotencyKey: idempotencyKey) }
         let skus = Array(Set(request.lines.map(\.sku)))
-        // One row at least (the key's order, if any, and the request's fingerprint), plus one per priced SKU.
+        // One row at least (the key's order, if any, and the keyed request's fingerprint), plus one per priced SKU.
         let lookup = try await pool.query(
             """
             SELECT k.id AS existing, k.request_fingerprint AS existing_fingerprint,
@@ -50,8 +50,13 @@ public struct OrderBook: Sendable {
             FROM (SELECT 1) AS one
             LEFT JOIN orders k ON k.customer_id = $4 AND k.idempotency_key = $3
             LEFT JOIN prices p ON p.currency = $1 AND p.sku = ANY($2::text[])
-            """, [request.currency, PostgresArray(skus), idempotencyKey, request.customerId, request.canonical])
-        let fingerprint: String = try lookup[0].decode("fingerprint")
+            """,
+            [
+                request.currency, PostgresArray(skus), idempotencyKey, request.customerId,
+                idempotencyKey == nil ? nil : request.canonical,
+            ])
+        // Only a keyed request has (and needs) a fingerprint.
+        let fingerprint = try lookup[0].decode("fingerprint", as: String?.self)
         if let existing = try lookup[0].decode("existing", as: UUID?.self) {
             try Self.checkSameRequest(try lookup[0].decode("existing_fingerprint"), fingerprint)
             return Placed(orderId: existing, created: false)
@@ -115,7 +120,7 @@ public struct OrderBook: Sendable {
                 id, request.customerId, request.currency, total, idempotencyKey,
                 PostgresArray(lines.map(\.sku)), PostgresArray(lines.map(\.quantity)),
                 PostgresArray(lines.map { $0.unitPrice?.amount ?? 0 }), event.envelope.type, event.envelope.id,
-                idempotencyKey == nil ? nil : fingerprint,
+                fingerprint,
             ] + outbox.binds)
         if try inserted.first?.decode("n", as: Int.self) != 1, let idempotencyKey {
             let first = try await pool.query(
@@ -129,7 +134,7 @@ public struct OrderBook: Sendable {
 
     /// A key's order answers a retry only when the retry is the same request. Orders placed before fingerprints
     /// were stored (nil) answer as before.
-    private static func checkSameRequest(_ stored: String?, _ fingerprint: String) throws(IdempotencyKeyConflict) {
+    private static func checkSameRequest(_ stored: String?, _ fingerprint: String?) throws(IdempotencyKeyConflict) {
         if let stored, stored != fingerprint { throw IdempotencyKeyConflict() }
     }
 
