@@ -150,8 +150,11 @@ public final class SagaTracker: Service, Sendable {
         }
     }
 
+    /// A failure that is the message's (SQLSTATE classes 22, 23 and 54, e.g. a NUL in text or a value too large
+    /// for an index row): see `Failure`.
     static func isDataError(_ error: PostgresError) -> Bool {
-        !error.isRetriable && (error.sqlState?.hasPrefix("22") == true || error.sqlState?.hasPrefix("23") == true)
+        if case .eventFault = Failure(error) { return true }
+        return false
     }
 
     func record(_ batch: [KafkaMessage], on connection: PostgresConnection, isolate: Bool = false) async throws {
@@ -219,7 +222,9 @@ public final class SagaTracker: Service, Sendable {
 
     private func recordDeadLetter(_ message: KafkaMessage, on connection: PostgresConnection) async throws -> String? {
         let envelope = (try? JSONValue(parsing: message.value)).flatMap { try? EventEnvelope(validated: $0) }
-        let saga = envelope?.sagaId ?? message.key.map { String(decoding: $0, as: UTF8.self) } ?? "unknown"
+        // Bounded as the worker bounds it, so that the saga id is the one the worker wrote, and always fits.
+        let saga = Bounded.sagaId(
+            envelope?.sagaId ?? message.key.map { String(decoding: $0, as: UTF8.self) } ?? "unknown")
         let at = message.header(SagaHeader.deadLetteredAt).flatMap(Timestamp.parse) ?? message.timestamp ?? Date()
         try await connection.execute(
             """
