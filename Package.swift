@@ -65,7 +65,11 @@ let package = Package(
             dependencies: [
                 "SagaEngine",
                 .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdCore", package: "hummingbird"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
             ],
             swiftSettings: strict),
 
@@ -107,13 +111,18 @@ let package = Package(
             swiftSettings: strict),
         // The executable's own logic (e.g. the benchmark's tally), through @testable import.
         .testTarget(
-            name: "sagaTests", dependencies: ["saga", "SagaServices", "SagaEngine", "SagaKafka", "SagaTestSupport"],
+            name: "sagaTests",
+            dependencies: [
+                "saga", "SagaServices", "SagaEngine", "SagaKafka", "SagaTestSupport", "SagaSchemas",
+                .product(name: "Yams", package: "Yams"),
+            ],
             swiftSettings: strict),
         .testTarget(
             name: "SagaServicesTests",
             dependencies: [
                 "SagaServices", "SagaEngine", "SagaTestSupport",
                 .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdCore", package: "hummingbird"),
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "Yams", package: "Yams"),
