@@ -65,7 +65,11 @@ let package = Package(
             dependencies: [
                 "SagaEngine",
                 .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdCore", package: "hummingbird"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
             ],
             swiftSettings: strict),
 
@@ -109,7 +113,8 @@ let package = Package(
         .testTarget(
             name: "sagaTests",
             dependencies: [
-                "saga", "SagaServices", "SagaEngine", "SagaKafka", "SagaTestSupport",
+                "saga", "SagaServices", "SagaEngine", "SagaKafka", "SagaTestSupport", "SagaSchemas",
+                .product(name: "Yams", package: "Yams"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
             ],
@@ -119,6 +124,7 @@ let package = Package(
             dependencies: [
                 "SagaServices", "SagaEngine", "SagaTestSupport",
                 .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdCore", package: "hummingbird"),
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "Yams", package: "Yams"),

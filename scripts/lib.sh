@@ -143,6 +143,8 @@ saga_cleanup() {
         for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
         kill -KILL "$pid" 2>/dev/null || true
     done
+    # A caller's own clean-up (e.g. dropping its database), once its processes are gone.
+    [ -z "${SAGA_CLEANUP_HOOK:-}" ] || "$SAGA_CLEANUP_HOOK" || true
     [ "$SAGA_STARTED_PG" -eq 0 ] || saga_pg_stop
     exit "$status"
 }
@@ -226,4 +228,26 @@ saga_tansu_start() {
     SAGA_TEST_BROKER=tansu
     unset SAGA_KAFKA_EMBEDDED
     export SAGA_KAFKA_BOOTSTRAP SAGA_TEST_BROKER
+}
+
+# The Python tools for the contracts (jsonschema, openapi-spec-validator, schemathesis), pinned in
+# scripts/contracts-requirements.txt and installed with pip into .local/contracts-venv; the venv is made
+# again when that file changes. Sets SAGA_CONTRACTS_VENV.
+saga_contracts_venv() {
+    local venv="$SAGA_LOCAL/contracts-venv" requirements="$SAGA_ROOT/scripts/contracts-requirements.txt"
+    if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+        log "installing python3-venv"
+        local sudo=""
+        [ "$(id -u)" -eq 0 ] || sudo="sudo"
+        $sudo apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3 python3-venv >/dev/null
+    fi
+    if ! cmp -s "$requirements" "$venv/requirements.txt"; then
+        log "installing the contract tools into $venv (pip: $(grep -v '^#' "$requirements" | tr '\n' ' '))"
+        rm -rf "$venv"
+        python3 -m venv "$venv"
+        "$venv/bin/pip" install -q --disable-pip-version-check -r "$requirements"
+        cp "$requirements" "$venv/requirements.txt"
+    fi
+    SAGA_CONTRACTS_VENV="$venv"
 }

@@ -6,16 +6,23 @@ import Tracing
 /// What a batch handler has at hand: the batch's transaction, the service it runs in, and a way to emit
 /// follow-up events of each event's saga.
 public struct BatchHandlerContext: Sendable {
-    /// The connection of the batch's transaction: the handler's state changes, the outbox rows and the
-    /// inbox records commit together. Handlers must not commit or roll back themselves.
-    public let connection: PostgresConnection
+    /// The batch's transaction: the handler's state changes, the outbox rows and the inbox records commit
+    /// together. It runs statements but refuses those that would end the transaction or touch its
+    /// savepoints (see ``PostgresTransaction``): the worker alone commits or rolls back.
+    public let connection: PostgresTransaction
     public let service: String
     public let logger: Logger
     /// The traceparent of each event's span (set by ``batchTracingMiddleware``), by event id.
     var spans: [UUID: String] = [:]
 
+    /// - Parameter connection: the connection of the transaction the caller owns; the handler gets a
+    ///   ``PostgresTransaction`` of it.
     public init(connection: PostgresConnection, service: String, logger: Logger) {
-        self.connection = connection
+        self.init(transaction: PostgresTransaction(connection), service: service, logger: logger)
+    }
+
+    public init(transaction: PostgresTransaction, service: String, logger: Logger) {
+        self.connection = transaction
         self.service = service
         self.logger = logger
     }
@@ -74,7 +81,7 @@ public struct BatchHandler: Sendable {
                 try await handle(
                     [event],
                     BatchHandlerContext(
-                        connection: context.connection, service: context.service, logger: context.logger)
+                        transaction: context.connection, service: context.service, logger: context.logger)
                 )
             }
             handler.batch = self

@@ -79,6 +79,11 @@ struct RelayMetrics: Sendable {
     let backlog: Gauge
     let oldestAge: Gauge
     let parkedRows: Gauge
+    /// Unpublished rows waiting behind a parked row of their saga.
+    let heldRows: Gauge
+    /// Sagas held back because a row of theirs failed recently (backing off) or is still unacknowledged
+    /// after `settleTimeout`.
+    let heldSagas: Gauge
 
     init(service: String) {
         let d = [("service", service)]
@@ -92,5 +97,7 @@ struct RelayMetrics: Sendable {
         backlog = Gauge(label: "saga_outbox_backlog", dimensions: d)
         oldestAge = Gauge(label: "saga_outbox_oldest_age_seconds", dimensions: d)
         parkedRows = Gauge(label: "saga_outbox_parked", dimensions: d)
+        heldRows = Gauge(label: "saga_outbox_held", dimensions: d)
+        heldSagas = Gauge(label: "saga_relay_held_sagas", dimensions: d)
     }
 }

@@ -109,5 +109,12 @@ public enum EngineMigrations {
                 CREATE TRIGGER saga_outbox_wake AFTER INSERT ON saga_outbox
                     REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION saga_outbox_wake();
                 """),
+        PostgresMigration(
+            version: 4, name: "engine: a parked outbox row holds back the later rows of its saga",
+            sql: """
+                -- The relay reads no row of a saga that has a parked row: one probe of this (normally empty)
+                -- index per row read.
+                CREATE INDEX saga_outbox_parked_saga ON saga_outbox (saga_id) WHERE failed_at IS NOT NULL;
+                """),
     ]
 }

@@ -7,9 +7,10 @@ import Tracing
 /// it when the batch is run one event at a time after a poison event), the service it runs in, and a way
 /// to emit follow-up events of the same saga.
 public struct HandlerContext: Sendable {
-    /// The connection of the transaction the handler's state change, the outbox rows and the inbox
-    /// record commit in together. Handlers must not commit or roll back themselves.
-    public let connection: PostgresConnection
+    /// The transaction the handler's state change, the outbox rows and the inbox record commit in
+    /// together. It runs statements but refuses those that would end the transaction or touch its
+    /// savepoints (see ``PostgresTransaction``): the worker alone commits or rolls back.
+    public let connection: PostgresTransaction
     public let service: String
     public let event: IncomingEvent
     public let logger: Logger

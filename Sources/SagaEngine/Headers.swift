@@ -11,4 +11,6 @@ public enum SagaHeader {
     public static let deadLetterSourceOffset = "dlq-source-offset"
     public static let deadLetterConsumer = "dlq-consumer"
     public static let deadLetteredAt = "dlq-at"
+    /// How many times the event was tried before it was dead-lettered (set when it failed more than once).
+    public static let deadLetterAttempts = "dlq-attempts"
 }

@@ -9,6 +9,10 @@ import Synchronization
 /// partition) and committed next, so the number of commits follows the broker's pace, not the batches'.
 /// A lost commit only means a redelivery, which the inbox absorbs; an offset is never committed before
 /// its transaction committed, because batches are handed over only then.
+///
+/// Only the partitions assigned to this consumer when the commit goes out are committed: after a rebalance
+/// moved a partition to another member, an older offset of ours would rewind the new owner's progress. A
+/// commit refused because the group is rebalancing goes again once it is over (for what is assigned then).
 final class OffsetCommitter: Sendable {
     private struct State {
         /// Next offset to read per partition, not committed yet.
@@ -49,10 +53,23 @@ final class OffsetCommitter: Sendable {
         while let running = state.withLock({ $0.running }) { await running.value }
     }
 
+    /// The offsets of partitions assigned to the consumer now; the others are dropped (their new owner commits).
+    private func assigned(_ offsets: [KafkaTopicPartitionOffset]) -> [KafkaTopicPartitionOffset] {
+        guard let assignment = try? consumer.assignment() else { return offsets }  // closed: commit fails anyway
+        let owned = Set(assignment)
+        let kept = offsets.filter { owned.contains(KafkaTopicPartition(topic: $0.topic, partition: $0.partition)) }
+        if kept.count < offsets.count {
+            logger.debug(
+                "not committing offsets of partitions no longer assigned",
+                metadata: ["dropped": "\(offsets.count - kept.count)"])
+        }
+        return kept
+    }
+
     private func commitPending() async {
         var attempt = 0
         while true {
-            let offsets = state.withLock { state -> [KafkaTopicPartitionOffset]? in
+            let pending = state.withLock { state -> [KafkaTopicPartitionOffset]? in
                 guard !state.pending.isEmpty else {
                     state.running = nil
                     return nil
@@ -62,14 +79,15 @@ final class OffsetCommitter: Sendable {
                     KafkaTopicPartitionOffset(topic: $0.key.topic, partition: $0.key.partition, offset: $0.value)
                 }.sorted { ($0.topic, $0.partition) < ($1.topic, $1.partition) }
             }
-            guard let offsets else { return }
+            guard let pending else { return }
+            let offsets = assigned(pending)
             do {
                 try await consumer.commit(offsets)
                 attempt = 0
             } catch {
                 attempt += 1
                 logger.warning("offset commit failed", metadata: ["error": "\(error)", "attempt": "\(attempt)"])
-                guard error.isRetriable, attempt < Self.maxAttempts else {
+                guard error.isRetriable || error.isRebalanceInProgress, attempt < Self.maxAttempts else {
                     attempt = 0
                     continue  // the inbox absorbs the redelivery these offsets mean
                 }

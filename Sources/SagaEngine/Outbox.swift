@@ -83,3 +83,37 @@ public enum Outbox {
         }
     }
 }
+
+extension Outbox {
+    /// An unpublished outbox row of one saga, as `saga inspect` shows it.
+    public struct Pending: Sendable, Codable, Hashable {
+        public var id: Int64
+        public var eventType: String?
+        public var topic: String
+        public var createdAt: Date
+        /// `parked`: the broker refused it for good; `held`: it waits behind a parked row of its saga;
+        /// `pending`: it goes out with the relay's next rounds.
+        public var state: String
+        public var attempts: Int
+        public var lastError: String?
+    }
+
+    /// The saga's rows still in this outbox, oldest first.
+    public static func pending(saga sagaId: String, on connection: PostgresConnection) async throws -> [Pending] {
+        try await connection.query(
+            """
+            SELECT id, event_type, topic, created_at, attempts, last_error,
+                CASE WHEN failed_at IS NOT NULL THEN 'parked'
+                    WHEN EXISTS (SELECT 1 FROM saga_outbox p WHERE p.saga_id = o.saga_id AND p.failed_at IS NOT NULL)
+                        THEN 'held'
+                    ELSE 'pending' END AS state
+            FROM saga_outbox o WHERE saga_id = $1 ORDER BY id
+            """, [sagaId]
+        ).map { r in
+            Pending(
+                id: try r.decode("id"), eventType: try r.decode("event_type", as: String?.self),
+                topic: try r.decode("topic"), createdAt: try r.decode("created_at"), state: try r.decode("state"),
+                attempts: try r.decode("attempts"), lastError: try r.decode("last_error", as: String?.self))
+        }
+    }
+}

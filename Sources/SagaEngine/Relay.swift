@@ -21,6 +21,12 @@ public struct RelayConfiguration: Sendable {
     /// every writer's commit send a NOTIFY, and PostgreSQL serialises notifying commits cluster-wide.
     public var idleGrace: Duration = .milliseconds(100)
     public var gracePollInterval: Duration = .milliseconds(2)
+    /// How long a round waits for a batch's delivery reports. Rows still unacknowledged then (a partition whose
+    /// leader is unreachable waits up to `message.timeout.ms`) stay in flight, their sagas are held back, and the
+    /// relay goes on with the other sagas' rows; they are settled when their reports arrive.
+    public var settleTimeout: Duration = .seconds(1)
+    /// Most batches left in flight past `settleTimeout` at once; with this many, the relay waits for the oldest.
+    public var maxStragglers: Int = 8
     /// How often an instance tries to take over shards nobody owns (e.g. after another relay died).
     public var claimInterval: Duration = .seconds(2)
     /// Most shards one instance owns; lower it to spread the shards over several instances.
@@ -28,6 +34,12 @@ public struct RelayConfiguration: Sendable {
     /// How often the outbox gauges (backlog, age of the oldest unpublished row, parked rows) are refreshed.
     public var gaugeInterval: Duration = .seconds(5)
     public var retry = RetryPolicy()
+    /// The server ends the session holding this relay's shard locks once it has been idle this long (see
+    /// ``OutboxRelay/lockSession(_:)``), so a frozen relay's shards go to a standby within about this plus
+    /// `claimInterval` (at least three times the longer of `pollInterval` and `claimInterval`: an idle relay
+    /// uses the session that often). Waiting longer than this for the broker's acknowledgements ends a live
+    /// relay's session too (it starts a new one, and the rows go out again); nil keeps the server's setting.
+    public var lockSessionIdleTimeout: Duration? = .seconds(10)
     /// Fault injection for tests: stop after publishing a batch, before marking it published,
     /// as a crash there would.
     public var failpoint: RelayFailpoint? = nil
@@ -61,15 +73,22 @@ public struct RelayStats: Sendable, Hashable {
 ///   not in flight, so a row whose transaction committed late (a lower id committing after a higher one) is
 ///   not skipped.
 /// - A row is deleted only after its acknowledgement; a crash between publish and delete means the rows are
-///   published again, and consumers' inboxes absorb that. A row that failed retriably stays for the next
-///   round, and so does every later row of the same saga in that batch, even if acknowledged, so the saga's
-///   rows go out again in order after it. A row the broker refuses for good is parked (`failed_at`).
+///   published again, and consumers' inboxes absorb that.
+/// - Per-saga order, also through failures: a batch carries at most one row of a saga, and a saga's next row
+///   is sent only after its previous one was acknowledged, so a row that failed (even by a time-out, which the
+///   idempotent producer does not guard against gaps) never has a later row of its saga delivered before it.
+///   A row the broker refuses for good is parked (`failed_at`), and the later rows of its saga wait behind it
+///   (gauge `saga_outbox_held`, `saga inspect`) until an operator deletes it or clears `failed_at`.
+/// - Failures are isolated per saga: the sagas of rows that failed retriably back off on their own
+///   (`retry`), and a batch whose reports take longer than `settleTimeout` (an unreachable partition) is left
+///   in flight with its sagas held back, while the rows of every other saga keep flowing.
 /// - While the broker acknowledges a batch, the next one is read (excluding the rows in flight); it is sent
 ///   only if the whole previous batch succeeded, otherwise it is dropped and read again.
 /// - Idle (nothing found for `idleGrace`, looking every `gracePollInterval`): it raises its shards' flag in
 ///   `saga_outbox_wake`, waits until no inserting transaction is in flight,
 ///   and reads once more; an insert into a flagged shard notifies at commit, which wakes it. `pollInterval` is
-///   only a fallback (a writer transaction open for long, a REPEATABLE READ writer).
+///   only a fallback (a writer transaction open for long, a REPEATABLE READ writer). A lost listening session
+///   is re-established (``WakeListener``).
 /// - Several instances: each owns outbox shards through session advisory locks held on its connection;
 ///   a saga's rows are all in one shard, so one saga is only ever published by one instance, in order.
 public final class OutboxRelay: Service, Sendable {
@@ -101,10 +120,11 @@ public final class OutboxRelay: Service, Sendable {
             // A new producer per session: after a fatal producer error (e.g. the idempotent producer lost its
             // sequence), the next session starts with a fresh one.
             var producerConfiguration = configuration.kafka.producer(clientId: "saga-relay-\(configuration.name)")
-            // The relay hands the producer whole batches already: waiting to fill one only adds latency, and a
-            // second request in flight gains nothing while it waits for the batch (and costs ~40 ms per batch
-            // against the embedded broker). Ordering and idempotence are unchanged.
-            producerConfiguration.lingerMs = 1
+            // The relay hands the producer whole batches already: waiting to fill one (linger) only adds latency
+            // to every hop, and a second request in flight gains nothing while it waits for the batch (and costs
+            // ~40 ms per batch against the embedded broker); under load, rows queue while a request is in flight
+            // and go out together. Ordering and idempotence are unchanged.
+            producerConfiguration.lingerMs = 0
             producerConfiguration.maxInFlightRequestsPerConnection = 1
             let producer = try KafkaProducer(configuration: producerConfiguration, logger: logger)
             do {
@@ -127,18 +147,16 @@ public final class OutboxRelay: Service, Sendable {
     /// One database session: owns shards while connected; returns on shutdown, throws on failure.
     private func runConnected(producer: KafkaProducer) async throws {
         let db = configuration.database.configuration
-        let connection = try await PostgresConnection.connect(db, logger: logger)
+        let connection = try await PostgresConnection.connect(lockSession(db), logger: logger)
         let gaugePool = PostgresPool(configuration: db, size: 1, logger: logger)
-        let listener: PostgresListener
+        let listener: WakeListener
         do {
-            listener = try await PostgresListener.start(db, channels: [channel], logger: logger)
+            listener = try await WakeListener.start(
+                db, channel: channel, wake: wake, retry: configuration.retry, logger: logger)
         } catch {
             await connection.close()
             await gaugePool.close()
             throw error
-        }
-        let listening = Task { [wake] in
-            for await _ in listener.notifications { wake.signal() }
         }
         // The outbox gauges are refreshed apart from the loop, so they keep moving while a publish waits on
         // the broker.
@@ -148,7 +166,6 @@ public final class OutboxRelay: Service, Sendable {
                 try? await Task.sleep(for: interval)
             }
         }
-        defer { listening.cancel() }
         do {
             try await loop(connection: connection, producer: producer)
         } catch {
@@ -167,12 +184,12 @@ public final class OutboxRelay: Service, Sendable {
     private func loop(connection: PostgresConnection, producer: KafkaProducer) async throws {
         var owned: [Int] = []
         var lastClaim = ContinuousClock.now - configuration.claimInterval
-        var failures = 0
         var flagged = false  // this relay's shards are flagged idle in saga_outbox_wake
-        var prefetched: Batch?
+        var prefetched: OutboxBatch?
         // Acknowledged rows of the last clean batch: deleted while the broker acknowledges the next one, or before
         // the relay idles or stops (a crash before that re-publishes them).
         var acknowledged: [Int64] = []
+        var holds = Holds()
         var round = 0
         while !Task.isShuttingDownGracefully && !Task.isCancelled {
             if ContinuousClock.now - lastClaim >= configuration.claimInterval {
@@ -186,9 +203,18 @@ public final class OutboxRelay: Service, Sendable {
                 await wake.wait(timeout: configuration.claimInterval)
                 continue
             }
+            try await settleStragglers(
+                &holds, wait: holds.stragglers.count >= configuration.maxStragglers,
+                on: connection)
+            if holds.stragglers.count >= configuration.maxStragglers {
+                prefetched = nil
+                continue
+            }
+            holds.expire()
+            metrics.heldSagas.record(holds.heldSagaCount)
             round += 1
-            var batch: Batch
-            if let prefetched { batch = prefetched } else { batch = try await read(owned, round, [], connection) }
+            var batch: OutboxBatch
+            if let prefetched { batch = prefetched } else { batch = try await read(owned, round, holds, connection) }
             prefetched = nil
             if batch.isEmpty {
                 if !acknowledged.isEmpty {
@@ -202,7 +228,7 @@ public final class OutboxRelay: Service, Sendable {
                         && !Task.isCancelled
                     {
                         try await Task.sleep(for: configuration.gracePollInterval)
-                        batch = try await read(owned, round, [], connection)
+                        batch = try await read(owned, round, holds, connection)
                     }
                 }
                 if batch.isEmpty && !flagged {
@@ -211,10 +237,11 @@ public final class OutboxRelay: Service, Sendable {
                     try await setIdle(true, shards: owned, on: connection)
                     flagged = true
                     try await waitForInsertsInFlight(on: connection)
-                    batch = try await read(owned, round, [], connection)
+                    batch = try await read(owned, round, holds, connection)
                 }
                 if batch.isEmpty {
-                    await wake.wait(timeout: configuration.pollInterval)
+                    // Woken by a commit, a straggler's reports, or the end of a held saga's backoff.
+                    await wake.wait(timeout: holds.wait(atMost: configuration.pollInterval))
                     continue
                 }
             }
@@ -224,38 +251,27 @@ public final class OutboxRelay: Service, Sendable {
             let previous = acknowledged
             acknowledged = []
             let outcome = try await publish(
-                batch, shards: owned, round: round, lowerFlag: lowerFlag, deleting: previous, on: connection,
-                producer: producer)
+                batch, shards: owned, round: round, lowerFlag: lowerFlag, deleting: previous, holds: &holds,
+                on: connection, producer: producer)
             if outcome.clean {
-                failures = 0
                 prefetched = outcome.next
                 acknowledged = outcome.acknowledged
-            } else if outcome.retriable {
-                failures += 1
-                try? await Task.sleep(for: configuration.retry.delay(attempt: failures))
             }
         }
         // Stopping: delete what the broker acknowledged (if this fails, the rows are published again later).
         if !acknowledged.isEmpty { try? await delete(acknowledged, on: connection) }
+        try? await settleStragglers(&holds, wait: false, on: connection)
     }
 
-    /// Rows read from the outbox, in per-shard id order.
-    private struct Batch: Sendable {
-        var ids: [Int64] = []
-        var sagas: [String] = []
-        var waited: [Double] = []
-        var messages: [KafkaOutgoingMessage] = []
-        var isEmpty: Bool { ids.isEmpty }
-    }
-
-    /// The lowest-id rows of each shard that are not parked and not in `excluding` (rows in flight), at most
-    /// `batchSize` in all. Each shard costs an index range scan of the rows taken (plus those in flight), never
-    /// the backlog; the shards' order rotates with `round` so that a full shard cannot starve the others.
+    /// The lowest-id rows of each shard, at most `batchSize` in all and one per saga, leaving out parked rows and
+    /// the rows of a saga with a parked row, the rows in flight (`holds`, `excluding`) and the sagas `holds` holds
+    /// back. Each shard costs an index range scan of the rows taken (plus those left out), never the backlog; the
+    /// shards' order rotates with `round` so that a full shard cannot starve the others.
     /// (The row comparison on `(shard, id)` is deliberate: with `shard = s.shard ... ORDER BY id` the planner
     /// may walk the primary key and filter by shard, which reads the whole backlog of the other shards.)
-    private func read(_ shards: [Int], _ round: Int, _ excluding: [Int64], _ connection: PostgresConnection)
-        async throws -> Batch
-    {
+    private func read(
+        _ shards: [Int], _ round: Int, _ holds: Holds, _ connection: PostgresConnection, excluding: [Int64] = []
+    ) async throws -> OutboxBatch {
         let offset = round % shards.count
         let rotated = Array(shards[offset...] + shards[..<offset])
         let rows = try await connection.query(
@@ -266,18 +282,27 @@ public final class OutboxRelay: Service, Sendable {
             CROSS JOIN LATERAL (
                 SELECT id, saga_id, topic, key, headers, payload, created_at FROM saga_outbox
                 WHERE (saga_outbox.shard, saga_outbox.id) > (s.shard, 0) AND saga_outbox.shard <= s.shard
-                    AND failed_at IS NULL AND id <> ALL($3::bigint[])
+                    AND failed_at IS NULL AND id <> ALL($3::bigint[]) AND saga_id <> ALL($4::text[])
+                    AND NOT EXISTS (
+                        SELECT 1 FROM saga_outbox p WHERE p.saga_id = saga_outbox.saga_id AND p.failed_at IS NOT NULL)
                 ORDER BY saga_outbox.shard, saga_outbox.id LIMIT $2
             ) AS o
             LIMIT $2
             """,
-            [PostgresArray(rotated), configuration.batchSize, PostgresArray(excluding)])
-        var batch = Batch()
+            [
+                PostgresArray(rotated), configuration.batchSize, PostgresArray(holds.inFlightIds + excluding),
+                PostgresArray(holds.heldSagas),
+            ])
+        var batch = OutboxBatch()
         batch.ids.reserveCapacity(rows.count)
         batch.messages.reserveCapacity(rows.count)
+        var sagas = Set<String>()
         for row in rows {
+            // A saga's later row waits for the next round: it goes out only once this one is acknowledged.
+            let saga = try row.decode("saga_id", as: String.self)
+            guard sagas.insert(saga).inserted else { continue }
             batch.ids.append(try row.decode("id", as: Int64.self))
-            batch.sagas.append(try row.decode("saga_id", as: String.self))
+            batch.sagas.append(saga)
             batch.waited.append(try row.decode("waited", as: Double.self))
             batch.messages.append(
                 KafkaOutgoingMessage(
@@ -312,17 +337,20 @@ public final class OutboxRelay: Service, Sendable {
             [PostgresArray(shards), idle])
     }
 
-    /// The whole outbox's backlog (every shard, whoever owns it), its oldest unpublished row's age, and the
-    /// parked rows, as gauges.
+    /// The whole outbox's backlog (every shard, whoever owns it), its oldest unpublished row's age, the parked
+    /// rows and the rows held behind them, as gauges.
     private func recordOutboxGauges(on pool: PostgresPool) async throws {
         let rows = try await pool.query(
             """
             SELECT count(*) AS backlog,
                 COALESCE(extract(epoch FROM clock_timestamp() - min(created_at)), 0)::float8 AS oldest,
-                (SELECT count(*) FROM saga_outbox WHERE failed_at IS NOT NULL) AS parked
+                (SELECT count(*) FROM saga_outbox WHERE failed_at IS NOT NULL) AS parked,
+                (SELECT count(*) FROM saga_outbox o WHERE o.failed_at IS NULL AND EXISTS (
+                    SELECT 1 FROM saga_outbox p WHERE p.saga_id = o.saga_id AND p.failed_at IS NOT NULL)) AS held
             FROM saga_outbox WHERE failed_at IS NULL
             """)
         guard let row = rows.first else { return }
+        metrics.heldRows.record(try row.decode("held", as: Int64.self))
         metrics.backlog.record(try row.decode("backlog", as: Int64.self))
         metrics.oldestAge.record(try row.decode("oldest", as: Double.self))
         metrics.parkedRows.record(try row.decode("parked", as: Int64.self))
@@ -350,9 +378,7 @@ public final class OutboxRelay: Service, Sendable {
     private struct Outcome {
         /// Every row acknowledged: `next` (read while the acknowledgements were pending) may go out.
         var clean: Bool
-        /// Some row failed retriably: back off before the next round.
-        var retriable: Bool
-        var next: Batch?
+        var next: OutboxBatch?
         /// When clean: the acknowledged rows, for the caller to delete (while the next batch is acknowledged).
         var acknowledged: [Int64] = []
     }
@@ -362,67 +388,241 @@ public final class OutboxRelay: Service, Sendable {
     }
 
     /// Sends `batch`; while the acknowledgements are pending, deletes `previous` (the last batch's acknowledged
-    /// rows) and reads the next batch. Then, if every row was acknowledged, hands the rows back for deletion in the
-    /// next round; otherwise deletes the acknowledged ones now, parks a row refused for good and records the
-    /// failures.
+    /// rows) and reads the next batch. If every row was acknowledged, hands the rows back for deletion in the
+    /// next round. If some were not, settles the batch now (see ``settle(_:_:sent:holds:on:)``); if the reports
+    /// take longer than `settleTimeout`, leaves the batch in flight in `holds` and drops the next batch, which may
+    /// hold later rows of its sagas.
     private func publish(
-        _ batch: Batch, shards: [Int], round: Int, lowerFlag: Bool, deleting previous: [Int64],
+        _ batch: OutboxBatch, shards: [Int], round: Int, lowerFlag: Bool, deleting previous: [Int64],
+        holds: inout Holds,
         on connection: PostgresConnection, producer: KafkaProducer
     ) async throws -> Outcome {
-        let sending = ContinuousClock.now
-        let messages = batch.messages
-        let delivery = Task { await producer.send(messages) }
-        let next: Batch
+        let sent = ContinuousClock.now
+        let delivery = PendingDelivery(batch.messages, producer: producer, wake: wake)
+        let next: OutboxBatch
         do {
             if !previous.isEmpty { try await delete(previous, on: connection) }
             if lowerFlag { try await setIdle(false, shards: shards, on: connection) }
-            next = try await read(shards, round + 1, batch.ids, connection)
+            next = try await read(shards, round + 1, holds, connection, excluding: batch.ids)
         } catch {
-            _ = await delivery.value  // nothing is deleted: the batch goes again in the next session
+            _ = await delivery.results(within: configuration.settleTimeout)  // the batch goes again next session
             throw error
         }
-        let results = await delivery.value
-        let sendSeconds = (ContinuousClock.now - sending).milliseconds / 1000
-        metrics.publishDuration.recordSeconds(sendSeconds)
+        guard let results = await delivery.results(within: configuration.settleTimeout) else {
+            logger.warning(
+                "delivery reports overdue: holding the batch's sagas back, going on with the others",
+                metadata: ["rows": "\(batch.ids.count)", "waited": "\(configuration.settleTimeout)"])
+            holds.stragglers.append(Straggler(batch: batch, delivery: delivery, sent: sent))
+            return Outcome(clean: false, next: nil)
+        }
         if configuration.failpoint == .crashAfterPublish {
             logger.warning("failpoint: crashing after publish, before delete", metadata: ["rows": "\(batch.ids.count)"])
             throw RelayCrashed()
         }
+        let done = try await settle(batch, results, sent: sent, holds: &holds, on: connection)
+        let clean = done.count == batch.ids.count
+        if !clean, !done.isEmpty { try await delete(done, on: connection) }
+        return Outcome(clean: clean, next: clean ? next : nil, acknowledged: clean ? done : [])
+    }
+
+    /// Settles the rows of stragglers whose reports arrived (with `wait`, first waits up to `pollInterval` for
+    /// the oldest straggler's last report): deletes the acknowledged rows and releases their sagas.
+    private func settleStragglers(_ holds: inout Holds, wait: Bool, on connection: PostgresConnection) async throws {
+        if wait, let oldest = holds.stragglers.first {
+            _ = await oldest.delivery.results(within: configuration.pollInterval)
+        }
+        var index = 0
+        while index < holds.stragglers.count {
+            let straggler = holds.stragglers[index]
+            let reported = straggler.delivery.reported
+            let arrived = straggler.pending.filter { reported[$0] != nil }
+            if !arrived.isEmpty {
+                holds.stragglers[index].pending.removeAll { reported[$0] != nil }
+                let done = try await settle(
+                    straggler.batch.rows(arrived), arrived.map { reported[$0]! }, sent: straggler.sent,
+                    holds: &holds, on: connection)
+                if !done.isEmpty { try await delete(done, on: connection) }
+            }
+            if holds.stragglers[index].pending.isEmpty {
+                holds.stragglers.remove(at: index)
+            } else {
+                index += 1
+            }
+        }
+    }
+
+    /// Records what became of a sent batch: returns the acknowledged rows to delete, parks a row refused for
+    /// good, counts the failed rows' attempts and holds their sagas back (per-saga backoff); throws a fatal
+    /// producer error (the session ends and starts again with a new producer).
+    private func settle(
+        _ batch: OutboxBatch, _ results: [Result<KafkaDeliveryReport, KafkaError>], sent: ContinuousClock.Instant,
+        holds: inout Holds, on connection: PostgresConnection
+    ) async throws -> [Int64] {
+        let sendSeconds = (ContinuousClock.now - sent).milliseconds / 1000
+        metrics.publishDuration.recordSeconds(sendSeconds)
         let settled = Settlement(results: results, ids: batch.ids, sagas: batch.sagas)
         for index in settled.doneIndices { metrics.lag.recordSeconds(batch.waited[index] + sendSeconds) }
         let done = settled.doneIndices.map { batch.ids[$0] }
-        let (failed, heldBack, refused, firstError, fatal) = (
-            settled.failed, settled.heldBack, settled.refused, settled.firstError, settled.fatal
-        )
-        let clean = done.count == batch.ids.count
-        if !clean, !done.isEmpty { try await delete(done, on: connection) }
-        if let refused {
+        holds.release(settled.doneIndices.map { batch.sagas[$0] })
+        holds.backOff(settled.backingOff, policy: configuration.retry)
+        if let refused = settled.refused {
             try await connection.execute(
                 "UPDATE saga_outbox SET failed_at = now(), attempts = attempts + 1, last_error = $2 WHERE id = $1",
                 [refused.id, refused.error.description])
             metrics.parked.increment()
             logger.error(
-                "outbox row parked: the broker refused it for good (clear failed_at to retry it)",
+                "outbox row parked: the broker refused it for good; the later rows of its saga wait behind it (delete the row, or clear failed_at to retry it)",
                 metadata: ["id": "\(refused.id)", "error": "\(refused.error)"])
         }
-        if let firstError, !failed.isEmpty {
+        if let firstError = settled.firstError, !settled.failed.isEmpty {
             try await connection.execute(
                 "UPDATE saga_outbox SET attempts = attempts + 1, last_error = $2 WHERE id = ANY($1::bigint[])",
-                [PostgresArray(failed), firstError.description])
+                [PostgresArray(settled.failed), firstError.description])
             logger.warning(
                 "publish failed",
-                metadata: ["rows": "\(failed.count)", "heldBack": "\(heldBack)", "error": "\(firstError)"])
+                metadata: [
+                    "rows": "\(settled.failed.count)", "heldBack": "\(settled.heldBack)", "error": "\(firstError)",
+                ])
         }
         metrics.published.increment(by: done.count)
-        metrics.failed.increment(by: failed.count)
+        metrics.failed.increment(by: settled.failed.count)
         state.withLock {
             $0.published += done.count
-            $0.failed += failed.count
+            $0.failed += settled.failed.count
             $0.batches += 1
         }
-        if let fatal { throw fatal }  // the session ends; run() starts a new one with a new producer
-        return Outcome(
-            clean: clean, retriable: !failed.isEmpty, next: clean ? next : nil, acknowledged: clean ? done : [])
+        if let fatal = settled.fatal { throw fatal }
+        return done
+    }
+}
+
+/// Rows read from the outbox, in per-shard id order, at most one per saga.
+struct OutboxBatch: Sendable {
+    var ids: [Int64] = []
+    var sagas: [String] = []
+    var waited: [Double] = []
+    var messages: [KafkaOutgoingMessage] = []
+    var isEmpty: Bool { ids.isEmpty }
+
+    /// The rows at `indices`.
+    func rows(_ indices: [Int]) -> OutboxBatch {
+        var picked = OutboxBatch()
+        for i in indices {
+            picked.ids.append(ids[i])
+            picked.sagas.append(sagas[i])
+            picked.waited.append(waited[i])
+            picked.messages.append(messages[i])
+        }
+        return picked
+    }
+}
+
+/// A batch handed to the producer; its delivery reports arrive on their own.
+final class PendingDelivery: Sendable {
+    private struct State {
+        var deliveries: KafkaDeliveries?
+        var results: [Result<KafkaDeliveryReport, KafkaError>]?
+    }
+    private let state = Mutex(State())
+    private let arrived = WakeSignal()
+    private let count: Int
+
+    /// Sends `messages`; once every report is in, wakes `wake` (the relay, which may wait for a straggler).
+    init(_ messages: [KafkaOutgoingMessage], producer: KafkaProducer, wake: WakeSignal) {
+        count = messages.count
+        Task { [self] in
+            let deliveries = await producer.enqueue(messages)
+            state.withLock { $0.deliveries = deliveries }
+            let results = await deliveries.results()
+            state.withLock { $0.results = results }
+            arrived.signal()
+            wake.signal()
+        }
+    }
+
+    /// Every report, once all arrived.
+    var results: [Result<KafkaDeliveryReport, KafkaError>]? { state.withLock { $0.results } }
+
+    /// The reports that arrived so far, by message (nil: pending).
+    var reported: [Result<KafkaDeliveryReport, KafkaError>?] {
+        state.withLock { s in
+            if let results = s.results { return results.map { $0 } }
+            return s.deliveries?.reported ?? Array(repeating: nil, count: count)
+        }
+    }
+
+    /// Waits up to `timeout` for every report; nil if some are still pending then.
+    func results(within timeout: Duration) async -> [Result<KafkaDeliveryReport, KafkaError>]? {
+        if let results { return results }
+        await arrived.wait(timeout: timeout)
+        return results
+    }
+}
+
+/// A batch with delivery reports still pending after `settleTimeout`: its rows are settled one by one as their
+/// reports arrive (a batch has at most one row per saga, so its rows do not depend on each other).
+struct Straggler: Sendable {
+    let batch: OutboxBatch
+    let delivery: PendingDelivery
+    let sent: ContinuousClock.Instant
+    /// The rows (indices into `batch`) still waiting for their report.
+    var pending: [Int]
+
+    init(batch: OutboxBatch, delivery: PendingDelivery, sent: ContinuousClock.Instant) {
+        self.batch = batch
+        self.delivery = delivery
+        self.sent = sent
+        pending = Array(batch.ids.indices)
+    }
+}
+
+/// What the relay holds back from its reads: the rows and sagas of batches in flight past `settleTimeout`, and
+/// the sagas whose rows failed retriably, each until its own backoff ends.
+struct Holds {
+    var stragglers: [Straggler] = []
+    /// Saga → end of its backoff and its failed attempts in a row.
+    private(set) var backingOff: [String: (until: ContinuousClock.Instant, attempts: Int)] = [:]
+
+    /// Rows in flight past `settleTimeout`, still without their report.
+    var inFlightIds: [Int64] { stragglers.flatMap { s in s.pending.map { s.batch.ids[$0] } } }
+
+    /// Sagas no row of which may be read now.
+    var heldSagas: [String] {
+        let now = ContinuousClock.now
+        return stragglers.flatMap { s in s.pending.map { s.batch.sagas[$0] } }
+            + backingOff.compactMap { $0.value.until > now ? $0.key : nil }
+    }
+
+    var heldSagaCount: Int { heldSagas.count }
+
+    /// How long an idle relay may wait (at most `limit`): until a held saga's backoff ends, and a quarter second
+    /// at most while stragglers may get reports.
+    func wait(atMost limit: Duration) -> Duration {
+        let now = ContinuousClock.now
+        let soonest = backingOff.values.map(\.until).filter { $0 > now }.min()
+        let wait = soonest.map { min(limit, $0 - now) } ?? limit
+        return stragglers.isEmpty ? wait : min(wait, .milliseconds(250))
+    }
+
+    mutating func backOff(_ sagas: [String], policy: RetryPolicy) {
+        let now = ContinuousClock.now
+        for saga in sagas {
+            let attempts = (backingOff[saga]?.attempts ?? 0) + 1
+            backingOff[saga] = (now + policy.delay(attempt: attempts), attempts)
+        }
+    }
+
+    mutating func release(_ sagas: [String]) {
+        guard !backingOff.isEmpty else { return }
+        for saga in sagas { backingOff[saga] = nil }
+    }
+
+    /// Forgets backoffs that ended over a minute ago (a saga whose row was deleted or parked meanwhile), so the
+    /// map stays bounded; a saga failing again later starts its backoff anew.
+    mutating func expire() {
+        guard !backingOff.isEmpty else { return }
+        let horizon = ContinuousClock.now - .seconds(60)
+        backingOff = backingOff.filter { $0.value.until > horizon }
     }
 }
 
@@ -432,9 +632,12 @@ struct Settlement {
     var doneIndices: [Int] = []
     /// Rows that failed and go again (retriable failures, and the rows after a refused one).
     var failed: [Int64] = []
-    /// Acknowledged rows kept because an earlier row of their saga failed and stays: they go out again after it.
+    /// The sagas of rows that failed retriably on their own (not merely after a refused row): they back off.
+    var backingOff: [String] = []
+    /// Acknowledged rows kept because an earlier row of their saga failed or was parked: they go out again after
+    /// it (only with several rows of a saga in one batch, which the relay does not send).
     var heldBack = 0
-    /// The first row the broker refused for good: parked so it cannot block the rows behind it.
+    /// The first row the broker refused for good: parked, and the later rows of its saga wait behind it.
     var refused: (id: Int64, error: KafkaError)?
     var firstError: KafkaError?
     var fatal: KafkaError?
@@ -451,13 +654,14 @@ struct Settlement {
                 }
             case .failure(let error):
                 if error.isFatal { fatal = error }
-                // The rows after a refused one may have failed only because it did, and go again.
                 if !error.isRetriable, !error.isFatal, refused == nil {
                     refused = (ids[index], error)
                 } else {
                     failed.append(ids[index])
-                    blockedSagas.insert(sagas[index])
+                    // The rows after a refused one may have failed only because it did: they go again at once.
+                    if refused == nil, blockedSagas.insert(sagas[index]).inserted { backingOff.append(sagas[index]) }
                 }
+                blockedSagas.insert(sagas[index])
                 firstError = firstError ?? error
             }
         }

@@ -81,6 +81,10 @@ public struct ReplayOptions: Sendable {
     public var inboxRetention: Duration = .seconds(7 * 86_400)
     /// The clock the horizon is measured from.
     public var now = Date()
+    /// How long a consumer may take to reach the records a group reset delivers again (it has to read its way
+    /// to them first): a reset refuses records that will be past the inbox horizon by then, i.e. older than
+    /// ``horizon`` plus this margin.
+    public var consumerLagMargin: Duration = .seconds(3600)
     /// Report progress after this many scanned messages, and at least every `progressInterval`.
     public var progressEvery = 10_000
     public var progressInterval: Duration = .seconds(1)

@@ -22,6 +22,9 @@ public struct GroupResetRow: Sendable, Hashable, Codable {
     public var new: Int64
     public var low: Int64
     public var high: Int64
+    /// Records the reset would deliver again (from `new` up to `current`, or to `high` when the group has no
+    /// committed offset) that are older than the plan's ``GroupResetPlan/horizon``, or have no timestamp.
+    public var pastHorizon: Int = 0
 }
 
 /// What a group reset shows (dry run) or did (`executed`).
@@ -31,11 +34,20 @@ public struct GroupResetPlan: Sendable, Codable {
     public var state: String
     public var rows: [GroupResetRow]
     public var executed: Bool
+    /// The inbox horizon the rows were checked against, moved later by the consumer-lag margin (see
+    /// ``ReplayOptions/consumerLagMargin``); nil when no row moves back.
+    public var horizon: Date? = nil
 }
 
 extension Replayer {
     /// Computes new committed offsets for `group` on `topics` (all partitions, or only
     /// `partition`), changing nothing.
+    ///
+    /// Moving a partition back delivers its records again, and the consumers' inboxes absorb that only for
+    /// events younger than the inbox horizon (`options.now - options.inboxRetention`). The records a restarted
+    /// consumer reaches only later must still be inside it then, so they are checked against the horizon
+    /// moved later by `options.consumerLagMargin`; each row counts the records past it (``GroupResetRow/pastHorizon``),
+    /// and ``executeGroupReset(_:options:)`` refuses such a plan without `options.force`.
     ///
     /// - Throws: ``ReplayError``: `.groupActive` while the group has members (resetting under
     ///   them would be overwritten by their next commit), an unknown topic or partition, no broker.
@@ -97,8 +109,9 @@ extension Replayer {
                         new: new,
                         low: marks.low, high: marks.high))
             }
+            let horizon = try await checkHorizon(&rows, options: options)
             await client.close()
-            return GroupResetPlan(group: group, state: state, rows: rows, executed: false)
+            return GroupResetPlan(group: group, state: state, rows: rows, executed: false, horizon: horizon)
         } catch {
             await client.close()
             throw Self.mapped(error, bootstrap: kafka.bootstrapServers)
@@ -108,12 +121,17 @@ extension Replayer {
     /// Commits the plan's new offsets for its group, after checking again that the group has no
     /// members, and reads them back.
     ///
-    /// - Throws: ``ReplayError``: `.groupActive` when a member joined meanwhile, or the commit's
-    ///   failure (on a real Kafka a commit from outside an active group is refused as well).
+    /// - Throws: ``ReplayError``: `.pastInboxHorizon` when the plan delivers records again that are past
+    ///   its horizon and `options.force` is not set; `.groupActive` when a member joined meanwhile, or the
+    ///   commit's failure (on a real Kafka a commit from outside an active group is refused as well).
     public func executeGroupReset(_ plan: GroupResetPlan, options: ReplayOptions = ReplayOptions())
         async throws(ReplayError)
         -> GroupResetPlan
     {
+        let past = plan.rows.reduce(0) { $0 + $1.pastHorizon }
+        if past > 0, !options.force, let horizon = plan.horizon {
+            throw .pastInboxHorizon(horizon: horizon, retention: options.inboxRetention, oldest: nil, count: past)
+        }
         let client = try groupClient(plan.group)
         do {
             let partitions = plan.rows.map { KafkaTopicPartition(topic: $0.topic, partition: $0.partition) }
@@ -195,6 +213,26 @@ extension Replayer {
         throw ReplayError.groupActive(
             group: group, state: "unknown",
             members: ["could not join the group within \(options.stallTimeout) to check that it is empty"])
+    }
+
+    /// Counts, per row that moves back, the records it would deliver again that are older than the inbox horizon
+    /// moved later by the consumer-lag margin; returns that horizon (nil when no row moves back).
+    private func checkHorizon(_ rows: inout [GroupResetRow], options: ReplayOptions) async throws -> Date? {
+        let back = rows.indices.filter { rows[$0].new < min(rows[$0].current ?? rows[$0].high, rows[$0].high) }
+        guard !back.isEmpty else { return nil }
+        let (seconds, attoseconds) = options.consumerLagMargin.components
+        let horizon = options.horizon.addingTimeInterval(Double(seconds) + Double(attoseconds) / 1e18)
+        for i in back {
+            let row = rows[i]
+            let end = min(row.current ?? row.high, row.high)
+            let partition = KafkaTopicPartition(topic: row.topic, partition: row.partition)
+            // Records are read from `new` until the first at or after the horizon (the mock cluster answers no
+            // offset-for-time lookups, so reading is the one way that works on both).
+            let fresh = try await firstOffset(
+                in: partition, atOrAfter: horizon, marks: KafkaWatermarks(low: row.new, high: end), options: options)
+            rows[i].pastHorizon = Int(max(0, min(fresh, end) - row.new))
+        }
+        return horizon
     }
 
     /// The first offset of `partition` whose record is at or after `time`, by reading it; the high

@@ -17,6 +17,11 @@ public struct TrackerConfiguration: Sendable {
     public var retry = RetryPolicy()
     /// Drop the read model and read every topic again from the beginning (a new consumer group).
     public var rebuild = false
+    /// The server ends the session holding the tracker's lock once it has been idle this long, and the active
+    /// tracker keeps it busy (a `SELECT 1` every third of it): a frozen tracker (SIGSTOP, a stuck host whose
+    /// kernel still answers keepalives) loses the lock within about this long and a standby takes over. Once
+    /// it runs again it finds its session gone and stops. nil keeps the server's setting (and no heartbeat).
+    public var lockSessionIdleTimeout: Duration? = .seconds(10)
 
     public init(kafka: KafkaSettings, database: ServiceDatabase, topics: TopicNaming, services: [String]) {
         self.kafka = kafka
@@ -39,7 +44,9 @@ public struct TrackerStats: Sendable, Hashable {
 ///
 /// Idempotent: events are keyed by event id, dead letters by their position, and each saga's state is
 /// recomputed from its recorded events, so a redelivered batch changes nothing. One instance is active per
-/// read model (a session advisory lock); others wait as standbys. `rebuild` empties the read model and
+/// read model (a session advisory lock); others wait as standbys. The lock's session ends at the server
+/// when the active instance stops running (see ``TrackerConfiguration/lockSessionIdleTimeout``), so a
+/// frozen instance hands over within seconds, and throws ``TrackerLockLost`` once it runs again. `rebuild` empties the read model and
 /// reads the log again from the beginning under a new consumer group.
 public final class SagaTracker: Service, Sendable {
     public let configuration: TrackerConfiguration
@@ -69,7 +76,9 @@ public final class SagaTracker: Service, Sendable {
 
     public func run() async throws {
         try await Self.prepare(configuration.database, logger: logger)
-        let lock = try await PostgresConnection.connect(configuration.database.configuration, logger: logger)
+        var lockSession = configuration.database.configuration
+        lockSession.idleSessionTimeout = configuration.lockSessionIdleTimeout
+        let lock = try await PostgresConnection.connect(lockSession, logger: logger)
         defer { Task { await lock.close() } }
         // One active tracker per read model; a second one waits here until the first is gone.
         while try await
@@ -80,6 +89,8 @@ public final class SagaTracker: Service, Sendable {
             if Task.isShuttingDownGracefully || Task.isCancelled { return }
             try? await Task.sleep(for: .seconds(1))
         }
+        let heartbeat = keepAlive(lock)
+        defer { heartbeat?.cancel() }
         let pool = PostgresPool(configuration: configuration.database.configuration, size: 1, logger: logger)
         let group = try await consumerGroup(pool: pool, rebuild: configuration.rebuild)
         var consumerConfiguration = configuration.kafka.consumer(groupId: group, clientId: "saga-tracker")
@@ -99,6 +110,13 @@ public final class SagaTracker: Service, Sendable {
                 continue
             }
             guard !batch.isEmpty else { continue }
+            if heartbeat != nil && !lock.isHealthy {
+                // The server ended the lock session (this tracker was frozen or cut off): another may be active.
+                logger.error("the tracker lost its lock session: stopping")
+                await consumer.close()
+                await pool.close()
+                throw TrackerLockLost()
+            }
             // The same batch until it is recorded: offsets must never move past an unrecorded message.
             guard await recordUntilDone(batch, pool: pool) else { break }
             do { try await consumer.commit(after: batch) } catch {
@@ -150,8 +168,11 @@ public final class SagaTracker: Service, Sendable {
         }
     }
 
+    /// A failure that is the message's (SQLSTATE classes 22, 23 and 54, e.g. a NUL in text or a value too large
+    /// for an index row): see `Failure`.
     static func isDataError(_ error: PostgresError) -> Bool {
-        !error.isRetriable && (error.sqlState?.hasPrefix("22") == true || error.sqlState?.hasPrefix("23") == true)
+        if case .eventFault = Failure(error) { return true }
+        return false
     }
 
     func record(_ batch: [KafkaMessage], on connection: PostgresConnection, isolate: Bool = false) async throws {
@@ -219,7 +240,9 @@ public final class SagaTracker: Service, Sendable {
 
     private func recordDeadLetter(_ message: KafkaMessage, on connection: PostgresConnection) async throws -> String? {
         let envelope = (try? JSONValue(parsing: message.value)).flatMap { try? EventEnvelope(validated: $0) }
-        let saga = envelope?.sagaId ?? message.key.map { String(decoding: $0, as: UTF8.self) } ?? "unknown"
+        // Bounded as the worker bounds it, so that the saga id is the one the worker wrote, and always fits.
+        let saga = Bounded.sagaId(
+            envelope?.sagaId ?? message.key.map { String(decoding: $0, as: UTF8.self) } ?? "unknown")
         let at = message.header(SagaHeader.deadLetteredAt).flatMap(Timestamp.parse) ?? message.timestamp ?? Date()
         try await connection.execute(
             """

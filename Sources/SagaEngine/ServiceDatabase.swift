@@ -5,13 +5,22 @@ import SagaPostgres
 public struct ServiceDatabase: Sendable {
     public var url: String
     public var schema: String
+    /// `statement_timeout` of every session the service opens (not of migrations), or nil for the server's.
+    public var statementTimeout: Duration? = nil
+    /// `lock_timeout` of every session the service opens (not of migrations), or nil for the server's.
+    public var lockTimeout: Duration? = nil
 
     public init(url: String, schema: String) {
         self.url = url
         self.schema = schema
     }
 
-    public var configuration: PostgresConfiguration { PostgresConfiguration(url: url, searchPath: schema) }
+    public var configuration: PostgresConfiguration {
+        var configuration = PostgresConfiguration(url: url, searchPath: schema)
+        configuration.statementTimeout = statementTimeout
+        configuration.lockTimeout = lockTimeout
+        return configuration
+    }
 
     /// Creates the schema if missing and applies the engine's migrations and then `migrations`
     /// (the service's, versions ≥ 100). Safe to run from several processes at once.
@@ -22,7 +31,9 @@ public struct ServiceDatabase: Sendable {
 
     /// Creates the schema and applies `engine` then `migrations`.
     func prepare(migrations: [PostgresMigration], engine: [PostgresMigration], logger: Logger) async throws {
-        let pool = PostgresPool(configuration: configuration, size: 1, logger: logger)
+        // Migrations may take long and wait for locks: the service's timeouts are not theirs.
+        let pool = PostgresPool(
+            configuration: PostgresConfiguration(url: url, searchPath: schema), size: 1, logger: logger)
         do {
             try await pool.execute("CREATE SCHEMA IF NOT EXISTS \(PostgresConnection.quoteIdentifier(schema))")
             let applied = try await PostgresMigrator(migrations: engine + migrations)

@@ -17,6 +17,10 @@ public struct WorkerConfiguration: Sendable {
     /// How long one poll waits for the first message.
     public var pollTimeout: Duration = .milliseconds(200)
     public var retry = RetryPolicy()
+    /// After this many failed attempts of a batch in a row with the same error that is neither the event's
+    /// fault for certain nor transient (an undefined table, a statement timeout, an unexpected error), the
+    /// batch runs one event at a time and the events that still fail are dead-lettered with their attempts.
+    public var deadLetterAfterAttempts = 10
     /// Inbox rows older than this are deleted; replay past this horizon can no longer be deduplicated.
     public var inboxRetention: Duration = .seconds(7 * 24 * 3600)
     /// How often inbox retention runs (on its own task and connection; each run deletes until caught up).
@@ -57,7 +61,10 @@ public struct WorkerStats: Sendable, Hashable {
 /// - Poison events (undecodable, schema-invalid, unknown version, rejected by the handler) are written
 ///   as dead letters through the outbox, in the same transaction, and the partition moves on. When a
 ///   handler fails for good, the batch is rolled back and run again one event at a time, each in its
-///   own savepoint, so only the poison event is dead-lettered.
+///   own savepoint, so only the poison event is dead-lettered. Whose fault a failure is, and so whether it
+///   is retried, is decided by `Failure`; one that is neither the event's for certain nor transient is
+///   retried, but dead-lettered after ``WorkerConfiguration/deadLetterAfterAttempts`` attempts in a row.
+///   A dead letter holds only bounded values and is written in a savepoint of its own (``DeadLetter``).
 /// - The next poll runs while the transaction does; inbox retention runs on its own task and connection.
 public final class Worker: Service, Sendable {
     public let configuration: WorkerConfiguration
@@ -102,7 +109,9 @@ public final class Worker: Service, Sendable {
     public var subscribedTopics: [String] { handlers.keys.sorted().map(configuration.topics.topic(for:)) }
 
     /// Runs until graceful shutdown (SIGTERM/SIGINT through a ServiceGroup) or cancellation. The batch in
-    /// flight finishes (or rolls back) first, then offsets are committed and the consumer leaves its group.
+    /// flight finishes (or rolls back) first, then offsets are committed and the consumer leaves its group. On
+    /// cancellation (a hard stop) the batch's statement in flight is cancelled at the server, so its transaction
+    /// rolls back at once instead of running on (the batch is delivered again).
     /// - Throws: when the database cannot be prepared or the consumer cannot be created.
     public func run() async throws {
         try await configuration.database.prepare(migrations: migrations, logger: logger)
@@ -197,12 +206,15 @@ public final class Worker: Service, Sendable {
     func process(_ batch: [KafkaMessage], pool: PostgresPool) async -> Bool {
         var attempt = 0
         var isolate = false
+        // The last undecided failure and how many attempts in a row failed with it (see `Failure`).
+        var repeated: (signature: String, attempts: Int)? = nil
+        var exhausted: (signature: String, attempts: Int)? = nil
         while true {
             let started = ContinuousClock.now
             do {
-                let outcome = try await pool.withTransaction { [isolate] connection in
+                let outcome = try await pool.withCancellableTransaction { [isolate, exhausted] connection in
                     isolate
-                        ? try await self.handleIsolated(batch, on: connection)
+                        ? try await self.handleIsolated(batch, exhausted: exhausted, on: connection)
                         : try await self.handle(batch, on: connection)
                 }
                 state.withLock {
@@ -227,6 +239,15 @@ public final class Worker: Service, Sendable {
                 attempt += 1
                 state.withLock { $0.retries += 1 }
                 metrics.retries.increment()
+                if case .undecided(let signature, _) = Failure(error) {
+                    let attempts = repeated?.signature == signature ? (repeated?.attempts ?? 0) + 1 : 1
+                    repeated = (signature, attempts)
+                    if attempts >= configuration.deadLetterAfterAttempts {
+                        // Not retried forever: the events that still fail this way are dead-lettered.
+                        isolate = true
+                        exhausted = (signature, attempts)
+                    }
+                }
                 logger.warning(
                     "batch failed, retrying",
                     metadata: ["error": "\(error)", "attempt": "\(attempt)", "size": "\(batch.count)"])
@@ -322,7 +343,7 @@ public final class Worker: Service, Sendable {
                 } else {
                     for d in group {
                         let context = HandlerContext(
-                            connection: connection, service: configuration.name, event: d.event,
+                            connection: PostgresTransaction(connection), service: configuration.name, event: d.event,
                             logger: EventLog.logger(logger, for: d.event.envelope))
                         let started = ContinuousClock.now
                         emitted += try await d.handler.handle(d.event, context)
@@ -339,7 +360,7 @@ public final class Worker: Service, Sendable {
             }
             try await Outbox.append(rows, on: connection)
         } catch {
-            if Self.permanentReason(error) != nil { throw NeedsIsolation() }
+            if case .eventFault = Failure(error) { throw NeedsIsolation() }
             throw error
         }
         return outcome
@@ -375,8 +396,11 @@ public final class Worker: Service, Sendable {
     }
 
     /// The fallback path after a poison event: one event at a time, each in its own savepoint, so that a
-    /// failure for good undoes and dead-letters only its event.
-    private func handleIsolated(_ batch: [KafkaMessage], on connection: PostgresConnection) async throws -> Outcome {
+    /// failure for good undoes and dead-letters only its event. Once the batch failed `exhausted.attempts`
+    /// times in a row with the same undecided failure, an event failing with it again is dead-lettered too.
+    private func handleIsolated(
+        _ batch: [KafkaMessage], exhausted: (signature: String, attempts: Int)?, on connection: PostgresConnection
+    ) async throws -> Outcome {
         var outcome = Outcome()
         for message in batch {
             let decoded: (EventHandler, IncomingEvent)
@@ -398,9 +422,18 @@ public final class Worker: Service, Sendable {
                 }
                 try await connection.execute("RELEASE SAVEPOINT saga_event")
             } catch let failure {
-                guard let reason = Self.permanentReason(failure) else { throw failure }
+                let reason: String
+                var attempts: Int? = nil
+                switch Failure(failure) {
+                case .eventFault(let why): reason = why
+                case .undecided(let signature, let why) where signature == exhausted?.signature:
+                    let tried = (exhausted?.attempts ?? 0) + 1
+                    attempts = tried
+                    reason = "failed \(tried) times with the same error: \(why)"
+                default: throw failure
+                }
                 try await connection.execute("ROLLBACK TO SAVEPOINT saga_event")
-                if try await deadLetter(message, reason: reason, on: connection) {
+                if try await deadLetter(message, reason: reason, attempts: attempts, on: connection) {
                     outcome.byType[eventType(of: message), default: .init()].deadLettered += 1
                 }
                 try await connection.execute("RELEASE SAVEPOINT saga_event")
@@ -431,7 +464,8 @@ public final class Worker: Service, Sendable {
             logger.debug("duplicate skipped")
             return .duplicate
         }
-        let context = HandlerContext(connection: connection, service: configuration.name, event: event, logger: logger)
+        let context = HandlerContext(
+            connection: PostgresTransaction(connection), service: configuration.name, event: event, logger: logger)
         let started = ContinuousClock.now
         let emitted = try await handler.handle(event, context)
         let took = ContinuousClock.now - started
@@ -443,64 +477,35 @@ public final class Worker: Service, Sendable {
         return .handled(took)
     }
 
-    static func withoutNUL(_ text: String) -> String { text.replacingOccurrences(of: "\u{0}", with: "\u{FFFD}") }
+    static func withoutNUL(_ text: String) -> String { Bounded.withoutNUL(text) }
 
-    /// The reason to dead-letter for a permanent failure; nil when the failure is worth retrying.
+    /// The reason to dead-letter for a failure that is the event's fault (see `Failure`); nil when the
+    /// failure is retried.
     static func permanentReason(_ error: any Error) -> String? {
-        switch error {
-        case let e as EventDecodingError: return e.reason
-        case let e as HandlerRejection: return "rejected: \(e.reason)"
-        case let e as EventEncodingError: return "handler emitted an invalid event: \(e.reason)"
-        case let e as PostgresError:
-            // Data problems caused by this event (class 22 data exception, class 23 integrity violation)
-            // are the event's; anything else (connection, serialization, a missing table during a
-            // deploy) is retried rather than dead-lettering every event.
-            if !e.isRetriable, let state = e.sqlState, state.hasPrefix("22") || state.hasPrefix("23") {
-                return "database rejected the event: \(e.description)"
-            }
-            return nil
-        case is CancellationError: return nil
-        default: return "handler failed: \(error)"
-        }
+        if case .eventFault(let reason) = Failure(error) { return reason }
+        return nil
     }
 
-    /// Writes a dead letter for `message` into the outbox. Returns false when this exact message
-    /// (topic, partition, offset) was dead-lettered before (a redelivery after a crash).
-    private func deadLetter(_ message: KafkaMessage, reason: String, on connection: PostgresConnection) async throws
-        -> Bool
-    {
+    /// Writes a dead letter for `message` into the outbox (see ``DeadLetter``). Returns false when this exact
+    /// message (topic, partition, offset) was dead-lettered before (a redelivery after a crash).
+    private func deadLetter(
+        _ message: KafkaMessage, reason: String, attempts: Int? = nil, on connection: PostgresConnection
+    ) async throws -> Bool {
         let envelope = (try? JSONValue(parsing: message.value)).flatMap { try? EventEnvelope(validated: $0) }
-        // Whatever the poison holds, the dead letter must be writable: PostgreSQL text holds no NUL.
-        let sagaId = Self.withoutNUL(
-            envelope?.sagaId ?? message.key.map { String(decoding: $0, as: UTF8.self) } ?? "unknown")
-        let reason = Self.withoutNUL(reason)
-        let inserted = try await connection.execute(
-            """
-            INSERT INTO saga_dead_letters (source_topic, source_partition, source_offset, saga_id, event_id, reason)
-            VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING
-            """,
-            [message.topic, Int(message.partition), message.offset, sagaId, envelope?.id, reason])
-        guard inserted > 0 else { return false }
-        var headers = message.headers.filter { !$0.key.hasPrefix("dlq-") }
-        headers += [
-            KafkaHeader(key: SagaHeader.deadLetterReason, string: reason),
-            KafkaHeader(key: SagaHeader.deadLetterSourceTopic, string: message.topic),
-            KafkaHeader(key: SagaHeader.deadLetterSourcePartition, string: String(message.partition)),
-            KafkaHeader(key: SagaHeader.deadLetterSourceOffset, string: String(message.offset)),
-            KafkaHeader(key: SagaHeader.deadLetterConsumer, string: configuration.name),
-            KafkaHeader(key: SagaHeader.deadLetteredAt, string: Timestamp.format(Date())),
-        ]
-        let letter = KafkaOutgoingMessage(
-            topic: configuration.topics.deadLetterTopic(consumer: configuration.name), key: message.key,
-            value: message.value, headers: headers)
-        try await Outbox.append([(sagaId, envelope?.id, envelope?.type, letter)], on: connection)
+        guard
+            let letter = try await DeadLetter.write(
+                message, envelope: envelope, reason: reason, attempts: attempts, consumer: configuration.name,
+                topic: configuration.topics.deadLetterTopic(consumer: configuration.name), on: connection,
+                logger: logger)
+        else { return false }
         var logger = envelope.map { EventLog.logger(self.logger, for: $0) } ?? self.logger
-        logger[metadataKey: EventLog.sagaId] = .string(sagaId)
+        logger[metadataKey: EventLog.sagaId] = .string(letter.sagaId)
         logger.error(
             "event dead-lettered",
             metadata: [
-                "reason": .string(reason), "topic": .string(message.topic),
+                "reason": .string(letter.reason), "topic": .string(message.topic),
                 "partition": "\(message.partition)", "offset": "\(message.offset)",
+                "attempts": "\(attempts ?? 1)",
             ])
         return true
     }

@@ -91,6 +91,10 @@ extension KafkaError {
         }
     }
 
+    /// The group is rebalancing (`REBALANCE_IN_PROGRESS`): an offset commit goes again once it is over, for the
+    /// partitions still assigned then.
+    public var isRebalanceInProgress: Bool { code == RD_KAFKA_RESP_ERR_REBALANCE_IN_PROGRESS.rawValue }
+
     /// A state error raised by this module (e.g. using a client after shutdown).
     static func state(_ message: String) -> KafkaError {
         KafkaError(RD_KAFKA_RESP_ERR__STATE, message: message)

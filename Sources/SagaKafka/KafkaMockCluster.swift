@@ -86,6 +86,18 @@ public final class KafkaMockCluster: Sendable {
         }
     }
 
+    /// Moves the leadership of `topic`'s `partition` to broker `broker` (with a broker set down, this makes one
+    /// partition unreachable while the others stay up).
+    ///
+    /// - Throws: ``KafkaError`` (e.g. `_UNKNOWN_PARTITION`), or `_STATE` after ``shutdown()``.
+    public func setPartitionLeader(_ topic: String, partition: Int32, broker: Int32) throws(KafkaError) {
+        let cluster = try current()
+        let result = rd_kafka_mock_partition_set_leader(cluster.cluster, topic, partition, broker)
+        guard result == RD_KAFKA_RESP_ERR_NO_ERROR else {
+            throw KafkaError(result, message: "moving the leader of mock \(topic)[\(partition)] failed")
+        }
+    }
+
     /// Makes the next `errors.count` requests of Kafka protocol API `apiKey` (0 = Produce,
     /// 1 = Fetch, 3 = Metadata, 8 = OffsetCommit...) fail with these error codes, in order.
     /// `_TRANSPORT` (-195) makes the broker disconnect instead. Does nothing after ``shutdown()``.

@@ -64,9 +64,17 @@ public final class KafkaProducer: Sendable {
     /// 2.0 otherwise looks an unknown topic up only about once a second, so the first message to each
     /// topic would wait up to a second.
     public func send(_ messages: [KafkaOutgoingMessage]) async -> [Result<KafkaDeliveryReport, KafkaError>] {
-        guard !messages.isEmpty else { return [] }
-        await learnTopics(messages)
+        await enqueue(messages).results()
+    }
+
+    /// Enqueues all messages in order like ``send(_:)`` and returns once they are enqueued (or failed to be),
+    /// without waiting for their delivery reports: ``KafkaDeliveries`` shows each report as it arrives, so a
+    /// caller can act on the acknowledged messages while others (say, to a partition whose leader is
+    /// unreachable) are still pending.
+    public func enqueue(_ messages: [KafkaOutgoingMessage]) async -> KafkaDeliveries {
         let batch = DeliveryBatch(count: messages.count)
+        guard !messages.isEmpty else { return KafkaDeliveries(batch: batch) }
+        await learnTopics(messages)
         let deadline = ContinuousClock.now + .milliseconds(configuration.messageTimeoutMs)
         var firstFailure: KafkaError? = nil
         for (index, message) in messages.enumerated() {
@@ -96,7 +104,7 @@ public final class KafkaProducer: Sendable {
                 break
             }
         }
-        return await batch.results()
+        return KafkaDeliveries(batch: batch)
     }
 
     /// Requests the metadata of topics this producer has not sent to yet, once per topic (failures included:

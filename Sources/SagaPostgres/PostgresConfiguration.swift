@@ -3,7 +3,8 @@ import Foundation
 /// How to reach a PostgreSQL server.
 ///
 /// Every connection made from a configuration also sets `client_encoding` to UTF8,
-/// `TimeZone` to UTC and `DateStyle` to ISO, which the text decoders rely on.
+/// `TimeZone` to UTC and `DateStyle` to ISO, which the text decoders rely on, and has TCP keepalives
+/// and `tcp_user_timeout` on (see ``keepalivesIdleSeconds``).
 public struct PostgresConfiguration: Sendable {
     /// A libpq connection URI: `postgresql://user:password@host:port/database?param=value`.
     /// Any libpq URI parameter is accepted (`sslmode`, `options`, ...). The explicit fields
@@ -16,6 +17,28 @@ public struct PostgresConfiguration: Sendable {
     public var searchPath: String? = nil
     /// How long establishing a connection may take. libpq treats 1 as 2, and 0 as no limit.
     public var connectTimeoutSeconds: Int = 5
+    /// TCP keepalives on every connection, so that a peer gone without a word (a frozen host, a cut
+    /// network) is noticed in seconds, not hours: after this many idle seconds the client probes the
+    /// server, every ``keepalivesIntervalSeconds``, and gives the connection up after ``keepalivesCount``
+    /// unanswered probes (about 11 s with the defaults). Over TCP the server's end of the session gets the
+    /// same values (`tcp_keepalives_*`). Unlike the fields above, these are defaults: the URL's own
+    /// `keepalives_idle`, `keepalives_interval`, `keepalives_count` and `tcp_user_timeout` win.
+    public var keepalivesIdleSeconds: Int = 5
+    public var keepalivesIntervalSeconds: Int = 2
+    public var keepalivesCount: Int = 3
+    /// How long sent data may stay unacknowledged before the connection is given up (`tcp_user_timeout`).
+    public var tcpUserTimeoutMilliseconds: Int = 10_000
+    /// `statement_timeout` of every session (a statement running longer fails with SQLSTATE 57014), or
+    /// `nil` for the server's (by default none).
+    public var statementTimeout: Duration? = nil
+    /// `lock_timeout` of every session (waiting longer for a lock fails with SQLSTATE 55P03), or `nil` for
+    /// the server's (by default none).
+    public var lockTimeout: Duration? = nil
+    /// Ends the session at the server once it has been idle this long, in or out of a transaction
+    /// (`idle_session_timeout`, PostgreSQL 14+, and `idle_in_transaction_session_timeout`), or `nil` for
+    /// the server's. For a session whose locks must not outlive a frozen client: a process stopped with
+    /// SIGSTOP keeps its socket alive (its kernel answers keepalives), so only the server can notice it.
+    public var idleSessionTimeout: Duration? = nil
 
     public init(url: String, searchPath: String? = nil) {
         self.url = url

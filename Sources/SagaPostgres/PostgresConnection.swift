@@ -18,6 +18,8 @@ public final class PostgresConnection: Sendable {
     let logger: Logger
     /// The server process id of this session (for `pg_terminate_backend`, `pg_stat_activity`).
     public let backendPID: Int32
+    /// libpq's cancel handle of the session, for ``cancel()`` while the queue is busy.
+    let cancelHandle = Mutex<PostgresCancelHandle?>(nil)
 
     private init(queue: DispatchQueue, confined: QueueConfined, health: PQConnection.Health, pid: Int32, logger: Logger)
     {
@@ -38,21 +40,25 @@ public final class PostgresConnection: Sendable {
     {
         let queue = DispatchQueue(label: "saga.postgres.connection")
         let confined = QueueConfined()
-        let result: Result<(PQConnection.Health, Int32), PostgresError> = await withCheckedContinuation {
-            continuation in
-            queue.async {
-                continuation.resume(
-                    returning: Result { () throws(PostgresError) in
-                        let connection = try PQConnection.connect(configuration, logger: logger)
-                        confined.connection = connection
-                        return (connection.health, connection.backendPID)
-                    })
+        let result: Result<(PQConnection.Health, Int32, PostgresCancelHandle?), PostgresError> =
+            await withCheckedContinuation {
+                continuation in
+                queue.async {
+                    continuation.resume(
+                        returning: Result { () throws(PostgresError) in
+                            let connection = try PQConnection.connect(configuration, logger: logger)
+                            confined.connection = connection
+                            return (connection.health, connection.backendPID, connection.makeCancelHandle())
+                        })
+                }
             }
-        }
-        let (health, pid) = try result.get()
+        let (health, pid, cancel) = try result.get()
         var connectionLogger = logger
         connectionLogger[metadataKey: "postgres.pid"] = "\(pid)"
-        return PostgresConnection(queue: queue, confined: confined, health: health, pid: pid, logger: connectionLogger)
+        let connection = PostgresConnection(
+            queue: queue, confined: confined, health: health, pid: pid, logger: connectionLogger)
+        connection.cancelHandle.withLock { $0 = cancel }
+        return connection
     }
 
     /// Runs `operation` on the connection's queue and records the session's health afterwards.

@@ -221,6 +221,33 @@ public let sagaEventTypes = [
 /// Upcasters of every event type that has more than one version.
 public let sagaUpcasters = [OrderCreatedV2.upcasterFromV1]
 
+/// One kind of event a service publishes: its type and version.
+public struct EmittedEvent: Sendable, Hashable {
+    public var producer: String
+    public var type: String
+    public var version: Int
+    public init(producer: String, type: String, version: Int) {
+        self.producer = producer
+        self.type = type
+        self.version = version
+    }
+    init<P: EventPayload>(_ producer: String, _ payload: P.Type) {
+        self.init(producer: producer, type: P.eventType, version: P.eventVersion)
+    }
+}
+
+/// Every (producer, type, version) the services publish: what `saga schemas check` and the AsyncAPI document
+/// take as produced. orders emits `order.created` v1 or v2 (SAGA_ORDER_CREATED_VERSION). ContractTests checks
+/// that a run of every outcome publishes nothing else.
+public let sagaEmittedEvents: [EmittedEvent] = [
+    EmittedEvent(OrdersService.name, OrderCreatedV1.self), EmittedEvent(OrdersService.name, OrderCreatedV2.self),
+    EmittedEvent(InventoryService.name, InventoryReserved.self),
+    EmittedEvent(InventoryService.name, InventoryRejected.self),
+    EmittedEvent(InventoryService.name, InventoryReleased.self),
+    EmittedEvent(BillingService.name, PaymentCompleted.self), EmittedEvent(BillingService.name, PaymentFailed.self),
+    EmittedEvent(OrdersService.name, OrderConfirmed.self), EmittedEvent(OrdersService.name, OrderCancelled.self),
+]
+
 /// A service as the runtime needs it: name (= schema, consumer group), tables, handlers.
 public struct SagaServiceDefinition: Sendable {
     public var name: String
@@ -235,6 +262,11 @@ public struct SagaServiceDefinition: Sendable {
         self.upcasters = upcasters
         self.handlers = handlers
     }
+}
+
+/// The three services, in flow order: what each consumes is its handlers' types and versions.
+public var sagaServiceDefinitions: [SagaServiceDefinition] {
+    [OrdersService.definition(), InventoryService.definition(), BillingService.definition()]
 }
 
 /// Every topic the saga uses: one per event type and one dead-letter topic per service.

@@ -21,7 +21,7 @@ struct BrokerCommand: AsyncParsableCommand {
             a malformed request, 409 when the mock cluster refuses.
             """)
 
-    @Option(help: "Number of brokers.") var brokers = 3
+    @Option(help: "Number of brokers (each consumer runs one fetch loop per broker it reads from).") var brokers = 1
     @Option(help: "Partitions of each saga topic.") var partitions: Int32 = 8
     @Option(help: "Where to write the bootstrap servers.") var bootstrapFile = ".saga/broker"
     @Option(help: "Topic name prefix (as SAGA_TOPIC_PREFIX).") var topicPrefix = ""

@@ -29,9 +29,13 @@ struct DevCommand: AsyncParsableCommand {
 
         var cluster: KafkaMockCluster?
         if configured.kafkaBootstrap == nil {
-            let c = try KafkaMockCluster(brokers: 3, logger: logger)
+            // One broker: each consumer then runs one fetch loop instead of one per broker.
+            let c = try KafkaMockCluster(brokers: 1, logger: logger)
             for topic in sagaTopics(configured.topics) { try c.createTopic(topic, partitions: partitions) }
             configured.kafkaBootstrap = c.bootstrapServers
+            if ProcessInfo.processInfo.environment["SAGA_KAFKA_FETCH_WAIT_MAX_MS", default: ""].isEmpty {
+                configured.fetchWaitMaxMs = SagaEnvironment.embeddedFetchWaitMaxMs
+            }
             cluster = c
         }
         let env = configured
@@ -50,6 +54,7 @@ struct DevCommand: AsyncParsableCommand {
             let (http, pool) = stack.ordersHTTP(port: env.httpPort) { port in
                 let file = DevStackFile(
                     http: "http://\(env.httpHost):\(port)", kafkaBootstrap: env.kafkaBootstrap ?? "",
+                    kafkaEmbedded: embedded,
                     databaseURL: env.databaseURL,
                     schemas: Dictionary(uniqueKeysWithValues: Stack.services.map { ($0, env.database($0).schema) }),
                     pid: getpid())

@@ -10,10 +10,12 @@ enum LocalHTTP {
     /// One client for the process, sized for the benchmark's concurrency. Never shut down: it lives as long
     /// as the command.
     /// A refused connection fails at once (no retry until the deadline): `saga health` answers quickly.
+    /// Idle connections are closed after 20 s, before the orders API closes them (`OrdersHTTP.idleTimeout`,
+    /// 30 s): a request never goes out on a connection the server is closing.
     static let client: HTTPClient = {
         var configuration = HTTPClient.Configuration(
             timeout: .init(connect: .seconds(5), read: .seconds(30)),
-            connectionPool: .init(idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: 64))
+            connectionPool: .init(idleTimeout: .seconds(20), concurrentHTTP1ConnectionsPerHostSoftLimit: 64))
         configuration.connectionPool.retryConnectionEstablishment = false
         return HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
     }()

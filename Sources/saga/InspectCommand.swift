@@ -62,9 +62,11 @@ struct InspectCommand: AsyncParsableCommand {
                 "no saga \(sagaId): the tracker has seen no event or dead letter of it"
                     + (order.map { " (the orders service has it as \($0.status))" } ?? ""))
         }
+        let outbox = try await outboxRows(sagaId, runtime: runtime)
         if json {
             var object: [String: JSONValue] = ["timeline": try JSONValue(encoding: t)]
             object["order"] = try order.map { try JSONValue(encoding: $0) } ?? .null
+            object["outbox"] = try JSONValue(encoding: outbox)
             return say(String(decoding: JSONValue.object(object).serialized(), as: UTF8.self))
         }
         if let s = t.saga {
@@ -95,6 +97,22 @@ struct InspectCommand: AsyncParsableCommand {
                             String(s.version), s.producer, marks[s.kind] ?? "", "\(s.topic)/\(s.partition)/\(s.offset)",
                             s.causationId.map { String($0.prefix(8)) } ?? "",
                         ]
+                    }))
+        }
+        if !outbox.isEmpty {
+            say(
+                "\nunpublished outbox rows (parked: refused by the broker for good; held: waiting behind a parked row):"
+            )
+            say(
+                Table.render(
+                    ["service", "id", "event", "state", "attempts", "since", "last error"],
+                    outbox.sorted { $0.key < $1.key }.flatMap { service, rows in
+                        rows.map { r in
+                            [
+                                service, String(r.id), r.eventType ?? r.topic, r.state, String(r.attempts),
+                                Timestamp.format(r.createdAt), r.lastError ?? "",
+                            ]
+                        }
                     }))
         }
         if !t.deadLetters.isEmpty {
@@ -148,6 +166,23 @@ struct InspectCommand: AsyncParsableCommand {
                     [$0.from, $0.to, String($0.count), Self.ms($0.p50Ms), Self.ms($0.p95Ms), Self.ms($0.p99Ms)]
                 }))
         say("\ndead letters: \(stats.deadLetters)")
+    }
+
+    /// The saga's unpublished rows in each service's outbox (a service whose outbox does not exist yet has none).
+    private func outboxRows(_ sagaId: String, runtime: Runtime) async throws -> [String: [Outbox.Pending]] {
+        var found: [String: [Outbox.Pending]] = [:]
+        for service in Stack.services {
+            let pool = PostgresPool(
+                configuration: runtime.env.database(service).configuration, size: 1, logger: runtime.logger)
+            defer { Task { await pool.close() } }
+            do {
+                let rows = try await pool.withConnection { try await Outbox.pending(saga: sagaId, on: $0) }
+                if !rows.isEmpty { found[service] = rows }
+            } catch let error as PostgresError where error.sqlState == "42P01" {
+                continue
+            }
+        }
+        return found
     }
 
     private func orderStatus(_ sagaId: String, runtime: Runtime) async throws -> OrderBook.View? {

@@ -118,7 +118,10 @@ struct ReplayResetGroupCommand: AsyncParsableCommand {
         abstract: "Move a consumer group's committed offsets (dry run unless --execute).",
         discussion: """
             Shows current -> new offsets per partition. Refuses while the group has active members: stop its
-            workers first. Exactly one of --to-earliest, --to-latest, --to-time, --to-offset.
+            workers first. Exactly one of --to-earliest, --to-latest, --to-time, --to-offset. Moving a group back
+            delivers its records again: records older than the inbox horizon (SAGA_INBOX_RETENTION) plus
+            --lag-margin (the time the restarted consumers need to reach them) are counted (PAST HORIZON) and
+            refused unless --force.
             """)
 
     @Argument(help: "The consumer group (a service name such as inventory).") var group: String
@@ -129,6 +132,9 @@ struct ReplayResetGroupCommand: AsyncParsableCommand {
     @Option(help: "To this offset (clamped to what the partition holds).") var toOffset: Int64?
     @Option(help: "Only this partition.") var partition: Int32?
     @Flag(help: "Commit the new offsets (without it nothing changes).") var execute = false
+    @Option(help: "How long the consumers may take to reach the records delivered again (e.g. 30m, 2h).")
+    var lagMargin = "1h"
+    @Flag(help: "Commit even when records past the inbox horizon would be delivered again.") var force = false
     @Flag(help: "Print JSON instead of a table.") var json = false
 
     func validate() throws {
@@ -137,6 +143,9 @@ struct ReplayResetGroupCommand: AsyncParsableCommand {
             throw ValidationError("give exactly one of --to-earliest, --to-latest, --to-time, --to-offset")
         }
         guard !topic.isEmpty else { throw ValidationError("give at least one --topic") }
+        guard ReplayDurations.parse(lagMargin) != nil else {
+            throw ValidationError("--lag-margin '\(lagMargin)': expected a duration such as 30m, 2h or 1d")
+        }
     }
 
     func run() async throws {
@@ -159,20 +168,33 @@ struct ReplayResetGroupCommand: AsyncParsableCommand {
         let env = runtime.env
         let replayer = Replayer(kafka: try env.kafka(), topics: env.topics, logger: runtime.logger)
         let groupName = env.topicPrefix.isEmpty || group.hasPrefix(env.topicPrefix) ? group : env.topics.group(group)
+        var options = ReplayOptions()
+        options.inboxRetention = env.inboxRetention
+        options.consumerLagMargin = ReplayDurations.parse(lagMargin) ?? options.consumerLagMargin
+        options.force = force
         var plan = try await replayer.planGroupReset(
-            group: groupName, topics: topic.map { prefixed($0, env) }, target: target, partition: partition)
-        if execute { plan = try await replayer.executeGroupReset(plan) }
+            group: groupName, topics: topic.map { prefixed($0, env) }, target: target, partition: partition,
+            options: options)
+        let past = plan.rows.reduce(0) { $0 + $1.pastHorizon }
+        if past > 0, let horizon = plan.horizon {
+            let text =
+                "warning: \(past) record(s) delivered again are older than the inbox horizon plus --lag-margin "
+                + "\(Timestamp.format(horizon)) (SAGA_INBOX_RETENTION=\(ReplayDurations.format(env.inboxRetention))): "
+                + (execute && force ? "committing anyway (--force)\n" : "refused without --force\n")
+            FileHandle.standardError.write(Data(text.utf8))
+        }
+        if execute { plan = try await replayer.executeGroupReset(plan, options: options) }
         if json {
             say(try ReplayOutput.encode(plan))
             return
         }
         say(
             Table.render(
-                ["TOPIC", "PARTITION", "CURRENT", "NEW", "LOW", "HIGH"],
+                ["TOPIC", "PARTITION", "CURRENT", "NEW", "LOW", "HIGH", "PAST HORIZON"],
                 plan.rows.map {
                     [
                         $0.topic, "\($0.partition)", $0.current.map(String.init) ?? "-", "\($0.new)", "\($0.low)",
-                        "\($0.high)",
+                        "\($0.high)", "\($0.pastHorizon)",
                     ]
                 }))
         say(

@@ -12,11 +12,15 @@ struct SagaCommand: AsyncParsableCommand {
         discussion: """
             Configuration comes from the environment (SAGA_KAFKA_BOOTSTRAP, SAGA_DATABASE_URL, ...; see the README).
             Without it, commands find the local stack that `saga dev` started through .saga/dev.json.
+            Every PostgreSQL connection has TCP keepalives and tcp_user_timeout on (a dead peer is noticed in about
+            11 s; the database URL's keepalives_* and tcp_user_timeout parameters tune them); SAGA_STATEMENT_TIMEOUT
+            and SAGA_LOCK_TIMEOUT (e.g. 30s, 5s; default none) set statement_timeout and lock_timeout of the
+            daemons' sessions (not of migrations).
             """,
         subcommands: [
             DevCommand.self, WorkerCommand.self, RelayCommand.self, BrokerCommand.self, MigrateCommand.self,
             TrackerCommand.self, InspectCommand.self, ReplayCommand.self, DemoCommand.self, BenchCommand.self,
-            HealthCommand.self, ChaosCommand.self,
+            HealthCommand.self, SchemasCommand.self, ChaosCommand.self,
         ])
 }
 

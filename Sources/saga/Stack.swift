@@ -90,7 +90,7 @@ struct Stack: Sendable {
         var logger = self.logger
         logger[metadataKey: "service"] = .string(OrdersService.name)
         let app = Application(
-            router: OrdersHTTP.router(book: book),
+            router: OrdersHTTP.router(book: book), server: OrdersHTTP.server(),
             configuration: .init(address: .hostname(env.httpHost, port: port), serverName: "saga-orders"),
             onServerRunning: { channel in await onRunning(channel.localAddress?.port ?? port) },
             logger: logger)

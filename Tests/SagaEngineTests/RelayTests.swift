@@ -172,6 +172,139 @@ import Testing
         #expect(relay.stats.published == 1)
     }
 
+    /// A row the broker refuses for good is parked, and the later rows of its saga wait behind it (they would
+    /// otherwise overtake it) while other sagas flow; once an operator deletes the parked row, they go out.
+    @Test func aParkedRowHoldsBackTheLaterRowsOfItsSaga() async throws {
+        let f = try await Fixture()
+        let (relay, task) = f.relay()
+        let pool = PostgresPool(configuration: f.database.configuration, size: 1, logger: f.logger)
+        let big = KafkaOutgoingMessage(
+            topic: f.topic, key: Array("x".utf8), value: [UInt8](repeating: 0x61, count: 2_000_000))
+        try await pool.withTransaction { c in
+            try await Outbox.append(
+                [("x", nil, nil, big), f.message(saga: "x", seq: 2), f.message(saga: "y", seq: 1)], on: c)
+        }
+        let first = try await f.consume(atLeast: 1)
+        try await Task.sleep(for: .seconds(1))  // time for x:2 to overtake, if it could
+        let waiting = try await pool.query(
+            "SELECT saga_id, failed_at IS NOT NULL AS parked FROM saga_outbox ORDER BY id")
+        let shown = try await pool.withConnection { try await Outbox.pending(saga: "x", on: $0) }  // saga inspect
+        try await pool.execute("DELETE FROM saga_outbox WHERE failed_at IS NOT NULL")
+        var left = -1
+        let deadline = ContinuousClock.now + .seconds(30)
+        while left != 0 && ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(50))
+            left = try await pool.query("SELECT count(*) AS n FROM saga_outbox").first!.decode("n")
+        }
+        let all = try await f.consume(atLeast: 2)
+        await pool.close()
+        await f.tearDown([task])
+
+        #expect(first.map { String(decoding: $0.value, as: UTF8.self) } == ["y:1"])
+        #expect(
+            try waiting.map { "\(try $0.decode("saga_id", as: String.self)):\(try $0.decode("parked", as: Bool.self))" }
+                == ["x:true", "x:false"])
+        #expect(shown.map(\.state) == ["parked", "held"])
+        #expect(shown.first?.lastError?.isEmpty == false)
+        #expect(left == 0)
+        #expect(all.map { String(decoding: $0.value, as: UTF8.self) }.sorted() == ["x:2", "y:1"])  // across partitions
+        #expect(relay.stats.published == 2)
+    }
+
+    /// One partition's leader is unreachable: the relay does not wait `message.timeout.ms` for its row before
+    /// going on. Every other saga's rows, committed before and after, are acknowledged and deleted within seconds
+    /// while that row stays; once the broker is back, it goes out too.
+    @Test func aPartitionWhoseLeaderIsDownHoldsUpOnlyItsOwnSagas() async throws {
+        let f = try await Fixture()
+        guard let cluster = f.cluster else { return }  // needs the in-process mock cluster to stop a broker
+        let stuckTopic = KafkaTestBroker.uniqueName("relay-stuck")
+        try cluster.createTopic(stuckTopic, partitions: 1)
+        try cluster.setPartitionLeader(stuckTopic, partition: 0, broker: 3)
+        for partition in Int32(0)..<4 { try cluster.setPartitionLeader(f.topic, partition: partition, broker: 1) }
+        var kafka = f.kafka
+        kafka.properties = ["message.timeout.ms": "60000"]
+        let pool = PostgresPool(configuration: f.database.configuration, size: 1, logger: f.logger)
+        let (relay, task) = f.relay(kafka: kafka)
+        // The relay knows both topics before the broker goes down.
+        let warm = KafkaOutgoingMessage(topic: stuckTopic, key: Array("w".utf8), value: Array("w:0".utf8))
+        try await pool.withTransaction { c in try await Outbox.append([("w", nil, nil, warm)], on: c) }
+        let warmed = ContinuousClock.now + .seconds(30)
+        while relay.stats.published < 1 && ContinuousClock.now < warmed { try await Task.sleep(for: .milliseconds(20)) }
+        try cluster.setBrokerDown(3)
+
+        let stuck = KafkaOutgoingMessage(topic: stuckTopic, key: Array("stuck".utf8), value: Array("stuck:1".utf8))
+        try await pool.withTransaction { c in
+            try await Outbox.append(
+                [("stuck", nil, nil, stuck)] + (1...5).map { f.message(saga: "a\($0)", seq: 1) }, on: c)
+        }
+        try await Task.sleep(for: .milliseconds(300))
+        try await pool.withTransaction { c in
+            try await Outbox.append((1...5).map { f.message(saga: "b\($0)", seq: 1) }, on: c)
+        }
+        var healthyLeft = -1
+        let deadline = ContinuousClock.now + .seconds(10)
+        while healthyLeft != 0 && ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(50))
+            healthyLeft = try await pool.query("SELECT count(*) AS n FROM saga_outbox WHERE saga_id <> 'stuck'")
+                .first!.decode("n")
+        }
+        let stuckLeft: Int = try await pool.query("SELECT count(*) AS n FROM saga_outbox WHERE saga_id = 'stuck'")
+            .first!.decode("n")
+        try cluster.setBrokerUp(3)
+        var left = -1
+        let drained = ContinuousClock.now + .seconds(60)
+        while left != 0 && ContinuousClock.now < drained {
+            try await Task.sleep(for: .milliseconds(100))
+            left = try await pool.query("SELECT count(*) AS n FROM saga_outbox").first!.decode("n")
+        }
+        let published = relay.stats.published
+        await pool.close()
+        await f.tearDown([task])
+
+        #expect(healthyLeft == 0)
+        #expect(stuckLeft == 1)
+        #expect(left == 0)
+        #expect(published == 12)
+    }
+
+    /// Produce requests fail (request-error injection) until rows time out and go again: through the failures
+    /// and retries, no saga's later row reaches the topic before an earlier one, and every row is published.
+    @Test func perSagaOrderHoldsThroughFailedProduceRequests() async throws {
+        let f = try await Fixture()
+        guard let cluster = f.cluster else { return }  // request-error injection needs the mock cluster
+        var kafka = f.kafka
+        kafka.properties = ["message.timeout.ms": "500", "retry.backoff.ms": "50"]
+        let pool = PostgresPool(configuration: f.database.configuration, size: 1, logger: f.logger)
+        let (relay, task) = f.relay(kafka: kafka)
+        let sagas = (1...4).map { "s\($0)" }
+        cluster.pushRequestErrors(apiKey: 0, errors: Array(repeating: 19, count: 100))  // NOT_ENOUGH_REPLICAS
+        for seq in 1...3 {
+            try await pool.withTransaction { c in
+                try await Outbox.append(sagas.map { f.message(saga: $0, seq: seq) }, on: c)
+            }
+        }
+        var left = -1
+        let deadline = ContinuousClock.now + .seconds(60)
+        while left != 0 && ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(100))
+            left = try await pool.query("SELECT count(*) AS n FROM saga_outbox").first!.decode("n")
+        }
+        let messages = try await f.consume(atLeast: 12)
+        let failed = relay.stats.failed
+        await pool.close()
+        await f.tearDown([task])
+
+        #expect(left == 0)
+        #expect(failed > 0)  // the injected errors did fail rows
+        var firstSeen: [String: [Int]] = [:]
+        for m in messages {
+            let saga = String(decoding: m.key ?? [], as: UTF8.self)
+            let seq = Int(m.header("seq") ?? "") ?? -1
+            if !(firstSeen[saga] ?? []).contains(seq) { firstSeen[saga, default: []].append(seq) }
+        }
+        for saga in sagas { #expect(firstSeen[saga] == [1, 2, 3], "\(saga): \(firstSeen[saga] ?? [])") }
+    }
+
     /// The brokers are down for longer than `message.timeout.ms`: nothing is acknowledged, so nothing is
     /// deleted (the rows record the attempt); once the brokers are back, every row goes out and the outbox
     /// empties.
@@ -297,6 +430,50 @@ import Testing
         // Generous: the point is "woken, and not held up by a first send to a topic" (librdkafka looks unknown
         // topics up about once a second: ~0.75-1 s before), not "fast"; the fallback poll would take 60 s.
         for e in elapsed { #expect(e < .milliseconds(500), "\(elapsed)") }
+    }
+
+    @Test func aListenerWhoseBackendIsTerminatedIsReestablishedAndWakesTheRelayAgain() async throws {
+        let f = try await Fixture()
+        let (relay, task) = f.relay(pollInterval: .seconds(60))
+        let pool = PostgresPool(configuration: f.database.configuration, size: 1, logger: f.logger)
+        let listen = "LISTEN " + PostgresConnection.quoteIdentifier("saga_outbox_" + f.database.schema)
+        func listenerPID() async throws -> Int32? {
+            try await pool.query("SELECT pid FROM pg_stat_activity WHERE query = $1", [listen]).first?.decode("pid")
+        }
+        func publish(_ seq: Int) async throws -> Duration {
+            let start = ContinuousClock.now
+            try await pool.withTransaction { try await Outbox.append([f.message(saga: "a", seq: seq)], on: $0) }
+            while relay.stats.published < seq && ContinuousClock.now - start < .seconds(30) {
+                try await Task.sleep(for: .milliseconds(2))
+            }
+            return ContinuousClock.now - start
+        }
+        _ = try await publish(1)
+        var first: Int32?
+        let deadline = ContinuousClock.now + .seconds(10)
+        while first == nil && ContinuousClock.now < deadline {
+            first = try await listenerPID()
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        let old = try #require(first)
+        _ = try await pool.query("SELECT pg_terminate_backend($1)", [old])
+        // A new session listens again, and the relay, idle again, is woken by the next commit (the fallback poll
+        // would take 60 s).
+        var again: Int32?
+        let reconnectDeadline = ContinuousClock.now + .seconds(10)
+        while (again == nil || again == old) && ContinuousClock.now < reconnectDeadline {
+            again = try await listenerPID()
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        try await Task.sleep(for: .milliseconds(500))
+        let woken = try await publish(2)
+        let published = relay.stats.published
+        await pool.close()
+        await f.tearDown([task])
+
+        #expect(again != nil && again != old)
+        #expect(published == 2)
+        #expect(woken < .seconds(2), "\(woken)")
     }
 
     /// Writers pay for a NOTIFY only while the relay idles (notifying commits serialise cluster-wide): a relay that

@@ -28,6 +28,10 @@ import Testing
             #expect(message.header(SagaHeader.eventVersion) == String(envelope.version))
             #expect(message.key.map { String(decoding: $0, as: UTF8.self) } == envelope.sagaId)
             #expect(envelope.traceparent.map(TraceParent.isValid) == true)
+            #expect(
+                sagaEmittedEvents.contains(
+                    EmittedEvent(producer: envelope.producer, type: envelope.type, version: envelope.version)),
+                "\(envelope.producer) emitted \(envelope.type) v\(envelope.version), not in sagaEmittedEvents")
         }
         // Causation: every event but order.created names the event that caused it, within its saga.
         let byId = Dictionary(

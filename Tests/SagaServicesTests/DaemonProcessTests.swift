@@ -49,6 +49,137 @@ import Testing
             metrics.contains(#"saga_worker_events_total{service="inventory",type="order.created",result="handled"} 1"#))
     }
 
+    /// A relay process frozen with SIGSTOP keeps its TCP connection (its kernel still answers keepalives), so
+    /// only the server can free its shards: its lock session ends once idle too long, and a standby takes over
+    /// within seconds. Per saga, the first delivery of each row keeps the order the rows were committed in.
+    @Test func aFrozenRelayLosesItsShardsAndAStandbyTakesOverInOrder() async throws {
+        let stack = try await TestStack()
+        let pool = PostgresPool(configuration: stack.databases["orders"]!.configuration, size: 1, logger: stack.logger)
+        let topic = stack.topics.topic(for: "order.created")
+        func append(_ saga: String, _ seq: Int) async throws {
+            try await pool.withTransaction { c in
+                try await Outbox.append(
+                    [
+                        (
+                            saga, nil, nil,
+                            KafkaOutgoingMessage(
+                                topic: topic, key: Array(saga.utf8), value: Array("\(saga):\(seq)".utf8))
+                        )
+                    ],
+                    on: c)
+            }
+        }
+        func unpublished() async throws -> Int {
+            try await pool.query("SELECT count(*) AS n FROM saga_outbox").first!.decode("n", as: Int.self)
+        }
+        let relay = try SagaProcess(
+            ["relay", "orders"],
+            environment: [
+                "SAGA_KAFKA_BOOTSTRAP": stack.kafka.bootstrapServers, "SAGA_DATABASE_URL": PostgresTestDatabase.url,
+                "SAGA_TOPIC_PREFIX": stack.topics.prefix, "SAGA_LOG_FORMAT": "json",
+                "SAGA_OPS_PORT": String(try SagaProcess.freePort()),
+            ])
+        let sagas = ["a", "b", "c"]
+        var takeover: Duration? = nil
+        var ownedBeforeFreeze: [Int] = []
+        do {
+            for saga in sagas { try await append(saga, 1) }
+            try await stack.eventually("the relay process published the first rows", timeout: .seconds(30)) {
+                try await unpublished() == 0
+            }
+            let standby = stack.startRelay("orders")
+            try await Task.sleep(for: .seconds(1))
+            ownedBeforeFreeze = standby.stats.ownedShards
+            kill(relay.process.processIdentifier, SIGSTOP)
+            let frozen = ContinuousClock.now
+            for seq in 2...5 { for saga in sagas { try await append(saga, seq) } }
+            try await stack.eventually("the standby published every row", timeout: .seconds(60)) {
+                try await unpublished() == 0
+            }
+            takeover = ContinuousClock.now - frozen
+        } catch {
+            Issue.record("\(error)")
+        }
+        kill(relay.process.processIdentifier, SIGCONT)
+        _ = try await relay.stop()
+        let published = try await stack.consumeAll([topic], atLeast: sagas.count * 5)
+        await pool.close()
+        await stack.stop()
+
+        #expect(ownedBeforeFreeze.isEmpty, "the standby owned \(ownedBeforeFreeze) while the process was alive")
+        #expect(takeover.map { $0 < .seconds(20) } == true, "took over after \(String(describing: takeover))")
+        for saga in sagas {
+            var firsts: [String] = []
+            for m in published where m.key == Array(saga.utf8) {
+                let value = String(decoding: m.value, as: UTF8.self)
+                if !firsts.contains(value) { firsts.append(value) }
+            }
+            #expect(firsts == (1...5).map { "\(saga):\($0)" })
+        }
+    }
+
+    /// A tracker process frozen with SIGSTOP loses its lock the same way (its lock session ends once idle
+    /// too long), and a standby tracker takes over within seconds.
+    @Test func aFrozenTrackerLosesItsLockAndAStandbyTakesOver() async throws {
+        let stack = try await TestStack()
+        try await SagaTracker.prepare(stack.trackerDatabase, logger: stack.logger)
+        let codec = EventCodec(upcasters: [], topics: stack.topics)
+        func created() throws -> (String, KafkaOutgoingMessage) {
+            let id = UUID().uuidString.lowercased()
+            let event = try OutgoingEvent(
+                OrderCreatedV2(
+                    orderId: id, customerId: "alice", total: Money(amount: 1, currency: "EUR"),
+                    lines: [.init(sku: "widget", quantity: 1, unitPrice: nil)]), sagaId: id, producer: "orders",
+                causedBy: nil)
+            return (id, try codec.encode(event))
+        }
+        func recorded(_ saga: String) async throws -> Bool {
+            try await !stack.query("tracker", "SELECT 1 FROM tracker_events WHERE saga_id = $1", [saga]).isEmpty
+        }
+        let tracker = try SagaProcess(
+            ["tracker"],
+            environment: [
+                "SAGA_KAFKA_BOOTSTRAP": stack.kafka.bootstrapServers, "SAGA_DATABASE_URL": PostgresTestDatabase.url,
+                "SAGA_TOPIC_PREFIX": stack.topics.prefix, "SAGA_LOG_FORMAT": "json",
+                "SAGA_OPS_PORT": String(try SagaProcess.freePort()),
+            ])
+        var configuration = TrackerConfiguration(
+            kafka: stack.kafka, database: stack.trackerDatabase, topics: stack.topics, services: TestStack.services)
+        configuration.pollTimeout = .milliseconds(50)
+        let standby = SagaTracker(configuration: configuration, model: orderSagaModel, logger: stack.logger)
+        var standbyTask: Task<Void, any Error>? = nil
+        var takeover: Duration? = nil
+        var batchesBeforeFreeze = -1
+        do {
+            let (first, firstMessage) = try created()
+            try await stack.produce([firstMessage])
+            try await stack.eventually("the tracker process recorded the first event", timeout: .seconds(60)) {
+                try await recorded(first)
+            }
+            standbyTask = Task { try await standby.run() }
+            try await Task.sleep(for: .seconds(1))
+            batchesBeforeFreeze = standby.stats.batches
+            kill(tracker.process.processIdentifier, SIGSTOP)
+            let frozen = ContinuousClock.now
+            let (second, secondMessage) = try created()
+            try await stack.produce([secondMessage])
+            try await stack.eventually("the standby recorded the event", timeout: .seconds(60)) {
+                try await recorded(second)
+            }
+            takeover = ContinuousClock.now - frozen
+        } catch {
+            Issue.record("\(error)")
+        }
+        kill(tracker.process.processIdentifier, SIGCONT)
+        _ = try await tracker.stop()
+        standbyTask?.cancel()
+        _ = await standbyTask?.result
+        await stack.stop()
+
+        #expect(batchesBeforeFreeze == 0, "the standby recorded while the process held the lock")
+        #expect(takeover.map { $0 < .seconds(25) } == true, "took over after \(String(describing: takeover))")
+    }
+
     /// Two `saga worker inventory` processes in one group split the partitions; after `kill -9` of one, the
     /// survivor takes its partitions over and every saga still finishes. Needs a broker that rebalances
     /// between members: librdkafka's mock cluster does not do so reliably.

@@ -172,6 +172,45 @@ import Testing
         #expect(letters.contains { $0.value == Array("{not json".utf8) })
     }
 
+    @Test func aPoisonWithAHugeKeyHugeHeadersAndNULsStallsNoPartition() async throws {
+        let stack = try await TestStack()
+        try stack.startAll()
+        let topic = stack.topics.topic(for: "order.created")
+        let alphabet = Array("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
+        func incompressible(_ count: Int) -> String { String((0..<count).map { _ in alphabet.randomElement()! }) }
+        // One poison per partition: not JSON, a ~5 KB key with a NUL, a 100 KB header and NUL bytes in a header.
+        let poison = (0..<4).map { partition in
+            KafkaOutgoingMessage(
+                topic: topic, key: Array(incompressible(5000).utf8) + [0], value: Array("{not json\u{0}".utf8),
+                headers: [
+                    KafkaHeader(key: "x-huge", string: incompressible(100_000)),
+                    KafkaHeader(key: "x-nul", value: [0, 1, 0]),
+                ], partition: Int32(partition))
+        }
+        try await stack.produce(poison)
+        // Later orders, on every partition, complete.
+        var ids: [String] = []
+        for _ in 0..<32 { ids.append(try await stack.place("alice", [("widget", 1)])) }
+        var statuses: [String] = []
+        for id in ids { statuses.append(try await stack.waitForTerminal(id, timeout: .seconds(30)).status) }
+        let created = try await stack.consumeAll([topic], atLeast: 36)
+        let partitions = Set(
+            created.filter { ids.contains($0.key.map { String(decoding: $0, as: UTF8.self) } ?? "") }.map(\.partition))
+        let letters = try await stack.consumeAll([stack.topics.deadLetterTopic(consumer: "inventory")], atLeast: 4)
+        let deadLettered = stack.worker("inventory")?.stats.deadLettered
+        await stack.stop()
+
+        #expect(statuses == Array(repeating: "CONFIRMED", count: ids.count))
+        #expect(partitions == [0, 1, 2, 3])
+        #expect(letters.count == 4)
+        #expect(deadLettered == 4)
+        #expect(Set(letters.compactMap { $0.header(SagaHeader.deadLetterSourcePartition) }) == ["0", "1", "2", "3"])
+        for letter in letters {
+            #expect(letter.header(SagaHeader.deadLetterReason)?.hasPrefix("not JSON") == true)
+            #expect(letter.key?.count == 5001)
+        }
+    }
+
     /// A well-formed order.created envelope, as the orders service writes it.
     func validOrderCreated(_ stack: TestStack) async throws -> JSONValue? {
         let id = UUID().uuidString.lowercased()

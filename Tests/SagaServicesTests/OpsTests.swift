@@ -282,7 +282,7 @@ import Testing
         ("SAGA_LOG_LEVEL", "loud"), ("SAGA_KAFKA_BOOTSTRAP", "kafka:port"), ("SAGA_DATABASE_URL", "mysql://db/saga"),
         ("SAGA_INVENTORY_DATABASE_URL", "localhost"), ("SAGA_TOPIC_PREFIX", "a b"),
         ("SAGA_INBOX_RETENTION", "forever"), ("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318"),
-        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"), ("SAGA_STATEMENT_TIMEOUT", "30"), ("SAGA_LOCK_TIMEOUT", "-5s"),
     ])
     func aBadEnvironmentValueStopsTheDaemonNamingTheVariable(variable: String, value: String) async throws {
         var environment = [

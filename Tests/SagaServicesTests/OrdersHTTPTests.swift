@@ -1,6 +1,7 @@
 import Foundation
 import HTTPTypes
 import Hummingbird
+import HummingbirdCore
 import HummingbirdTesting
 import Logging
 import SagaEngine
@@ -11,7 +12,15 @@ import Testing
 /// The orders API over HTTP, on a real database (no broker needed: orders only writes its outbox).
 @Suite struct OrdersHTTPTests {
     func withAPI(_ body: @escaping @Sendable (any TestClientProtocol, PostgresPool) async throws -> Void) async throws {
-        let logger = Logger(label: "test")
+        try await Self.withOrdersAPI(.router, body)
+    }
+
+    /// The orders API on a fresh schema with one price (widget, 12.50 EUR). `logger` receives the server's
+    /// logs; `.live` serves on a real loopback port (for raw-socket tests) with `server`.
+    static func withOrdersAPI(
+        _ testing: TestingSetup = .router, server: HTTPServerBuilder = .http1(), logger: Logger = Logger(label: "test"),
+        _ body: @escaping @Sendable (any TestClientProtocol, PostgresPool) async throws -> Void
+    ) async throws {
         let db = ServiceDatabase(
             url: PostgresTestDatabase.url, schema: try await PostgresTestDatabase.freshSchema("http"))
         try await db.prepare(migrations: OrdersService.migrations, logger: logger)
@@ -19,9 +28,9 @@ import Testing
         try await pool.execute("INSERT INTO prices (sku, currency, unit_price) VALUES ('widget', 'EUR', 1250)")
         let book = OrderBook(
             pool: pool, codec: EventCodec(upcasters: sagaUpcasters, topics: TopicNaming()), emitVersion: 2)
-        let app = Application(router: OrdersHTTP.router(book: book))
+        let app = Application(router: OrdersHTTP.router(book: book), server: server, logger: logger)
         do {
-            try await app.test(.router) { client in try await body(client, pool) }
+            try await app.test(testing) { client in try await body(client, pool) }
         } catch {
             await pool.close()
             try? await PostgresTestDatabase.dropSchema(db.schema)
@@ -34,7 +43,14 @@ import Testing
     func post(_ client: some TestClientProtocol, _ body: String, key: String? = nil) async throws -> (
         HTTPResponse.Status, JSONValue
     ) {
-        var headers: HTTPFields = [.contentType: "application/json"]
+        try await Self.post(client, body, key: key)
+    }
+
+    static func post(
+        _ client: some TestClientProtocol, _ body: String, key: String? = nil, contentType: String? = "application/json"
+    ) async throws -> (HTTPResponse.Status, JSONValue) {
+        var headers: HTTPFields = [:]
+        if let contentType { headers[.contentType] = contentType }
         if let key { headers[HTTPField.Name("Idempotency-Key")!] = key }
         return try await client.execute(uri: "/orders", method: .post, headers: headers, body: ByteBuffer(string: body))
         {

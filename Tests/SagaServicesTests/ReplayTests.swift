@@ -168,6 +168,55 @@ import Testing
         await stack.stop()
     }
 
+    @Test func aGroupResetPastTheInboxHorizonIsRefusedWithoutForce() async throws {
+        let stack = try await TestStack()
+        try stack.startAll()
+        let id = try await stack.place("alice", [("widget", 1)])
+        _ = try await stack.waitForTerminal(id)
+        await stack.stopWorker("inventory")
+        let replayer = stack.replayer()
+        let group = stack.topics.group("inventory")
+        let created = stack.topics.topic(for: "order.created")
+        let partitions = (0..<4).map { KafkaTopicPartition(topic: created, partition: Int32($0)) }
+        let before = try await stack.committed(group: group, partitions)
+        // A test-sized horizon: retention of one hour, measured 50 minutes from now. The order.created is
+        // inside it, but not by the margin a restarted consumer needs to reach it (15 minutes).
+        var options = ReplayOptions()
+        options.inboxRetention = .seconds(3600)
+        options.now = Date().addingTimeInterval(3000)
+        options.consumerLagMargin = .seconds(900)
+        let plan = try await replayer.planGroupReset(
+            group: group, topics: [created], target: .earliest, options: options)
+        #expect(plan.rows.map(\.pastHorizon).reduce(0, +) == 1)
+        #expect(plan.horizon != nil)
+        do {
+            _ = try await replayer.executeGroupReset(plan, options: options)
+            Issue.record("a reset past the horizon was executed without --force")
+        } catch {
+            guard case .pastInboxHorizon(_, _, _, let count) = error else { throw error }
+            #expect(count == 1)
+        }
+        let refused = try await stack.committed(group: group, partitions)
+        // Moving forward (to the end) never redelivers anything: no guard.
+        let latest = try await replayer.planGroupReset(
+            group: group, topics: [created], target: .latest, options: options)
+        #expect(latest.rows.allSatisfy { $0.pastHorizon == 0 })
+        // Without the margin the same reset is inside the horizon.
+        var noMargin = options
+        noMargin.consumerLagMargin = .zero
+        let inside = try await replayer.planGroupReset(
+            group: group, topics: [created], target: .earliest, options: noMargin)
+        #expect(inside.rows.allSatisfy { $0.pastHorizon == 0 })
+        options.force = true
+        let forced = try await replayer.executeGroupReset(plan, options: options)
+        let after = try await stack.committed(group: group, partitions)
+        await stack.stop()
+
+        #expect(refused == before)
+        #expect(forced.executed)
+        #expect(after == plan.rows.map(\.new))
+    }
+
     @Test func aSliceOlderThanTheInboxHorizonIsRefusedWithoutForce() async throws {
         let stack = try await TestStack()
         try stack.startAll()

@@ -1,8 +1,9 @@
 import Foundation
-import SagaEngine
 import SagaKafka
 import SagaServices
 import Testing
+
+@testable import SagaEngine
 
 /// The saga tracker and its read model, on real workers, relays and broker.
 @Suite(.serialized) struct TrackerTests {
@@ -135,6 +136,57 @@ import Testing
         await pool.close()
         await stack.stop()
         #expect(tracker.stats.events == 2)
+    }
+
+    @Test func hugeSagaIdsAndKeysNeverStallTheTracker() async throws {
+        let stack = try await TestStack()
+        let (tracker, task) = try await tracker(stack)
+        let alphabet = Array("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
+        let huge = String((0..<5000).map { _ in alphabet.randomElement()! })
+        func created(sagaId: String) throws -> KafkaOutgoingMessage {
+            let event = try OutgoingEvent(
+                OrderCreatedV2(
+                    orderId: UUID().uuidString.lowercased(), customerId: "alice",
+                    total: Money(amount: 1, currency: "EUR"), lines: [.init(sku: "widget", quantity: 1, unitPrice: nil)]
+                ),
+                sagaId: sagaId, producer: "orders", causedBy: nil)
+            return try EventCodec(upcasters: [], topics: stack.topics).encode(event)
+        }
+        // An event whose saga id is too large for the read model's saga index, and a dead letter of a
+        // non-event whose ~5 KB key is its only saga id (as a worker writes it), then a good event.
+        let good = UUID().uuidString.lowercased()
+        try await stack.produce([
+            try created(sagaId: huge),
+            KafkaOutgoingMessage(
+                topic: stack.topics.deadLetterTopic(consumer: "inventory"), key: Array(huge.utf8) + [0],
+                value: Array("{not json".utf8),
+                headers: [
+                    KafkaHeader(key: SagaHeader.deadLetterReason, string: "not JSON"),
+                    KafkaHeader(key: SagaHeader.deadLetterConsumer, string: "inventory"),
+                ]),
+            try created(sagaId: good),
+        ])
+        let (inspector, pool) = inspector(stack)
+        var recorded = false
+        do {
+            try await stack.eventually("the good event recorded", timeout: .seconds(20)) {
+                try await inspector.timeline(good) != nil
+            }
+            recorded = true
+        } catch {}
+        let letters = try await stack.query("tracker", "SELECT saga_id FROM tracker_dead_letters").map {
+            try $0.decode("saga_id", as: String.self)
+        }
+        task.cancel()
+        _ = await task.result
+        await pool.close()
+        await stack.stop()
+
+        #expect(recorded)
+        #expect(tracker.stats.events == 1)
+        #expect(tracker.stats.skipped == 1)
+        #expect(letters.count == 1)
+        #expect(letters.allSatisfy { $0.utf8.count <= Bounded.sagaIdBytes && $0.hasPrefix(String(huge.prefix(20))) })
     }
 
     /// Everything in the read model, as text, in a fixed order.

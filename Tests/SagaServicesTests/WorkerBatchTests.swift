@@ -29,6 +29,27 @@ import Testing
         func process(_ batch: [KafkaMessage]) async -> Bool { await worker.process(batch, pool: pool) }
     }
 
+    /// `worker.process(batch)`, cancelled after `limit`: a batch that would retry forever returns false
+    /// instead of hanging the test.
+    static func process(
+        _ batch: [KafkaMessage], with worker: Worker, pool: PostgresPool, within limit: Duration = .seconds(30)
+    ) async -> Bool {
+        let task = Task { await worker.process(batch, pool: pool) }
+        let timer = Task {
+            try await Task.sleep(for: limit)
+            task.cancel()
+        }
+        let result = await task.value
+        timer.cancel()
+        return result
+    }
+
+    /// Random letters and digits: text PostgreSQL cannot compress below its index row limit.
+    static func incompressible(_ count: Int) -> String {
+        let alphabet = Array("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
+        return String((0..<count).map { _ in alphabet.randomElement()! })
+    }
+
     static func orderCreated(_ stack: TestStack, customer: String = "alice", _ lines: [(String, Int)]) throws
         -> (orderId: String, message: KafkaOutgoingMessage)
     {
@@ -278,6 +299,226 @@ import Testing
         #expect(reasons.count == 2)
         // A dead-lettered event leaves no inbox row: redriven once fixed, it is handled, not skipped.
         #expect(inbox.count == 2)
+    }
+
+    @Test func aPoisonWithAHugeKeyHugeHeadersAndNULsIsDeadLetteredWithBoundedValues() async throws {
+        let stack = try await TestStack()
+        let inventory = Inventory(stack)
+        let before = try Self.orderCreated(stack, [("widget", 1)])
+        let after = try Self.orderCreated(stack, [("widget", 2)])
+        // Not JSON, a ~5 KB key (too large for the outbox's saga index as a saga id) with a NUL in it, a
+        // 200 KB header and a header holding NUL bytes.
+        let key = Array(Self.incompressible(5000).utf8) + [0] + Array("tail".utf8)
+        let poison = KafkaOutgoingMessage(
+            topic: stack.topics.topic(for: "order.created"), key: key, value: Array("{not json\u{0}".utf8),
+            headers: [
+                KafkaHeader(key: "x-huge", string: Self.incompressible(200_000)),
+                KafkaHeader(key: "x-nul", value: [0x41, 0, 0x42]),
+            ])
+        let batch = try await Self.throughBroker(stack, [before.message, poison, after.message])
+        let processed = await Self.process(batch, with: inventory.worker, pool: inventory.pool, within: .seconds(20))
+        let stats = inventory.worker.stats
+        let letters = try await stack.query("inventory", "SELECT saga_id, reason FROM saga_dead_letters")
+        let rows = try await stack.query(
+            "inventory", "SELECT saga_id, key, headers::text AS headers FROM saga_outbox WHERE topic = $1",
+            [stack.topics.deadLetterTopic(consumer: "inventory")])
+        let reservations = try await Self.reservations(stack)
+        await inventory.pool.close()
+        await stack.stop()
+
+        #expect(processed)
+        #expect(stats.handled == 2)
+        #expect(stats.deadLettered == 1)
+        #expect(reservations == [before.orderId: "RESERVED", after.orderId: "RESERVED"])
+        #expect(letters.count == 1)
+        #expect(rows.count == 1)
+        let sagaId = try letters.first?.decode("saga_id", as: String.self) ?? ""
+        #expect(sagaId.utf8.count <= Bounded.sagaIdBytes)
+        #expect(!sagaId.utf8.contains(0))
+        #expect(sagaId.hasPrefix(String(decoding: key.prefix(20), as: UTF8.self)))
+        #expect(try rows.first?.decode("saga_id", as: String.self) == sagaId)
+        #expect(try letters.first?.decode("reason", as: String.self).hasPrefix("not JSON") == true)
+        // The dead letter keeps the original key (a redrive goes to the same partition); header values are
+        // bounded, with a marker saying how much was cut.
+        #expect(try rows.first?.decode("key", as: [UInt8].self) == key)
+        let headers = Outbox.decodeHeaders(try rows.first?.decode("headers", as: String.self) ?? "")
+        let huge = try #require(headers.first { $0.key == "x-huge" })
+        #expect(huge.value.count <= Bounded.headerValueBytes + 64)
+        #expect(huge.stringValue?.contains("…[cut ") == true)
+        #expect(headers.first { $0.key == "x-nul" }?.value == [0x41, 0, 0x42])
+    }
+
+    @Test func aDeadLetterTheDatabaseRefusesIsWrittenInMinimalFormInsteadOfLooping() async throws {
+        let stack = try await TestStack()
+        let inventory = Inventory(stack)
+        // The database refuses every dead letter but a minimal one (saga id "unknown").
+        try await stack.query(
+            "inventory",
+            """
+            CREATE FUNCTION refuse_full_letters() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF NEW.saga_id <> 'unknown' THEN RAISE EXCEPTION 'dead letter refused'; END IF;
+                RETURN NEW;
+            END $$
+            """)
+        try await stack.query(
+            "inventory",
+            """
+            CREATE TRIGGER refuse_full_letters BEFORE INSERT ON saga_dead_letters
+                FOR EACH ROW EXECUTE FUNCTION refuse_full_letters()
+            """)
+        let before = try Self.orderCreated(stack, [("widget", 1)])
+        let poison = KafkaOutgoingMessage(
+            topic: stack.topics.topic(for: "order.created"), key: Array("poison-key".utf8),
+            value: Array("{not json".utf8), headers: [KafkaHeader(key: "x-custom", string: "kept only in full")])
+        let after = try Self.orderCreated(stack, [("widget", 2)])
+        let batch = try await Self.throughBroker(stack, [before.message, poison, after.message])
+        let processed = await Self.process(batch, with: inventory.worker, pool: inventory.pool, within: .seconds(20))
+        let stats = inventory.worker.stats
+        let letters = try await stack.query("inventory", "SELECT saga_id, reason FROM saga_dead_letters")
+        let rows = try await stack.query(
+            "inventory", "SELECT saga_id, key, payload, headers::text AS headers FROM saga_outbox WHERE topic = $1",
+            [stack.topics.deadLetterTopic(consumer: "inventory")])
+        let reservations = try await Self.reservations(stack)
+        await inventory.pool.close()
+        await stack.stop()
+
+        #expect(processed)
+        #expect(stats.retries == 0)
+        #expect(stats.handled == 2)
+        #expect(stats.deadLettered == 1)
+        #expect(reservations == [before.orderId: "RESERVED", after.orderId: "RESERVED"])
+        #expect(try letters.map { try $0.decode("saga_id", as: String.self) } == ["unknown"])
+        let reason = try letters.first?.decode("reason", as: String.self) ?? ""
+        #expect(reason.hasPrefix("not JSON"), "\(reason)")
+        #expect(reason.contains("minimal dead letter") && reason.contains("dead letter refused"), "\(reason)")
+        #expect(rows.count == 1)
+        #expect(try rows.first?.decode("key", as: [UInt8].self) == Array("poison-key".utf8))
+        #expect(try rows.first?.decode("payload", as: [UInt8].self) == Array("{not json".utf8))
+        let headers = Outbox.decodeHeaders(try rows.first?.decode("headers", as: String.self) ?? "")
+        #expect(headers.allSatisfy { $0.key.hasPrefix("dlq-") }, "\(headers.map(\.key))")
+        #expect(headers.first { $0.key == SagaHeader.deadLetterSourceOffset }?.stringValue == String(batch[1].offset))
+    }
+
+    @Test func aHandlerFailingAgainAndAgainWithTheSameErrorIsDeadLetteredWithItsAttempts() async throws {
+        let stack = try await TestStack()
+        let poisonSaga = "fails-" + UUID().uuidString.lowercased()
+        // 42P01 (undefined table) is neither the event's fault for certain nor transient: retried, but not
+        // forever.
+        let handler = EventHandler(eventType: OrderCreatedV2.eventType, version: 2) { event, context in
+            if event.sagaId == poisonSaga {
+                try await context.connection.execute("SELECT * FROM saga_no_such_table")
+            }
+            return []
+        }
+        var configuration = stack.workerConfiguration("inventory")
+        configuration.retry = RetryPolicy(initialDelay: .milliseconds(10), maxDelay: .milliseconds(50))
+        configuration.deadLetterAfterAttempts = 3
+        let worker = Worker(
+            configuration: configuration, handlers: [handler], upcasters: sagaUpcasters, migrations: [],
+            logger: stack.logger)
+        let pool = PostgresPool(
+            configuration: stack.databases["inventory"]!.configuration, size: 1, logger: stack.logger)
+        let codec = EventCodec(upcasters: [], topics: stack.topics)
+        func order(_ saga: String) throws -> KafkaOutgoingMessage {
+            try codec.encode(
+                OutgoingEvent(
+                    OrderCreatedV2(
+                        orderId: UUID().uuidString.lowercased(), customerId: "alice",
+                        total: Money(amount: 1, currency: "EUR"),
+                        lines: [.init(sku: "widget", quantity: 1, unitPrice: nil)]),
+                    sagaId: saga, producer: "orders", causedBy: nil))
+        }
+        let batch = try await Self.throughBroker(stack, [try order("A"), try order(poisonSaga), try order("B")])
+        let processed = await Self.process(batch, with: worker, pool: pool, within: .seconds(20))
+        let stats = worker.stats
+        let letters = try await stack.query("inventory", "SELECT saga_id, reason FROM saga_dead_letters")
+        let rows = try await stack.query(
+            "inventory", "SELECT headers::text AS headers FROM saga_outbox WHERE topic = $1",
+            [stack.topics.deadLetterTopic(consumer: "inventory")])
+        let inbox = try await stack.query("inventory", "SELECT saga_id FROM saga_inbox ORDER BY saga_id").map {
+            try $0.decode("saga_id", as: String.self)
+        }
+        await pool.close()
+        await stack.stop()
+
+        #expect(processed)
+        #expect(stats.handled == 2)
+        #expect(stats.deadLettered == 1)
+        #expect(stats.retries == 3)
+        #expect(inbox == ["A", "B"])
+        #expect(try letters.map { try $0.decode("saga_id", as: String.self) } == [poisonSaga])
+        let reason = try letters.first?.decode("reason", as: String.self) ?? ""
+        #expect(reason.hasPrefix("failed 4 times"), "\(reason)")
+        #expect(reason.contains("42P01"), "\(reason)")
+        let headers = Outbox.decodeHeaders(try rows.first?.decode("headers", as: String.self) ?? "")
+        #expect(headers.first { $0.key == SagaHeader.deadLetterAttempts }?.stringValue == "4")
+    }
+
+    @Test func aHandlerCannotCommitOrRollBackTheBatchTransaction() async throws {
+        let stack = try await TestStack()
+        try await stack.query("inventory", "CREATE TABLE handler_marks (saga text PRIMARY KEY)")
+        let refusals = Mutex<[String]>([])
+        // Each event writes a mark, then tries to end the batch's transaction; the one of saga "bad" is then
+        // rejected, so its mark must be undone with it, whatever the handler tried.
+        let handler = EventHandler(eventType: OrderCreatedV2.eventType, version: 2) { event, context in
+            try await context.connection.execute("INSERT INTO handler_marks (saga) VALUES ($1)", [event.sagaId])
+            for sql in ["COMMIT", "  rollback", "/* sneaky */ END", "SAVEPOINT mine", "RELEASE SAVEPOINT saga_event"] {
+                do {
+                    try await context.connection.execute(sql)
+                } catch let error as PostgresError {
+                    refusals.withLock { $0.append("\(error.sqlState ?? "-") \(sql)") }
+                }
+            }
+            if event.sagaId == "bad" { throw HandlerRejection("bad saga") }
+            return []
+        }
+        let batchCommits = BatchHandler(versions: [PaymentFailed.eventType: 1]) { events, context in
+            do {
+                try await context.connection.execute("COMMIT")
+            } catch let error as PostgresError {
+                refusals.withLock { $0.append("\(error.sqlState ?? "-") batch COMMIT") }
+            }
+            return []
+        }
+        let worker = Worker(
+            configuration: stack.workerConfiguration("inventory"), handlers: [handler] + batchCommits.eventHandlers,
+            upcasters: sagaUpcasters, migrations: [], logger: stack.logger)
+        let pool = PostgresPool(
+            configuration: stack.databases["inventory"]!.configuration, size: 1, logger: stack.logger)
+        let codec = EventCodec(upcasters: [], topics: stack.topics)
+        func order(_ saga: String) throws -> KafkaOutgoingMessage {
+            try codec.encode(
+                OutgoingEvent(
+                    OrderCreatedV2(
+                        orderId: UUID().uuidString.lowercased(), customerId: "alice",
+                        total: Money(amount: 1, currency: "EUR"),
+                        lines: [.init(sku: "widget", quantity: 1, unitPrice: nil)]),
+                    sagaId: saga, producer: "orders", causedBy: nil))
+        }
+        let batch = try await Self.throughBroker(
+            stack,
+            [
+                try order("good"), try order("bad"),
+                try Self.payment(stack, orderId: UUID().uuidString.lowercased(), completed: false),
+            ])
+        let processed = await Self.process(batch, with: worker, pool: pool, within: .seconds(20))
+        let stats = worker.stats
+        let marks = try await stack.query("inventory", "SELECT saga FROM handler_marks ORDER BY saga").map {
+            try $0.decode("saga", as: String.self)
+        }
+        await pool.close()
+        await stack.stop()
+
+        #expect(processed)
+        #expect(stats.handled == 2)
+        #expect(stats.deadLettered == 1)
+        #expect(marks == ["good"])
+        let seen = refusals.withLock { $0 }
+        for sql in ["COMMIT", "  rollback", "/* sneaky */ END", "SAVEPOINT mine", "RELEASE SAVEPOINT saga_event"] {
+            #expect(seen.contains("2D000 \(sql)"), "\(sql) was not refused: \(seen)")
+        }
+        #expect(seen.contains("2D000 batch COMMIT"), "\(seen)")
     }
 
     @Test func perSagaOrderHoldsAcrossHandlersOfOneBatch() async throws {

@@ -32,6 +32,9 @@ final class DeliveryBatch: Sendable {
         if let (waiter, results) = finished { waiter.resume(returning: results) }
     }
 
+    /// The slots filled so far (nil: pending).
+    func snapshot() -> [Result<KafkaDeliveryReport, KafkaError>?] { state.withLock { $0.results } }
+
     /// Returns when every slot is filled.
     func results() async -> [Result<KafkaDeliveryReport, KafkaError>] {
         await withCheckedContinuation { continuation in
@@ -43,4 +46,15 @@ final class DeliveryBatch: Sendable {
             if let ready { continuation.resume(returning: ready) }
         }
     }
+}
+
+/// The delivery reports of messages handed to ``KafkaProducer/enqueue(_:)``, in input order.
+public struct KafkaDeliveries: Sendable {
+    let batch: DeliveryBatch
+
+    /// The reports that arrived so far, by message (nil: still pending).
+    public var reported: [Result<KafkaDeliveryReport, KafkaError>?] { batch.snapshot() }
+
+    /// Waits for every report (within about `message.timeout.ms`).
+    public func results() async -> [Result<KafkaDeliveryReport, KafkaError>] { await batch.results() }
 }

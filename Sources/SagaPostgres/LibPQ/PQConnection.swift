@@ -31,6 +31,12 @@ final class PQConnection {
     static func connect(_ configuration: PostgresConfiguration, logger: Logger) throws(PostgresError) -> PQConnection {
         try validate(configuration)
         let settings: [(String, String)] = [
+            // Before the URL, so that the URL's own parameters win over these defaults.
+            ("keepalives", "1"),
+            ("keepalives_idle", String(configuration.keepalivesIdleSeconds)),
+            ("keepalives_interval", String(configuration.keepalivesIntervalSeconds)),
+            ("keepalives_count", String(configuration.keepalivesCount)),
+            ("tcp_user_timeout", String(configuration.tcpUserTimeoutMilliseconds)),
             ("dbname", configuration.url),
             ("application_name", configuration.applicationName),
             ("connect_timeout", String(max(configuration.connectTimeoutSeconds, 0))),
@@ -56,9 +62,9 @@ final class PQConnection {
         connection.installNoticeReceiver()
         var sql = "SELECT set_config('TimeZone', 'UTC', false), set_config('DateStyle', 'ISO, YMD', false)"
         var binds: [PostgresBind] = []
-        if let searchPath = configuration.searchPath {
-            sql += ", set_config('search_path', $1, false)"
-            binds.append(searchPath)
+        for (name, value) in connection.sessionSettings(configuration) {
+            binds.append(value)
+            sql += ", set_config('\(name)', $\(binds.count), false)"
         }
         _ = try connection.execute(sql, binds, wantRows: false)
         return connection
@@ -378,6 +384,15 @@ final class PQConnection {
         let ready = poll(&descriptor, 1, timeoutMilliseconds)
         return ready > 0
     }
+
+    /// The session's socket (`PQsocket`), -1 when closed.
+    var socketDescriptor: Int32 { conn.map { PQsocket($0) } ?? -1 }
+
+    /// The server's version as a number (`PQserverVersion`: 140005 for 14.5), 0 when closed.
+    var serverVersion: Int32 { conn.map { PQserverVersion($0) } ?? 0 }
+
+    /// A cancel handle for the session (`PQgetCancel`), usable from any thread.
+    func makeCancelHandle() -> PostgresCancelHandle? { conn.flatMap { PQgetCancel($0) }.map(PostgresCancelHandle.init) }
 
     /// `PQconsumeInput` then every pending notification. Throws when the session is lost.
     func readNotifications() throws(PostgresError) -> [PostgresNotification] {

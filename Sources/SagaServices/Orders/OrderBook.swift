@@ -29,21 +29,36 @@ public struct OrderBook: Sendable {
     /// Two round trips: one read (prices and the idempotency key), then one statement that writes the order, its
     /// lines, its history and its event (a data-modifying `WITH`, which commits as one transaction).
     /// - Parameters:
-    ///   - idempotencyKey: a client's retry with the same key returns the first order instead of a new one.
+    ///   - idempotencyKey: scoped to the customer: the customer's retry of the same request (same canonical
+    ///     form, see `OrderRequest.canonical`) with the same key returns the first order instead of a new one.
+    ///     The key's request is remembered as a SHA-256 fingerprint of that form.
     ///   - traceparent: the caller's W3C trace context (an HTTP request's `traceparent`): the saga continues
     ///     its trace. Without one (and no current span), the saga starts a new trace.
-    /// - Throws: `OrderRequestError` for an unknown SKU or an overflowing total; `PostgresError` otherwise.
+    /// - Throws: `OrderRequestError` for an invalid idempotency key, an unknown SKU or an overflowing total;
+    ///   `IdempotencyKeyConflict` when the customer used the key for a different request; `PostgresError`
+    ///   otherwise.
     public func place(_ request: OrderRequest, idempotencyKey: String? = nil, traceparent: String? = nil)
         async throws -> Placed
     {
+        if let idempotencyKey { try OrderRequest.validate(idempotencyKey: idempotencyKey) }
         let skus = Array(Set(request.lines.map(\.sku)))
-        // One row at least (the key's order, if any), plus one per priced SKU.
+        // One row at least (the key's order, if any, and the keyed request's fingerprint), plus one per priced SKU.
         let lookup = try await pool.query(
             """
-            SELECT (SELECT id FROM orders WHERE idempotency_key = $3) AS existing, p.sku, p.unit_price
-            FROM (SELECT 1) AS one LEFT JOIN prices p ON p.currency = $1 AND p.sku = ANY($2::text[])
-            """, [request.currency, PostgresArray(skus), idempotencyKey])
-        if let existing = try lookup.first?.decode("existing", as: UUID?.self) {
+            SELECT k.id AS existing, k.request_fingerprint AS existing_fingerprint,
+                encode(sha256(convert_to($5, 'UTF8')), 'hex') AS fingerprint, p.sku, p.unit_price
+            FROM (SELECT 1) AS one
+            LEFT JOIN orders k ON k.customer_id = $4 AND k.idempotency_key = $3
+            LEFT JOIN prices p ON p.currency = $1 AND p.sku = ANY($2::text[])
+            """,
+            [
+                request.currency, PostgresArray(skus), idempotencyKey, request.customerId,
+                idempotencyKey == nil ? nil : request.canonical,
+            ])
+        // Only a keyed request has (and needs) a fingerprint.
+        let fingerprint = try lookup[0].decode("fingerprint", as: String?.self)
+        if let existing = try lookup[0].decode("existing", as: UUID?.self) {
+            try Self.checkSameRequest(try lookup[0].decode("existing_fingerprint"), fingerprint)
             return Placed(orderId: existing, created: false)
         }
         var prices: [String: Int64] = [:]
@@ -78,14 +93,15 @@ public struct OrderBook: Sendable {
             : try OutgoingEvent(
                 created, sagaId: sagaId, producer: OrdersService.name, causedBy: nil, traceparent: trace)
         let outbox = Outbox.insert(
-            try Outbox.Row(event, codec: codec), firstParameter: 11, where: "EXISTS (SELECT 1 FROM placed)")
+            try Outbox.Row(event, codec: codec), firstParameter: 12, where: "EXISTS (SELECT 1 FROM placed)")
         // A concurrent request with the same key may have inserted it since the read above: then this statement
         // writes nothing (every member depends on `placed`) and the first order is the answer.
         let inserted = try await pool.query(
             """
             WITH placed AS (
-                INSERT INTO orders (id, customer_id, currency, total_amount, status, idempotency_key)
-                VALUES ($1, $2, $3, $4, 'PENDING', $5) ON CONFLICT (idempotency_key) DO NOTHING
+                INSERT INTO orders (id, customer_id, currency, total_amount, status, idempotency_key,
+                    request_fingerprint)
+                VALUES ($1, $2, $3, $4, 'PENDING', $5, $11) ON CONFLICT (customer_id, idempotency_key) DO NOTHING
                 RETURNING id
             ), lines AS (
                 INSERT INTO order_lines (order_id, line_no, sku, quantity, unit_price)
@@ -104,12 +120,22 @@ public struct OrderBook: Sendable {
                 id, request.customerId, request.currency, total, idempotencyKey,
                 PostgresArray(lines.map(\.sku)), PostgresArray(lines.map(\.quantity)),
                 PostgresArray(lines.map { $0.unitPrice?.amount ?? 0 }), event.envelope.type, event.envelope.id,
+                fingerprint,
             ] + outbox.binds)
         if try inserted.first?.decode("n", as: Int.self) != 1, let idempotencyKey {
-            let first = try await pool.query("SELECT id FROM orders WHERE idempotency_key = $1", [idempotencyKey])
+            let first = try await pool.query(
+                "SELECT id, request_fingerprint FROM orders WHERE customer_id = $1 AND idempotency_key = $2",
+                [request.customerId, idempotencyKey])
+            try Self.checkSameRequest(try first[0].decode("request_fingerprint"), fingerprint)
             return Placed(orderId: try first[0].decode("id"), created: false)
         }
         return Placed(orderId: id, created: true, event: event.envelope)
+    }
+
+    /// A key's order answers a retry only when the retry is the same request. Orders placed before fingerprints
+    /// were stored (nil) answer as before.
+    private static func checkSameRequest(_ stored: String?, _ fingerprint: String?) throws(IdempotencyKeyConflict) {
+        if let stored, stored != fingerprint { throw IdempotencyKeyConflict() }
     }
 
     /// An order as `GET /orders/{id}` shows it.

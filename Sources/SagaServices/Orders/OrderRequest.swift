@@ -1,6 +1,11 @@
 import SagaEngine
 
 /// A `POST /orders` body, validated: `{"customerId": "...", "currency": "EUR", "lines": [{"sku": "...", "quantity": 2}]}`.
+///
+/// Limits (also in `schemas/openapi.yaml` and the README): `customerId` 1...200 and `sku` 1...100 Unicode code
+/// points (counted as the event schemas count them), no control characters (U+0000–U+001F, U+007F–U+009F);
+/// `currency` three upper-case letters; 1...100 lines; `quantity` an integer literal (no fraction, no exponent)
+/// in 1...1,000,000; no other members. The body itself is at most 1 MiB of JSON nested at most 512 deep.
 public struct OrderRequest: Sendable, Hashable {
     public var customerId: String
     public var currency: String
@@ -13,17 +18,27 @@ public struct OrderRequest: Sendable, Hashable {
     }
 
     public static let maxLines = 100
+    public static let maxCustomerIdLength = 200
+    public static let maxSKULength = 100
+    public static let maxQuantity: Int64 = 1_000_000
 
     /// Parses and validates a request body.
     /// - Throws: `OrderRequestError` naming the first field that is wrong and why.
     public init(body: [UInt8]) throws(OrderRequestError) {
         let json: JSONValue
-        do { json = try JSONValue(parsing: body) } catch { throw OrderRequestError("body is not valid JSON") }
-        guard case .object(let o) = json else { throw OrderRequestError("body must be a JSON object") }
-        guard case .string(let customerId)? = o["customerId"], !customerId.isEmpty, customerId.count <= 200 else {
-            throw OrderRequestError("customerId: required, a non-empty string of at most 200 characters")
+        do { json = try JSONValue(parsing: body) } catch {
+            throw OrderRequestError("body is not valid JSON: \(error.message)")
         }
-        guard case .string(let currency)? = o["currency"], currency.count == 3,
+        guard case .object(let o) = json else { throw OrderRequestError("body must be a JSON object") }
+        try Self.refuseUnknownMembers(o, allowed: ["customerId", "currency", "lines"], at: "body")
+        guard case .string(let customerId)? = o["customerId"],
+            Self.isText(customerId, maxCodePoints: Self.maxCustomerIdLength)
+        else {
+            throw OrderRequestError(
+                "customerId: required, a non-empty string of at most \(Self.maxCustomerIdLength) code points"
+                    + " without control characters")
+        }
+        guard case .string(let currency)? = o["currency"], currency.unicodeScalars.count == 3,
             currency.unicodeScalars.allSatisfy({ ("A"..."Z").contains($0) })
         else { throw OrderRequestError("currency: required, three upper-case letters (ISO 4217), e.g. \"EUR\"") }
         guard case .array(let items)? = o["lines"] else {
@@ -34,20 +49,72 @@ public struct OrderRequest: Sendable, Hashable {
         var lines: [OrderLine] = []
         for (i, item) in items.enumerated() {
             guard case .object(let line) = item else { throw OrderRequestError("lines[\(i)]: must be an object") }
-            guard case .string(let sku)? = line["sku"], !sku.isEmpty, sku.count <= 100 else {
-                throw OrderRequestError("lines[\(i)].sku: required, a non-empty string of at most 100 characters")
+            try Self.refuseUnknownMembers(line, allowed: ["sku", "quantity"], at: "lines[\(i)]")
+            guard case .string(let sku)? = line["sku"], Self.isText(sku, maxCodePoints: Self.maxSKULength) else {
+                throw OrderRequestError(
+                    "lines[\(i)].sku: required, a non-empty string of at most \(Self.maxSKULength) code points"
+                        + " without control characters")
             }
-            let quantity: Int64
-            switch line["quantity"] {
-            case .integer(let q)?: quantity = q
-            case .number(let q)? where q.rounded() == q && abs(q) < 1e15: quantity = Int64(q)
-            default: throw OrderRequestError("lines[\(i)].quantity: required, an integer")
+            // An integer literal only: `1.0`, `1e0` or `0.9999999999999999999` are numbers, not quantities.
+            guard case .integer(let quantity)? = line["quantity"] else {
+                throw OrderRequestError(
+                    "lines[\(i)].quantity: required, an integer from 1 to \(Self.maxQuantity) (no fraction or exponent)"
+                )
             }
             guard quantity >= 1 else { throw OrderRequestError("lines[\(i)].quantity: must be at least 1") }
-            guard quantity <= 1_000_000 else { throw OrderRequestError("lines[\(i)].quantity: at most 1000000") }
+            guard quantity <= Self.maxQuantity else {
+                throw OrderRequestError("lines[\(i)].quantity: at most \(Self.maxQuantity)")
+            }
             lines.append(OrderLine(sku: sku, quantity: Int(quantity)))
         }
         self.init(customerId: customerId, currency: currency, lines: lines)
+    }
+
+    /// The request in one canonical form (JSON, members sorted, no spaces): two bodies that place the same order
+    /// have the same canonical form, whatever their member order or spacing.
+    public var canonical: String {
+        let value = JSONValue.object([
+            "customerId": .string(customerId), "currency": .string(currency),
+            "lines": .array(
+                lines.map { .object(["sku": .string($0.sku), "quantity": .integer(Int64($0.quantity))]) }),
+        ])
+        return String(decoding: value.serialized(), as: UTF8.self)
+    }
+
+    /// The longest `Idempotency-Key` accepted.
+    public static let maxIdempotencyKeyLength = 255
+
+    /// Checks an `Idempotency-Key`: 1...255 visible ASCII characters (`!` to `~`, no space or control character).
+    /// - Throws: `OrderRequestError` saying what a key must be.
+    public static func validate(idempotencyKey key: String) throws(OrderRequestError) {
+        let scalars = key.unicodeScalars
+        guard !scalars.isEmpty, scalars.count <= maxIdempotencyKeyLength,
+            scalars.allSatisfy({ (0x21...0x7E).contains($0.value) })
+        else {
+            throw OrderRequestError(
+                "Idempotency-Key: 1 to \(maxIdempotencyKeyLength) visible ASCII characters (no spaces), e.g. a UUID")
+        }
+    }
+
+    /// Non-empty, at most `maxCodePoints` Unicode code points (as JSON Schema's `maxLength` counts), no C0 or
+    /// C1 control character and no DEL (PostgreSQL text cannot even hold U+0000).
+    static func isText(_ s: String, maxCodePoints: Int) -> Bool {
+        var count = 0
+        for scalar in s.unicodeScalars {
+            count += 1
+            if scalar.value < 0x20 || (0x7F...0x9F).contains(scalar.value) || count > maxCodePoints { return false }
+        }
+        return count > 0
+    }
+
+    private static func refuseUnknownMembers(_ object: [String: JSONValue], allowed: Set<String>, at path: String)
+        throws(OrderRequestError)
+    {
+        if let unknown = object.keys.filter({ !allowed.contains($0) }).sorted().first {
+            let name = String(decoding: JSONValue.string(unknown).serialized(), as: UTF8.self)
+            throw OrderRequestError(
+                "\(path): unknown member \(name) (allowed: \(allowed.sorted().joined(separator: ", ")))")
+        }
     }
 }
 
@@ -56,4 +123,13 @@ public struct OrderRequestError: Error, Sendable, Hashable, CustomStringConverti
     public var reason: String
     public init(_ reason: String) { self.reason = reason }
     public var description: String { reason }
+}
+
+/// An `Idempotency-Key` reused by the same customer for a different request (HTTP 422): the key's first
+/// request placed an order, this one asks for something else.
+public struct IdempotencyKeyConflict: Error, Sendable, Hashable, CustomStringConvertible {
+    public init() {}
+    public var description: String {
+        "Idempotency-Key: already used by this customer for a different request; use a new key for a new request"
+    }
 }

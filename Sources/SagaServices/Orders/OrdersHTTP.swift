@@ -1,40 +1,89 @@
 import Foundation
 import HTTPTypes
 import Hummingbird
+import HummingbirdCore
+import Logging
+import NIOCore
+import NIOHTTP1
 import SagaEngine
 
-/// The orders HTTP API:
-/// - `POST /orders` → 202 `{"orderId", "status": "PENDING"}` (optional `Idempotency-Key` header; a W3C
-///   `traceparent` header makes the saga continue the caller's trace), 400 with a reason;
+/// The orders HTTP API (the contract is `schemas/openapi.yaml`):
+/// - `POST /orders` (`Content-Type: application/json`) → 202 `{"orderId", "status": "PENDING"}`; 200 with the
+///   first order for the customer's retry with the same `Idempotency-Key`; 400 with a reason; 413 over 1 MiB;
+///   415 for another content type; 422 for a key the customer used for a different request. A W3C
+///   `traceparent` header makes the saga continue the caller's trace;
 /// - `GET /orders/{id}` → 200 with status, lines and history; 404 for an unknown id; 400 for a malformed one;
 /// - `GET /health` → 200 when the database answers, else 503.
+///
+/// Any other method on these paths is 405 with `Allow`; any other path 404. Every refusal has a JSON body
+/// `{"error": reason}` (the health check's 503 says `{"status": "unavailable", "reason"}`) and is logged at
+/// warning with its status and reason, or at error for a 5xx; a failure of ours is a 500 `{"error": "internal
+/// error"}`, the cause in the log.
 public enum OrdersHTTP {
+    /// The largest `POST /orders` body accepted (413 above it).
+    public static let maxBodySize = 1 << 20
+
+    /// How long a connection may go without sending anything — before its first request, between requests, or
+    /// in the middle of a request's head or body — before the server closes it. A request being answered is
+    /// not cut off.
+    public static let idleTimeout: Duration = .seconds(30)
+
+    /// The HTTP/1.1 server the orders API runs on: closes connections idle for `idleTimeout`.
+    public static func server(idleTimeout: Duration = idleTimeout) -> HTTPServerBuilder {
+        .http1(configuration: .init(idleTimeout: TimeAmount(idleTimeout)))
+    }
+
+    /// Every route and the methods it answers; another method on one of these paths is 405 with `Allow`.
+    /// A nil segment matches any one segment.
+    static let routes: [(path: [String?], methods: [HTTPRequest.Method])] = [
+        (["health"], [.get]), (["orders"], [.post]), (["orders", nil], [.get]),
+    ]
+
+    /// The methods `path` answers to, nil when no route has that path.
+    static func allowedMethods(path: String) -> [HTTPRequest.Method]? {
+        let segments = path.split(separator: "/").map(String.init)
+        return routes.first { route in
+            route.path.count == segments.count && zip(route.path, segments).allSatisfy { $0 == nil || $0 == $1 }
+        }?.methods
+    }
+
     public static func router(book: OrderBook) -> Router<BasicRequestContext> {
         let router = Router()
         // A server span per request continuing the caller's trace (a no-op until a tracer is bootstrapped).
         router.add(middleware: TracingMiddleware())
+        router.add(middleware: RefusalMiddleware())
         router.get("/health") { _, _ -> Response in
             do {
                 try await book.pool.query("SELECT 1")
                 return json(.ok, ["status": .string("ok")])
             } catch {
-                return json(
-                    .serviceUnavailable, ["status": .string("unavailable"), "reason": .string("database: \(error)")])
+                let reason = "database: \(error)"
+                throw Refusal(
+                    .serviceUnavailable, reason,
+                    body: ["status": .string("unavailable"), "reason": .string(reason)])
             }
         }
         router.post("/orders") { request, context -> Response in
+            guard isJSON(request.headers[.contentType]) else {
+                throw Refusal(
+                    .unsupportedMediaType,
+                    "Content-Type: expected application/json (UTF-8), got \(request.headers[.contentType] ?? "none")")
+            }
+            let key = request.headers[.idempotencyKey]
+            if let key {
+                do { try OrderRequest.validate(idempotencyKey: key) } catch let error as OrderRequestError {
+                    throw Refusal(.badRequest, error.reason)
+                }
+            }
             var request = request
             let body: ByteBuffer
-            do { body = try await request.collectBody(upTo: 1 << 20) } catch {
-                return problem(.contentTooLarge, "body larger than 1 MiB")
-            }
-            let order: OrderRequest
-            do { order = try OrderRequest(body: Array(buffer: body)) } catch let error as OrderRequestError {
-                return problem(.badRequest, error.reason)
+            do { body = try await request.collectBody(upTo: maxBodySize) } catch is NIOTooManyBytesError {
+                throw Refusal(.contentTooLarge, "body larger than 1 MiB")
             }
             do {
+                let order = try OrderRequest(body: Array(buffer: body))
                 let placed = try await book.place(
-                    order, idempotencyKey: request.headers[.idempotencyKey], traceparent: request.headers[.traceparent])
+                    order, idempotencyKey: key, traceparent: request.headers[.traceparent])
                 if let event = placed.event {
                     EventLog.logger(context.logger, for: event).info("order placed")
                 }
@@ -44,17 +93,41 @@ public enum OrdersHTTP {
                 response.headers[.location] = "/orders/\(placed.orderId.uuidString.lowercased())"
                 return response
             } catch let error as OrderRequestError {
-                return problem(.badRequest, error.reason)
+                throw Refusal(.badRequest, error.reason)
+            } catch let error as IdempotencyKeyConflict {
+                throw Refusal(.unprocessableContent, error.description)
             }
         }
         router.get("/orders/:id") { _, context -> Response in
             guard let raw = context.parameters.get("id"), let id = UUID(uuidString: raw) else {
-                return problem(.badRequest, "order id must be a UUID")
+                throw Refusal(.badRequest, "order id must be a UUID")
             }
-            guard let view = try await book.view(id) else { return problem(.notFound, "no order \(raw)") }
+            guard let view = try await book.view(id) else { throw Refusal(.notFound, "no order \(raw)") }
             return json(.ok, try JSONValue(encoding: view))
         }
         return router
+    }
+
+    /// `application/json` in any case, without a charset or with UTF-8 (JSON is UTF-8, RFC 8259).
+    static func isJSON(_ contentType: String?) -> Bool {
+        guard let contentType else { return false }
+        let parts = contentType.split(separator: ";", omittingEmptySubsequences: false).map {
+            $0.trimmingCharacters(in: .whitespaces).lowercased()
+        }
+        guard parts.first == "application/json" else { return false }
+        for parameter in parts.dropFirst() where !parameter.isEmpty {
+            let pair = parameter.split(separator: "=", maxSplits: 1).map {
+                $0.trimmingCharacters(in: .whitespaces)
+            }
+            guard pair.count == 2 else { return false }
+            if pair[0] == "charset" {
+                let value =
+                    pair[1].hasPrefix("\"") && pair[1].hasSuffix("\"") && pair[1].count >= 2
+                    ? String(pair[1].dropFirst().dropLast()) : pair[1]
+                guard value == "utf-8" else { return false }
+            }
+        }
+        return true
     }
 
     static func json(_ status: HTTPResponse.Status, _ object: [String: JSONValue]) -> Response {
@@ -67,8 +140,94 @@ public enum OrdersHTTP {
             body: ResponseBody(byteBuffer: ByteBuffer(bytes: value.serialized())))
     }
 
-    static func problem(_ status: HTTPResponse.Status, _ reason: String) -> Response {
-        json(status, ["error": .string(reason)])
+    /// A request refused: its status, the reason for the client and the log, extra headers, and the body
+    /// (`{"error": reason}` unless given).
+    struct Refusal: Error {
+        var status: HTTPResponse.Status
+        var reason: String
+        var headers: HTTPFields = [:]
+        var body: [String: JSONValue]? = nil
+
+        init(
+            _ status: HTTPResponse.Status, _ reason: String, headers: HTTPFields = [:],
+            body: [String: JSONValue]? = nil
+        ) {
+            self.status = status
+            self.reason = reason
+            self.headers = headers
+            self.body = body
+        }
+    }
+
+    /// Turns every failure into a JSON answer and logs it: a `Refusal` as it says, a route that does not exist
+    /// as 404, a wrong method as 405 with `Allow`, any other error as 500 (the cause only in the log). A
+    /// malformed HTTP request (e.g. a body shorter than its `Content-Length`) is left to Hummingbird, which
+    /// answers 400 and closes the connection.
+    struct RefusalMiddleware<Context: RequestContext>: RouterMiddleware {
+        func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response)
+            async throws -> Response
+        {
+            do {
+                return try await next(request, context)
+            } catch let refusal as Refusal {
+                return answer(refusal, request, context)
+            } catch let error as HTTPParserError {
+                log(.badRequest, "malformed HTTP request: \(error)", request, context)
+                throw error
+            } catch let error as any HTTPResponseError {
+                if error.status == .notFound, let methods = allowedMethods(path: request.uri.path) {
+                    let allow = methods.map(\.rawValue).joined(separator: ", ")
+                    return answer(
+                        Refusal(
+                            .methodNotAllowed,
+                            "method \(request.method) not allowed on \(request.uri.path): use \(allow)",
+                            headers: [.allow: allow]), request, context)
+                }
+                let reason =
+                    error.status == .notFound
+                    ? "no route \(request.method) \(request.uri.path)" : "\(error)"
+                return answer(Refusal(error.status, reason), request, context)
+            } catch {
+                log(.internalServerError, "internal error: \(error)", request, context)
+                return OrdersHTTP.json(.internalServerError, ["error": .string("internal error")])
+            }
+        }
+
+        private func answer(_ refusal: Refusal, _ request: Request, _ context: Context) -> Response {
+            log(refusal.status, refusal.reason, request, context)
+            var response = OrdersHTTP.json(refusal.status, refusal.body ?? ["error": .string(refusal.reason)])
+            // A HEAD answer has no body: one here would be read as the start of the next answer.
+            if request.method == .head { response.body = ResponseBody() }
+            response.headers.append(contentsOf: refusal.headers)
+            return response
+        }
+
+        private func log(_ status: HTTPResponse.Status, _ reason: String, _ request: Request, _ context: Context) {
+            let metadata: Logger.Metadata = [
+                "status": .string(String(status.code)), "reason": .string(Self.printable(reason)),
+                "method": .string(Self.printable(request.method.rawValue)),
+                "path": .string(Self.printable(request.uri.path)),
+            ]
+            if status.code >= 500 {
+                context.logger.error("request failed", metadata: metadata)
+            } else {
+                context.logger.warning("request refused", metadata: metadata)
+            }
+        }
+
+        /// `text` with control characters written as `\u{…}`: what a client sent cannot forge log lines in the
+        /// text log format.
+        static func printable(_ text: String) -> String {
+            var out = ""
+            for scalar in text.unicodeScalars {
+                if scalar.properties.generalCategory == .control {
+                    out += "\\u{\(String(scalar.value, radix: 16))}"
+                } else {
+                    out.unicodeScalars.append(scalar)
+                }
+            }
+            return out
+        }
     }
 }
 

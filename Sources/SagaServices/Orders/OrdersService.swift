@@ -52,7 +52,17 @@ public enum OrdersService {
                     at         timestamptz NOT NULL DEFAULT now(),
                     PRIMARY KEY (order_id, seq)
                 );
-                """)
+                """),
+        // Idempotency keys belong to a customer (one customer's key never answers with another's order), and
+        // a key remembers its request's fingerprint (SHA-256 of `OrderRequest.canonical`, hex), so a reuse for
+        // a different request is refused. Orders placed before this have no fingerprint.
+        PostgresMigration(
+            version: 101, name: "orders: idempotency keys per customer, with the request's fingerprint",
+            sql: """
+                ALTER TABLE orders ADD COLUMN request_fingerprint text;
+                ALTER TABLE orders DROP CONSTRAINT orders_idempotency_key_key;
+                CREATE UNIQUE INDEX orders_customer_idempotency_key ON orders (customer_id, idempotency_key);
+                """),
     ]
 
     public static func definition() -> SagaServiceDefinition {
