@@ -272,7 +272,7 @@ struct ChaosCheckCommand: AsyncParsableCommand {
                                 "\($0): tracker \(tracked[$0].map { "\($0.status) \($0.outcome ?? "-")" } ?? "none"), "
                                     + "orders \(stored[$0]?.status ?? "none")"
                             }.joined(separator: "; "),
-                    hint: "the tracker stalled? (e.g. on a dead letter it cannot store: issue 10 point 1)"))
+                    hint: "the tracker stalled or stopped? see its log (issue 10 points 1, 4)"))
 
             // Poison: dead-lettered once by each consumer, and nothing else dead-lettered.
             struct Position: Hashable {
