@@ -115,6 +115,8 @@ let package = Package(
             dependencies: [
                 "saga", "SagaServices", "SagaEngine", "SagaKafka", "SagaTestSupport", "SagaSchemas",
                 .product(name: "Yams", package: "Yams"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdTesting", package: "hummingbird"),
             ],
             swiftSettings: strict),
         .testTarget(

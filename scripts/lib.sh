@@ -5,7 +5,8 @@ set -euo pipefail
 SAGA_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 SAGA_LOCAL="$SAGA_ROOT/.local"             # ignored by git
 SAGA_PG_PORT="${SAGA_PG_PORT:-55432}"
-SAGA_PG_DB="saga"
+SAGA_PG_DB="${SAGA_PG_DB:-saga}"
+SAGA_PG_DIR="${SAGA_PG_DIR:-postgres}"      # the data folder's name under .local (scripts/chaos has its own)
 SAGA_STARTED_PG=0
 SAGA_PIDS=()
 
@@ -58,12 +59,12 @@ as_pg() {
 # .local/postgres is a link to it. Either way this prints the real path, which the postgres user can
 # reach: the server commands are never handed the link, whose parent folders they cannot enter.
 pg_datadir() {
-    local dir="$SAGA_LOCAL/postgres"
+    local dir="$SAGA_LOCAL/$SAGA_PG_DIR"
     if [ "$(id -u)" -eq 0 ] && [ ! -e "$dir" ] && [ ! -L "$dir" ]; then
         mkdir -p "$SAGA_LOCAL"
         if ! runuser -u postgres -- test -x "$SAGA_LOCAL" 2>/dev/null; then
             local alt
-            alt="/tmp/saga-postgres-$(printf '%s' "$SAGA_ROOT" | md5sum | cut -c1-12)"
+            alt="/tmp/saga-$SAGA_PG_DIR-$(printf '%s' "$SAGA_ROOT" | md5sum | cut -c1-12)"
             mkdir -p "$alt" && chown postgres: "$alt" && chmod 0700 "$alt"
             ln -s "$alt" "$dir"
         fi
@@ -96,9 +97,7 @@ saga_pg_start() {
         log "local PostgreSQL already running on 127.0.0.1:$SAGA_PG_PORT"
     else
         log "starting the local PostgreSQL on 127.0.0.1:$SAGA_PG_PORT"
-        as_pg "$bin/pg_ctl" -D "$data" -l "$data/server.log" -w -t 60 \
-            -o "-p $SAGA_PG_PORT -c listen_addresses=127.0.0.1 -k $data -c max_connections=300 -c fsync=${SAGA_PG_FSYNC:-on}" \
-            start >/dev/null
+        saga_pg_launch
         SAGA_STARTED_PG=1
     fi
     if ! "$bin/psql" -h 127.0.0.1 -p "$SAGA_PG_PORT" -U postgres -tAc \
@@ -106,6 +105,15 @@ saga_pg_start() {
         "$bin/createdb" -h 127.0.0.1 -p "$SAGA_PG_PORT" -U postgres "$SAGA_PG_DB"
     fi
     export SAGA_DATABASE_URL="${SAGA_DATABASE_URL:-$(saga_pg_url)}"
+}
+
+# Starts the server of the data folder (created by saga_pg_start) and waits until it accepts connections.
+saga_pg_launch() {
+    local data
+    data=$(pg_datadir)
+    as_pg "$(pg_bin)/pg_ctl" -D "$data" -l "$data/server.log" -w -t 60 \
+        -o "-p $SAGA_PG_PORT -c listen_addresses=127.0.0.1 -k $data -c max_connections=300 -c fsync=${SAGA_PG_FSYNC:-on}" \
+        start >/dev/null
 }
 
 saga_pg_stop() {

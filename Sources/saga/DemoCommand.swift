@@ -57,7 +57,7 @@ struct DemoCommand: AsyncParsableCommand {
                 customer: bob, lines: [("gadget", 2)], expected: "payment_declined", why: "60.00 over bob's limit"),
             Scenario(customer: dave, lines: [("gadget", 1)], expected: "payment_declined", why: "unknown customer"),
         ]
-        let stockBefore = try await stock(inventory)
+        let stockBefore = try await SagaChecks.stock(inventory)
         print("placing \(scenarios.count) orders on \(client.base) ...")
         var placed: [(Scenario, String)] = []
         for s in scenarios { placed.append((s, try await client.place(customerId: s.customer, lines: s.lines))) }
@@ -65,10 +65,10 @@ struct DemoCommand: AsyncParsableCommand {
         let deadline = ContinuousClock.now + .seconds(timeout)
         var views: [String: JSONValue] = [:]
         while ContinuousClock.now < deadline {
-            for (_, id) in placed where views[id].map(Self.isTerminal) != true {
+            for (_, id) in placed where views[id].map(SagaChecks.isTerminal) != true {
                 views[id] = try await client.order(id)
             }
-            if views.values.allSatisfy(Self.isTerminal) && views.count == placed.count { break }
+            if views.values.allSatisfy(SagaChecks.isTerminal) && views.count == placed.count { break }
             try await Task.sleep(for: .milliseconds(200))
         }
 
@@ -78,7 +78,7 @@ struct DemoCommand: AsyncParsableCommand {
         for (s, id) in placed {
             let v = views[id] ?? .null
             let status = v["status"].flatMap { if case .string(let s) = $0 { s } else { nil } } ?? "?"
-            let outcome = Self.outcome(v)
+            let outcome = SagaChecks.outcome(v)
             allAsExpected = allAsExpected && outcome == s.expected
             let steps: [String] =
                 if case .array(let h)? = v["history"] {
@@ -94,32 +94,22 @@ struct DemoCommand: AsyncParsableCommand {
         print(
             Table.render(["order", "customer", "lines", "total", "status", "reason", "order history", "check"], rows))
 
-        let terminal = views.count == placed.count && views.values.allSatisfy(Self.isTerminal)
+        let terminal = views.count == placed.count && views.values.allSatisfy(SagaChecks.isTerminal)
         checks.append(("every saga reached a terminal state", terminal))
         checks.append(("every saga ended as expected", allAsExpected))
         // Orders ends a saga; inventory settles the reservation on the same payment event, in parallel.
         // Wait for it: every reservation of these orders must end as its saga did.
         let wanted = Dictionary(
-            uniqueKeysWithValues: placed.map { s, id in
-                (id, ["CONFIRMED": "SOLD", "out_of_stock": "REJECTED"][s.expected] ?? "RELEASED")
-            })
+            uniqueKeysWithValues: placed.map { s, id in (id, SagaChecks.settledReservation(outcome: s.expected)) })
         var reservations: [String: String] = [:]
         while ContinuousClock.now < deadline {
-            reservations = [:]
-            for r in try await inventory.query(
-                "SELECT order_id::text AS id, status FROM reservations WHERE order_id::text = ANY($1::text[])",
-                [PostgresArray(placed.map(\.1))])
-            {
-                reservations[try r.decode("id")] = try r.decode("status")
-            }
+            reservations = try await SagaChecks.reservations(inventory, ids: placed.map(\.1))
             if reservations == wanted { break }
             try await Task.sleep(for: .milliseconds(200))
         }
-        let stockAfter = try await stock(inventory)
+        let stockAfter = try await SagaChecks.stock(inventory)
         let seeded = Dictionary(uniqueKeysWithValues: DemoCatalogue.standard.products.map { ($0.sku, $0.stock) })
-        let conserved = stockAfter.allSatisfy { sku, s in
-            seeded[sku].map { s.available + s.reserved + s.sold == $0 } ?? true
-        }
+        let conserved = SagaChecks.unconserved(stockAfter, seeded: seeded).isEmpty
         checks.append(("stock conserved (available + reserved + sold = seeded, per SKU)", conserved))
         checks.append(
             ("every reservation settled as its saga ended (sold, rejected or released)", reservations == wanted))
@@ -129,48 +119,24 @@ struct DemoCommand: AsyncParsableCommand {
         }
         checks.append(("units sold = units in confirmed orders (\(soldExpected))", soldDelta == soldExpected))
         let ids = placed.map(\.1)
-        let charges = try await billing.query(
-            """
-            SELECT order_id::text AS id, count(*) FILTER (WHERE status = 'CHARGED') AS charged FROM charges
-            WHERE order_id::text = ANY($1::text[]) GROUP BY order_id
-            """, [PostgresArray(ids)])
-        var charged: [String: Int] = [:]
-        for r in charges { charged[try r.decode("id")] = try r.decode("charged") }
+        let charged = try await SagaChecks.charged(billing, ids: ids)
         let chargedOnce = placed.allSatisfy { s, id in (charged[id] ?? 0) == (s.expected == "CONFIRMED" ? 1 : 0) }
         checks.append(("each confirmed order charged exactly once, no other order charged", chargedOnce))
         // Billing's outbox rows are deleted once published: count the distinct events orders received.
-        let completions = try await orders.query(
-            """
-            SELECT count(*) AS n FROM saga_inbox WHERE event_type = 'payment.completed' AND saga_id = ANY($1::text[])
-            """, [PostgresArray(ids)])
-        let completionEvents: Int = try completions.first?.decode("n") ?? -1
+        let completionEvents = try await SagaChecks.handled(orders, type: PaymentCompleted.eventType, ids: ids)
         checks.append(
             (
                 "one payment.completed per confirmed order",
                 completionEvents == placed.filter { $0.0.expected == "CONFIRMED" }.count
             ))
-        let balances = try await billing.query(
-            """
-            SELECT a.customer_id, a.used, coalesce(sum(c.amount) FILTER (WHERE c.status = 'CHARGED'), 0) AS charged
-            FROM accounts a LEFT JOIN charges c ON c.customer_id = a.customer_id
-            WHERE a.customer_id = ANY($1::text[]) GROUP BY a.customer_id, a.used
-            """, [PostgresArray([alice, bob, carol])])
-        let balanced = try balances.allSatisfy {
-            try $0.decode("used", as: Int64.self) == $0.decode("charged", as: Int64.self)
-        }
+        let balances = try await SagaChecks.balances(billing, customers: [alice, bob, carol])
+        let balanced = balances.allSatisfy { $0.used == $0.charged }
         checks.append(("credit used = sum of charges, per customer", balanced && balances.count == 3))
         // The last events (order.confirmed / order.cancelled) are published just after orders committed them.
         var pending = -1
         while pending != 0 && ContinuousClock.now < deadline {
             if pending > 0 { try await Task.sleep(for: .milliseconds(200)) }
-            pending = 0
-            for pool in pools {
-                pending +=
-                    try await pool.query(
-                        "SELECT count(*) AS n FROM saga_outbox WHERE saga_id = ANY($1::text[])",
-                        [PostgresArray(ids)]
-                    ).first?.decode("n", as: Int.self) ?? 0
-            }
+            pending = try await SagaChecks.pendingOutbox(pools, ids: ids)
         }
         checks.append(("every outbox row of these sagas published", pending == 0))
 
@@ -178,36 +144,6 @@ struct DemoCommand: AsyncParsableCommand {
         for (name, ok) in checks { print("\(ok ? "✓" : "✗") \(name)") }
         guard checks.allSatisfy(\.1) else { throw ExitCode(1) }
         print("\nall \(checks.count) invariants hold")
-    }
-
-    struct Stock {
-        var available: Int
-        var reserved: Int
-        var sold: Int
-    }
-
-    private func stock(_ inventory: PostgresPool) async throws -> [String: Stock] {
-        var out: [String: Stock] = [:]
-        for r in try await inventory.query("SELECT sku, available, reserved, sold FROM stock") {
-            out[try r.decode("sku")] = Stock(
-                available: try r.decode("available"), reserved: try r.decode("reserved"), sold: try r.decode("sold"))
-        }
-        return out
-    }
-
-    static func isTerminal(_ v: JSONValue) -> Bool {
-        if case .string(let s)? = v["status"] { return s == "CONFIRMED" || s == "CANCELLED" }
-        return false
-    }
-
-    /// CONFIRMED, or the cancellation reason as `order.cancelled` names it.
-    static func outcome(_ v: JSONValue) -> String {
-        guard case .string(let status)? = v["status"] else { return "unknown" }
-        guard status == "CANCELLED" else { return status }
-        if case .string(let reason)? = v["reason"] {
-            return reason.hasPrefix("out of stock") ? "out_of_stock" : "payment_declined"
-        }
-        return "cancelled"
     }
 
     static func money(_ v: JSONValue?) -> String {

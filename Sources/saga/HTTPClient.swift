@@ -22,10 +22,12 @@ enum LocalHTTP {
 
     /// Sends a request; returns the status and the body (at most 4 MiB).
     static func send(
-        _ method: HTTPMethod, _ url: String, body: [UInt8]? = nil, timeout: Duration = .seconds(30)
+        _ method: HTTPMethod, _ url: String, body: [UInt8]? = nil, headers: [(String, String)] = [],
+        timeout: Duration = .seconds(30)
     ) async throws -> (status: Int, body: [UInt8]) {
         var request = HTTPClientRequest(url: url)
         request.method = method
+        for (name, value) in headers { request.headers.add(name: name, value: value) }
         if let body {
             request.body = .bytes(body)
             request.headers.add(name: "Content-Type", value: "application/json")

@@ -20,7 +20,7 @@ struct SagaCommand: AsyncParsableCommand {
         subcommands: [
             DevCommand.self, WorkerCommand.self, RelayCommand.self, BrokerCommand.self, MigrateCommand.self,
             TrackerCommand.self, InspectCommand.self, ReplayCommand.self, DemoCommand.self, BenchCommand.self,
-            HealthCommand.self, SchemasCommand.self,
+            HealthCommand.self, SchemasCommand.self, ChaosCommand.self,
         ])
 }
 
