@@ -1,7 +1,8 @@
 import SagaPostgres
 
-/// Thrown by ``SagaTracker/run()`` when the session holding its lock ended under it (it was frozen or cut off
-/// for longer than ``TrackerConfiguration/lockSessionIdleTimeout``): a standby may be active now.
+/// The session holding the tracker's lock ended under it (the database restarted, or the process was frozen or
+/// cut off for longer than ``TrackerConfiguration/lockSessionIdleTimeout``): a standby may be active now.
+/// ``SagaTracker/run()`` then stops recording and waits for the lock again.
 public struct TrackerLockLost: Error, Sendable, CustomStringConvertible {
     public var description: String { "the tracker lost the session holding its lock" }
 }

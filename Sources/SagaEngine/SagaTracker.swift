@@ -46,8 +46,9 @@ public struct TrackerStats: Sendable, Hashable {
 /// recomputed from its recorded events, so a redelivered batch changes nothing. One instance is active per
 /// read model (a session advisory lock); others wait as standbys. The lock's session ends at the server
 /// when the active instance stops running (see ``TrackerConfiguration/lockSessionIdleTimeout``), so a
-/// frozen instance hands over within seconds, and throws ``TrackerLockLost`` once it runs again. `rebuild` empties the read model and
-/// reads the log again from the beginning under a new consumer group.
+/// frozen instance hands over within seconds; once it runs again, or after the database restarted, it waits for
+/// the lock like a standby. `rebuild` empties the read model and reads the log again from the beginning under a
+/// new consumer group.
 public final class SagaTracker: Service, Sendable {
     public let configuration: TrackerConfiguration
     private let model: SagaModel
@@ -74,8 +75,32 @@ public final class SagaTracker: Service, Sendable {
         try await database.prepare(migrations: [], engine: TrackerMigrations.all, logger: logger)
     }
 
+    /// Runs until graceful shutdown or cancellation. When the session holding the lock ends under it (the
+    /// database restarted, or this process was frozen and a standby took over), it stops consuming and waits
+    /// for the lock again, as a standby would; database failures are retried with backoff.
     public func run() async throws {
         try await Self.prepare(configuration.database, logger: logger)
+        var attempt = 0
+        while !Task.isShuttingDownGracefully && !Task.isCancelled {
+            do {
+                try await runHoldingTheLock()
+                return
+            } catch let lost as TrackerLockLost {
+                attempt = 0
+                logger.warning("\(lost): waiting for the lock again")
+                try? await Task.sleep(for: configuration.retry.delay(attempt: 1))
+            } catch let error as PostgresError where error.isRetriable {
+                attempt += 1
+                logger.warning(
+                    "tracker session failed, starting again", metadata: ["error": "\(error)", "attempt": "\(attempt)"])
+                try? await Task.sleep(for: configuration.retry.delay(attempt: attempt))
+            }
+        }
+    }
+
+    /// Takes the lock (waiting while another tracker holds it), then records events until shutdown; throws
+    /// ``TrackerLockLost`` when the lock session ended under it.
+    private func runHoldingTheLock() async throws {
         var lockSession = configuration.database.configuration
         lockSession.idleSessionTimeout = configuration.lockSessionIdleTimeout
         let lock = try await PostgresConnection.connect(lockSession, logger: logger)
@@ -112,7 +137,7 @@ public final class SagaTracker: Service, Sendable {
             guard !batch.isEmpty else { continue }
             if heartbeat != nil && !lock.isHealthy {
                 // The server ended the lock session (this tracker was frozen or cut off): another may be active.
-                logger.error("the tracker lost its lock session: stopping")
+                logger.error("the tracker lost its lock session: it stops recording (another may be active)")
                 await consumer.close()
                 await pool.close()
                 throw TrackerLockLost()

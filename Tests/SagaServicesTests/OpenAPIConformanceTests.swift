@@ -168,6 +168,19 @@ enum OpenAPIDocument {
                 }
             }
 
+            // The session storing an order dies: 503 with what became of the order.
+            let (killed, killedBody) = try await OrdersOutcomeTests.postWhileTheSessionIsKilled(client, pool)
+            observed["POST /orders", default: []].insert(String(killed.code))
+            #expect(killed == .serviceUnavailable)
+            if case .string(let ref)? = operations["/orders"]?["POST"]?[String(killed.code)]?["content"]?[
+                "application/json"]?["schema"]?["$ref"]
+            {
+                let violations = try OpenAPIDocument.schema(ref, in: document).validate(killedBody)
+                #expect(violations.isEmpty, "POST /orders \(killed.code): \(violations) in \(killedBody)")
+            } else {
+                Issue.record("POST /orders \(killed.code): no application/json schema documented")
+            }
+
             // The database gone: the server's own failures, as documented.
             await pool.close()
             try await run(

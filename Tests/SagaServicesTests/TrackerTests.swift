@@ -107,6 +107,51 @@ import Testing
             stats.steps.contains { $0.from == "inventory.reserved" && $0.to == "payment.completed" && $0.count == 1 })
     }
 
+    /// The session holding the tracker's lock ends under it, as when PostgreSQL restarts: the tracker takes the
+    /// lock again and goes on recording (it used to stop for good, leaving the read model behind).
+    @Test func aTrackerWhoseLockSessionEndsTakesTheLockAgainAndGoesOn() async throws {
+        let stack = try await TestStack()
+        let (tracker, task) = try await tracker(stack)
+        let codec = EventCodec(upcasters: [], topics: stack.topics)
+        func created() throws -> (String, KafkaOutgoingMessage) {
+            let id = UUID().uuidString.lowercased()
+            let event = try OutgoingEvent(
+                OrderCreatedV2(
+                    orderId: id, customerId: "alice", total: Money(amount: 1, currency: "EUR"),
+                    lines: [.init(sku: "widget", quantity: 1, unitPrice: nil)]), sagaId: id, producer: "orders",
+                causedBy: nil)
+            return (id, try codec.encode(event))
+        }
+        let (inspector, pool) = inspector(stack)
+        let (first, firstMessage) = try created()
+        try await stack.produce([firstMessage])
+        try await stack.eventually("the first event recorded") { try await inspector.timeline(first) != nil }
+        let lock = "saga_tracker:" + stack.trackerDatabase.schema
+        let ended = try await stack.query(
+            "tracker",
+            """
+            SELECT pg_terminate_backend(l.pid) AS ended FROM pg_locks l
+            WHERE l.locktype = 'advisory' AND l.granted AND l.objid::int = hashtext($1) AND l.objsubid = 1
+            """, [lock])
+        let (second, secondMessage) = try created()
+        try await stack.produce([secondMessage])
+        let (third, thirdMessage) = try created()
+        try await Task.sleep(for: .milliseconds(500))
+        try await stack.produce([thirdMessage])
+        try await stack.eventually("the later events recorded", timeout: .seconds(60)) {
+            let seenSecond = try await inspector.timeline(second) != nil
+            let seenThird = try await inspector.timeline(third) != nil
+            return seenSecond && seenThird
+        }
+        let stillRunning = tracker.stats.events >= 3
+        task.cancel()
+        _ = await task.result
+        await pool.close()
+        await stack.stop()
+        #expect(ended.count == 1, "the lock session was not found")
+        #expect(stillRunning)
+    }
+
     @Test func aMessageTheDatabaseRefusesIsSkippedAndTheRestIsRecorded() async throws {
         let stack = try await TestStack()
         let (tracker, task) = try await tracker(stack)

@@ -9,6 +9,13 @@ public struct OrderBook: Sendable {
     /// The `order.created` version this service emits (1 or 2).
     public let emitVersion: Int
 
+    /// Fault injection for tests.
+    public enum Failpoint: Sendable, Hashable {
+        /// The order's statement commits, then its session breaks before the answer arrives.
+        case sessionLostAfterCommit
+    }
+    public var failpoint: Failpoint?
+
     public init(pool: PostgresPool, codec: EventCodec, emitVersion: Int) {
         self.pool = pool
         self.codec = codec
@@ -43,18 +50,23 @@ public struct OrderBook: Sendable {
         if let idempotencyKey { try OrderRequest.validate(idempotencyKey: idempotencyKey) }
         let skus = Array(Set(request.lines.map(\.sku)))
         // One row at least (the key's order, if any, and the keyed request's fingerprint), plus one per priced SKU.
-        let lookup = try await pool.query(
-            """
-            SELECT k.id AS existing, k.request_fingerprint AS existing_fingerprint,
-                encode(sha256(convert_to($5, 'UTF8')), 'hex') AS fingerprint, p.sku, p.unit_price
-            FROM (SELECT 1) AS one
-            LEFT JOIN orders k ON k.customer_id = $4 AND k.idempotency_key = $3
-            LEFT JOIN prices p ON p.currency = $1 AND p.sku = ANY($2::text[])
-            """,
-            [
-                request.currency, PostgresArray(skus), idempotencyKey, request.customerId,
-                idempotencyKey == nil ? nil : request.canonical,
-            ])
+        let lookup: [PostgresRow]
+        do {
+            lookup = try await pool.query(
+                """
+                SELECT k.id AS existing, k.request_fingerprint AS existing_fingerprint,
+                    encode(sha256(convert_to($5, 'UTF8')), 'hex') AS fingerprint, p.sku, p.unit_price
+                FROM (SELECT 1) AS one
+                LEFT JOIN orders k ON k.customer_id = $4 AND k.idempotency_key = $3
+                LEFT JOIN prices p ON p.currency = $1 AND p.sku = ANY($2::text[])
+                """,
+                [
+                    request.currency, PostgresArray(skus), idempotencyKey, request.customerId,
+                    idempotencyKey == nil ? nil : request.canonical,
+                ])
+        } catch let error as PostgresError where Self.sessionLost(error) {
+            throw OrderNotStored(reason: "\(error)")  // only read so far
+        }
         // Only a keyed request has (and needs) a fingerprint.
         let fingerprint = try lookup[0].decode("fingerprint", as: String?.self)
         if let existing = try lookup[0].decode("existing", as: UUID?.self) {
@@ -96,32 +108,47 @@ public struct OrderBook: Sendable {
             try Outbox.Row(event, codec: codec), firstParameter: 12, where: "EXISTS (SELECT 1 FROM placed)")
         // A concurrent request with the same key may have inserted it since the read above: then this statement
         // writes nothing (every member depends on `placed`) and the first order is the answer.
-        let inserted = try await pool.query(
-            """
-            WITH placed AS (
-                INSERT INTO orders (id, customer_id, currency, total_amount, status, idempotency_key,
-                    request_fingerprint)
-                VALUES ($1, $2, $3, $4, 'PENDING', $5, $11) ON CONFLICT (customer_id, idempotency_key) DO NOTHING
-                RETURNING id
-            ), lines AS (
-                INSERT INTO order_lines (order_id, line_no, sku, quantity, unit_price)
-                SELECT placed.id, line.n - 1, line.sku, line.quantity, line.unit_price
-                FROM placed, unnest($6::text[], $7::int[], $8::bigint[]) WITH ORDINALITY
-                    AS line (sku, quantity, unit_price, n)
-            ), history AS (
-                INSERT INTO order_history (order_id, status, event_type, event_id)
-                SELECT placed.id, 'PENDING', $9, $10 FROM placed
-            ), event AS (
-                \(outbox.sql)
-            )
-            SELECT count(*) AS n FROM placed
-            """,
-            [
-                id, request.customerId, request.currency, total, idempotencyKey,
-                PostgresArray(lines.map(\.sku)), PostgresArray(lines.map(\.quantity)),
-                PostgresArray(lines.map { $0.unitPrice?.amount ?? 0 }), event.envelope.type, event.envelope.id,
-                fingerprint,
-            ] + outbox.binds)
+        let inserted: [PostgresRow]
+        var backend: Int32?
+        do {
+            inserted = try await pool.withConnection { connection in
+                backend = connection.backendPID
+                let rows = try await connection.query(
+                    """
+                    WITH placed AS (
+                        INSERT INTO orders (id, customer_id, currency, total_amount, status, idempotency_key,
+                            request_fingerprint)
+                        VALUES ($1, $2, $3, $4, 'PENDING', $5, $11) ON CONFLICT (customer_id, idempotency_key) DO NOTHING
+                        RETURNING id
+                    ), lines AS (
+                        INSERT INTO order_lines (order_id, line_no, sku, quantity, unit_price)
+                        SELECT placed.id, line.n - 1, line.sku, line.quantity, line.unit_price
+                        FROM placed, unnest($6::text[], $7::int[], $8::bigint[]) WITH ORDINALITY
+                            AS line (sku, quantity, unit_price, n)
+                    ), history AS (
+                        INSERT INTO order_history (order_id, status, event_type, event_id)
+                        SELECT placed.id, 'PENDING', $9, $10 FROM placed
+                    ), event AS (
+                        \(outbox.sql)
+                    )
+                    SELECT count(*) AS n FROM placed
+                    """,
+                    [
+                        id, request.customerId, request.currency, total, idempotencyKey,
+                        PostgresArray(lines.map(\.sku)), PostgresArray(lines.map(\.quantity)),
+                        PostgresArray(lines.map { $0.unitPrice?.amount ?? 0 }), event.envelope.type, event.envelope.id,
+                        fingerprint,
+                    ] + outbox.binds)
+                if failpoint == .sessionLostAfterCommit {
+                    throw PostgresError(kind: .connection, message: "failpoint: the session was lost after the commit")
+                }
+                return rows
+            }
+        } catch let error as PostgresError where Self.sessionLost(error) {
+            // The statement is its own transaction: it committed or not, and the answer was lost. Find out which.
+            guard try await stored(id, lostSession: backend) else { throw OrderNotStored(reason: "\(error)") }
+            return Placed(orderId: id, created: true, event: event.envelope)
+        }
         if try inserted.first?.decode("n", as: Int.self) != 1, let idempotencyKey {
             let first = try await pool.query(
                 "SELECT id, request_fingerprint FROM orders WHERE customer_id = $1 AND idempotency_key = $2",
@@ -130,6 +157,40 @@ public struct OrderBook: Sendable {
             return Placed(orderId: try first[0].decode("id"), created: false)
         }
         return Placed(orderId: id, created: true, event: event.envelope)
+    }
+
+    /// The database session broke (or the database is unreachable), as opposed to a statement it refused.
+    static func sessionLost(_ error: PostgresError) -> Bool {
+        guard error.kind != .connection else { return true }
+        guard let state = error.sqlState else { return false }
+        return state.hasPrefix("08") || state.hasPrefix("57P")
+    }
+
+    /// Whether order `id` was stored, after the session that inserted it broke. The lost session may still be
+    /// running on the server (a network failure, not a crash), so it is ended first: then what the order table
+    /// shows is final. Tries for a few seconds; throws ``OrderOutcomeUnknown`` when the database stays
+    /// unreachable.
+    private func stored(_ id: UUID, lostSession backend: Int32?) async throws -> Bool {
+        var lastError: any Error = OrderOutcomeUnknown(orderId: id, reason: "not checked")
+        for attempt in 1...4 {
+            do {
+                return try await pool.withConnection { c in
+                    if let backend {
+                        _ = try await c.query("SELECT pg_terminate_backend($1)", [backend])
+                        for _ in 0..<100 {
+                            let alive = try await c.query("SELECT 1 FROM pg_stat_activity WHERE pid = $1", [backend])
+                            if alive.isEmpty { break }
+                            try await Task.sleep(for: .milliseconds(20))
+                        }
+                    }
+                    return !(try await c.query("SELECT 1 FROM orders WHERE id = $1", [id])).isEmpty
+                }
+            } catch {
+                lastError = error
+                try await Task.sleep(for: .milliseconds(250 * attempt))
+            }
+        }
+        throw OrderOutcomeUnknown(orderId: id, reason: "\(lastError)")
     }
 
     /// A key's order answers a retry only when the retry is the same request. Orders placed before fingerprints

@@ -1,3 +1,4 @@
+import Foundation
 import SagaEngine
 
 /// A `POST /orders` body, validated: `{"customerId": "...", "currency": "EUR", "lines": [{"sku": "...", "quantity": 2}]}`.
@@ -131,5 +132,24 @@ public struct IdempotencyKeyConflict: Error, Sendable, Hashable, CustomStringCon
     public init() {}
     public var description: String {
         "Idempotency-Key: already used by this customer for a different request; use a new key for a new request"
+    }
+}
+
+/// The database failed before the order was stored (it is unreachable, or the session broke and the order is
+/// not there): nothing was written, so placing the order again is safe.
+public struct OrderNotStored: Error, Sendable, CustomStringConvertible {
+    public var reason: String
+    public var description: String { "the order was not stored: the database is unavailable (\(reason))" }
+}
+
+/// The session that stored the order broke before the commit's answer arrived, and the database stayed out of
+/// reach, so whether `orderId` exists is not known. `GET /orders/{orderId}` tells once the database is back
+/// (404: not stored); a retry must carry the same `Idempotency-Key`, or it may place the order twice.
+public struct OrderOutcomeUnknown: Error, Sendable, CustomStringConvertible {
+    public var orderId: UUID
+    public var reason: String
+    public var description: String {
+        "the outcome of order \(orderId.uuidString.lowercased()) is unknown: the database connection broke while it "
+            + "was being stored (\(reason))"
     }
 }

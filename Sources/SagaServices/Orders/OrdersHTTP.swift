@@ -96,6 +96,15 @@ public enum OrdersHTTP {
                 throw Refusal(.badRequest, error.reason)
             } catch let error as IdempotencyKeyConflict {
                 throw Refusal(.unprocessableContent, error.description)
+            } catch let error as OrderNotStored {
+                throw Refusal(
+                    .serviceUnavailable, error.description, headers: [.retryAfter: "1"],
+                    body: ["error": .string(error.description), "outcome": .string("not_stored")])
+            } catch let error as OrderOutcomeUnknown {
+                let id = error.orderId.uuidString.lowercased()
+                throw Refusal(
+                    .serviceUnavailable, error.description, headers: [.location: "/orders/\(id)"],
+                    body: ["error": .string(error.description), "outcome": .string("unknown"), "orderId": .string(id)])
             }
         }
         router.get("/orders/:id") { _, context -> Response in
