@@ -123,16 +123,6 @@ import Testing
     @Test func aFrozenTrackerLosesItsLockAndAStandbyTakesOver() async throws {
         let stack = try await TestStack()
         try await SagaTracker.prepare(stack.trackerDatabase, logger: stack.logger)
-        let codec = EventCodec(upcasters: [], topics: stack.topics)
-        func created() throws -> (String, KafkaOutgoingMessage) {
-            let id = UUID().uuidString.lowercased()
-            let event = try OutgoingEvent(
-                OrderCreatedV2(
-                    orderId: id, customerId: "alice", total: Money(amount: 1, currency: "EUR"),
-                    lines: [.init(sku: "widget", quantity: 1, unitPrice: nil)]), sagaId: id, producer: "orders",
-                causedBy: nil)
-            return (id, try codec.encode(event))
-        }
         func recorded(_ saga: String) async throws -> Bool {
             try await !stack.query("tracker", "SELECT 1 FROM tracker_events WHERE saga_id = $1", [saga]).isEmpty
         }
@@ -151,7 +141,7 @@ import Testing
         var takeover: Duration? = nil
         var batchesBeforeFreeze = -1
         do {
-            let (first, firstMessage) = try created()
+            let (first, firstMessage) = try stack.orderCreated()
             try await stack.produce([firstMessage])
             try await stack.eventually("the tracker process recorded the first event", timeout: .seconds(60)) {
                 try await recorded(first)
@@ -161,7 +151,7 @@ import Testing
             batchesBeforeFreeze = standby.stats.batches
             kill(tracker.process.processIdentifier, SIGSTOP)
             let frozen = ContinuousClock.now
-            let (second, secondMessage) = try created()
+            let (second, secondMessage) = try stack.orderCreated()
             try await stack.produce([secondMessage])
             try await stack.eventually("the standby recorded the event", timeout: .seconds(60)) {
                 try await recorded(second)

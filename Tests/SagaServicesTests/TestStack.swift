@@ -186,6 +186,20 @@ final class TestStack: @unchecked Sendable {
     }
 
     /// Produces raw messages straight to the broker (to inject duplicates and poison events).
+    /// An `order.created` of a new saga (its id is the order id unless `sagaId` is given), encoded for this
+    /// stack's topics: for tests that feed the tracker or a worker directly.
+    func orderCreated(customer: String = "alice", sagaId: String? = nil) throws -> (
+        sagaId: String, message: KafkaOutgoingMessage
+    ) {
+        let id = UUID().uuidString.lowercased()
+        let event = try OutgoingEvent(
+            OrderCreatedV2(
+                orderId: id, customerId: customer, total: Money(amount: 1, currency: "EUR"),
+                lines: [.init(sku: "widget", quantity: 1, unitPrice: nil)]), sagaId: sagaId ?? id, producer: "orders",
+            causedBy: nil)
+        return (sagaId ?? id, try EventCodec(upcasters: [], topics: topics).encode(event))
+    }
+
     func produce(_ messages: [KafkaOutgoingMessage]) async throws {
         let producer = try KafkaProducer(configuration: kafka.producer(clientId: "test"), logger: logger)
         for r in await producer.send(messages) { _ = try r.get() }

@@ -112,18 +112,8 @@ import Testing
     @Test func aTrackerWhoseLockSessionEndsTakesTheLockAgainAndGoesOn() async throws {
         let stack = try await TestStack()
         let (tracker, task) = try await tracker(stack)
-        let codec = EventCodec(upcasters: [], topics: stack.topics)
-        func created() throws -> (String, KafkaOutgoingMessage) {
-            let id = UUID().uuidString.lowercased()
-            let event = try OutgoingEvent(
-                OrderCreatedV2(
-                    orderId: id, customerId: "alice", total: Money(amount: 1, currency: "EUR"),
-                    lines: [.init(sku: "widget", quantity: 1, unitPrice: nil)]), sagaId: id, producer: "orders",
-                causedBy: nil)
-            return (id, try codec.encode(event))
-        }
         let (inspector, pool) = inspector(stack)
-        let (first, firstMessage) = try created()
+        let (first, firstMessage) = try stack.orderCreated()
         try await stack.produce([firstMessage])
         try await stack.eventually("the first event recorded") { try await inspector.timeline(first) != nil }
         let lock = "saga_tracker:" + stack.trackerDatabase.schema
@@ -133,9 +123,9 @@ import Testing
             SELECT pg_terminate_backend(l.pid) AS ended FROM pg_locks l
             WHERE l.locktype = 'advisory' AND l.granted AND l.objid::int = hashtext($1) AND l.objsubid = 1
             """, [lock])
-        let (second, secondMessage) = try created()
+        let (second, secondMessage) = try stack.orderCreated()
         try await stack.produce([secondMessage])
-        let (third, thirdMessage) = try created()
+        let (third, thirdMessage) = try stack.orderCreated()
         try await Task.sleep(for: .milliseconds(500))
         try await stack.produce([thirdMessage])
         try await stack.eventually("the later events recorded", timeout: .seconds(60)) {
@@ -155,19 +145,10 @@ import Testing
     @Test func aMessageTheDatabaseRefusesIsSkippedAndTheRestIsRecorded() async throws {
         let stack = try await TestStack()
         let (tracker, task) = try await tracker(stack)
-        func created(_ customer: String) throws -> (String, KafkaOutgoingMessage) {
-            let id = UUID().uuidString.lowercased()
-            let event = try OutgoingEvent(
-                OrderCreatedV2(
-                    orderId: id, customerId: customer, total: Money(amount: 1, currency: "EUR"),
-                    lines: [.init(sku: "widget", quantity: 1, unitPrice: nil)]), sagaId: id, producer: "orders",
-                causedBy: nil)
-            return (id, try EventCodec(upcasters: [], topics: stack.topics).encode(event))
-        }
         // jsonb cannot hold \u0000: recording this one fails with a data error, on every attempt.
-        let (a, first) = try created("alice")
-        let (_, poisoned) = try created("ali\u{0}ce")
-        let (c, last) = try created("carol")
+        let (a, first) = try stack.orderCreated(customer: "alice")
+        let (_, poisoned) = try stack.orderCreated(customer: "ali\u{0}ce")
+        let (c, last) = try stack.orderCreated(customer: "carol")
         try await stack.produce([first, poisoned, last])
         let (inspector, pool) = inspector(stack)
         try await stack.eventually("both good events recorded") {
@@ -188,20 +169,11 @@ import Testing
         let (tracker, task) = try await tracker(stack)
         let alphabet = Array("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
         let huge = String((0..<5000).map { _ in alphabet.randomElement()! })
-        func created(sagaId: String) throws -> KafkaOutgoingMessage {
-            let event = try OutgoingEvent(
-                OrderCreatedV2(
-                    orderId: UUID().uuidString.lowercased(), customerId: "alice",
-                    total: Money(amount: 1, currency: "EUR"), lines: [.init(sku: "widget", quantity: 1, unitPrice: nil)]
-                ),
-                sagaId: sagaId, producer: "orders", causedBy: nil)
-            return try EventCodec(upcasters: [], topics: stack.topics).encode(event)
-        }
         // An event whose saga id is too large for the read model's saga index, and a dead letter of a
         // non-event whose ~5 KB key is its only saga id (as a worker writes it), then a good event.
         let good = UUID().uuidString.lowercased()
         try await stack.produce([
-            try created(sagaId: huge),
+            try stack.orderCreated(sagaId: huge).message,
             KafkaOutgoingMessage(
                 topic: stack.topics.deadLetterTopic(consumer: "inventory"), key: Array(huge.utf8) + [0],
                 value: Array("{not json".utf8),
@@ -209,7 +181,7 @@ import Testing
                     KafkaHeader(key: SagaHeader.deadLetterReason, string: "not JSON"),
                     KafkaHeader(key: SagaHeader.deadLetterConsumer, string: "inventory"),
                 ]),
-            try created(sagaId: good),
+            try stack.orderCreated(sagaId: good).message,
         ])
         let (inspector, pool) = inspector(stack)
         var recorded = false
