@@ -207,7 +207,10 @@ public final class OutboxRelay: Service, Sendable {
                 &holds, wait: holds.stragglers.count >= configuration.maxStragglers,
                 on: connection)
             if holds.stragglers.count >= configuration.maxStragglers {
+                // As many batches in flight as allowed: send no more until one settles. The lock session is used
+                // meanwhile, so that the server does not end it as idle (`lockSessionIdleTimeout`).
                 prefetched = nil
+                try await connection.execute("SELECT 1")
                 continue
             }
             holds.expire()
