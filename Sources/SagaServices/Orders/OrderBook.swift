@@ -145,6 +145,8 @@ public struct OrderBook: Sendable {
                 return rows
             }
         } catch let error as PostgresError where Self.sessionLost(error) {
+            // No session was had: nothing was sent.
+            guard let backend else { throw OrderNotStored(reason: "\(error)") }
             // The statement is its own transaction: it committed or not, and the answer was lost. Find out which.
             guard try await stored(id, lostSession: backend) else { throw OrderNotStored(reason: "\(error)") }
             return Placed(orderId: id, created: true, event: event.envelope)
@@ -170,18 +172,21 @@ public struct OrderBook: Sendable {
     /// running on the server (a network failure, not a crash), so it is ended first: then what the order table
     /// shows is final. Tries for a few seconds; throws ``OrderOutcomeUnknown`` when the database stays
     /// unreachable.
-    private func stored(_ id: UUID, lostSession backend: Int32?) async throws -> Bool {
+    private func stored(_ id: UUID, lostSession backend: Int32) async throws -> Bool {
         var lastError: any Error = OrderOutcomeUnknown(orderId: id, reason: "not checked")
         for attempt in 1...4 {
             do {
                 return try await pool.withConnection { c in
-                    if let backend {
-                        _ = try await c.query("SELECT pg_terminate_backend($1)", [backend])
-                        for _ in 0..<100 {
-                            let alive = try await c.query("SELECT 1 FROM pg_stat_activity WHERE pid = $1", [backend])
-                            if alive.isEmpty { break }
-                            try await Task.sleep(for: .milliseconds(20))
+                    // Only a session of this user on this database (after a server restart the pid may be
+                    // another process's).
+                    let session = "pid = $1 AND usename = current_user AND datname = current_database()"
+                    _ = try await c.query(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE \(session)", [backend])
+                    for _ in 0..<100 {
+                        if try await c.query("SELECT 1 FROM pg_stat_activity WHERE \(session)", [backend]).isEmpty {
+                            break
                         }
+                        try await Task.sleep(for: .milliseconds(20))
                     }
                     return !(try await c.query("SELECT 1 FROM orders WHERE id = $1", [id])).isEmpty
                 }
