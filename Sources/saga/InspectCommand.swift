@@ -10,7 +10,9 @@ struct InspectCommand: AsyncParsableCommand {
         discussion: """
             Views of the tracker's read model (`saga tracker`; `saga dev` runs one):
               SAGA_ID    the saga's timeline across services: time between steps,
-                         compensations, dead letters, and the order's status
+                         compensations, dead letters, the order's status, and its
+                         rows still in the services' outboxes (pending, parked by
+                         the broker, or held behind a parked row)
               --stuck    sagas unfinished after --older-than, with the step each
                          one waits on
               --stats    counts by outcome and latency percentiles per step
