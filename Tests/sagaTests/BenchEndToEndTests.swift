@@ -17,32 +17,14 @@ import Testing
         var logger = Logger(label: "test")
         logger.logLevel = .warning
         let prefix = KafkaTestBroker.uniqueName("tb") + "."
-        let cluster = try KafkaMockCluster(brokers: 1, logger: logger)
-        for topic in sagaTopics(TopicNaming(prefix: prefix)) { try cluster.createTopic(topic, partitions: 2) }
-        let env = try SagaEnvironment.load(
-            [
-                "SAGA_DATABASE_URL": PostgresTestDatabase.url, "SAGA_KAFKA_BOOTSTRAP": cluster.bootstrapServers,
-                "SAGA_TOPIC_PREFIX": prefix, "SAGA_HTTP_PORT": "0",
-            ], devFile: nil, brokerFile: nil)
-        let stack = Stack(env: env, logger: logger)
-        try await stack.migrate()
-        let port = Mutex<Int?>(nil)
-        var services: [any Service] = []
-        for s in Stack.services { services.append(try stack.relay(s)) }
-        for s in Stack.services { services.append(try stack.worker(s)) }
-        let (http, pool) = stack.ordersHTTP(port: 0) { p in port.withLock { $0 = p } }
-        services.append(http)
-        let group = ServiceGroup(
-            configuration: .init(
-                services: services.map { .init(service: $0) }, gracefulShutdownSignals: [], logger: logger))
-        let running = Task { try await group.run() }
+        let running = try await InProcessStack(prefix: prefix, tracker: false, logger: logger)
+        let env = running.env
         let customer = "bench-test"
         let watch = try await SagaWatch.start(kafka: try env.kafka(), topics: env.topics, logger: logger)
         let watching = Task { try await watch.run() }
         do {
             try await BenchSagasCommand.seed(env: env, customer: customer, logger: logger)
-            while port.withLock({ $0 }) == nil { try await Task.sleep(for: .milliseconds(10)) }
-            let client = OrdersClient(base: "http://127.0.0.1:\(port.withLock { $0 }!)")
+            let client = OrdersClient(base: running.base)
 
             // Five sagas this run did not place end first (an earlier run draining, say).
             let producer = try KafkaProducer(configuration: try env.kafka().producer(clientId: "test"), logger: logger)
@@ -86,10 +68,6 @@ import Testing
         watching.cancel()
         _ = try? await watching.value
         await watch.close()
-        await group.triggerGracefulShutdown()
-        _ = try? await running.value
-        await pool.close()
-        for s in Stack.services { try? await PostgresTestDatabase.dropSchema(env.database(s).schema) }
-        cluster.shutdown()
+        await running.stop()
     }
 }

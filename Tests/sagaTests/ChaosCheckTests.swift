@@ -18,33 +18,14 @@ import Testing
         var logger = Logger(label: "test")
         logger.logLevel = .critical
         let prefix = KafkaTestBroker.uniqueName("cc") + "."
-        let cluster = try KafkaMockCluster(brokers: 1, logger: logger)
-        for topic in sagaTopics(TopicNaming(prefix: prefix)) { try cluster.createTopic(topic, partitions: 2) }
-        let env = try SagaEnvironment.load(
-            [
-                "SAGA_DATABASE_URL": PostgresTestDatabase.url, "SAGA_KAFKA_BOOTSTRAP": cluster.bootstrapServers,
-                "SAGA_TOPIC_PREFIX": prefix, "SAGA_HTTP_PORT": "0",
-            ], devFile: nil, brokerFile: nil)
-        let stack = Stack(env: env, logger: logger)
-        try await stack.migrate()
-        try await stack.seed(ChaosPlan.catalogue)
-        let port = Mutex<Int?>(nil)
-        var services: [any Service] = []
-        for s in Stack.services { services.append(try stack.relay(s)) }
-        for s in Stack.services { services.append(try stack.worker(s)) }
-        services.append(try stack.tracker())
-        let (http, httpPool) = stack.ordersHTTP(port: 0) { p in port.withLock { $0 = p } }
-        services.append(http)
-        let group = ServiceGroup(
-            configuration: .init(
-                services: services.map { .init(service: $0) }, gracefulShutdownSignals: [], logger: logger))
-        let running = Task { try await group.run() }
+        let running = try await InProcessStack(
+            prefix: prefix, tracker: true, logger: logger, prepare: { try await $0.seed(ChaosPlan.catalogue) })
+        let env = running.env
         let pools = (Stack.services + ["tracker"]).map {
             PostgresPool(configuration: env.database($0).configuration, size: 1, logger: logger)
         }
         do {
-            while port.withLock({ $0 }) == nil { try await Task.sleep(for: .milliseconds(10)) }
-            let client = ChaosClient(base: "http://127.0.0.1:\(port.withLock { $0 }!)")
+            let client = ChaosClient(base: running.base)
             var entries: [ChaosLedger] = []
             for i in 0..<20 {
                 let o = ChaosPlan.order(i)
@@ -148,12 +129,8 @@ import Testing
         } catch {
             Issue.record(error)
         }
-        await group.triggerGracefulShutdown()
-        _ = try? await running.value
-        await httpPool.close()
         for p in pools { await p.close() }
-        for s in Stack.services + ["tracker"] { try? await PostgresTestDatabase.dropSchema(env.database(s).schema) }
-        cluster.shutdown()
+        await running.stop()
     }
 
     private func soldConfirmed(_ entries: [ChaosLedger]) -> Int {
