@@ -47,7 +47,7 @@ let package = Package(
         .target(name: "JSONSchema", swiftSettings: strict),
         .target(name: "SagaSchemas", dependencies: ["JSONSchema"], swiftSettings: strict),
 
-        // Envelope, schemas, outbox, inbox, worker runtime, relay.
+        // The runtime: envelope, codec, schemas, outbox, inbox, worker, relay, participant definition.
         .target(
             name: "SagaEngine",
             dependencies: [
@@ -55,6 +55,16 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Tracing", package: "swift-distributed-tracing"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: strict),
+
+        // The operator tools over the runtime: the saga tracker and its read model, the inspector, the replayer.
+        .target(
+            name: "SagaOperations",
+            dependencies: [
+                "SagaEngine", "SagaKafka", "SagaPostgres", "JSONSchema",
+                .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             swiftSettings: strict),
@@ -77,7 +87,7 @@ let package = Package(
         .executableTarget(
             name: "saga",
             dependencies: [
-                "SagaServices", "SagaEngine", "SagaKafka", "SagaPostgres",
+                "SagaServices", "SagaEngine", "SagaOperations", "SagaKafka", "SagaPostgres",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
@@ -113,7 +123,7 @@ let package = Package(
         .testTarget(
             name: "sagaTests",
             dependencies: [
-                "saga", "SagaServices", "SagaEngine", "SagaKafka", "SagaTestSupport", "SagaSchemas",
+                "saga", "SagaServices", "SagaEngine", "SagaOperations", "SagaKafka", "SagaTestSupport", "SagaSchemas",
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
@@ -122,7 +132,7 @@ let package = Package(
         .testTarget(
             name: "SagaServicesTests",
             dependencies: [
-                "SagaServices", "SagaEngine", "SagaTestSupport",
+                "SagaServices", "SagaEngine", "SagaOperations", "SagaTestSupport",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdCore", package: "hummingbird"),
                 .product(name: "HummingbirdTesting", package: "hummingbird"),

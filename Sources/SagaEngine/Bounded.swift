@@ -10,7 +10,7 @@ import SagaKafka
 /// - Reasons and header values are cut at a character boundary and end in a marker saying how many bytes
 ///   were cut; past ``headerCount`` headers the rest are dropped and counted in one more header.
 /// - The message's key and value travel unchanged in the dead letter: a redrive needs them as they were.
-enum Bounded {
+package enum Bounded {
     /// Longest saga id written, in UTF-8 bytes (the envelope schema's `maxLength` is 200 characters).
     static let sagaIdBytes = 200
     static let reasonBytes = 2000
@@ -28,7 +28,7 @@ enum Bounded {
 
     /// A saga id for a row: `id` without NULs, or, when longer than ``sagaIdBytes``, its start and a hash of
     /// the whole of it.
-    static func sagaId(_ id: String) -> String {
+    package static func sagaId(_ id: String) -> String {
         let clean = withoutNUL(id)
         guard clean.utf8.count > sagaIdBytes else { return clean }
         let hash = String(fnv1a64(id.utf8), radix: 16)

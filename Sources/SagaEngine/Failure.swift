@@ -2,7 +2,7 @@ import SagaPostgres
 
 /// Whose fault a failure of a batch (or of one of its events) is: that decides between dead-lettering the
 /// event and retrying the batch.
-enum Failure: Equatable {
+package enum Failure: Equatable {
     /// The event's, for certain: dead-letter it now. Undecodable or invalid events, a ``HandlerRejection``,
     /// an invalid emitted event, any other error a handler throws, and the data errors PostgreSQL reports:
     /// SQLSTATE class 22 (data exception, e.g. a NUL in text), 23 (integrity constraint violation) and
@@ -18,7 +18,7 @@ enum Failure: Equatable {
     /// error (`signature`) is dead-lettered after ``WorkerConfiguration/deadLetterAfterAttempts`` attempts.
     case undecided(signature: String, reason: String)
 
-    init(_ error: any Error) {
+    package init(_ error: any Error) {
         switch error {
         case let e as EventDecodingError: self = .eventFault(reason: e.reason)
         case let e as HandlerRejection: self = .eventFault(reason: "rejected: \(e.reason)")
@@ -29,7 +29,7 @@ enum Failure: Equatable {
         }
     }
 
-    init(_ error: PostgresError) {
+    package init(_ error: PostgresError) {
         if error.isRetriable || error.kind == .closed {
             self = .transient
             return

@@ -30,7 +30,7 @@ public struct ServiceDatabase: Sendable {
     }
 
     /// Creates the schema and applies `engine` then `migrations`.
-    func prepare(migrations: [PostgresMigration], engine: [PostgresMigration], logger: Logger) async throws {
+    package func prepare(migrations: [PostgresMigration], engine: [PostgresMigration], logger: Logger) async throws {
         // Migrations may take long and wait for locks: the service's timeouts are not theirs.
         let pool = PostgresPool(
             configuration: PostgresConfiguration(url: url, searchPath: schema), size: 1, logger: logger)

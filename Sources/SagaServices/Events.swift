@@ -248,24 +248,8 @@ public let sagaEmittedEvents: [EmittedEvent] = [
     EmittedEvent(OrdersService.name, OrderConfirmed.self), EmittedEvent(OrdersService.name, OrderCancelled.self),
 ]
 
-/// A service as the runtime needs it: name (= schema, consumer group), tables, handlers.
-public struct SagaServiceDefinition: Sendable {
-    public var name: String
-    public var migrations: [PostgresMigration]
-    public var upcasters: [Upcaster] = sagaUpcasters
-    public var handlers: [EventHandler]
-    public init(
-        name: String, migrations: [PostgresMigration], upcasters: [Upcaster] = sagaUpcasters, handlers: [EventHandler]
-    ) {
-        self.name = name
-        self.migrations = migrations
-        self.upcasters = upcasters
-        self.handlers = handlers
-    }
-}
-
 /// The three services, in flow order: what each consumes is its handlers' types and versions.
-public var sagaServiceDefinitions: [SagaServiceDefinition] {
+public var sagaServiceDefinitions: [ParticipantDefinition] {
     [OrdersService.definition(), InventoryService.definition(), BillingService.definition()]
 }
 

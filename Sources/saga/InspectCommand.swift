@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import SagaEngine
+import SagaOperations
 import SagaServices
 
 struct InspectCommand: AsyncParsableCommand {

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import SagaEngine
+import SagaOperations
 
 struct ReplayCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(

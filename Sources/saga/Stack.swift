@@ -3,6 +3,7 @@ import Hummingbird
 import Logging
 import NIOCore
 import SagaEngine
+import SagaOperations
 import SagaServices
 import ServiceLifecycle
 
@@ -13,7 +14,7 @@ struct Stack: Sendable {
 
     static let services = ["orders", "inventory", "billing"]
 
-    static func definition(_ name: String) throws(ConfigurationError) -> SagaServiceDefinition {
+    static func definition(_ name: String) throws(ConfigurationError) -> ParticipantDefinition {
         switch name {
         case OrdersService.name: return OrdersService.definition()
         case InventoryService.name: return InventoryService.definition()

@@ -1,6 +1,7 @@
 import Foundation
 import SagaEngine
 import SagaKafka
+import SagaOperations
 import SagaServices
 import SagaTestSupport
 import Testing

@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import SagaEngine
 import SagaKafka
+import SagaOperations
 import SagaServices
 import SagaTestSupport
 import Testing

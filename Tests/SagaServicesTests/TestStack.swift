@@ -53,7 +53,7 @@ final class TestStack: @unchecked Sendable {
         try await withPools { o, i, b in try await DemoCatalogue.standard.seed(orders: o, inventory: i, billing: b) }
     }
 
-    static func definition(_ name: String) throws -> SagaServiceDefinition {
+    static func definition(_ name: String) throws -> ParticipantDefinition {
         switch name {
         case "orders": return OrdersService.definition()
         case "inventory": return InventoryService.definition()

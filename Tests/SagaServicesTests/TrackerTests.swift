@@ -4,6 +4,7 @@ import SagaServices
 import Testing
 
 @testable import SagaEngine
+@testable import SagaOperations
 
 /// The saga tracker and its read model, on real workers, relays and broker.
 @Suite(.serialized) struct TrackerTests {

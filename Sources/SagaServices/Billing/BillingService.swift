@@ -30,8 +30,9 @@ public enum BillingService {
                 """)
     ]
 
-    public static func definition() -> SagaServiceDefinition {
-        SagaServiceDefinition(name: name, migrations: migrations, handlers: handler.eventHandlers)
+    public static func definition() -> ParticipantDefinition {
+        ParticipantDefinition(
+            name: name, migrations: migrations, upcasters: sagaUpcasters, handlers: handler.eventHandlers)
     }
 
     /// Billing's handler: it takes a whole batch of `inventory.reserved` events at once.

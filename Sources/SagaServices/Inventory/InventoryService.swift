@@ -38,8 +38,9 @@ public enum InventoryService {
                 """)
     ]
 
-    public static func definition() -> SagaServiceDefinition {
-        SagaServiceDefinition(name: name, migrations: migrations, handlers: handler.eventHandlers)
+    public static func definition() -> ParticipantDefinition {
+        ParticipantDefinition(
+            name: name, migrations: migrations, upcasters: sagaUpcasters, handlers: handler.eventHandlers)
     }
 
     /// Inventory's handler: it takes a whole batch of `order.created`, `payment.failed` and

@@ -65,8 +65,9 @@ public enum OrdersService {
                 """),
     ]
 
-    public static func definition() -> SagaServiceDefinition {
-        SagaServiceDefinition(name: name, migrations: migrations, handlers: handler.eventHandlers)
+    public static func definition() -> ParticipantDefinition {
+        ParticipantDefinition(
+            name: name, migrations: migrations, upcasters: sagaUpcasters, handlers: handler.eventHandlers)
     }
 
     /// Orders' handler: it takes a whole batch of `payment.completed`, `inventory.rejected` and

@@ -1,4 +1,5 @@
 import Foundation
+import SagaEngine
 import SagaKafka
 
 /// Which messages of a topic (or of the dead-letter topics) a replay or redrive takes.

@@ -1,3 +1,4 @@
+import SagaEngine
 import SagaPostgres
 
 /// The tracker's read model, in a schema of its own.

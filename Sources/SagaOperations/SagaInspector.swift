@@ -1,5 +1,6 @@
 import Foundation
 import JSONSchema
+import SagaEngine
 import SagaPostgres
 
 /// Reads the tracker's read model: one saga's timeline, stuck sagas, counts and latencies.

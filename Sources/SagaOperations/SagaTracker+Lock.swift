@@ -1,3 +1,4 @@
+import SagaEngine
 import SagaPostgres
 
 /// The session holding the tracker's lock ended under it (the database restarted, or the process was frozen or

@@ -1,4 +1,5 @@
 import Foundation
+import SagaEngine
 import SagaKafka
 
 /// Why a replay, redrive or group reset did not run (nothing was sent or committed), or stopped.

@@ -1,4 +1,5 @@
 import Foundation
+import SagaEngine
 import SagaKafka
 
 /// Where a group reset moves a group's committed offsets.

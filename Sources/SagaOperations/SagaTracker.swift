@@ -1,6 +1,7 @@
 import Foundation
 import JSONSchema
 import Logging
+import SagaEngine
 import SagaKafka
 import SagaPostgres
 import ServiceLifecycle

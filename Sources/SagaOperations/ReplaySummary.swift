@@ -1,4 +1,5 @@
 import Foundation
+import SagaEngine
 
 /// One selected message: where it is, what it is, and where it goes.
 public struct ReplayedMessage: Sendable, Hashable, Codable {

@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import SagaEngine
 import SagaKafka
 import Synchronization
 
