@@ -7,7 +7,15 @@ let package = Package(
     name: "saga",
     platforms: [.macOS(.v14)],
     products: [
-        .executable(name: "saga", targets: ["saga"])
+        .library(name: "SagaKafka", targets: ["SagaKafka"]),
+        .library(name: "SagaPostgres", targets: ["SagaPostgres"]),
+        .library(name: "JSONSchema", targets: ["JSONSchema"]),
+        .library(name: "SagaEngine", targets: ["SagaEngine"]),
+        .library(name: "SagaOperations", targets: ["SagaOperations"]),
+        .library(name: "SagaDaemon", targets: ["SagaDaemon"]),
+        .library(name: "SagaServices", targets: ["SagaServices"]),
+        .library(name: "SagaTestSupport", targets: ["SagaTestSupport"]),
+        .executable(name: "saga", targets: ["saga"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -69,6 +77,22 @@ let package = Package(
             ],
             swiftSettings: strict),
 
+        // The daemon kit: configuration from the environment, logging, metrics, tracing, health and the ops
+        // server, graceful lifecycle, and ParticipantDaemon (a participant's main in one call).
+        .target(
+            name: "SagaDaemon",
+            dependencies: [
+                "SagaEngine", "SagaKafka",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "Tracing", package: "swift-distributed-tracing"),
+                .product(name: "OTel", package: "swift-otel"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+            ],
+            swiftSettings: strict),
+
         // Domain logic only: orders, inventory, billing.
         .target(
             name: "SagaServices",
@@ -87,17 +111,13 @@ let package = Package(
         .executableTarget(
             name: "saga",
             dependencies: [
-                "SagaServices", "SagaEngine", "SagaOperations", "SagaKafka", "SagaPostgres",
+                "SagaServices", "SagaEngine", "SagaOperations", "SagaDaemon", "SagaKafka", "SagaPostgres",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
-                .product(name: "Metrics", package: "swift-metrics"),
-                .product(name: "Prometheus", package: "swift-prometheus"),
-                .product(name: "Tracing", package: "swift-distributed-tracing"),
-                .product(name: "OTel", package: "swift-otel"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
             ],
             swiftSettings: strict),
@@ -123,10 +143,19 @@ let package = Package(
         .testTarget(
             name: "sagaTests",
             dependencies: [
-                "saga", "SagaServices", "SagaEngine", "SagaOperations", "SagaKafka", "SagaTestSupport", "SagaSchemas",
+                "saga", "SagaServices", "SagaEngine", "SagaOperations", "SagaDaemon", "SagaKafka", "SagaTestSupport",
+                "SagaSchemas",
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
+            ],
+            swiftSettings: strict),
+        .testTarget(
+            name: "SagaDaemonTests",
+            dependencies: [
+                "SagaDaemon", "SagaServices", "SagaKafka", "SagaTestSupport",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             swiftSettings: strict),
         .testTarget(

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Logging
+import SagaDaemon
 import SagaEngine
 import SagaKafka
 import SagaServices

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Logging
+import SagaDaemon
 import SagaEngine
 import SagaKafka
 import SagaServices
@@ -20,8 +21,7 @@ struct DevCommand: AsyncParsableCommand {
     @Option(help: "Partitions of each saga topic on the embedded broker.") var partitions: Int32 = 8
 
     func run() async throws {
-        try LogSetup.bootstrap()
-        OpsServer.bootstrapMetrics()
+        try Daemon.bootstrap()
         var configured: SagaEnvironment
         configured = try SagaEnvironment.load(devFile: nil, brokerFile: nil)
         let logger = Logger(label: "saga.dev")
@@ -70,7 +70,7 @@ struct DevCommand: AsyncParsableCommand {
                     """)
             }
             services.append(http)
-            try await Stack.run(services, logger: logger)
+            try await Daemon.run(services, logger: logger)
             await pool.close()
         } catch {
             try? FileManager.default.removeItem(atPath: DevStackFile.path)

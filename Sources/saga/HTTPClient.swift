@@ -2,6 +2,7 @@ import AsyncHTTPClient
 import Foundation
 import NIOCore
 import NIOHTTP1
+import SagaDaemon
 import SagaEngine
 
 /// Plain HTTP on loopback for the tools (the demo, the benchmark, `saga health`), through AsyncHTTPClient:

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import SagaDaemon
 import SagaEngine
 import SagaOperations
 import SagaServices

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Logging
+import SagaDaemon
 import SagaEngine
 import ServiceLifecycle
 
@@ -24,32 +25,27 @@ struct SagaCommand: AsyncParsableCommand {
         ])
 }
 
-/// Shared start-up of every subcommand: logging and configuration, with clear errors for bad values.
+/// Shared start-up of every subcommand, over the daemon kit: logging, metrics and configuration, with clear
+/// errors for bad values.
 struct Runtime {
     let env: SagaEnvironment
-    let logger: Logger
-    /// The span exporter when tracing is configured (daemons only).
-    let tracing: (any Service)?
+    let daemon: Daemon
+
+    var logger: Logger { daemon.logger }
 
     /// - Parameter tracing: the OTel service name, for daemons that export spans when an OTLP endpoint is set.
     static func start(_ label: String, tracing serviceName: String? = nil) throws -> Runtime {
-        try LogSetup.bootstrap()
-        OpsServer.bootstrapMetrics()
+        try Daemon.bootstrap()
         let env = try SagaEnvironment.load()
-        let logger = Logger(label: label)
-        for name in SagaEnvironment.unknownVariables() {
-            logger.warning("unknown variable ignored (misspelt?)", metadata: ["variable": .string(name)])
-        }
-        let tracing = try serviceName.flatMap { name throws(ConfigurationError) in
-            try Telemetry.bootstrapTracing(serviceName: name, logger: logger)
-        }
-        return Runtime(env: env, logger: logger, tracing: tracing)
+        let daemon = try Daemon(
+            environment: env.daemon, label: label, tracing: serviceName, knownVariables: SagaEnvironment.knownVariables)
+        return Runtime(env: env, daemon: daemon)
     }
 
     var stack: Stack { Stack(env: env, logger: logger) }
 
     /// Runs the daemon's services (and the span exporter, which stops last) until SIGTERM/SIGINT.
     func run(_ services: [any Service]) async throws {
-        try await Stack.run((tracing.map { [$0] } ?? []) + services, logger: logger)
+        try await daemon.run(services)
     }
 }

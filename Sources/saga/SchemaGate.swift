@@ -1,4 +1,5 @@
 import Foundation
+import SagaDaemon
 import SagaEngine
 import SagaSchemas
 import SagaServices

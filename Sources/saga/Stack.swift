@@ -2,12 +2,14 @@ import Foundation
 import Hummingbird
 import Logging
 import NIOCore
+import SagaDaemon
 import SagaEngine
 import SagaOperations
 import SagaServices
 import ServiceLifecycle
 
-/// Builds the daemons of the saga from the environment: workers, relays and the orders HTTP API.
+/// Builds the daemons of the saga from the environment, over the daemon kit (`SagaDaemon`): workers, relays,
+/// the tracker, the ops servers and the orders HTTP API.
 struct Stack: Sendable {
     let env: SagaEnvironment
     let logger: Logger
@@ -25,22 +27,12 @@ struct Stack: Sendable {
     }
 
     func worker(_ name: String) throws(ConfigurationError) -> Worker {
-        let definition = try Self.definition(name)
-        var configuration = WorkerConfiguration(
-            name: name, kafka: try env.kafka(), database: env.database(name), topics: env.topics)
-        configuration.batchSize = env.workerBatchSize
-        configuration.inboxRetention = env.inboxRetention
-        return Worker(
-            configuration: configuration, handlers: definition.handlers, upcasters: definition.upcasters,
-            migrations: definition.migrations, logger: logger)
+        try env.daemon.worker(try Self.definition(name), logger: logger)
     }
 
     func relay(_ name: String) throws(ConfigurationError) -> OutboxRelay {
         _ = try Self.definition(name)
-        var configuration = RelayConfiguration(name: name, kafka: try env.kafka(), database: env.database(name))
-        configuration.batchSize = env.relayBatchSize
-        configuration.maxShards = env.relayMaxShards
-        return OutboxRelay(configuration: configuration, logger: logger)
+        return try env.daemon.relay(name, logger: logger)
     }
 
     func tracker(rebuild: Bool = false) throws(ConfigurationError) -> SagaTracker {
@@ -52,18 +44,14 @@ struct Stack: Sendable {
 
     /// Health (the databases of `names`: services or "tracker", and the broker) and metrics over HTTP.
     func ops(_ names: [String]) throws(ConfigurationError) -> OpsServer {
-        var checks = names.map { HealthMonitor.Check.database($0, env.database($0), logger: logger) }
-        checks.append(.broker(try env.kafka(), timeout: env.healthTimeout, logger: logger))
-        let monitor = HealthMonitor(
-            checks: checks, interval: env.healthInterval, timeout: env.healthTimeout, logger: logger)
-        return OpsServer(host: env.httpHost, port: env.opsPort, health: monitor, logger: logger)
+        try env.daemon.ops(names, logger: logger)
     }
 
     /// Applies every service's migrations (engine tables + the service's own).
     func migrate(_ names: [String] = Stack.services) async throws {
-        for name in names {
-            try await env.database(name).prepare(migrations: try Self.definition(name).migrations, logger: logger)
-        }
+        var definitions: [ParticipantDefinition] = []
+        for name in names { definitions.append(try Self.definition(name)) }
+        try await env.daemon.migrate(definitions, logger: logger)
     }
 
     /// Seeds the demo catalogue into the three databases.
@@ -96,20 +84,5 @@ struct Stack: Sendable {
             onServerRunning: { channel in await onRunning(channel.localAddress?.port ?? port) },
             logger: logger)
         return (app, pool)
-    }
-
-    /// Runs `services` until SIGTERM/SIGINT; they stop in reverse order (list relays first so they
-    /// publish what the workers wrote before they stop).
-    static func run(_ services: [any Service], logger: Logger) async throws {
-        let group = ServiceGroup(
-            configuration: .init(
-                services: services.map {
-                    .init(
-                        service: $0, successTerminationBehavior: .gracefullyShutdownGroup,
-                        failureTerminationBehavior: .gracefullyShutdownGroup)
-                },
-                gracefulShutdownSignals: [.sigterm, .sigint],
-                logger: logger))
-        try await group.run()
     }
 }

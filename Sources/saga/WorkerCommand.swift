@@ -1,4 +1,5 @@
 import ArgumentParser
+import SagaDaemon
 import SagaEngine
 import ServiceLifecycle
 
@@ -24,21 +25,19 @@ struct WorkerCommand: AsyncParsableCommand {
 
     func run() async throws {
         let runtime = try Runtime.start("saga.worker.\(service)", tracing: "saga-\(service)")
-        let stack = runtime.stack
-        let worker: Worker
-        worker = try stack.worker(service)
-        var services: [any Service] = [worker, try stack.ops([service])]
+        // The same kit as any participant's own daemon, with the worker only (`saga relay` relays).
+        let participant = ParticipantDaemon(try Stack.definition(service), roles: .worker)
+        var alongside: [any Service] = []
         var pool: PostgresPool?
         if service == "orders" {
-            try await stack.migrate(["orders"])
-            let (http, p) = stack.ordersHTTP(port: runtime.env.httpPort) { port in
+            let (http, p) = runtime.stack.ordersHTTP(port: runtime.env.httpPort) { port in
                 runtime.logger.info(
                     "orders HTTP API listening", metadata: ["address": "\(runtime.env.httpHost):\(port)"])
             }
-            services.append(http)
+            alongside.append(http)
             pool = p
         }
-        try await runtime.run(services)
+        try await participant.run(on: runtime.daemon, alongside: alongside)
         await pool?.close()
     }
 }

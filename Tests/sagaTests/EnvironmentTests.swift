@@ -1,3 +1,4 @@
+import SagaDaemon
 import Testing
 
 @testable import saga

@@ -10,27 +10,40 @@ import Synchronization
 /// The checks run in the background every `interval`, each bounded by `timeout`, so `/health/ready` answers
 /// at once from the last results (a probe never waits on a hung dependency) and `saga_ready{check}` shows
 /// the same thing in the metrics. Not ready until every check has passed once.
-final class HealthMonitor: Service, Sendable {
+public final class HealthMonitor: Service, Sendable {
     /// A named check: nil when healthy, else what is wrong.
-    struct Check: Sendable {
-        var name: String
-        var run: @Sendable () async -> String?
+    public struct Check: Sendable {
+        /// How the check appears in `/health/ready` and in `saga_ready{check}`, e.g. `database:orders`.
+        public var name: String
+        /// Runs the check once: nil when healthy, else what is wrong.
+        public var run: @Sendable () async -> String?
+
+        public init(name: String, run: @escaping @Sendable () async -> String?) {
+            self.name = name
+            self.run = run
+        }
     }
 
-    struct Report: Sendable {
-        var ready: Bool
+    /// The last results.
+    public struct Report: Sendable {
+        /// Every check passed its last run.
+        public var ready: Bool
         /// Check name → "ok" or the problem ("not checked yet" before its first run).
-        var checks: [String: String]
+        public var checks: [String: String]
     }
 
-    let checks: [Check]
-    let interval: Duration
-    let timeout: Duration
+    /// What it checks.
+    public let checks: [Check]
+    /// How often the checks run.
+    public let interval: Duration
+    /// How long one check may take before it counts as failed.
+    public let timeout: Duration
     private let logger: Logger
     private let results: Mutex<[String: String]>
     private let gauges: [String: Gauge]
 
-    init(checks: [Check], interval: Duration, timeout: Duration, logger: Logger) {
+    /// A monitor of `checks`, run every `interval`, each bounded by `timeout`; nothing runs before ``run()``.
+    public init(checks: [Check], interval: Duration, timeout: Duration, logger: Logger) {
         self.checks = checks
         self.interval = interval
         self.timeout = timeout
@@ -41,12 +54,14 @@ final class HealthMonitor: Service, Sendable {
         )
     }
 
-    var report: Report {
+    /// The last results, at once.
+    public var report: Report {
         let checks = results.withLock { $0 }
         return Report(ready: checks.values.allSatisfy { $0 == "ok" }, checks: checks)
     }
 
-    func run() async throws {
+    /// Runs the checks every ``interval`` until graceful shutdown or cancellation.
+    public func run() async throws {
         while !Task.isShuttingDownGracefully && !Task.isCancelled {
             await checkOnce()
             try? await Task.sleep(for: interval)
@@ -54,7 +69,7 @@ final class HealthMonitor: Service, Sendable {
     }
 
     /// Runs every check once, concurrently, and records the results (logging each change).
-    func checkOnce() async {
+    public func checkOnce() async {
         let timeout = self.timeout
         await withTaskGroup(of: (String, String).self) { group in
             for check in checks {
@@ -104,13 +119,13 @@ final class HealthMonitor: Service, Sendable {
 extension HealthMonitor.Check {
     /// The database answers `SELECT 1`. Keeps one connection open between checks and opens a new one after
     /// a failure, so a database that went away and came back is seen as both.
-    static func database(_ name: String, _ database: ServiceDatabase, logger: Logger) -> Self {
+    public static func database(_ name: String, _ database: ServiceDatabase, logger: Logger) -> Self {
         let probe = DatabaseProbe(database: database, logger: logger)
         return Self(name: "database:\(name)") { await probe.check() }
     }
 
     /// A broker answers a metadata request.
-    static func broker(_ settings: KafkaSettings, timeout: Duration, logger: Logger) -> Self {
+    public static func broker(_ settings: KafkaSettings, timeout: Duration, logger: Logger) -> Self {
         let admin = Mutex<KafkaAdmin?>(nil)
         // The daemon's own clients already log connection failures; the check reports through its result.
         var quiet = logger

@@ -3,17 +3,20 @@ import Logging
 import SagaEngine
 
 /// One JSON object per line on stderr: time, level, logger, message and metadata. For daemons in containers.
-struct JSONLogHandler: LogHandler {
-    var label: String
-    var logLevel: Logger.Level = .info
-    var metadata: Logger.Metadata = [:]
+public struct JSONLogHandler: LogHandler {
+    /// The logger's label, written as `logger`.
+    public var label: String
+    public var logLevel: Logger.Level = .info
+    public var metadata: Logger.Metadata = [:]
 
-    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+    public init(label: String) { self.label = label }
+
+    public subscript(metadataKey key: String) -> Logger.Metadata.Value? {
         get { metadata[key] }
         set { metadata[key] = newValue }
     }
 
-    func log(event: LogEvent) {
+    public func log(event: LogEvent) {
         var object: [String: JSONValue] = [
             "time": .string(Timestamp.format(Date())), "level": .string(event.level.rawValue),
             "logger": .string(label), "message": .string(event.message.description),
@@ -36,9 +39,11 @@ struct JSONLogHandler: LogHandler {
     }
 }
 
-enum LogSetup {
+/// Logging of a daemon process.
+public enum LogSetup {
     /// Sets up logging once per process from `SAGA_LOG_FORMAT` (json|text, default json) and `SAGA_LOG_LEVEL`.
-    static func bootstrap() throws(ConfigurationError) {
+    /// - Throws: ``ConfigurationError`` naming the variable when its value is not understood.
+    public static func bootstrap() throws(ConfigurationError) {
         let env = ProcessInfo.processInfo.environment
         let levelName = env["SAGA_LOG_LEVEL"] ?? "info"
         guard let level = Logger.Level(rawValue: levelName) else {

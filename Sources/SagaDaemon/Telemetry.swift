@@ -7,14 +7,14 @@ import Tracing
 /// Distributed tracing for the daemons: off unless an OTLP endpoint is configured, then spans are exported
 /// over OTLP/HTTP by swift-otel (the standard OTEL_* variables apply: OTEL_SERVICE_NAME,
 /// OTEL_EXPORTER_OTLP_HEADERS, OTEL_TRACES_SAMPLER, ...). Trace context travels in every event either way.
-enum Telemetry {
+public enum Telemetry {
     /// The variables that turn the exporter on.
-    static let endpointVariables = ["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"]
+    public static let endpointVariables = ["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"]
 
     /// Bootstraps the tracer when configured and returns the service that exports its spans (run it first in
     /// the daemon's service group, so it stops last and flushes what the others traced); nil when off.
     /// - Throws: `ConfigurationError` naming the variable when the OTLP settings are unusable.
-    static func bootstrapTracing(
+    public static func bootstrapTracing(
         serviceName: String, logger: Logger, env: [String: String] = ProcessInfo.processInfo.environment
     )
         throws(ConfigurationError) -> (any Service)?

@@ -13,20 +13,32 @@ import ServiceLifecycle
 /// - `GET /metrics`: Prometheus text format.
 ///
 /// It is auxiliary: when its port cannot be bound, it logs an error and the daemon keeps running.
-struct OpsServer: Service {
-    static let registry = PrometheusCollectorRegistry()
+public struct OpsServer: Service {
+    /// The registry every metric of the process goes to (after ``bootstrapMetrics()``), served at `/metrics`.
+    public static let registry = PrometheusCollectorRegistry()
 
     /// Routes swift-metrics to the Prometheus registry; once per process, before any metric is created.
-    static func bootstrapMetrics() {
+    public static func bootstrapMetrics() {
         MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
     }
 
-    let host: String
-    let port: Int
-    let health: HealthMonitor
-    let logger: Logger
+    /// The address it binds.
+    public let host: String
+    public let port: Int
+    /// The readiness checks it runs and reports.
+    public let health: HealthMonitor
+    public let logger: Logger
 
-    func run() async throws {
+    /// A server on `host:port` (0 for any free port) reporting `health`.
+    public init(host: String, port: Int, health: HealthMonitor, logger: Logger) {
+        self.host = host
+        self.port = port
+        self.health = health
+        self.logger = logger
+    }
+
+    /// Serves until graceful shutdown; runs the health checks meanwhile.
+    public func run() async throws {
         let router = Router()
         let health = self.health
         router.get("/health/live") { _, _ -> Response in

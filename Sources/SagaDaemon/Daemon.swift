@@ -1,0 +1,138 @@
+import Foundation
+import Logging
+import SagaEngine
+import ServiceLifecycle
+
+/// A daemon process: its configuration, its logger, its span exporter, and how it runs its services.
+///
+/// Start-up is ``bootstrap()`` once per process, then a `Daemon` from the loaded ``DaemonEnvironment``;
+/// ``worker(_:)``, ``relay(_:)`` and ``ops(_:)`` build the runtime's services from it, and ``run(_:)`` runs
+/// them until SIGTERM or SIGINT. ``ParticipantDaemon`` does all of it in one call.
+public struct Daemon: Sendable {
+    /// The configuration the services are built from.
+    public let environment: DaemonEnvironment
+    /// The daemon's logger (its label names the process, e.g. `saga.worker.orders`).
+    public let logger: Logger
+    /// The span exporter when an OTLP endpoint is configured (see ``Telemetry``), else nil. ``run(_:)`` runs
+    /// it first, so it stops last and flushes what the other services traced.
+    public let tracing: (any Service)?
+
+    /// Once per process, before any logger or metric is made: logging as `SAGA_LOG_FORMAT` (json or text,
+    /// default json) and `SAGA_LOG_LEVEL` (default info) say, and swift-metrics into the Prometheus registry
+    /// that the ops server's `/metrics` serves.
+    /// - Throws: ``ConfigurationError`` naming the variable when a logging setting is not understood.
+    public static func bootstrap() throws(ConfigurationError) {
+        try LogSetup.bootstrap()
+        OpsServer.bootstrapMetrics()
+    }
+
+    /// A daemon over `environment`. Logs a warning for every SAGA_* variable set in `variables` that is not in
+    /// `knownVariables` (most likely misspelt), and starts tracing when `tracing` names the service and an
+    /// OTLP endpoint is configured.
+    /// - Parameters:
+    ///   - label: the logger's label.
+    ///   - tracing: the OpenTelemetry service name (e.g. `saga-orders`), or nil for a process that exports no
+    ///     spans.
+    ///   - knownVariables: every SAGA_* variable the process reads.
+    /// - Throws: ``ConfigurationError`` naming the variable when the OTLP settings are unusable.
+    public init(
+        environment: DaemonEnvironment, label: String, tracing serviceName: String? = nil,
+        knownVariables: Set<String>, variables: [String: String] = ProcessInfo.processInfo.environment
+    ) throws(ConfigurationError) {
+        let logger = Logger(label: label)
+        for name in DaemonEnvironment.unknownVariables(variables, known: knownVariables) {
+            logger.warning("unknown variable ignored (misspelt?)", metadata: ["variable": .string(name)])
+        }
+        self.environment = environment
+        self.logger = logger
+        self.tracing = try serviceName.flatMap { name throws(ConfigurationError) in
+            try Telemetry.bootstrapTracing(serviceName: name, logger: logger, env: variables)
+        }
+    }
+
+    /// Applies each participant's migrations (the engine's tables, then its own) in its schema.
+    /// - Throws: `PostgresError` when a database is unreachable or a migration fails.
+    public func migrate(_ definitions: [ParticipantDefinition]) async throws {
+        try await environment.migrate(definitions, logger: logger)
+    }
+
+    /// The participant's worker. - Throws: ``ConfigurationError`` when no Kafka broker is configured.
+    public func worker(_ definition: ParticipantDefinition) throws(ConfigurationError) -> Worker {
+        try environment.worker(definition, logger: logger)
+    }
+
+    /// The relay of the outbox of participant `name`. - Throws: ``ConfigurationError`` when no Kafka broker is
+    /// configured.
+    public func relay(_ name: String) throws(ConfigurationError) -> OutboxRelay {
+        try environment.relay(name, logger: logger)
+    }
+
+    /// The ops server (health, readiness, metrics) checking the databases of `names` (participants, or
+    /// "tracker") and the broker. - Throws: ``ConfigurationError`` when no Kafka broker is configured.
+    public func ops(_ names: [String]) throws(ConfigurationError) -> OpsServer {
+        try environment.ops(names, logger: logger)
+    }
+
+    /// Runs `services` (after the span exporter, when tracing is on) until SIGTERM or SIGINT, or until one
+    /// of them ends. - Throws: the first error a service throws.
+    public func run(_ services: [any Service]) async throws {
+        try await Self.run((tracing.map { [$0] } ?? []) + services, logger: logger)
+    }
+
+    /// Runs `services` in one service group until SIGTERM or SIGINT, or until one of them ends or fails:
+    /// then every service shuts down gracefully, in reverse order (list a relay before the worker whose
+    /// outbox it publishes, so it stops after it and publishes what the worker committed).
+    /// - Throws: the first error a service throws.
+    public static func run(_ services: [any Service], logger: Logger) async throws {
+        let group = ServiceGroup(
+            configuration: .init(
+                services: services.map {
+                    .init(
+                        service: $0, successTerminationBehavior: .gracefullyShutdownGroup,
+                        failureTerminationBehavior: .gracefullyShutdownGroup)
+                },
+                gracefulShutdownSignals: [.sigterm, .sigint],
+                logger: logger))
+        try await group.run()
+    }
+}
+
+extension DaemonEnvironment {
+    /// The participant's worker, configured from this environment (batch size, inbox retention, topics).
+    /// - Throws: ``ConfigurationError`` when no Kafka broker is configured.
+    public func worker(_ definition: ParticipantDefinition, logger: Logger) throws(ConfigurationError) -> Worker {
+        var configuration = WorkerConfiguration(
+            name: definition.name, kafka: try kafka(), database: database(definition.name), topics: topics)
+        configuration.batchSize = workerBatchSize
+        configuration.inboxRetention = inboxRetention
+        return Worker(
+            configuration: configuration, handlers: definition.handlers, upcasters: definition.upcasters,
+            migrations: definition.migrations, logger: logger)
+    }
+
+    /// The relay of participant `name`'s outbox, configured from this environment (batch size, shards).
+    /// - Throws: ``ConfigurationError`` when no Kafka broker is configured.
+    public func relay(_ name: String, logger: Logger) throws(ConfigurationError) -> OutboxRelay {
+        var configuration = RelayConfiguration(name: name, kafka: try kafka(), database: database(name))
+        configuration.batchSize = relayBatchSize
+        configuration.maxShards = relayMaxShards
+        return OutboxRelay(configuration: configuration, logger: logger)
+    }
+
+    /// Health (the databases of `names`: participants or "tracker", and the broker) and metrics over HTTP
+    /// on `SAGA_HTTP_HOST:SAGA_OPS_PORT`. - Throws: ``ConfigurationError`` when no Kafka broker is configured.
+    public func ops(_ names: [String], logger: Logger) throws(ConfigurationError) -> OpsServer {
+        var checks = names.map { HealthMonitor.Check.database($0, database($0), logger: logger) }
+        checks.append(.broker(try kafka(), timeout: healthTimeout, logger: logger))
+        let monitor = HealthMonitor(checks: checks, interval: healthInterval, timeout: healthTimeout, logger: logger)
+        return OpsServer(host: httpHost, port: opsPort, health: monitor, logger: logger)
+    }
+
+    /// Applies each participant's migrations (the engine's tables, then its own) in its schema.
+    /// - Throws: `PostgresError` when a database is unreachable or a migration fails.
+    public func migrate(_ definitions: [ParticipantDefinition], logger: Logger) async throws {
+        for definition in definitions {
+            try await database(definition.name).prepare(migrations: definition.migrations, logger: logger)
+        }
+    }
+}

@@ -1,0 +1,311 @@
+import Foundation
+import SagaEngine
+
+/// A daemon's configuration from the environment, with the local stack (`.saga/dev.json`, `.saga/broker`) as the
+/// fallback. Every variable is listed in the README with its default; a bad value is a ``ConfigurationError``
+/// naming the variable.
+public struct DaemonEnvironment: Sendable {
+    /// The Kafka bootstrap servers (`SAGA_KAFKA_BOOTSTRAP`, else the local stack's); nil when none is known.
+    public var kafkaBootstrap: String?
+    /// Extra librdkafka properties (`SAGA_KAFKA_PROPERTIES`).
+    public var kafkaProperties: [String: String]
+    /// The database of every participant without one of its own (`SAGA_DATABASE_URL`).
+    public var databaseURL: String
+    /// A participant's (or the tracker's) own database, by name (`SAGA_<NAME>_DATABASE_URL`).
+    public var serviceDatabaseURLs: [String: String]
+    /// The prefix of every topic name and schema name (`SAGA_TOPIC_PREFIX`).
+    public var topicPrefix: String
+    /// The address the HTTP servers bind (`SAGA_HTTP_HOST`).
+    public var httpHost: String
+    /// The ops server's port: health, readiness, metrics (`SAGA_OPS_PORT`).
+    public var opsPort: Int
+    /// Most events a worker handles in one transaction (`SAGA_WORKER_BATCH_SIZE`).
+    public var workerBatchSize: Int
+    /// Most outbox rows a relay publishes in one batch (`SAGA_RELAY_BATCH_SIZE`).
+    public var relayBatchSize: Int
+    /// Most outbox shards one relay instance takes (`SAGA_RELAY_MAX_SHARDS`).
+    public var relayMaxShards: Int
+    /// How long a worker keeps inbox rows (`SAGA_INBOX_RETENTION`).
+    public var inboxRetention: Duration
+    /// librdkafka's `fetch.wait.max.ms` (`SAGA_KAFKA_FETCH_WAIT_MAX_MS`).
+    public var fetchWaitMaxMs: Int
+    /// How often the readiness checks run (`SAGA_HEALTH_INTERVAL`).
+    public var healthInterval: Duration
+    /// How long one readiness check may take (`SAGA_HEALTH_TIMEOUT`).
+    public var healthTimeout: Duration
+    /// `statement_timeout` of every daemon's database sessions (`SAGA_STATEMENT_TIMEOUT`); nil keeps the server's.
+    public var statementTimeout: Duration? = nil
+    /// `lock_timeout` of every daemon's database sessions (`SAGA_LOCK_TIMEOUT`); nil keeps the server's.
+    public var lockTimeout: Duration? = nil
+
+    /// The database when neither `SAGA_DATABASE_URL` nor the local stack names one: the checkout's local server.
+    public static let defaultDatabaseURL = "postgresql://postgres@127.0.0.1:55432/saga"
+
+    /// `fetch.wait.max.ms` against the embedded broker: each hop of a saga waits up to this long for its fetch.
+    /// 2 ms keeps a lone saga's hops near the broker's own round trip (10 ms made them ~3× slower) for ~10 % of a
+    /// core while idle (1 ms: ~30 %), measured with `saga dev` on the 2-core VM.
+    public static let embeddedFetchWaitMaxMs = 2
+
+    /// Where `saga broker` writes its bootstrap servers by default (it removes the file when it stops).
+    public static let brokerFilePath = ".saga/broker"
+
+    /// Reads the environment.
+    /// - Parameters:
+    ///   - databases: the participants (or "tracker") whose own `SAGA_<NAME>_DATABASE_URL` to read.
+    ///   - devFile: the local stack `saga dev` runs, if any: its broker and database are the fallback.
+    ///   - brokerFile: the bootstrap servers of a running `saga broker`, if any: the fallback broker.
+    /// - Throws: ``ConfigurationError`` naming the variable and what is wrong with it.
+    public static func load(
+        _ env: [String: String] = ProcessInfo.processInfo.environment, databases: [String],
+        devFile: DevStackFile? = DevStackFile.read(), brokerFile: String? = DaemonEnvironment.readBrokerFile()
+    ) throws(ConfigurationError) -> DaemonEnvironment {
+        func int(_ name: String, _ fallback: Int, _ range: ClosedRange<Int>) throws(ConfigurationError) -> Int {
+            try integer(name, in: env, default: fallback, range)
+        }
+        func duration(_ name: String, _ fallback: Duration, positive: Bool = false) throws(ConfigurationError)
+            -> Duration
+        {
+            guard let raw = env[name], !raw.isEmpty else { return fallback }
+            guard let d = DurationParser.parse(raw), !positive || d > .zero else {
+                throw ConfigurationError("\(name)='\(raw)': expected a duration such as 90s, 15m, 2h or 7d")
+            }
+            return d
+        }
+        var urls: [String: String] = [:]
+        for service in databases {
+            let name = databaseVariable(service)
+            if let u = env[name], !u.isEmpty { urls[service] = try databaseURL(name, u) }
+        }
+        if let raw = env["SAGA_DATABASE_URL"], !raw.isEmpty { _ = try databaseURL("SAGA_DATABASE_URL", raw) }
+        if let raw = env["SAGA_KAFKA_BOOTSTRAP"], !raw.isEmpty { try checkBootstrap(raw) }
+        if let prefix = env["SAGA_TOPIC_PREFIX"],
+            !prefix.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || "._-".contains($0)) })
+        {
+            throw ConfigurationError(
+                "SAGA_TOPIC_PREFIX='\(prefix)': Kafka topic names allow only ASCII letters, digits, '.', '_' and '-'")
+        }
+        let bootstrap = env["SAGA_KAFKA_BOOTSTRAP"].flatMap { $0.isEmpty ? nil : $0 }
+        // The embedded broker (librdkafka's mock cluster) answers an empty fetch only after fetch.wait.max.ms, even
+        // when data arrives meanwhile; Kafka answers as soon as data arrives, so there a longer wait costs nothing.
+        let embedded =
+            env["SAGA_KAFKA_EMBEDDED"] == "1"
+            || (bootstrap == nil && (devFile.map { $0.kafkaEmbedded == true } ?? (brokerFile != nil)))
+        /// A timeout: unset or 0 (`0s`) for none.
+        func timeout(_ name: String) throws(ConfigurationError) -> Duration? {
+            let d = try duration(name, .zero)
+            return d > .zero ? d : nil
+        }
+        var loaded = DaemonEnvironment(
+            kafkaBootstrap: bootstrap ?? devFile?.kafkaBootstrap ?? brokerFile,
+            kafkaProperties: try parseProperties(env["SAGA_KAFKA_PROPERTIES"] ?? ""),
+            databaseURL: env["SAGA_DATABASE_URL"].flatMap { $0.isEmpty ? nil : $0 } ?? devFile?.databaseURL
+                ?? defaultDatabaseURL,
+            serviceDatabaseURLs: urls,
+            topicPrefix: env["SAGA_TOPIC_PREFIX"] ?? "",
+            httpHost: env["SAGA_HTTP_HOST"].flatMap { $0.isEmpty ? nil : $0 } ?? "127.0.0.1",
+            opsPort: try int("SAGA_OPS_PORT", 9090, 0...65535),
+            workerBatchSize: try int("SAGA_WORKER_BATCH_SIZE", 200, 1...10_000),
+            relayBatchSize: try int("SAGA_RELAY_BATCH_SIZE", 500, 1...10_000),
+            relayMaxShards: try int(
+                "SAGA_RELAY_MAX_SHARDS", EngineMigrations.shardCount, 1...EngineMigrations.shardCount),
+            inboxRetention: try duration("SAGA_INBOX_RETENTION", .seconds(7 * 86400)),
+            fetchWaitMaxMs: try int(
+                "SAGA_KAFKA_FETCH_WAIT_MAX_MS", embedded ? embeddedFetchWaitMaxMs : 10, 1...10_000),
+            healthInterval: try duration("SAGA_HEALTH_INTERVAL", .seconds(2), positive: true),
+            healthTimeout: try duration("SAGA_HEALTH_TIMEOUT", .seconds(2), positive: true))
+        loaded.statementTimeout = try timeout("SAGA_STATEMENT_TIMEOUT")
+        loaded.lockTimeout = try timeout("SAGA_LOCK_TIMEOUT")
+        return loaded
+    }
+
+    /// The whole number in variable `name` of `env`, `fallback` when it is unset or empty.
+    /// - Throws: ``ConfigurationError`` naming `name` when it is not a whole number in `range`.
+    public static func integer(
+        _ name: String, in env: [String: String], default fallback: Int, _ range: ClosedRange<Int>
+    ) throws(ConfigurationError) -> Int {
+        guard let raw = env[name], !raw.isEmpty else { return fallback }
+        guard let v = Int(raw), range.contains(v) else {
+            throw ConfigurationError(
+                "\(name)='\(raw)': expected a whole number in \(range.lowerBound)...\(range.upperBound)")
+        }
+        return v
+    }
+
+    /// The variable naming the own database of participant `name`: `SAGA_<NAME>_DATABASE_URL`, upper-cased,
+    /// with every character other than a letter or digit as `_`.
+    public static func databaseVariable(_ name: String) -> String {
+        "SAGA_\(String(name.uppercased().map { $0.isASCII && ($0.isLetter || $0.isNumber) ? $0 : "_" }))_DATABASE_URL"
+    }
+
+    /// `raw` when it is a PostgreSQL URL (libpq checks the rest when it connects: several hosts, a Unix
+    /// socket directory, parameters). - Throws: naming `name`; the value is not printed, as it may hold a
+    /// password in a form that cannot be masked.
+    public static func databaseURL(_ name: String, _ raw: String) throws(ConfigurationError) -> String {
+        guard raw.hasPrefix("postgresql://") || raw.hasPrefix("postgres://") else {
+            throw ConfigurationError(
+                "\(name): expected a URL such as postgresql://user:password@host:5432/database "
+                    + "(it does not start with postgresql://)")
+        }
+        return raw
+    }
+
+    /// Checks `host[:port][,host[:port]...]` (librdkafka's default port is 9092). - Throws: naming
+    /// SAGA_KAFKA_BOOTSTRAP.
+    public static func checkBootstrap(_ raw: String) throws(ConfigurationError) {
+        let entries = raw.split(separator: ",").map {
+            $0.trimmingCharacters(in: .whitespaces).replacingOccurrences(of: "PLAINTEXT://", with: "")
+                .replacingOccurrences(of: "SSL://", with: "")
+        }.filter { !$0.isEmpty }
+        for entry in entries {
+            let hostAndPort =
+                entry.hasPrefix("[") ? String(entry[(entry.firstIndex(of: "]") ?? entry.startIndex)...]) : entry
+            let portText = hostAndPort.contains(":") ? hostAndPort.split(separator: ":").last.map(String.init) : "9092"
+            guard !entry.hasPrefix(":"), let portText, let port = Int(portText), (1...65535).contains(port) else {
+                throw ConfigurationError(
+                    "SAGA_KAFKA_BOOTSTRAP='\(raw)': expected host[:port][,host[:port]...], e.g. kafka:9092")
+            }
+        }
+        if entries.isEmpty {
+            throw ConfigurationError("SAGA_KAFKA_BOOTSTRAP='\(raw)': expected host[:port][,host[:port]...]")
+        }
+    }
+
+    /// Every SAGA_* variable ``load(_:databases:devFile:brokerFile:)`` and the daemon's logging read, with the
+    /// own databases of `databases`.
+    public static func knownVariables(databases: [String]) -> Set<String> {
+        Set(databases.map(databaseVariable)).union([
+            "SAGA_KAFKA_BOOTSTRAP", "SAGA_KAFKA_PROPERTIES", "SAGA_KAFKA_FETCH_WAIT_MAX_MS", "SAGA_KAFKA_EMBEDDED",
+            "SAGA_DATABASE_URL", "SAGA_TOPIC_PREFIX", "SAGA_HTTP_HOST", "SAGA_OPS_PORT", "SAGA_WORKER_BATCH_SIZE",
+            "SAGA_RELAY_BATCH_SIZE", "SAGA_RELAY_MAX_SHARDS", "SAGA_INBOX_RETENTION", "SAGA_LOG_FORMAT",
+            "SAGA_LOG_LEVEL", "SAGA_HEALTH_INTERVAL", "SAGA_HEALTH_TIMEOUT", "SAGA_STATEMENT_TIMEOUT",
+            "SAGA_LOCK_TIMEOUT",
+        ])
+    }
+
+    /// SAGA_* variables set in `env` that are not in `known`: most likely misspelt.
+    public static func unknownVariables(_ env: [String: String], known: Set<String>) -> [String] {
+        env.keys.filter { $0.hasPrefix("SAGA_") && !known.contains($0) }.sorted()
+    }
+
+    /// The bootstrap servers a running `saga broker` wrote to `.saga/broker`, if any.
+    public static func readBrokerFile(_ path: String = brokerFilePath) -> String? {
+        guard let data = FileManager.default.contents(atPath: path) else { return nil }
+        let servers = String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+        return servers.isEmpty ? nil : servers
+    }
+
+    /// `key=value` pairs separated by `;` or newlines, passed to librdkafka as they are.
+    /// - Throws: ``ConfigurationError`` naming SAGA_KAFKA_PROPERTIES for an item that is not `key=value`.
+    public static func parseProperties(_ raw: String) throws(ConfigurationError) -> [String: String] {
+        var out: [String: String] = [:]
+        for item in raw.split(whereSeparator: { $0 == ";" || $0 == "\n" }) {
+            let trimmed = item.trimmingCharacters(in: .whitespaces)
+            guard !trimmed.isEmpty else { continue }
+            guard let eq = trimmed.firstIndex(of: "="), eq != trimmed.startIndex else {
+                throw ConfigurationError("SAGA_KAFKA_PROPERTIES: '\(trimmed)' is not key=value")
+            }
+            out[String(trimmed[..<eq])] = String(trimmed[trimmed.index(after: eq)...])
+        }
+        return out
+    }
+
+    /// The Kafka settings. - Throws: when no broker is configured and no local stack runs.
+    public func kafka() throws(ConfigurationError) -> KafkaSettings {
+        guard let kafkaBootstrap else {
+            throw ConfigurationError(
+                "no Kafka broker: set SAGA_KAFKA_BOOTSTRAP, or start the local stack with `saga dev` (or `saga broker`)"
+            )
+        }
+        return KafkaSettings(
+            bootstrapServers: kafkaBootstrap, properties: kafkaProperties, fetchWaitMaxMs: fetchWaitMaxMs)
+    }
+
+    /// Topic names under ``topicPrefix``.
+    public var topics: TopicNaming { TopicNaming(prefix: topicPrefix) }
+
+    /// A participant's database (or the tracker's): its own schema, named as the participant (after the
+    /// topic prefix), in `SAGA_<NAME>_DATABASE_URL` or `SAGA_DATABASE_URL`.
+    public func database(_ service: String) -> ServiceDatabase {
+        var database = ServiceDatabase(
+            url: serviceDatabaseURLs[service] ?? databaseURL,
+            schema: topicPrefix.isEmpty
+                ? service : sanitized(topicPrefix) + service)
+        database.statementTimeout = statementTimeout
+        database.lockTimeout = lockTimeout
+        return database
+    }
+
+    private func sanitized(_ prefix: String) -> String {
+        String(prefix.lowercased().map { $0.isLetter || $0.isNumber ? $0 : "_" })
+    }
+}
+
+/// A configuration value that cannot be used; the description names the variable and what is wrong.
+public struct ConfigurationError: Error, CustomStringConvertible {
+    public var description: String
+    public init(_ description: String) { self.description = description }
+}
+
+/// Durations as the variables spell them: `90s`, `15m`, `2h`, `7d`, `500ms`.
+public enum DurationParser {
+    /// The duration, or nil when `raw` is not a whole number followed by ms, s, m, h or d.
+    public static func parse(_ raw: String) -> Duration? {
+        let units: [(String, Int64)] = [("ms", 1), ("s", 1000), ("m", 60_000), ("h", 3_600_000), ("d", 86_400_000)]
+        for (suffix, ms) in units where raw.hasSuffix(suffix) {
+            let number = raw.dropLast(suffix.count)
+            if suffix == "s" && number.hasSuffix("m") { continue }
+            guard let n = Int64(number), n >= 0 else { return nil }
+            return .milliseconds(n * ms)
+        }
+        return nil
+    }
+}
+
+/// `.saga/dev.json`: where `saga dev` says the local stack is, so other commands and daemons need no
+/// configuration.
+public struct DevStackFile: Codable, Sendable {
+    /// The orders HTTP API's base URL.
+    public var http: String
+    /// The local broker's bootstrap servers.
+    public var kafkaBootstrap: String
+    /// `kafkaBootstrap` is `saga dev`'s own embedded broker (absent in files of older versions).
+    public var kafkaEmbedded: Bool?
+    /// The local PostgreSQL.
+    public var databaseURL: String
+    /// Participant → its schema.
+    public var schemas: [String: String]
+    /// The `saga dev` process.
+    public var pid: Int32
+
+    /// Where `saga dev` writes it, relative to the working directory.
+    public static let path = ".saga/dev.json"
+
+    public init(
+        http: String, kafkaBootstrap: String, kafkaEmbedded: Bool?, databaseURL: String, schemas: [String: String],
+        pid: Int32
+    ) {
+        self.http = http
+        self.kafkaBootstrap = kafkaBootstrap
+        self.kafkaEmbedded = kafkaEmbedded
+        self.databaseURL = databaseURL
+        self.schemas = schemas
+        self.pid = pid
+    }
+
+    /// The file, when present and its process is still alive.
+    public static func read(from path: String = DevStackFile.path) -> DevStackFile? {
+        guard let data = FileManager.default.contents(atPath: path),
+            let file = try? JSONDecoder().decode(DevStackFile.self, from: data), kill(file.pid, 0) == 0
+        else { return nil }
+        return file
+    }
+
+    /// Writes it (creating the directory). - Throws: when the file cannot be written.
+    public func write(to path: String = DevStackFile.path) throws {
+        try FileManager.default.createDirectory(
+            atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        try encoder.encode(self).write(to: URL(fileURLWithPath: path))
+    }
+}
