@@ -242,7 +242,9 @@ public struct DaemonEnvironment: Sendable {
 
 /// A configuration value that cannot be used; the description names the variable and what is wrong.
 public struct ConfigurationError: Error, CustomStringConvertible {
+    /// What is wrong, naming the variable.
     public var description: String
+    /// An error saying `description`.
     public init(_ description: String) { self.description = description }
 }
 
@@ -280,6 +282,7 @@ public struct DevStackFile: Codable, Sendable {
     /// Where `saga dev` writes it, relative to the working directory.
     public static let path = ".saga/dev.json"
 
+    /// The file's contents, as `saga dev` writes them.
     public init(
         http: String, kafkaBootstrap: String, kafkaEmbedded: Bool?, databaseURL: String, schemas: [String: String],
         pid: Int32

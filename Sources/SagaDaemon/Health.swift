@@ -18,6 +18,7 @@ public final class HealthMonitor: Service, Sendable {
         /// Runs the check once: nil when healthy, else what is wrong.
         public var run: @Sendable () async -> String?
 
+        /// A check named `name` that `run` performs.
         public init(name: String, run: @escaping @Sendable () async -> String?) {
             self.name = name
             self.run = run

@@ -6,16 +6,21 @@ import SagaEngine
 public struct JSONLogHandler: LogHandler {
     /// The logger's label, written as `logger`.
     public var label: String
+    /// The lowest level it writes.
     public var logLevel: Logger.Level = .info
+    /// Metadata written with every line (an event's own wins).
     public var metadata: Logger.Metadata = [:]
 
+    /// A handler for the logger labelled `label`, at level info.
     public init(label: String) { self.label = label }
 
+    /// One item of ``metadata``.
     public subscript(metadataKey key: String) -> Logger.Metadata.Value? {
         get { metadata[key] }
         set { metadata[key] = newValue }
     }
 
+    /// Writes `event` as one JSON line to stderr.
     public func log(event: LogEvent) {
         var object: [String: JSONValue] = [
             "time": .string(Timestamp.format(Date())), "level": .string(event.level.rawValue),

@@ -24,9 +24,11 @@ public struct OpsServer: Service {
 
     /// The address it binds.
     public let host: String
+    /// The port it binds (0: any free one).
     public let port: Int
     /// The readiness checks it runs and reports.
     public let health: HealthMonitor
+    /// Where it logs its address, and a port it cannot bind.
     public let logger: Logger
 
     /// A server on `host:port` (0 for any free port) reporting `health`.

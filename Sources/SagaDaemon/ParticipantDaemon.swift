@@ -14,7 +14,9 @@ import ServiceLifecycle
 public struct ParticipantDaemon: Sendable {
     /// What of the participant a daemon runs.
     public struct Roles: OptionSet, Sendable, Hashable {
+        /// The roles as bits.
         public let rawValue: Int
+        /// The roles of `rawValue`'s bits.
         public init(rawValue: Int) { self.rawValue = rawValue }
         /// The worker: consumes the participant's events, handles them, writes its outbox.
         public static let worker = Roles(rawValue: 1 << 0)
@@ -29,6 +31,7 @@ public struct ParticipantDaemon: Sendable {
     /// What runs: by default its worker and its relay.
     public var roles: Roles
 
+    /// A daemon of `definition` running `roles`.
     public init(_ definition: ParticipantDefinition, roles: Roles = .all) {
         self.definition = definition
         self.roles = roles

@@ -13,6 +13,7 @@ public struct ParticipantDefinition: Sendable {
     /// What it does with each event type it consumes.
     public var handlers: [EventHandler]
 
+    /// A participant named `name`, with its tables, upcasters and handlers.
     public init(
         name: String, migrations: [PostgresMigration], upcasters: [Upcaster] = [], handlers: [EventHandler]
     ) {

@@ -22,6 +22,7 @@ public enum ReplayError: Error, Sendable, CustomStringConvertible {
     /// Any other Kafka failure.
     case kafka(KafkaError)
 
+    /// What went wrong, for people to read.
     public var description: String {
         switch self {
         case .invalidSelection(let why): return why

@@ -22,6 +22,7 @@ public struct ReplaySelection: Sendable, Hashable {
     /// A substring of the `dlq-reason` header (dead letters).
     public var reason: String?
 
+    /// A selection by every criterion given (nil: any).
     public init(
         partitions: [Int32]? = nil, fromOffset: Int64? = nil, toOffset: Int64? = nil, since: Date? = nil,
         until: Date? = nil, sagaId: String? = nil, eventType: String? = nil, reason: String? = nil
@@ -88,6 +89,7 @@ public struct ReplayOptions: Sendable {
     public var consumerLagMargin: Duration = .seconds(3600)
     /// Report progress after this many scanned messages, and at least every `progressInterval`.
     public var progressEvery = 10_000
+    /// Report progress at least this often.
     public var progressInterval: Duration = .seconds(1)
     /// How long metadata, watermark and offset requests may take.
     public var requestTimeout: Duration = .seconds(10)
@@ -96,6 +98,7 @@ public struct ReplayOptions: Sendable {
     /// Messages per producer batch.
     public var sendBatchSize = 500
 
+    /// The defaults: a real run, refusing slices past the inbox horizon of 7 days.
     public init() {}
 
     /// The inbox horizon: older messages may no longer be deduplicated.

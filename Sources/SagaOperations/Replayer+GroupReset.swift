@@ -16,12 +16,17 @@ public enum GroupResetTarget: Sendable, Hashable {
 
 /// One partition of a group reset: its committed offset now and after.
 public struct GroupResetRow: Sendable, Hashable, Codable {
+    /// The topic.
     public var topic: String
+    /// The partition.
     public var partition: Int32
     /// The committed offset; nil when the group has none for this partition.
     public var current: Int64?
+    /// The committed offset after the reset.
     public var new: Int64
+    /// The partition's low watermark (oldest offset kept).
     public var low: Int64
+    /// The partition's high watermark (next offset written).
     public var high: Int64
     /// Records the reset would deliver again (from `new` up to `current`, or to `high` when the group has no
     /// committed offset) that are older than the plan's ``GroupResetPlan/horizon``, or have no timestamp.
@@ -30,10 +35,13 @@ public struct GroupResetRow: Sendable, Hashable, Codable {
 
 /// What a group reset shows (dry run) or did (`executed`).
 public struct GroupResetPlan: Sendable, Codable {
+    /// The consumer group.
     public var group: String
     /// The group's state as the coordinator reported it when planning (`Empty`, `Dead`, ...).
     public var state: String
+    /// One row per partition.
     public var rows: [GroupResetRow]
+    /// The offsets were committed (false: a dry run).
     public var executed: Bool
     /// The inbox horizon the rows were checked against, moved later by the consumer-lag margin (see
     /// ``ReplayOptions/consumerLagMargin``); nil when no row moves back.

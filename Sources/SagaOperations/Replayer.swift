@@ -8,9 +8,11 @@ import Synchronization
 extension SagaHeader {
     /// `topic/partition/offset` a replayed message was read from.
     public static let replayedFrom = "saga-replayed-from"
+    /// When a message was replayed (RFC 3339).
     public static let replayedAt = "saga-replayed-at"
     /// `topic/partition/offset` of the dead letter a redriven message was read from.
     public static let redrivenFrom = "saga-redriven-from"
+    /// When a dead letter was redriven (RFC 3339).
     public static let redrivenAt = "saga-redriven-at"
 }
 
@@ -22,10 +24,13 @@ extension SagaHeader {
 /// ids included, so the consumers' inboxes skip what they already handled — as long as the events
 /// are younger than the inbox horizon; a slice reaching past it is refused unless forced.
 public final class Replayer: Sendable {
+    /// The cluster it reads from and publishes to.
     public let kafka: KafkaSettings
+    /// The topic names (prefix) it resolves event types and dead-letter topics with.
     public let topics: TopicNaming
     let logger: Logger
 
+    /// A replayer on `kafka`; it opens clients per run.
     public init(kafka: KafkaSettings, topics: TopicNaming = TopicNaming(), logger: Logger) {
         self.kafka = kafka
         self.topics = topics
