@@ -1,8 +1,14 @@
 import Foundation
 import JSONSchema
+import Logging
 import SagaPostgres
 
 /// Reads the tracker's read model: one saga's timeline, stuck sagas, counts and latencies.
+///
+/// Kinds and what a running saga waits on come from ``model``, assembled from the participants' declarations
+/// in the ``ParticipantRegistry`` (``init(pool:registry:logger:)``). A saga is running while it has no outcome
+/// or a registered participant waits to act on its latest event (see ``SagaTracker``), so `--stuck` also
+/// lists a confirmed order that a participant consuming `order.confirmed` has not handled yet.
 public struct SagaInspector: Sendable {
     public let pool: PostgresPool
     public let model: SagaModel
@@ -10,6 +16,12 @@ public struct SagaInspector: Sendable {
     public init(pool: PostgresPool, model: SagaModel) {
         self.pool = pool
         self.model = model
+    }
+
+    /// An inspector of the read model in `pool` whose model is assembled from every participant registered in
+    /// `registry`.
+    public init(pool: PostgresPool, registry: ParticipantRegistry, logger: Logger) async throws {
+        self.init(pool: pool, model: try await registry.model(logger: logger))
     }
 
     public struct Step: Sendable, Codable, Hashable {
@@ -103,7 +115,8 @@ public struct SagaInspector: Sendable {
         }
     }
 
-    /// Sagas still running that started more than `olderThan` ago, oldest first.
+    /// Sagas still running (no outcome yet, or a registered participant waits to act on the latest event) that
+    /// started more than `olderThan` ago, oldest first.
     public func stuck(olderThan: Duration, limit: Int = 100) async throws -> [Summary] {
         try await pool.query(
             """

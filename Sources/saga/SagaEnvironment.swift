@@ -201,8 +201,19 @@ struct SagaEnvironment: Sendable {
                 ? service : sanitized(topicPrefix) + service)
         database.statementTimeout = statementTimeout
         database.lockTimeout = lockTimeout
+        database.registry = registry
         return database
     }
+
+    /// The participant registry's schema, on every service's database: `saga_registry`, after the topic prefix
+    /// like the services' schemas.
+    var registrySchema: String {
+        topicPrefix.isEmpty
+            ? ParticipantRegistry.defaultSchema : sanitized(topicPrefix) + ParticipantRegistry.defaultSchema
+    }
+
+    /// The participant registry (on `SAGA_DATABASE_URL`, like the tracker's read model).
+    var registry: ParticipantRegistry { ParticipantRegistry(url: databaseURL, schema: registrySchema) }
 
     private func sanitized(_ prefix: String) -> String {
         String(prefix.lowercased().map { $0.isLetter || $0.isNumber ? $0 : "_" })

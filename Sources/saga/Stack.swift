@@ -13,7 +13,7 @@ struct Stack: Sendable {
 
     static let services = ["orders", "inventory", "billing"]
 
-    static func definition(_ name: String) throws(ConfigurationError) -> SagaServiceDefinition {
+    static func definition(_ name: String) throws(ConfigurationError) -> ParticipantDefinition {
         switch name {
         case OrdersService.name: return OrdersService.definition()
         case InventoryService.name: return InventoryService.definition()
@@ -29,9 +29,11 @@ struct Stack: Sendable {
             name: name, kafka: try env.kafka(), database: env.database(name), topics: env.topics)
         configuration.batchSize = env.workerBatchSize
         configuration.inboxRetention = env.inboxRetention
-        return Worker(
-            configuration: configuration, handlers: definition.handlers, upcasters: definition.upcasters,
-            migrations: definition.migrations, logger: logger)
+        do {
+            return try Worker(configuration: configuration, definition: definition, logger: logger)
+        } catch {
+            throw ConfigurationError("\(name): \(error)")
+        }
     }
 
     func relay(_ name: String) throws(ConfigurationError) -> OutboxRelay {
@@ -46,7 +48,7 @@ struct Stack: Sendable {
         var configuration = TrackerConfiguration(
             kafka: try env.kafka(), database: env.database("tracker"), topics: env.topics, services: Self.services)
         configuration.rebuild = rebuild
-        return SagaTracker(configuration: configuration, model: orderSagaModel, logger: logger)
+        return SagaTracker(configuration: configuration, logger: logger)
     }
 
     /// Health (the databases of `names`: services or "tracker", and the broker) and metrics over HTTP.
@@ -58,10 +60,11 @@ struct Stack: Sendable {
         return OpsServer(host: env.httpHost, port: env.opsPort, health: monitor, logger: logger)
     }
 
-    /// Applies every service's migrations (engine tables + the service's own).
+    /// Applies every service's migrations (engine tables + the service's own) and registers its part of the
+    /// saga in the participant registry.
     func migrate(_ names: [String] = Stack.services) async throws {
         for name in names {
-            try await env.database(name).prepare(migrations: try Self.definition(name).migrations, logger: logger)
+            try await env.database(name).prepare(try Self.definition(name), logger: logger)
         }
     }
 
