@@ -91,11 +91,19 @@ enum ShippingParticipant {
             }
             #expect(!tracker.subscribedTopics.contains(shippingTopic))
 
-            // Shipping migrates (the runtime registers it); its worker is not running yet.
-            try await shippingDatabase.prepare(ShippingParticipant.definition, logger: stack.logger)
+            // Shipping's worker starts (the runtime migrates its schema and registers it), then stops.
+            var workerConfiguration = WorkerConfiguration(
+                name: ShippingParticipant.name, kafka: stack.kafka, database: shippingDatabase, topics: stack.topics)
+            workerConfiguration.pollTimeout = .milliseconds(50)
+            let firstRun = try Worker(
+                configuration: workerConfiguration, definition: ShippingParticipant.definition, logger: stack.logger)
+            worker = Task { try await firstRun.run() }
             try await stack.eventually("the running tracker subscribed to shipping's topic") {
                 tracker.subscribedTopics.contains(shippingTopic)
             }
+            worker?.cancel()
+            _ = await worker?.result
+            worker = nil
             let inspector = try await SagaInspector(pool: pool, registry: stack.registry, logger: stack.logger)
             #expect(inspector.model.waitingOn[OrderConfirmed.eventType] == "shipping: schedule the shipment")
 
@@ -108,15 +116,12 @@ enum ShippingParticipant {
             let waiting = try await inspector.timeline(id)?.saga
             let stuck = try await inspector.stuck(olderThan: .milliseconds(500)).first { $0.sagaId == id }
 
-            // Shipping starts: the saga passes through it and finishes.
+            // Shipping starts again: the saga passes through it and finishes.
             var relayConfiguration = RelayConfiguration(
                 name: ShippingParticipant.name, kafka: stack.kafka, database: shippingDatabase)
             relayConfiguration.pollInterval = .milliseconds(200)
             let outboxRelay = OutboxRelay(configuration: relayConfiguration, logger: stack.logger)
             relay = Task { try await outboxRelay.run() }
-            var workerConfiguration = WorkerConfiguration(
-                name: ShippingParticipant.name, kafka: stack.kafka, database: shippingDatabase, topics: stack.topics)
-            workerConfiguration.pollTimeout = .milliseconds(50)
             let shippingWorker = try Worker(
                 configuration: workerConfiguration, definition: ShippingParticipant.definition, logger: stack.logger)
             worker = Task { try await shippingWorker.run() }
