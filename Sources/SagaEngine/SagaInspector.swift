@@ -55,10 +55,14 @@ public struct SagaInspector: Sendable {
 
     public struct Summary: Sendable, Codable, Hashable {
         public var sagaId: String
+        /// `running` until it has an outcome and no registered participant waits on its latest event, then
+        /// `finished`.
         public var status: String
+        /// The outcome once decided, e.g. "confirmed" (also while a participant still acts after it).
         public var outcome: String?
         public var startedAt: Date
         public var updatedAt: Date
+        /// When the outcome was recorded.
         public var finishedAt: Date?
         public var lastEventType: String
         /// What the saga waits on (nil once finished).

@@ -146,6 +146,7 @@ public final class Worker: Service, Sendable {
     /// flight finishes (or rolls back) first, then offsets are committed and the consumer leaves its group. On
     /// cancellation (a hard stop) the batch's statement in flight is cancelled at the server, so its transaction
     /// rolls back at once instead of running on (the batch is delivered again).
+    /// A participant's worker first migrates its database and registers its part of the saga.
     /// - Throws: when the database cannot be prepared or the consumer cannot be created.
     public func run() async throws {
         if let definition {
