@@ -97,7 +97,7 @@ let package = Package(
         .target(
             name: "SagaServices",
             dependencies: [
-                "SagaEngine",
+                "SagaEngine", "SagaSchemas",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdCore", package: "hummingbird"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),

@@ -99,15 +99,18 @@ public struct Daemon: Sendable {
 
 extension DaemonEnvironment {
     /// The participant's worker, configured from this environment (batch size, inbox retention, topics).
-    /// - Throws: ``ConfigurationError`` when no Kafka broker is configured.
+    /// - Throws: ``ConfigurationError`` when no Kafka broker is configured or one of the definition's schemas
+    ///   does not compile.
     public func worker(_ definition: ParticipantDefinition, logger: Logger) throws(ConfigurationError) -> Worker {
         var configuration = WorkerConfiguration(
             name: definition.name, kafka: try kafka(), database: database(definition.name), topics: topics)
         configuration.batchSize = workerBatchSize
         configuration.inboxRetention = inboxRetention
-        return Worker(
-            configuration: configuration, handlers: definition.handlers, upcasters: definition.upcasters,
-            migrations: definition.migrations, logger: logger)
+        do {
+            return try Worker(configuration: configuration, definition: definition, logger: logger)
+        } catch {
+            throw ConfigurationError("\(definition.name): \(error)")
+        }
     }
 
     /// The relay of participant `name`'s outbox, configured from this environment (batch size, shards).
@@ -128,11 +131,12 @@ extension DaemonEnvironment {
         return OpsServer(host: httpHost, port: opsPort, health: monitor, logger: logger)
     }
 
-    /// Applies each participant's migrations (the engine's tables, then its own) in its schema.
+    /// Applies each participant's migrations (the engine's tables, then its own) in its schema, and registers its
+    /// part of the saga in the participant registry.
     /// - Throws: `PostgresError` when a database is unreachable or a migration fails.
     public func migrate(_ definitions: [ParticipantDefinition], logger: Logger) async throws {
         for definition in definitions {
-            try await database(definition.name).prepare(migrations: definition.migrations, logger: logger)
+            try await database(definition.name).prepare(definition, logger: logger)
         }
     }
 }

@@ -232,8 +232,19 @@ public struct DaemonEnvironment: Sendable {
                 ? service : sanitized(topicPrefix) + service)
         database.statementTimeout = statementTimeout
         database.lockTimeout = lockTimeout
+        database.registry = registry
         return database
     }
+
+    /// The participant registry's schema, on every participant's database: `saga_registry`, after the topic
+    /// prefix like the participants' schemas.
+    public var registrySchema: String {
+        topicPrefix.isEmpty
+            ? ParticipantRegistry.defaultSchema : sanitized(topicPrefix) + ParticipantRegistry.defaultSchema
+    }
+
+    /// The participant registry (on `SAGA_DATABASE_URL`, like the tracker's read model).
+    public var registry: ParticipantRegistry { ParticipantRegistry(url: databaseURL, schema: registrySchema) }
 
     private func sanitized(_ prefix: String) -> String {
         String(prefix.lowercased().map { $0.isLetter || $0.isNumber ? $0 : "_" })

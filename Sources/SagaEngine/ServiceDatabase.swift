@@ -9,10 +9,15 @@ public struct ServiceDatabase: Sendable {
     public var statementTimeout: Duration? = nil
     /// `lock_timeout` of every session the service opens (not of migrations), or nil for the server's.
     public var lockTimeout: Duration? = nil
+    /// Where ``prepare(_:logger:)`` registers the participant and the tracker reads the saga's shape: every
+    /// participant and the tracker of one choreography name the same one. Default: the schema
+    /// `saga_registry` on this database (``url``).
+    public var registry: ParticipantRegistry
 
     public init(url: String, schema: String) {
         self.url = url
         self.schema = schema
+        self.registry = ParticipantRegistry(url: url)
     }
 
     public var configuration: PostgresConfiguration {
@@ -20,6 +25,14 @@ public struct ServiceDatabase: Sendable {
         configuration.statementTimeout = statementTimeout
         configuration.lockTimeout = lockTimeout
         return configuration
+    }
+
+    /// Prepares `definition`'s database (``prepare(migrations:logger:)`` with its migrations), then registers
+    /// its part of the saga in ``registry``: what a participant does when it starts or migrates.
+    /// - Throws: `PostgresError` (unreachable database, failing migration).
+    public func prepare(_ definition: ParticipantDefinition, logger: Logger) async throws {
+        try await prepare(migrations: definition.migrations, logger: logger)
+        try await registry.register(definition.name, declaration: definition.declaration, logger: logger)
     }
 
     /// Creates the schema if missing and applies the engine's migrations and then `migrations`

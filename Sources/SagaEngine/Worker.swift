@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import SagaKafka
 import SagaPostgres
+import SagaSchemas
 import ServiceLifecycle
 import Synchronization
 
@@ -73,21 +74,54 @@ public final class Worker: Service, Sendable {
     private let batchHandlers: [ObjectIdentifier: BatchHandler]
     private let codec: EventCodec
     private let migrations: [PostgresMigration]
+    /// The participant it runs, registered when it starts (nil: a bare worker, registered nowhere).
+    private let definition: ParticipantDefinition?
     private let logger: Logger
     private let state = Mutex(WorkerStats())
     private let metrics: WorkerMetrics
 
+    /// A worker of `handlers`, validating with the schemas of this repository (`SchemaRegistry.shared`). It
+    /// registers nothing in the ``ParticipantRegistry``: a participant's daemon uses
+    /// ``init(configuration:definition:middleware:batchMiddleware:logger:)``.
     /// - Parameters:
     ///   - middleware: wraps every per-event call: plain handlers, and batch handlers when a batch is run
     ///     one event at a time after a poison event.
     ///   - batchMiddleware: wraps every call of a batch handler's batch form.
-    public init(
+    public convenience init(
         configuration: WorkerConfiguration, handlers: [EventHandler], upcasters: [Upcaster],
         migrations: [PostgresMigration], middleware: [HandlerMiddleware] = [tracingMiddleware, loggingMiddleware],
         batchMiddleware: [BatchHandlerMiddleware] = [batchTracingMiddleware, batchLoggingMiddleware],
         logger: Logger
     ) {
+        self.init(
+            configuration: configuration, handlers: handlers, upcasters: upcasters, migrations: migrations,
+            registry: .shared, definition: nil, middleware: middleware, batchMiddleware: batchMiddleware,
+            logger: logger)
+    }
+
+    /// The worker of a participant: `definition`'s handlers, upcasters and migrations, and a codec that
+    /// validates with the schemas it supplies plus the runtime's envelope schema. ``run()`` migrates its
+    /// database and registers its part of the saga (``ServiceDatabase/prepare(_:logger:)``).
+    /// - Throws: `SchemaRegistry.LoadError` when one of `definition`'s schemas does not compile.
+    public convenience init(
+        configuration: WorkerConfiguration, definition: ParticipantDefinition,
+        middleware: [HandlerMiddleware] = [tracingMiddleware, loggingMiddleware],
+        batchMiddleware: [BatchHandlerMiddleware] = [batchTracingMiddleware, batchLoggingMiddleware],
+        logger: Logger
+    ) throws(SchemaRegistry.LoadError) {
+        self.init(
+            configuration: configuration, handlers: definition.handlers, upcasters: definition.upcasters,
+            migrations: definition.migrations, registry: try definition.schemaRegistry(), definition: definition,
+            middleware: middleware, batchMiddleware: batchMiddleware, logger: logger)
+    }
+
+    private init(
+        configuration: WorkerConfiguration, handlers: [EventHandler], upcasters: [Upcaster],
+        migrations: [PostgresMigration], registry: SchemaRegistry, definition: ParticipantDefinition?,
+        middleware: [HandlerMiddleware], batchMiddleware: [BatchHandlerMiddleware], logger: Logger
+    ) {
         self.configuration = configuration
+        self.definition = definition
         self.handlers = Dictionary(
             handlers.map { ($0.eventType, $0.wrapped(in: middleware)) }, uniquingKeysWith: { a, _ in a })
         var batchHandlers: [ObjectIdentifier: BatchHandler] = [:]
@@ -95,7 +129,7 @@ public final class Worker: Service, Sendable {
             if let batch = handler.batch { batchHandlers[ObjectIdentifier(batch.identity)] = batch }
         }
         self.batchHandlers = batchHandlers.mapValues { $0.wrapped(in: batchMiddleware) }
-        self.codec = EventCodec(upcasters: upcasters, topics: configuration.topics)
+        self.codec = EventCodec(registry: registry, upcasters: upcasters, topics: configuration.topics)
         self.migrations = migrations
         self.metrics = WorkerMetrics(service: configuration.name)
         var logger = logger
@@ -112,9 +146,14 @@ public final class Worker: Service, Sendable {
     /// flight finishes (or rolls back) first, then offsets are committed and the consumer leaves its group. On
     /// cancellation (a hard stop) the batch's statement in flight is cancelled at the server, so its transaction
     /// rolls back at once instead of running on (the batch is delivered again).
+    /// A participant's worker first migrates its database and registers its part of the saga.
     /// - Throws: when the database cannot be prepared or the consumer cannot be created.
     public func run() async throws {
-        try await configuration.database.prepare(migrations: migrations, logger: logger)
+        if let definition {
+            try await configuration.database.prepare(definition, logger: logger)
+        } else {
+            try await configuration.database.prepare(migrations: migrations, logger: logger)
+        }
         let pool = PostgresPool(configuration: configuration.database.configuration, size: 1, logger: logger)
         let consumer = try KafkaConsumer(
             configuration: configuration.kafka.consumer(

@@ -1,9 +1,15 @@
 import Foundation
 import JSONSchema
+import Logging
 import SagaEngine
 import SagaPostgres
 
 /// Reads the tracker's read model: one saga's timeline, stuck sagas, counts and latencies.
+///
+/// Kinds and what a running saga waits on come from ``model``, assembled from the participants' declarations
+/// in the ``ParticipantRegistry`` (``init(pool:registry:logger:)``). A saga is running while it has no outcome
+/// or a registered participant waits to act on its latest event (see ``SagaTracker``), so `--stuck` also
+/// lists a confirmed order that a participant consuming `order.confirmed` has not handled yet.
 public struct SagaInspector: Sendable {
     public let pool: PostgresPool
     public let model: SagaModel
@@ -11,6 +17,12 @@ public struct SagaInspector: Sendable {
     public init(pool: PostgresPool, model: SagaModel) {
         self.pool = pool
         self.model = model
+    }
+
+    /// An inspector of the read model in `pool` whose model is assembled from every participant registered in
+    /// `registry`.
+    public init(pool: PostgresPool, registry: ParticipantRegistry, logger: Logger) async throws {
+        self.init(pool: pool, model: try await registry.model(logger: logger))
     }
 
     public struct Step: Sendable, Codable, Hashable {
@@ -44,10 +56,14 @@ public struct SagaInspector: Sendable {
 
     public struct Summary: Sendable, Codable, Hashable {
         public var sagaId: String
+        /// `running` until it has an outcome and no registered participant waits on its latest event, then
+        /// `finished`.
         public var status: String
+        /// The outcome once decided, e.g. "confirmed" (also while a participant still acts after it).
         public var outcome: String?
         public var startedAt: Date
         public var updatedAt: Date
+        /// When the outcome was recorded.
         public var finishedAt: Date?
         public var lastEventType: String
         /// What the saga waits on (nil once finished).
@@ -104,7 +120,8 @@ public struct SagaInspector: Sendable {
         }
     }
 
-    /// Sagas still running that started more than `olderThan` ago, oldest first.
+    /// Sagas still running (no outcome yet, or a registered participant waits to act on the latest event) that
+    /// started more than `olderThan` ago, oldest first.
     public func stuck(olderThan: Duration, limit: Int = 100) async throws -> [Summary] {
         try await pool.query(
             """

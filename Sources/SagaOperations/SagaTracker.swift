@@ -11,7 +11,7 @@ public struct TrackerConfiguration: Sendable {
     public var kafka: KafkaSettings
     public var database: ServiceDatabase
     public var topics: TopicNaming
-    /// The services whose dead-letter topics to read.
+    /// The services whose dead-letter topics to read, besides those of every registered participant.
     public var services: [String]
     public var batchSize: Int = 500
     public var pollTimeout: Duration = .milliseconds(200)
@@ -23,6 +23,10 @@ public struct TrackerConfiguration: Sendable {
     /// kernel still answers keepalives) loses the lock within about this long and a standby takes over. Once
     /// it runs again it finds its session gone and stops. nil keeps the server's setting (and no heartbeat).
     public var lockSessionIdleTimeout: Duration? = .seconds(10)
+    /// How often the tracker reads the ``ParticipantRegistry`` again (``ServiceDatabase/registry`` of
+    /// ``database``): a participant that registers meanwhile is in the saga's model, and its topics are
+    /// subscribed, within about this long.
+    public var registryRefreshInterval: Duration = .seconds(5)
 
     public init(kafka: KafkaSettings, database: ServiceDatabase, topics: TopicNaming, services: [String]) {
         self.kafka = kafka
@@ -50,15 +54,29 @@ public struct TrackerStats: Sendable, Hashable {
 /// frozen instance hands over within seconds; once it runs again, or after the database restarted, it waits for
 /// the lock like a standby. `rebuild` empties the read model and reads the log again from the beginning under a
 /// new consumer group.
+///
+/// The saga's shape (``SagaModel``) is assembled from the ``ParticipantRegistry`` when the tracker starts and
+/// again every ``TrackerConfiguration/registryRefreshInterval``: when a participant registers, its event types'
+/// topics and its dead-letter topic are subscribed without a restart (a new topic is read from its beginning).
+///
+/// A saga is `running` until an outcome event was recorded and nothing registered waits on its latest event;
+/// then `finished`. So a step that follows an outcome keeps the saga running: once `order.confirmed` is recorded
+/// the outcome is "confirmed", but while a registered participant consumes `order.confirmed` with a
+/// ``SagaDeclaration/Consumption/waitingOn`` text (e.g. shipping: "schedule the shipment"), the saga waits on
+/// it, is listed by `--stuck`, and finishes when its event (e.g. `shipment.scheduled`, which nobody waits on)
+/// is recorded. `finished_at` stays the outcome's time (the end-to-end latency of ``SagaInspector/stats(since:)``).
+/// A saga's state is computed when its events are recorded, with the model of that moment: sagas finished
+/// before a participant joined stay finished (`rebuild` computes every saga again).
 public final class SagaTracker: Service, Sendable {
     public let configuration: TrackerConfiguration
-    private let model: SagaModel
+    private let current: Mutex<SagaModel>
     private let logger: Logger
     private let state = Mutex(TrackerStats())
 
-    public init(configuration: TrackerConfiguration, model: SagaModel, logger: Logger) {
+    /// A tracker whose model comes from the registry of `configuration.database` (read in ``run()``).
+    public init(configuration: TrackerConfiguration, logger: Logger) {
         self.configuration = configuration
-        self.model = model
+        self.current = Mutex(SagaModel(declarations: [:]))
         var logger = logger
         logger[metadataKey: "service"] = "tracker"
         self.logger = logger
@@ -66,14 +84,39 @@ public final class SagaTracker: Service, Sendable {
 
     public var stats: TrackerStats { state.withLock { $0 } }
 
-    public var subscribedTopics: [String] {
+    /// The saga's model as last read from the registry.
+    public var model: SagaModel { current.withLock { $0 } }
+
+    /// The topics of the current model: every event type's, and the dead-letter topics of the configured
+    /// services and of every registered participant.
+    public var subscribedTopics: [String] { topics(of: model) }
+
+    private func topics(of model: SagaModel) -> [String] {
         model.eventTypes.map(configuration.topics.topic(for:))
-            + configuration.services.map { configuration.topics.deadLetterTopic(consumer: $0) }
+            + Set(configuration.services + model.participants).sorted().map {
+                configuration.topics.deadLetterTopic(consumer: $0)
+            }
     }
 
-    /// Applies the read model's migrations (also done by `run()`).
+    /// Applies the read model's migrations and prepares the participant registry (also done by `run()`).
     public static func prepare(_ database: ServiceDatabase, logger: Logger) async throws {
         try await database.prepare(migrations: [], engine: TrackerMigrations.all, logger: logger)
+        try await database.registry.prepare(logger: logger)
+    }
+
+    /// Reads the registry into ``model``; returns the topics to subscribe to.
+    private func refreshModel() async throws -> [String] {
+        let model = try await configuration.database.registry.model(logger: logger)
+        let before = current.withLock { previous in
+            defer { previous = model }
+            return previous
+        }
+        if before.participants != model.participants || before.eventTypes != model.eventTypes {
+            logger.info(
+                "saga model assembled from the registry",
+                metadata: ["participants": "\(model.participants)", "eventTypes": "\(model.eventTypes)"])
+        }
+        return topics(of: model)
     }
 
     /// Runs until graceful shutdown or cancellation. When the session holding the lock ends under it (the
@@ -121,10 +164,27 @@ public final class SagaTracker: Service, Sendable {
         let group = try await consumerGroup(pool: pool, rebuild: configuration.rebuild)
         var consumerConfiguration = configuration.kafka.consumer(groupId: group, clientId: "saga-tracker")
         consumerConfiguration.autoOffsetReset = "earliest"
+        var topics = try await refreshModel()
+        var nextRefresh = ContinuousClock.now + configuration.registryRefreshInterval
         let consumer = try KafkaConsumer(configuration: consumerConfiguration, logger: logger)
-        try consumer.subscribe(topics: subscribedTopics)
+        try consumer.subscribe(topics: topics)
         logger.info("tracker started", metadata: ["group": .string(group), "rebuild": "\(configuration.rebuild)"])
         while !Task.isShuttingDownGracefully && !Task.isCancelled {
+            if ContinuousClock.now >= nextRefresh {
+                // Between batches (the last one is recorded and its offsets committed): a new subscription
+                // rebalances the group, and what was not committed is delivered again (recording is idempotent).
+                nextRefresh = ContinuousClock.now + configuration.registryRefreshInterval
+                do {
+                    let now = try await refreshModel()
+                    if now != topics {
+                        try consumer.subscribe(topics: now)
+                        logger.info("subscribed to the registry's topics", metadata: ["topics": "\(now)"])
+                        topics = now
+                    }
+                } catch {
+                    logger.warning("reading the participant registry failed", metadata: ["error": "\(error)"])
+                }
+            }
             let batch: [KafkaMessage]
             do {
                 batch = try await consumer.poll(
@@ -298,6 +358,7 @@ public final class SagaTracker: Service, Sendable {
             ORDER BY occurred_at, event_id
             """, [saga])
         guard let first = events.first, let last = events.last else { return }
+        let model = self.model
         var outcome: String?
         var finishedAt: Date?
         var compensations = 0
@@ -306,10 +367,13 @@ public final class SagaTracker: Service, Sendable {
             if model.kind(of: type) == .compensation { compensations += 1 }
             if model.kind(of: type) == .outcome, outcome == nil {
                 let data = (try? JSONValue(parsing: Array(try e.decode("data", as: String.self).utf8))) ?? .null
-                outcome = model.outcome(type, data) ?? type
+                outcome = model.outcome(of: type, data: data) ?? type
                 finishedAt = try e.decode("occurred_at", as: Date.self)
             }
         }
+        let lastType: String = try last.decode("event_type")
+        // Finished once decided and nobody registered waits on the latest event (see the type's comment).
+        let finished = outcome != nil && model.waitingOn[lastType] == nil
         let letters: Int =
             try await connection.query(
                 "SELECT count(*) AS n FROM tracker_dead_letters WHERE saga_id = $1", [saga]
@@ -323,9 +387,8 @@ public final class SagaTracker: Service, Sendable {
                 finished_at = $6, last_event_type = $7, events = $8, compensations = $9, dead_letters = $10
             """,
             [
-                saga, outcome == nil ? "running" : "finished", outcome, try first.decode("occurred_at", as: Date.self),
-                try last.decode("occurred_at", as: Date.self), finishedAt,
-                try last.decode("event_type", as: String.self),
+                saga, finished ? "finished" : "running", outcome, try first.decode("occurred_at", as: Date.self),
+                try last.decode("occurred_at", as: Date.self), finishedAt, lastType,
                 events.count, compensations, letters,
             ])
     }

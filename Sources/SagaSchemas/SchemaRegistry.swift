@@ -22,7 +22,31 @@ public struct SchemaKey: Sendable, Hashable, Comparable, CustomStringConvertible
     public var description: String { "\(type)/v\(version)" }
 }
 
-/// The compiled event schemas, built from the copies of `schemas/` embedded in the binary.
+/// The JSON Schema of one version of an event type's `data`, as a participant supplies it.
+public struct EventSchema: Sendable, Hashable {
+    /// The event type, e.g. `order.created`.
+    public var type: String
+    /// The schema version, 1 or more.
+    public var version: Int
+    /// The schema document (JSON Schema 2020-12, the subset `JSONSchema` supports).
+    public var json: String
+
+    /// Creates a schema entry.
+    public init(type: String, version: Int, json: String) {
+        self.type = type
+        self.version = version
+        self.json = json
+    }
+
+    /// Its key.
+    public var key: SchemaKey { SchemaKey(type: type, version: version) }
+}
+
+/// Compiled event schemas: the envelope schema and the payload schemas of event types.
+///
+/// A participant's codec validates with a registry built from the schemas the participant supplies and the
+/// runtime's envelope schema (`SchemaRegistry(schemas:)` in SagaEngine, or ``init(envelope:schemas:)``);
+/// ``shared`` holds every schema embedded from this repository's `schemas/`.
 ///
 /// Validate an event in two steps: ``validateEnvelope(_:)`` on the whole envelope, then
 /// ``validate(type:version:data:)`` on its `data` member. Violation paths are relative to
@@ -46,10 +70,22 @@ public final class SchemaRegistry: Sendable {
     private let envelope: JSONSchema
     private let schemas: [SchemaKey: JSONSchema]
 
-    /// A load failure of one embedded schema.
-    struct LoadError: Error {
-        var key: SchemaKey
-        var underlying: JSONSchemaError
+    /// A load failure of one schema: which one, and why.
+    public struct LoadError: Error, CustomStringConvertible {
+        public var key: SchemaKey
+        public var underlying: JSONSchemaError
+        public var description: String { "schema \(key) does not load: \(underlying.message)" }
+    }
+
+    /// Compiles `envelope` (the envelope schema, v1) and `schemas`.
+    /// - Throws: ``LoadError`` naming the first schema that does not compile, or a type named `envelope`.
+    public convenience init(envelope: String, schemas: [EventSchema]) throws(LoadError) {
+        if let clash = schemas.first(where: { $0.type == Self.envelopeType }) {
+            throw LoadError(key: clash.key, underlying: JSONSchemaError(message: "`envelope` is not an event type"))
+        }
+        try self.init(
+            embedded: [(type: Self.envelopeType, version: 1, json: envelope)]
+                + schemas.map { (type: $0.type, version: $0.version, json: $0.json) })
     }
 
     /// Compiles `(type, version, json)` entries; exactly one must be `envelope` v1.

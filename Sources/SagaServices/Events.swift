@@ -1,5 +1,6 @@
 import JSONSchema
 import SagaEngine
+import SagaSchemas
 
 // The saga's event contracts, one type per schema in schemas/<type>/v<N>.schema.json.
 
@@ -248,6 +249,19 @@ public let sagaEmittedEvents: [EmittedEvent] = [
     EmittedEvent(OrdersService.name, OrderConfirmed.self), EmittedEvent(OrdersService.name, OrderCancelled.self),
 ]
 
+extension ParticipantDefinition {
+    /// A participant of the order saga: the saga's upcasters, and the embedded schemas (`schemas/`) of every
+    /// event type its declaration names.
+    static func orderSaga(
+        name: String, migrations: [PostgresMigration], handlers: [EventHandler], declaration: SagaDeclaration
+    ) -> ParticipantDefinition {
+        ParticipantDefinition(
+            name: name, migrations: migrations, upcasters: sagaUpcasters, handlers: handlers,
+            declaration: declaration,
+            schemas: EventSchema.embedded(types: declaration.emits.map(\.type) + declaration.consumes.map(\.type)))
+    }
+}
+
 /// The three services, in flow order: what each consumes is its handlers' types and versions.
 public var sagaServiceDefinitions: [ParticipantDefinition] {
     [OrdersService.definition(), InventoryService.definition(), BillingService.definition()]
@@ -258,30 +272,3 @@ public func sagaTopics(_ naming: TopicNaming) -> [String] {
     sagaEventTypes.map(naming.topic(for:))
         + [OrdersService.name, InventoryService.name, BillingService.name].map { naming.deadLetterTopic(consumer: $0) }
 }
-
-/// The order saga's shape, for the tracker and `saga inspect`.
-public let orderSagaModel = SagaModel(
-    eventTypes: sagaEventTypes,
-    kinds: [
-        OrderCreatedV2.eventType: .step, InventoryReserved.eventType: .step, PaymentCompleted.eventType: .step,
-        InventoryRejected.eventType: .failure, PaymentFailed.eventType: .failure,
-        InventoryReleased.eventType: .compensation,
-        OrderConfirmed.eventType: .outcome, OrderCancelled.eventType: .outcome,
-    ],
-    waitingOn: [
-        OrderCreatedV2.eventType: "inventory: reserve the stock",
-        InventoryReserved.eventType: "billing: charge the customer",
-        InventoryRejected.eventType: "orders: cancel the order",
-        PaymentCompleted.eventType: "orders: confirm the order",
-        PaymentFailed.eventType: "inventory: release the reservation",
-        InventoryReleased.eventType: "orders: cancel the order",
-    ],
-    outcome: { type, data in
-        switch type {
-        case OrderConfirmed.eventType: return "confirmed"
-        case OrderCancelled.eventType:
-            if case .string(let reason)? = data["reason"] { return "cancelled: \(reason)" }
-            return "cancelled"
-        default: return nil
-        }
-    })

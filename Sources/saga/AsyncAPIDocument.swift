@@ -20,6 +20,10 @@ enum AsyncAPIDocument {
         let naming = TopicNaming()
         let registry = SchemaRegistry.shared
         let services = sagaServiceDefinitions
+        // What follows each event, as the participants declare it (the tracker assembles the same from the
+        // registry).
+        let model = SagaModel(
+            declarations: Dictionary(uniqueKeysWithValues: services.map { ($0.name, $0.declaration) }))
         let upcasters = Set(sagaUpcasters.map { SchemaKey(type: $0.type, version: $0.fromVersion) })
         // The versions a consumer handling `type` up to `target` accepts: the target and every older version
         // upcast to it step by step.
@@ -33,7 +37,7 @@ enum AsyncAPIDocument {
         var operations: [(String, YAMLNode)] = []
         for type in sagaEventTypes {
             let versions = registry.versions(of: type)
-            let next = orderSagaModel.waitingOn[type].map { " Next: \($0)." } ?? " It ends the saga."
+            let next = model.waitingOn[type].map { " Next: \($0)." } ?? " It ends the saga."
             channels.append(
                 (
                     type,

@@ -45,8 +45,9 @@ struct InspectCommand: AsyncParsableCommand {
         let pool = PostgresPool(
             configuration: runtime.env.database("tracker").configuration, size: 1, logger: runtime.logger)
         defer { Task { await pool.close() } }
-        let inspector = SagaInspector(pool: pool, model: orderSagaModel)
         do {
+            // The saga's shape as the registered participants declare it.
+            let inspector = try await SagaInspector(pool: pool, registry: runtime.env.registry, logger: runtime.logger)
             if let sagaId {
                 try await timeline(sagaId, inspector: inspector, runtime: runtime)
             } else if stuck {
@@ -74,10 +75,7 @@ struct InspectCommand: AsyncParsableCommand {
             return say(String(decoding: JSONValue.object(object).serialized(), as: UTF8.self))
         }
         if let s = t.saga {
-            let took = s.finishedAt.map { " in \(Self.ms($0.timeIntervalSince(s.startedAt) * 1000))" } ?? ""
-            say(
-                "saga \(sagaId)  \(s.outcome.map { "finished: \($0)" } ?? "running, waiting on \(s.waitingOn ?? "?")")\(took)"
-            )
+            say("saga \(sagaId)  \(Self.state(s))")
             say(
                 "started \(Timestamp.format(s.startedAt)); \(s.events) events, \(s.compensations) compensation(s), "
                     + "\(s.deadLetters) dead letter(s)")
@@ -131,6 +129,19 @@ struct InspectCommand: AsyncParsableCommand {
                             d.reason,
                         ]
                     }))
+        }
+    }
+
+    /// "finished: confirmed in 25ms", "running, waiting on billing: charge the customer", or for a saga whose
+    /// outcome is decided but on whose latest event a registered participant still acts: "confirmed in 25ms,
+    /// still running, waiting on shipping: schedule the shipment".
+    static func state(_ s: SagaInspector.Summary) -> String {
+        let took = s.finishedAt.map { " in \(ms($0.timeIntervalSince(s.startedAt) * 1000))" } ?? ""
+        let waiting = "waiting on \(s.waitingOn ?? "?")"
+        switch (s.status, s.outcome) {
+        case ("finished", let outcome): return "finished: \(outcome ?? "?")\(took)"
+        case (_, let outcome?): return "\(outcome)\(took), still running, \(waiting)"
+        default: return "running, \(waiting)"
         }
     }
 

@@ -39,7 +39,7 @@ struct Stack: Sendable {
         var configuration = TrackerConfiguration(
             kafka: try env.kafka(), database: env.database("tracker"), topics: env.topics, services: Self.services)
         configuration.rebuild = rebuild
-        return SagaTracker(configuration: configuration, model: orderSagaModel, logger: logger)
+        return SagaTracker(configuration: configuration, logger: logger)
     }
 
     /// Health (the databases of `names`: services or "tracker", and the broker) and metrics over HTTP.
@@ -47,7 +47,8 @@ struct Stack: Sendable {
         try env.daemon.ops(names, logger: logger)
     }
 
-    /// Applies every service's migrations (engine tables + the service's own).
+    /// Applies every service's migrations (engine tables + the service's own) and registers its part of the
+    /// saga in the participant registry.
     func migrate(_ names: [String] = Stack.services) async throws {
         var definitions: [ParticipantDefinition] = []
         for name in names { definitions.append(try Self.definition(name)) }

@@ -137,7 +137,7 @@ import Testing
         var configuration = TrackerConfiguration(
             kafka: stack.kafka, database: stack.trackerDatabase, topics: stack.topics, services: TestStack.services)
         configuration.pollTimeout = .milliseconds(50)
-        let standby = SagaTracker(configuration: configuration, model: orderSagaModel, logger: stack.logger)
+        let standby = SagaTracker(configuration: configuration, logger: stack.logger)
         var standbyTask: Task<Void, any Error>? = nil
         var takeover: Duration? = nil
         var batchesBeforeFreeze = -1

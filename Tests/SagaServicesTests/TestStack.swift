@@ -17,6 +17,9 @@ final class TestStack: @unchecked Sendable {
     let databases: [String: ServiceDatabase]
     /// The tracker's read model (created by the tracker when it starts).
     let trackerDatabase: ServiceDatabase
+    /// Where the participants register (the schema `saga dev` would use with this topic prefix), shared by
+    /// every service database and the tracker's.
+    let registry: ParticipantRegistry
     let logger: Logger
     let book: OrderBook
     private let ordersPool: PostgresPool
@@ -38,13 +41,18 @@ final class TestStack: @unchecked Sendable {
         self.kafka = KafkaSettings(bootstrapServers: broker.servers)
         var dbs: [String: ServiceDatabase] = [:]
         let schemaPrefix = String(prefix.dropLast()).lowercased().replacingOccurrences(of: "-", with: "_")
+        let registry = ParticipantRegistry(url: PostgresTestDatabase.url, schema: "\(schemaPrefix)_saga_registry")
+        self.registry = registry
         for s in Self.services {
             dbs[s] = ServiceDatabase(url: PostgresTestDatabase.url, schema: "\(schemaPrefix)_\(s)")
+            dbs[s]!.registry = registry
         }
         self.databases = dbs
-        self.trackerDatabase = ServiceDatabase(url: PostgresTestDatabase.url, schema: "\(schemaPrefix)_tracker")
+        var trackerDatabase = ServiceDatabase(url: PostgresTestDatabase.url, schema: "\(schemaPrefix)_tracker")
+        trackerDatabase.registry = registry
+        self.trackerDatabase = trackerDatabase
         for s in Self.services {
-            try await dbs[s]!.prepare(migrations: try Self.definition(s).migrations, logger: logger)
+            try await dbs[s]!.prepare(try Self.definition(s), logger: logger)
         }
         ordersPool = PostgresPool(configuration: dbs["orders"]!.configuration, size: 2, logger: logger)
         book = OrderBook(
@@ -102,10 +110,8 @@ final class TestStack: @unchecked Sendable {
 
     @discardableResult
     func startWorker(_ name: String) throws -> Worker {
-        let d = try Self.definition(name)
-        let worker = Worker(
-            configuration: workerConfiguration(name), handlers: d.handlers, upcasters: d.upcasters,
-            migrations: d.migrations, logger: logger)
+        let worker = try Worker(
+            configuration: workerConfiguration(name), definition: try Self.definition(name), logger: logger)
         workers[name] = (worker, Task { try await worker.run() })
         return worker
     }
@@ -200,6 +206,17 @@ final class TestStack: @unchecked Sendable {
         return (sagaId ?? id, try EventCodec(upcasters: [], topics: topics).encode(event))
     }
 
+    /// Creates `names` on this stack's broker (e.g. a participant's that joins later), with 2 partitions.
+    func createTopics(_ names: [String]) async throws {
+        if let cluster {
+            for name in names { try cluster.createTopic(name, partitions: 2) }
+        } else {
+            let admin = try KafkaAdmin(bootstrapServers: kafka.bootstrapServers, logger: logger)
+            try await admin.createTopics(
+                names.map { (name: $0, partitions: 2, replicationFactor: 1) }, timeout: .seconds(30))
+        }
+    }
+
     func produce(_ messages: [KafkaOutgoingMessage]) async throws {
         let producer = try KafkaProducer(configuration: kafka.producer(clientId: "test"), logger: logger)
         for r in await producer.send(messages) { _ = try r.get() }
@@ -236,6 +253,7 @@ final class TestStack: @unchecked Sendable {
         await ordersPool.close()
         for db in databases.values { try? await PostgresTestDatabase.dropSchema(db.schema) }
         try? await PostgresTestDatabase.dropSchema(trackerDatabase.schema)
+        try? await PostgresTestDatabase.dropSchema(registry.schema)
         cluster?.shutdown()
     }
 }

@@ -14,13 +14,14 @@ import Testing
             kafka: stack.kafka, database: stack.trackerDatabase, topics: stack.topics, services: TestStack.services)
         c.pollTimeout = .milliseconds(50)
         c.rebuild = rebuild
-        let tracker = SagaTracker(configuration: c, model: orderSagaModel, logger: stack.logger)
+        c.registryRefreshInterval = .milliseconds(200)
+        let tracker = SagaTracker(configuration: c, logger: stack.logger)
         return (tracker, Task { try await tracker.run() })
     }
 
-    func inspector(_ stack: TestStack) -> (SagaInspector, PostgresPool) {
+    func inspector(_ stack: TestStack) async throws -> (SagaInspector, PostgresPool) {
         let pool = PostgresPool(configuration: stack.trackerDatabase.configuration, size: 1, logger: stack.logger)
-        return (SagaInspector(pool: pool, model: orderSagaModel), pool)
+        return (try await SagaInspector(pool: pool, registry: stack.registry, logger: stack.logger), pool)
     }
 
     func finished(_ inspector: SagaInspector, _ id: String) async throws -> SagaInspector.Timeline? {
@@ -32,7 +33,7 @@ import Testing
         let stack = try await TestStack()
         try stack.startAll()
         let (_, task) = try await tracker(stack)
-        let (inspector, pool) = inspector(stack)
+        let (inspector, pool) = try await inspector(stack)
         let confirmed = try await stack.place("alice", [("widget", 1)])
         let outOfStock = try await stack.place("alice", [("gizmo", 99)])
         let declined = try await stack.place("carol", [("gadget", 1)])
@@ -83,7 +84,7 @@ import Testing
         try stack.startWorker("orders")
         try stack.startWorker("inventory")
         let (_, task) = try await tracker(stack)
-        let (inspector, pool) = inspector(stack)
+        let (inspector, pool) = try await inspector(stack)
         let id = try await stack.place("alice", [("widget", 1)])
         try await stack.eventually("the reservation reached the tracker") {
             try await inspector.timeline(id)?.saga?.lastEventType == "inventory.reserved"
@@ -113,7 +114,7 @@ import Testing
     @Test func aTrackerWhoseLockSessionEndsTakesTheLockAgainAndGoesOn() async throws {
         let stack = try await TestStack()
         let (tracker, task) = try await tracker(stack)
-        let (inspector, pool) = inspector(stack)
+        let (inspector, pool) = try await inspector(stack)
         let (first, firstMessage) = try stack.orderCreated()
         try await stack.produce([firstMessage])
         try await stack.eventually("the first event recorded") { try await inspector.timeline(first) != nil }
@@ -151,7 +152,7 @@ import Testing
         let (_, poisoned) = try stack.orderCreated(customer: "ali\u{0}ce")
         let (c, last) = try stack.orderCreated(customer: "carol")
         try await stack.produce([first, poisoned, last])
-        let (inspector, pool) = inspector(stack)
+        let (inspector, pool) = try await inspector(stack)
         try await stack.eventually("both good events recorded") {
             let seenA = try await inspector.timeline(a) != nil
             let seenC = try await inspector.timeline(c) != nil
@@ -184,7 +185,7 @@ import Testing
                 ]),
             try stack.orderCreated(sagaId: good).message,
         ])
-        let (inspector, pool) = inspector(stack)
+        let (inspector, pool) = try await inspector(stack)
         var recorded = false
         do {
             try await stack.eventually("the good event recorded", timeout: .seconds(20)) {
@@ -226,7 +227,7 @@ import Testing
             "orders", "INSERT INTO prices (sku, currency, unit_price) VALUES ('sprocket', 'EUR', 100)")
         try stack.startAll()
         let (_, live) = try await tracker(stack)
-        let (inspector, pool) = inspector(stack)
+        let (inspector, pool) = try await inspector(stack)
         let ids = [
             try await stack.place("alice", [("widget", 1)]), try await stack.place("carol", [("widget", 1)]),
             try await stack.place("alice", [("doohickey", 1)]),

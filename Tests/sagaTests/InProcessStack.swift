@@ -45,7 +45,7 @@ final class InProcessStack {
         services.append(http)
         self.httpPool = httpPool
         let env = self.env
-        schemas = (Stack.services + (tracker ? ["tracker"] : [])).map { env.database($0).schema }
+        schemas = (Stack.services + (tracker ? ["tracker"] : [])).map { env.database($0).schema } + [env.registrySchema]
         let group = ServiceGroup(
             configuration: .init(
                 services: services.map { .init(service: $0) }, gracefulShutdownSignals: [], logger: logger))

@@ -30,9 +30,13 @@ public enum BillingService {
                 """)
     ]
 
+    /// Billing's part of the saga: the payment.
+    public static let declaration = SagaDeclaration(
+        emits: [.step(PaymentCompleted.self), .failure(PaymentFailed.self)],
+        consumes: [.handles(InventoryReserved.self, waitingOn: "charge the customer")])
+
     public static func definition() -> ParticipantDefinition {
-        ParticipantDefinition(
-            name: name, migrations: migrations, upcasters: sagaUpcasters, handlers: handler.eventHandlers)
+        .orderSaga(name: name, migrations: migrations, handlers: handler.eventHandlers, declaration: declaration)
     }
 
     /// Billing's handler: it takes a whole batch of `inventory.reserved` events at once.

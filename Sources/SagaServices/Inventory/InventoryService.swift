@@ -38,9 +38,19 @@ public enum InventoryService {
                 """)
     ]
 
+    /// Inventory's part of the saga: the reservation, and its release (the compensation). A completed payment
+    /// turns the reservation into a sale, which emits nothing the saga waits for.
+    public static let declaration = SagaDeclaration(
+        emits: [
+            .step(InventoryReserved.self), .failure(InventoryRejected.self), .compensation(InventoryReleased.self),
+        ],
+        consumes: [
+            .handles(OrderCreatedV2.self, waitingOn: "reserve the stock"),
+            .handles(PaymentFailed.self, waitingOn: "release the reservation"), .handles(PaymentCompleted.self),
+        ])
+
     public static func definition() -> ParticipantDefinition {
-        ParticipantDefinition(
-            name: name, migrations: migrations, upcasters: sagaUpcasters, handlers: handler.eventHandlers)
+        .orderSaga(name: name, migrations: migrations, handlers: handler.eventHandlers, declaration: declaration)
     }
 
     /// Inventory's handler: it takes a whole batch of `order.created`, `payment.failed` and

@@ -65,9 +65,20 @@ public enum OrdersService {
                 """),
     ]
 
+    /// Orders' part of the saga: it starts it and decides its outcome.
+    public static let declaration = SagaDeclaration(
+        emits: [
+            .step(OrderCreatedV2.self), .outcome(OrderConfirmed.self, "confirmed"),
+            .outcome(OrderCancelled.self, "cancelled", detail: "reason"),
+        ],
+        consumes: [
+            .handles(PaymentCompleted.self, waitingOn: "confirm the order"),
+            .handles(InventoryRejected.self, waitingOn: "cancel the order"),
+            .handles(InventoryReleased.self, waitingOn: "cancel the order"),
+        ])
+
     public static func definition() -> ParticipantDefinition {
-        ParticipantDefinition(
-            name: name, migrations: migrations, upcasters: sagaUpcasters, handlers: handler.eventHandlers)
+        .orderSaga(name: name, migrations: migrations, handlers: handler.eventHandlers, declaration: declaration)
     }
 
     /// Orders' handler: it takes a whole batch of `payment.completed`, `inventory.rejected` and
