@@ -30,10 +30,12 @@ public struct Daemon: Sendable {
     /// `knownVariables` (most likely misspelt), and starts tracing when `tracing` names the service and an
     /// OTLP endpoint is configured.
     /// - Parameters:
+    ///   - environment: the configuration, as ``DaemonEnvironment/load(_:databases:devFile:brokerFile:)`` read it.
     ///   - label: the logger's label.
-    ///   - tracing: the OpenTelemetry service name (e.g. `saga-orders`), or nil for a process that exports no
-    ///     spans.
+    ///   - serviceName: (`tracing:`) the OpenTelemetry service name (e.g. `saga-orders`), or nil for a process
+    ///     that exports no spans.
     ///   - knownVariables: every SAGA_* variable the process reads.
+    ///   - variables: the process's environment.
     /// - Throws: ``ConfigurationError`` naming the variable when the OTLP settings are unusable.
     public init(
         environment: DaemonEnvironment, label: String, tracing serviceName: String? = nil,

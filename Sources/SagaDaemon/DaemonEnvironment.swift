@@ -51,6 +51,7 @@ public struct DaemonEnvironment: Sendable {
 
     /// Reads the environment.
     /// - Parameters:
+    ///   - env: the variables to read (the process's environment).
     ///   - databases: the participants (or "tracker") whose own `SAGA_<NAME>_DATABASE_URL` to read.
     ///   - devFile: the local stack `saga dev` runs, if any: its broker and database are the fallback.
     ///   - brokerFile: the bootstrap servers of a running `saga broker`, if any: the fallback broker.

@@ -8,19 +8,26 @@ import Tracing
 public struct BatchHandlerContext: Sendable {
     /// The batch's transaction: the handler's state changes, the outbox rows and the inbox records commit
     /// together. It runs statements but refuses those that would end the transaction or touch its
-    /// savepoints (see ``PostgresTransaction``): the worker alone commits or rolls back.
+    /// savepoints (see `PostgresTransaction`): the worker alone commits or rolls back.
     public let connection: PostgresTransaction
+    /// The name of the participant the handler runs in (the producer of the events it emits).
     public let service: String
+    /// The worker's logger.
     public let logger: Logger
     /// The traceparent of each event's span (set by ``batchTracingMiddleware``), by event id.
     var spans: [UUID: String] = [:]
 
-    /// - Parameter connection: the connection of the transaction the caller owns; the handler gets a
-    ///   ``PostgresTransaction`` of it.
+    /// A context over a transaction the caller owns.
+    /// - Parameters:
+    ///   - connection: the connection of the transaction the caller owns; the handler gets a
+    ///     `PostgresTransaction` of it.
+    ///   - service: the participant's name.
+    ///   - logger: the worker's logger.
     public init(connection: PostgresConnection, service: String, logger: Logger) {
         self.init(transaction: PostgresTransaction(connection), service: service, logger: logger)
     }
 
+    /// A context over `transaction`, a transaction the caller owns.
     public init(transaction: PostgresTransaction, service: String, logger: Logger) {
         self.connection = transaction
         self.service = service
@@ -63,12 +70,14 @@ public typealias BatchHandlerMiddleware = @Sendable (@escaping BatchHandlerFunct
 public struct BatchHandler: Sendable {
     /// The event types handled, each with the version the handler is written for (older ones are upcast).
     public var versions: [String: Int]
+    /// The batch function: the events of the batch whose types it names, in consumption order, to the events to emit.
     public var handle: BatchHandlerFunction
     /// Tells batch handlers apart (the handlers of one batch handler are called together).
     let identity = Identity()
 
     final class Identity: Sendable {}
 
+    /// A batch handler of the event types in `versions` (each with the version it is written for).
     public init(versions: [String: Int], handle: @escaping BatchHandlerFunction) {
         self.versions = versions
         self.handle = handle

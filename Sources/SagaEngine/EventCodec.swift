@@ -5,10 +5,15 @@ import SagaSchemas
 
 /// Turns a newer version's body out of an older one: `type` v`from` → v`from + 1`.
 public struct Upcaster: Sendable {
+    /// The event type it upcasts.
     public var type: String
+    /// The version it reads; it produces `fromVersion + 1`.
     public var fromVersion: Int
+    /// Turns the `data` of version `fromVersion` into the `data` of the next version. A thrown error makes the
+    /// event a poison event (dead-lettered).
     public var transform: @Sendable (JSONValue) throws -> JSONValue
 
+    /// An upcaster of `type` from `version` to `version + 1`.
     public init(type: String, from version: Int, transform: @escaping @Sendable (JSONValue) throws -> JSONValue) {
         self.type = type
         self.fromVersion = version
@@ -20,10 +25,14 @@ public struct Upcaster: Sendable {
 ///
 /// Every failure is an `EventDecodingError` whose reason goes into the dead-letter headers.
 public struct EventCodec: Sendable {
+    /// The schemas it validates with.
     public let registry: SchemaRegistry
     private let upcasters: [String: Upcaster]
+    /// How event types map to topics.
     public let topics: TopicNaming
 
+    /// A codec validating with `registry`, upcasting with `upcasters` (one per type and source version),
+    /// writing to the topics of `topics`.
     public init(registry: SchemaRegistry = .shared, upcasters: [Upcaster], topics: TopicNaming) {
         self.registry = registry
         self.upcasters = Dictionary(
@@ -108,9 +117,12 @@ public struct EventCodec: Sendable {
 
 /// Topic names: one topic per event type, named as the type, with an optional prefix (tests, shared clusters).
 public struct TopicNaming: Sendable, Hashable {
+    /// Prepended to every topic and consumer group name; empty by default.
     public var prefix: String
+    /// Topic names with `prefix`.
     public init(prefix: String = "") { self.prefix = prefix }
 
+    /// The topic of an event type: the prefix, then the type (`order.created`).
     public func topic(for eventType: String) -> String { prefix + eventType }
 
     /// The dead-letter topic of a consumer (`deadletter.<consumer>`).

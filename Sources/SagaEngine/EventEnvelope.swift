@@ -6,19 +6,26 @@ import JSONSchema
 /// The Kafka key is the saga id; `type` and `version` also travel as Kafka headers
 /// (`saga-event-type`, `saga-event-version`) so tools can filter without parsing the value.
 public struct EventEnvelope: Sendable, Hashable {
+    /// The event's id: the inbox key, so the same id is handled once per participant.
     public var id: UUID
+    /// The event type, e.g. `order.created`.
     public var type: String
+    /// The version of the type's schema that `data` is written against.
     public var version: Int
+    /// The saga the event belongs to; also the Kafka key, so a saga's events stay in one partition.
     public var sagaId: String
     /// The event whose handling produced this one; nil for the first event of a saga.
     public var causationId: UUID?
+    /// When the producer created the event.
     public var occurredAt: Date
     /// The service that produced the event (`orders`, `inventory`, `billing`).
     public var producer: String
     /// W3C trace context, propagated from cause to effect.
     public var traceparent: String?
+    /// The event's body, valid against the schema of `type` and `version`.
     public var data: JSONValue
 
+    /// An envelope from its fields; `id` and `occurredAt` default to a new id and now.
     public init(
         id: UUID = UUID(), type: String, version: Int, sagaId: String, causationId: UUID?,
         occurredAt: Date = Date(), producer: String, traceparent: String?, data: JSONValue
@@ -86,7 +93,9 @@ public struct EventEnvelope: Sendable, Hashable {
 
 /// Why an incoming message could not be turned into an event. Always permanent: the message is dead-lettered.
 public struct EventDecodingError: Error, Sendable, CustomStringConvertible {
+    /// What is wrong with the message; it goes into the dead letter's `dlq-reason` header.
     public var reason: String
+    /// An error with `reason`.
     public init(_ reason: String) { self.reason = reason }
     public var description: String { reason }
 }
@@ -96,8 +105,10 @@ public enum Timestamp {
     private static let withFraction = Date.ISO8601FormatStyle(includingFractionalSeconds: true)
     private static let plain = Date.ISO8601FormatStyle()
 
+    /// `date` as RFC 3339 in UTC, with fractional seconds.
     public static func format(_ date: Date) -> String { withFraction.format(date) }
 
+    /// The date of an RFC 3339 timestamp, with or without fractional seconds; `nil` if `text` is not one.
     public static func parse(_ text: String) -> Date? {
         (try? withFraction.parse(text)) ?? (try? plain.parse(text))
     }

@@ -5,7 +5,9 @@ import SagaKafka
 /// A typed event body. Each concrete type names the schema (`schemas/<type>/v<version>.schema.json`)
 /// it is written against.
 public protocol EventPayload: Codable, Sendable {
+    /// The event type, e.g. `order.created`: the envelope's `type` and the name of the type's topic.
     static var eventType: String { get }
+    /// The version of the type's schema this payload is written against.
     static var eventVersion: Int { get }
 }
 
@@ -18,11 +20,16 @@ public struct IncomingEvent: Sendable {
     public var publishedVersion: Int
     /// Where it was read from.
     public var topic: String
+    /// The partition it was read from.
     public var partition: Int32
+    /// Its offset in that partition.
     public var offset: Int64
 
+    /// The event's id (``EventEnvelope/id``).
     public var id: UUID { envelope.id }
+    /// The event's type (``EventEnvelope/type``).
     public var type: String { envelope.type }
+    /// The event's saga (``EventEnvelope/sagaId``).
     public var sagaId: String { envelope.sagaId }
 
     /// The body decoded as `T`.
@@ -35,8 +42,10 @@ public struct IncomingEvent: Sendable {
 
 /// An event a handler emits. The runtime writes it to the outbox in the handler's transaction.
 public struct OutgoingEvent: Sendable {
+    /// The event in its envelope, as it will be published.
     public var envelope: EventEnvelope
 
+    /// An event from a complete envelope.
     public init(envelope: EventEnvelope) { self.envelope = envelope }
 
     /// A new event of a saga, caused by `cause` (nil for the first event of a saga).
@@ -55,8 +64,12 @@ public struct OutgoingEvent: Sendable {
     }
 }
 
+/// Why an event could not be encoded: its payload does not encode to JSON, or does not validate against
+/// its schema.
 public struct EventEncodingError: Error, Sendable, CustomStringConvertible {
+    /// What is wrong with the event.
     public var reason: String
+    /// An error with `reason`.
     public init(_ reason: String) { self.reason = reason }
     public var description: String { reason }
 }

@@ -9,10 +9,13 @@ import Tracing
 public struct HandlerContext: Sendable {
     /// The transaction the handler's state change, the outbox rows and the inbox record commit in
     /// together. It runs statements but refuses those that would end the transaction or touch its
-    /// savepoints (see ``PostgresTransaction``): the worker alone commits or rolls back.
+    /// savepoints (see `PostgresTransaction`): the worker alone commits or rolls back.
     public let connection: PostgresTransaction
+    /// The name of the participant the handler runs in (the producer of the events it emits).
     public let service: String
+    /// The event being handled.
     public let event: IncomingEvent
+    /// A logger whose metadata names the event's saga, id, type and trace.
     public let logger: Logger
 
     /// A follow-up event of the same saga, caused by the event being handled.
@@ -24,11 +27,17 @@ public struct HandlerContext: Sendable {
 /// A handler refuses an event for good (e.g. it references something that can never exist).
 /// The event is dead-lettered with `reason` and the partition moves on.
 public struct HandlerRejection: Error, Sendable, CustomStringConvertible {
+    /// Why the event is refused; it goes into the dead letter's `dlq-reason` header.
     public var reason: String
+    /// A rejection with `reason`.
     public init(_ reason: String) { self.reason = reason }
     public var description: String { reason }
 }
 
+/// Handles one event in its transaction and returns the events to emit, in the order to publish them.
+/// Throwing ``HandlerRejection`` dead-letters the event. Any other error rolls the batch back: a transient one is
+/// retried, one that is the event's fault dead-letters the event, and one that is neither is retried and
+/// dead-letters the event after ``WorkerConfiguration/deadLetterAfterAttempts`` attempts in a row.
 public typealias HandlerFunction = @Sendable (IncomingEvent, HandlerContext) async throws -> [OutgoingEvent]
 
 /// Wraps a handler with cross-cutting behaviour (logging, metrics, tracing).
@@ -40,12 +49,16 @@ public typealias HandlerMiddleware = @Sendable (@escaping HandlerFunction) -> Ha
 /// made by ``BatchHandler/eventHandlers`` also has a batch form (``batch``), which the worker calls once
 /// for all the batch's events of its types; `handle` then calls the batch form with one event.
 public struct EventHandler: Sendable {
+    /// The event type handled.
     public var eventType: String
+    /// The version the handler is written for; older versions are upcast to it.
     public var version: Int
+    /// The handler's function.
     public var handle: HandlerFunction
     /// The batch form of this handler, if it has one.
     public var batch: BatchHandler?
 
+    /// A handler of `eventType`, written for `version`.
     public init(eventType: String, version: Int, handle: @escaping HandlerFunction) {
         self.eventType = eventType
         self.version = version

@@ -5,11 +5,16 @@ import SagaPostgres
 extension Outbox {
     /// One outbox row, for a statement that writes it together with a service's own rows.
     public struct Row: Sendable {
+        /// The saga of the event: it picks the row's shard, so a saga is published in order.
         public var sagaId: String
+        /// The event's id, when the message is an event.
         public var eventId: UUID?
+        /// The event's type, when the message is an event.
         public var eventType: String?
+        /// The Kafka message to publish.
         public var message: KafkaOutgoingMessage
 
+        /// A row from its fields.
         public init(sagaId: String, eventId: UUID?, eventType: String?, message: KafkaOutgoingMessage) {
             self.sagaId = sagaId
             self.eventId = eventId

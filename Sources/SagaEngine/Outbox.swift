@@ -9,8 +9,10 @@ public enum Outbox {
     /// Appends `messages` to the outbox of the connection's schema, in order, in one statement
     /// (however many there are). Rows get ids in the order given, so one saga's rows keep their order.
     /// - Parameters:
-    ///   - sagaId: the saga each message belongs to; it picks the shard, so one saga's rows keep their order.
-    ///     An empty `eventType` is stored as NULL, like a nil one.
+    ///   - messages: each message with the saga it belongs to (`sagaId` picks the shard, so one saga's rows
+    ///     keep their order), its event id and its event type. An empty `eventType` is stored as NULL, like a
+    ///     nil one.
+    ///   - connection: a connection inside the caller's transaction.
     /// - Throws: `PostgresError`.
     public static func append(
         _ messages: [(sagaId: String, eventId: UUID?, eventType: String?, message: KafkaOutgoingMessage)],
@@ -87,14 +89,20 @@ public enum Outbox {
 extension Outbox {
     /// An unpublished outbox row of one saga, as `saga inspect` shows it.
     public struct Pending: Sendable, Codable, Hashable {
+        /// The row's id (publication order within its shard).
         public var id: Int64
+        /// The event type, when the row is an event.
         public var eventType: String?
+        /// The topic it goes to.
         public var topic: String
+        /// When it was written.
         public var createdAt: Date
         /// `parked`: the broker refused it for good; `held`: it waits behind a parked row of its saga;
         /// `pending`: it goes out with the relay's next rounds.
         public var state: String
+        /// How many times publishing it failed.
         public var attempts: Int
+        /// The broker's error of the last failed attempt, if any.
         public var lastError: String?
     }
 

@@ -9,17 +9,23 @@ import SagaSchemas
 /// runtime registers its ``declaration`` in the ``ParticipantRegistry``; the tracker and `saga inspect`
 /// assemble the saga's shape from every registered participant.
 public struct ParticipantDefinition: Sendable {
+    /// The participant's name: its database schema, its consumer group, the producer in its events' envelopes
+    /// and the suffix of its dead-letter topic.
     public var name: String
+    /// Its own tables, created in its schema next to the runtime's (``EngineMigrations``).
     public var migrations: [PostgresMigration]
+    /// The upcasters of the event types it consumes that have older versions.
     public var upcasters: [Upcaster]
+    /// One handler per event type it consumes.
     public var handlers: [EventHandler]
     /// Its part of the saga: what it emits (step, failure, compensation, outcome) and what the saga waits on
     /// it for.
     public var declaration: SagaDeclaration
     /// The JSON Schemas of every version of every event type it emits or consumes; its codec validates with
-    /// these plus the runtime's envelope schema (``SchemaRegistry/init(schemas:)``).
+    /// these plus the runtime's envelope schema (`SchemaRegistry.init(schemas:)`).
     public var schemas: [EventSchema]
 
+    /// A participant from its parts; `upcasters`, `declaration` and `schemas` default to none.
     public init(
         name: String, migrations: [PostgresMigration], upcasters: [Upcaster] = [], handlers: [EventHandler],
         declaration: SagaDeclaration = SagaDeclaration(), schemas: [EventSchema] = []
@@ -56,11 +62,14 @@ public struct ParticipantDefinition: Sendable {
 public struct SagaDeclaration: Sendable, Codable, Hashable {
     /// An event type the participant emits, and what it means for the saga.
     public struct Emission: Sendable, Codable, Hashable {
+        /// The event type.
         public var type: String
+        /// What an event of this type means for the saga.
         public var kind: SagaModel.Kind
         /// For ``SagaModel/Kind/outcome``: the outcome it stands for (nil: the type's name).
         public var outcome: SagaModel.Outcome?
 
+        /// An emission of `type` of `kind`; `outcome` only for ``SagaModel/Kind/outcome``.
         public init(type: String, kind: SagaModel.Kind, outcome: SagaModel.Outcome? = nil) {
             self.type = type
             self.kind = kind
@@ -90,6 +99,7 @@ public struct SagaDeclaration: Sendable, Codable, Hashable {
 
     /// An event type the participant consumes.
     public struct Consumption: Sendable, Codable, Hashable {
+        /// The event type.
         public var type: String
         /// What the saga waits on this participant for while an event of this type is its latest, e.g.
         /// "reserve the stock" (shown as "inventory: reserve the stock"). nil when the participant only
@@ -97,6 +107,7 @@ public struct SagaDeclaration: Sendable, Codable, Hashable {
         /// the saga does not wait on it.
         public var waitingOn: String?
 
+        /// A consumption of `type`; `waitingOn` as in ``waitingOn``.
         public init(type: String, waitingOn: String? = nil) {
             self.type = type
             self.waitingOn = waitingOn
@@ -108,9 +119,12 @@ public struct SagaDeclaration: Sendable, Codable, Hashable {
         }
     }
 
+    /// The event types the participant emits.
     public var emits: [Emission]
+    /// The event types the participant consumes.
     public var consumes: [Consumption]
 
+    /// A declaration of what the participant emits and consumes.
     public init(emits: [Emission] = [], consumes: [Consumption] = []) {
         self.emits = emits
         self.consumes = consumes

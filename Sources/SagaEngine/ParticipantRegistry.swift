@@ -28,6 +28,7 @@ public struct ParticipantRegistry: Sendable, Hashable {
     /// The registry's schema.
     public var schema: String
 
+    /// The registry in `schema` of the database at `url`.
     public init(url: String, schema: String = ParticipantRegistry.defaultSchema) {
         self.url = url
         self.schema = schema
@@ -49,7 +50,7 @@ public struct ParticipantRegistry: Sendable, Hashable {
     var table: String { PostgresConnection.quoteIdentifier(schema) + ".participants" }
 
     /// Creates the registry's schema and table if missing. Idempotent, and safe from several processes at
-    /// once: the schema is created under an advisory lock, the table by ``PostgresMigrator``.
+    /// once: the schema is created under an advisory lock, the table by `PostgresMigrator`.
     /// - Throws: `PostgresError`.
     public func prepare(logger: Logger) async throws {
         try await withPool(logger: logger) { pool in try await prepare(pool, logger: logger) }

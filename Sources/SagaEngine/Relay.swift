@@ -9,7 +9,9 @@ import Synchronization
 public struct RelayConfiguration: Sendable {
     /// The service whose outbox this relay publishes (for logs and client ids).
     public var name: String
+    /// The cluster it publishes to.
     public var kafka: KafkaSettings
+    /// The database and schema whose outbox it publishes.
     public var database: ServiceDatabase
     /// Most rows published per round trip.
     public var batchSize: Int = 500
@@ -20,6 +22,7 @@ public struct RelayConfiguration: Sendable {
     /// Under load rows come again within milliseconds; a relay that flagged itself idle between them would make
     /// every writer's commit send a NOTIFY, and PostgreSQL serialises notifying commits cluster-wide.
     public var idleGrace: Duration = .milliseconds(100)
+    /// How often it looks for rows during ``idleGrace``.
     public var gracePollInterval: Duration = .milliseconds(2)
     /// How long a round waits for a batch's delivery reports. Rows still unacknowledged then (a partition whose
     /// leader is unreachable waits up to `message.timeout.ms`) stay in flight, their sagas are held back, and the
@@ -33,9 +36,10 @@ public struct RelayConfiguration: Sendable {
     public var maxShards: Int = EngineMigrations.shardCount
     /// How often the outbox gauges (backlog, age of the oldest unpublished row, parked rows) are refreshed.
     public var gaugeInterval: Duration = .seconds(5)
+    /// The backoff after a failed round (database or broker unavailable) and of the sagas of failed rows.
     public var retry = RetryPolicy()
     /// The server ends the session holding this relay's shard locks once it has been idle this long (see
-    /// ``OutboxRelay/lockSession(_:)``), so a frozen relay's shards go to a standby within about this plus
+    /// `OutboxRelay.lockSession(_:)`), so a frozen relay's shards go to a standby within about this plus
     /// `claimInterval` (at least three times the longer of `pollInterval` and `claimInterval`: an idle relay
     /// uses the session that often). Waiting longer than this for the broker's acknowledgements ends a live
     /// relay's session too (it starts a new one, and the rows go out again); nil keeps the server's setting.
@@ -44,6 +48,7 @@ public struct RelayConfiguration: Sendable {
     /// as a crash there would.
     public var failpoint: RelayFailpoint? = nil
 
+    /// A configuration of the relay of `name`'s outbox, with the defaults above.
     public init(name: String, kafka: KafkaSettings, database: ServiceDatabase) {
         self.name = name
         self.kafka = kafka
@@ -51,17 +56,25 @@ public struct RelayConfiguration: Sendable {
     }
 }
 
+/// A fault a test injects into an ``OutboxRelay`` (``RelayConfiguration/failpoint``).
 public enum RelayFailpoint: Sendable, Hashable {
+    /// Stop after publishing a batch, before deleting its rows, as a crash there would; ``OutboxRelay/run()`` then
+    /// throws ``RelayCrashed``.
     case crashAfterPublish
 }
 
 /// Thrown by `run()` when the `crashAfterPublish` failpoint fired.
 public struct RelayCrashed: Error, Sendable {}
 
+/// Counters a relay keeps, for health, metrics and tests.
 public struct RelayStats: Sendable, Hashable {
+    /// Rows published and acknowledged by the broker.
     public var published = 0
+    /// Rows whose publication failed (each attempt counts).
     public var failed = 0
+    /// Batches settled.
     public var batches = 0
+    /// The outbox shards this instance owns now.
     public var ownedShards: [Int] = []
 }
 
@@ -88,16 +101,18 @@ public struct RelayStats: Sendable, Hashable {
 ///   `saga_outbox_wake`, waits until no inserting transaction is in flight,
 ///   and reads once more; an insert into a flagged shard notifies at commit, which wakes it. `pollInterval` is
 ///   only a fallback (a writer transaction open for long, a REPEATABLE READ writer). A lost listening session
-///   is re-established (``WakeListener``).
+///   is re-established (`WakeListener`).
 /// - Several instances: each owns outbox shards through session advisory locks held on its connection;
 ///   a saga's rows are all in one shard, so one saga is only ever published by one instance, in order.
 public final class OutboxRelay: Service, Sendable {
+    /// How it runs.
     public let configuration: RelayConfiguration
     private let logger: Logger
     private let state = Mutex(RelayStats())
     private let wake = WakeSignal()
     private let metrics: RelayMetrics
 
+    /// A relay configured by `configuration`; nothing happens until ``run()``.
     public init(configuration: RelayConfiguration, logger: Logger) {
         self.configuration = configuration
         self.metrics = RelayMetrics(service: configuration.name)
@@ -106,6 +121,7 @@ public final class OutboxRelay: Service, Sendable {
         self.logger = logger
     }
 
+    /// Its counters so far.
     public var stats: RelayStats { state.withLock { $0 } }
 
     private var channel: String { "saga_outbox_" + configuration.database.schema }

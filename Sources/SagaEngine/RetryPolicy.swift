@@ -1,10 +1,14 @@
 /// Exponential backoff with jitter for retriable failures (database unreachable, serialization failure,
 /// broker down). Attempts are unbounded: the event waits, it is never dropped.
 public struct RetryPolicy: Sendable, Hashable {
+    /// The delay before the first retry.
     public var initialDelay: Duration = .milliseconds(100)
+    /// The longest delay between two attempts.
     public var maxDelay: Duration = .seconds(10)
+    /// How much the delay grows from one attempt to the next.
     public var multiplier: Double = 2
 
+    /// A policy whose delays grow from `initialDelay` by ``multiplier`` up to `maxDelay`.
     public init(initialDelay: Duration = .milliseconds(100), maxDelay: Duration = .seconds(10)) {
         self.initialDelay = initialDelay
         self.maxDelay = maxDelay

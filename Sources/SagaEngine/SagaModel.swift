@@ -7,6 +7,7 @@ import JSONSchema
 /// (``SagaDeclaration``, registered in the ``ParticipantRegistry``), so a participant that joins
 /// appears in it without a change to the others. See ``init(declarations:)`` for how declarations combine.
 public struct SagaModel: Sendable, Hashable {
+    /// What an event means for its saga.
     public enum Kind: String, Sendable, Codable {
         /// A step forward.
         case step
@@ -21,10 +22,12 @@ public struct SagaModel: Sendable, Hashable {
     /// The outcome an ``Kind/outcome`` event stands for: `label`, followed by `": "` and the string
     /// value of the payload's `detail` field when it has one (e.g. "cancelled: out_of_stock").
     public struct Outcome: Sendable, Codable, Hashable {
+        /// The outcome's name, e.g. "confirmed" or "cancelled".
         public var label: String
         /// A top-level field of the event's `data` whose string value details the outcome.
         public var detail: String?
 
+        /// An outcome named `label`, detailed by the payload's `detail` field when given.
         public init(label: String, detail: String? = nil) {
             self.label = label
             self.detail = detail
@@ -33,6 +36,7 @@ public struct SagaModel: Sendable, Hashable {
 
     /// Every event type of the saga (emitted or consumed by a participant), sorted.
     public var eventTypes: [String]
+    /// What each event type means for the saga; a type with no entry is a ``Kind/step``.
     public var kinds: [String: Kind]
     /// For each event type, what the saga waits on once that event is its latest, e.g.
     /// "inventory: reserve the stock". No entry: nothing registered waits to act on it.
@@ -42,6 +46,7 @@ public struct SagaModel: Sendable, Hashable {
     /// The participants the model was assembled from, sorted.
     public var participants: [String]
 
+    /// A model from its parts (``init(declarations:)`` assembles one from the participants' declarations).
     public init(
         eventTypes: [String], kinds: [String: Kind], waitingOn: [String: String], outcomes: [String: Outcome],
         participants: [String] = []
@@ -86,6 +91,7 @@ public struct SagaModel: Sendable, Hashable {
             outcomes: outcomes, participants: declarations.keys.sorted())
     }
 
+    /// What events of `type` mean for the saga (``Kind/step`` for a type nobody declared).
     public func kind(of type: String) -> Kind { kinds[type] ?? .step }
 
     /// The outcome an event of `type` with payload `data` stands for, e.g. "confirmed" or

@@ -3,7 +3,9 @@ import SagaPostgres
 
 /// A service's database: its own schema, holding the engine's tables and the service's tables.
 public struct ServiceDatabase: Sendable {
+    /// The database's PostgreSQL URL.
     public var url: String
+    /// The service's schema: its tables and the runtime's (outbox, inbox, dead letters) live there.
     public var schema: String
     /// `statement_timeout` of every session the service opens (not of migrations), or nil for the server's.
     public var statementTimeout: Duration? = nil
@@ -14,12 +16,14 @@ public struct ServiceDatabase: Sendable {
     /// `saga_registry` on this database (``url``).
     public var registry: ParticipantRegistry
 
+    /// The database at `url`, schema `schema`; the participant registry in the same database.
     public init(url: String, schema: String) {
         self.url = url
         self.schema = schema
         self.registry = ParticipantRegistry(url: url)
     }
 
+    /// The connection configuration: ``url``, ``schema`` as search path, and the sessions' timeouts.
     public var configuration: PostgresConfiguration {
         var configuration = PostgresConfiguration(url: url, searchPath: schema)
         configuration.statementTimeout = statementTimeout

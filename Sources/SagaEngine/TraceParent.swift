@@ -47,6 +47,8 @@ public enum TraceParent {
         isValid(traceparent) ? String(traceparent.split(separator: "-")[1]) : nil
     }
 
+    /// Whether `value` is a well-formed W3C traceparent (`00-<trace id>-<span id>-<flags>`, lower-case hex,
+    /// ids not all zero).
     public static func isValid(_ value: String) -> Bool {
         // version(2)-traceid(32)-spanid(16)-flags(2), lower-case hex; ids not all zero. Checked byte by byte:
         // every emitted event checks its cause's traceparent.
@@ -98,9 +100,13 @@ struct TraceCarrier: Extractor, Injector {
 /// The metadata every log line about an event carries, so a saga can be followed through the logs:
 /// `saga_id`, `event_id`, `event_type` and `trace_id` (the saga's trace).
 public enum EventLog {
+    /// The metadata key of the saga id.
     public static let sagaId = "saga_id"
+    /// The metadata key of the event id.
     public static let eventId = "event_id"
+    /// The metadata key of the event type.
     public static let eventType = "event_type"
+    /// The metadata key of the trace id.
     public static let traceId = "trace_id"
 
     /// `base` with the event's saga, id, type and trace.

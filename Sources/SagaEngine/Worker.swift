@@ -10,13 +10,17 @@ import Synchronization
 public struct WorkerConfiguration: Sendable {
     /// The service name: consumer group, producer name in envelopes, dead-letter topic suffix.
     public var name: String
+    /// The cluster it consumes from.
     public var kafka: KafkaSettings
+    /// The database and schema its transactions run in.
     public var database: ServiceDatabase
+    /// How event types map to topics.
     public var topics: TopicNaming
     /// Most messages handled in one database transaction.
     public var batchSize: Int = 200
     /// How long one poll waits for the first message.
     public var pollTimeout: Duration = .milliseconds(200)
+    /// The backoff between attempts of a batch that failed retriably.
     public var retry = RetryPolicy()
     /// After this many failed attempts of a batch in a row with the same error that is neither the event's
     /// fault for certain nor transient (an undefined table, a statement timeout, an unexpected error), the
@@ -29,6 +33,7 @@ public struct WorkerConfiguration: Sendable {
     /// How often the consumer lag gauge is refreshed.
     public var lagInterval: Duration = .seconds(5)
 
+    /// A configuration of the worker of `name`, with the defaults above.
     public init(name: String, kafka: KafkaSettings, database: ServiceDatabase, topics: TopicNaming = TopicNaming()) {
         self.name = name
         self.kafka = kafka
@@ -39,10 +44,15 @@ public struct WorkerConfiguration: Sendable {
 
 /// Counters a worker keeps, for health, metrics and tests.
 public struct WorkerStats: Sendable, Hashable {
+    /// Events handled (inbox records written).
     public var handled = 0
+    /// Events skipped because the inbox had already seen them.
     public var duplicates = 0
+    /// Events dead-lettered.
     public var deadLettered = 0
+    /// Batches retried after a failure.
     public var retries = 0
+    /// Batches committed.
     public var batches = 0
     /// Batches run one event at a time (each in a savepoint) because a handler failed for good on one.
     public var isolated = 0
@@ -65,9 +75,10 @@ public struct WorkerStats: Sendable, Hashable {
 ///   own savepoint, so only the poison event is dead-lettered. Whose fault a failure is, and so whether it
 ///   is retried, is decided by `Failure`; one that is neither the event's for certain nor transient is
 ///   retried, but dead-lettered after ``WorkerConfiguration/deadLetterAfterAttempts`` attempts in a row.
-///   A dead letter holds only bounded values and is written in a savepoint of its own (``DeadLetter``).
+///   A dead letter holds only bounded values and is written in a savepoint of its own (`DeadLetter`).
 /// - The next poll runs while the transaction does; inbox retention runs on its own task and connection.
 public final class Worker: Service, Sendable {
+    /// How it runs.
     public let configuration: WorkerConfiguration
     private let handlers: [String: EventHandler]
     /// The batch forms of the handlers that have one (wrapped in the batch middleware), by identity.
@@ -84,9 +95,14 @@ public final class Worker: Service, Sendable {
     /// registers nothing in the ``ParticipantRegistry``: a participant's daemon uses
     /// ``init(configuration:definition:middleware:batchMiddleware:logger:)``.
     /// - Parameters:
+    ///   - configuration: how it runs.
+    ///   - handlers: one handler per event type it consumes.
+    ///   - upcasters: the upcasters of the event types it consumes.
+    ///   - migrations: the service's own tables, migrated when it starts.
     ///   - middleware: wraps every per-event call: plain handlers, and batch handlers when a batch is run
     ///     one event at a time after a poison event.
     ///   - batchMiddleware: wraps every call of a batch handler's batch form.
+    ///   - logger: the worker's logger.
     public convenience init(
         configuration: WorkerConfiguration, handlers: [EventHandler], upcasters: [Upcaster],
         migrations: [PostgresMigration], middleware: [HandlerMiddleware] = [tracingMiddleware, loggingMiddleware],
@@ -137,6 +153,7 @@ public final class Worker: Service, Sendable {
         self.logger = logger
     }
 
+    /// Its counters so far.
     public var stats: WorkerStats { state.withLock { $0 } }
 
     /// The topics this worker consumes.

@@ -8,7 +8,11 @@ public final class KafkaAdmin: Sendable {
     private let client: RDKafkaClient
     private let lane: BlockingLane
 
-    /// - Parameter properties: raw librdkafka properties (TLS, SASL...), applied last.
+    /// An admin client of the cluster.
+    /// - Parameters:
+    ///   - bootstrapServers: `host:port[,host:port…]`.
+    ///   - properties: raw librdkafka properties (TLS, SASL...), applied last.
+    ///   - logger: receives librdkafka's log lines.
     /// - Throws: ``KafkaError`` `_INVALID_ARG` when a property is rejected (the message names it).
     public init(bootstrapServers: String, properties: [String: String] = [:], logger: Logger) throws(KafkaError) {
         var all: [(String, String)] = [

@@ -4,9 +4,12 @@ import Foundation
 /// Where a partition's log starts (`low`, the oldest offset still kept) and ends (`high`, the
 /// offset the next record will get).
 public struct KafkaWatermarks: Sendable, Hashable {
+    /// The oldest offset the partition still keeps.
     public var low: Int64
+    /// The offset the next record written to the partition will get.
     public var high: Int64
 
+    /// Creates watermarks from their two offsets.
     public init(low: Int64, high: Int64) {
         self.low = low
         self.high = high
@@ -15,17 +18,25 @@ public struct KafkaWatermarks: Sendable, Hashable {
 
 /// A consumer group as the group coordinator describes it (Kafka's ListGroups + DescribeGroups).
 public struct KafkaGroupDescription: Sendable, Hashable {
+    /// One member of the group.
     public struct Member: Sendable, Hashable {
+        /// The id the coordinator gave the member.
         public var memberId: String
+        /// The member's `client.id`.
         public var clientId: String
+        /// The host the member connected from, as the coordinator saw it.
         public var clientHost: String
     }
 
+    /// The group id.
     public var group: String
     /// The coordinator's state name: `Empty`, `Stable`, `PreparingRebalance`, `CompletingRebalance`
     /// or `Dead` (a group the coordinator does not know).
     public var state: String
+    /// The group's protocol type as the coordinator reports it (`consumer` for consumer groups); empty for a group
+    /// the coordinator does not know.
     public var protocolType: String
+    /// The group's current members.
     public var members: [Member]
 }
 

@@ -29,6 +29,7 @@ public struct KafkaConsumerConfiguration: Sendable {
     /// Raw librdkafka properties (TLS, SASL, `partition.assignment.strategy`, ...), applied last.
     public var properties: [String: String] = [:]
 
+    /// Settings for a member of `groupId` on the cluster at `bootstrapServers` (`host:port[,host:port…]`).
     public init(bootstrapServers: String, groupId: String) {
         self.bootstrapServers = bootstrapServers
         self.groupId = groupId

@@ -13,7 +13,9 @@ public struct KafkaConsumerMessages: AsyncSequence, Sendable {
         AsyncIterator(consumer: consumer)
     }
 
+    /// Polls the consumer in batches of up to 256 messages and hands them out one at a time.
     public struct AsyncIterator: AsyncIteratorProtocol {
+        /// A consumed record.
         public typealias Element = KafkaMessage
         public typealias Failure = KafkaError
 

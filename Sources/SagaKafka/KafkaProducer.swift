@@ -67,7 +67,7 @@ public final class KafkaProducer: Sendable {
         await enqueue(messages).results()
     }
 
-    /// Enqueues all messages in order like ``send(_:)`` and returns once they are enqueued (or failed to be),
+    /// Enqueues all messages in order like ``send(_:)-(KafkaOutgoingMessage)`` and returns once they are enqueued (or failed to be),
     /// without waiting for their delivery reports: ``KafkaDeliveries`` shows each report as it arrives, so a
     /// caller can act on the acknowledged messages while others (say, to a partition whose leader is
     /// unreachable) are still pending.

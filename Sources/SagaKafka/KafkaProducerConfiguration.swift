@@ -29,6 +29,7 @@ public struct KafkaProducerConfiguration: Sendable {
     /// Raw librdkafka properties (TLS, SASL, ...), applied last.
     public var properties: [String: String] = [:]
 
+    /// Settings for a producer to the cluster at `bootstrapServers` (`host:port[,host:port…]`).
     public init(bootstrapServers: String) {
         self.bootstrapServers = bootstrapServers
     }

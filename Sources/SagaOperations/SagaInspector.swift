@@ -7,13 +7,16 @@ import SagaPostgres
 /// Reads the tracker's read model: one saga's timeline, stuck sagas, counts and latencies.
 ///
 /// Kinds and what a running saga waits on come from ``model``, assembled from the participants' declarations
-/// in the ``ParticipantRegistry`` (``init(pool:registry:logger:)``). A saga is running while it has no outcome
+/// in the `ParticipantRegistry` (``init(pool:registry:logger:)``). A saga is running while it has no outcome
 /// or a registered participant waits to act on its latest event (see ``SagaTracker``), so `--stuck` also
 /// lists a confirmed order that a participant consuming `order.confirmed` has not handled yet.
 public struct SagaInspector: Sendable {
+    /// The connections to the tracker's read model.
     public let pool: PostgresPool
+    /// The saga's shape: the kind of each event type and what a running saga waits on.
     public let model: SagaModel
 
+    /// An inspector of the read model in `pool` that reads it with `model`.
     public init(pool: PostgresPool, model: SagaModel) {
         self.pool = pool
         self.model = model
@@ -25,57 +28,92 @@ public struct SagaInspector: Sendable {
         self.init(pool: pool, model: try await registry.model(logger: logger))
     }
 
+    /// One recorded event of a saga.
     public struct Step: Sendable, Codable, Hashable {
+        /// The event's id.
         public var eventId: String
+        /// The event type.
         public var type: String
+        /// The version it was published in.
         public var version: Int
+        /// The participant that emitted it.
         public var producer: String
+        /// What it means for the saga (a `SagaModel.Kind` raw value).
         public var kind: String
+        /// When its producer created it.
         public var occurredAt: Date
         /// Milliseconds since the previous step (nil for the first).
         public var sincePreviousMs: Double?
+        /// The id of the event that caused it (nil for the first).
         public var causationId: String?
+        /// The topic it was read from.
         public var topic: String
+        /// The partition it was read from.
         public var partition: Int
+        /// Its offset in that partition.
         public var offset: Int64
     }
 
+    /// One dead letter of a saga.
     public struct DeadLetter: Sendable, Codable, Hashable {
+        /// The participant that dead-lettered it, when the headers say.
         public var consumer: String?
+        /// Why it was dead-lettered.
         public var reason: String
+        /// The event type, when known.
         public var eventType: String?
+        /// The event id, when known.
         public var eventId: String?
+        /// The topic the message was read from.
         public var sourceTopic: String?
+        /// The partition the message was read from.
         public var sourcePartition: Int?
+        /// The message's offset in that partition.
         public var sourceOffset: Int64?
+        /// The dead-letter topic.
         public var topic: String
+        /// The partition of the dead-letter topic.
         public var partition: Int
+        /// The dead letter's offset in that partition.
         public var offset: Int64
+        /// When it was dead-lettered.
         public var deadLetteredAt: Date
     }
 
+    /// A saga's state in the read model.
     public struct Summary: Sendable, Codable, Hashable {
+        /// The saga's id.
         public var sagaId: String
         /// `running` until it has an outcome and no registered participant waits on its latest event, then
         /// `finished`.
         public var status: String
         /// The outcome once decided, e.g. "confirmed" (also while a participant still acts after it).
         public var outcome: String?
+        /// When its first event occurred.
         public var startedAt: Date
+        /// When its latest event occurred.
         public var updatedAt: Date
         /// When the outcome was recorded.
         public var finishedAt: Date?
+        /// The type of its latest event.
         public var lastEventType: String
         /// What the saga waits on (nil once finished).
         public var waitingOn: String?
+        /// How many events it has.
         public var events: Int
+        /// How many of them are compensations.
         public var compensations: Int
+        /// How many dead letters it has.
         public var deadLetters: Int
     }
 
+    /// A saga's state, its events in order and its dead letters.
     public struct Timeline: Sendable, Codable, Hashable {
+        /// The state; nil when the tracker saw only dead letters of the saga.
         public var saga: Summary?
+        /// Its events, in the order they occurred.
         public var steps: [Step]
+        /// Its dead letters, oldest first.
         public var deadLetters: [DeadLetter]
     }
 
@@ -131,26 +169,43 @@ public struct SagaInspector: Sendable {
         ).map(summary)
     }
 
+    /// Counts and latencies of the sagas started since a time.
     public struct Stats: Sendable, Codable, Hashable {
+        /// The sagas of one outcome.
         public struct Outcome: Sendable, Codable, Hashable {
+            /// The outcome, e.g. "confirmed", or "running".
             public var outcome: String
+            /// How many sagas.
             public var sagas: Int
             /// End-to-end milliseconds, first event to the outcome (nil for running sagas).
             public var p50Ms: Double?
+            /// End-to-end 95th percentile, milliseconds.
             public var p95Ms: Double?
+            /// End-to-end 99th percentile, milliseconds.
             public var p99Ms: Double?
         }
+        /// The time from one event type to the next within sagas.
         public struct StepLatency: Sendable, Codable, Hashable {
+            /// The earlier event's type.
             public var from: String
+            /// The type of the event that followed it.
             public var to: String
+            /// How many times this pair occurred.
             public var count: Int
+            /// Median milliseconds between the two.
             public var p50Ms: Double
+            /// 95th percentile, milliseconds.
             public var p95Ms: Double
+            /// 99th percentile, milliseconds.
             public var p99Ms: Double
         }
+        /// The start of the period.
         public var since: Date
+        /// Counts and end-to-end latencies by outcome.
         public var outcomes: [Outcome]
+        /// Latencies by pair of consecutive event types.
         public var steps: [StepLatency]
+        /// Dead letters of those sagas.
         public var deadLetters: Int
     }
 

@@ -7,14 +7,21 @@ import SagaPostgres
 import ServiceLifecycle
 import Synchronization
 
+/// How a ``SagaTracker`` runs.
 public struct TrackerConfiguration: Sendable {
+    /// The cluster it reads.
     public var kafka: KafkaSettings
+    /// The database and schema of its read model; its `ServiceDatabase.registry` is where it reads the saga's shape.
     public var database: ServiceDatabase
+    /// How event types map to topics.
     public var topics: TopicNaming
     /// The services whose dead-letter topics to read, besides those of every registered participant.
     public var services: [String]
+    /// Most messages recorded in one transaction.
     public var batchSize: Int = 500
+    /// How long one poll waits for the first message.
     public var pollTimeout: Duration = .milliseconds(200)
+    /// The backoff between attempts after a failure.
     public var retry = RetryPolicy()
     /// Drop the read model and read every topic again from the beginning (a new consumer group).
     public var rebuild = false
@@ -23,11 +30,12 @@ public struct TrackerConfiguration: Sendable {
     /// kernel still answers keepalives) loses the lock within about this long and a standby takes over. Once
     /// it runs again it finds its session gone and stops. nil keeps the server's setting (and no heartbeat).
     public var lockSessionIdleTimeout: Duration? = .seconds(10)
-    /// How often the tracker reads the ``ParticipantRegistry`` again (``ServiceDatabase/registry`` of
+    /// How often the tracker reads the `ParticipantRegistry` again (`ServiceDatabase.registry` of
     /// ``database``): a participant that registers meanwhile is in the saga's model, and its topics are
     /// subscribed, within about this long.
     public var registryRefreshInterval: Duration = .seconds(5)
 
+    /// A configuration with the defaults above.
     public init(kafka: KafkaSettings, database: ServiceDatabase, topics: TopicNaming, services: [String]) {
         self.kafka = kafka
         self.database = database
@@ -36,10 +44,15 @@ public struct TrackerConfiguration: Sendable {
     }
 }
 
+/// Counters a tracker keeps, for health and tests.
 public struct TrackerStats: Sendable, Hashable {
+    /// Events recorded.
     public var events = 0
+    /// Dead letters recorded.
     public var deadLetters = 0
+    /// Messages not recorded: not an event, or data the read model refuses.
     public var skipped = 0
+    /// Batches committed.
     public var batches = 0
 }
 
@@ -55,19 +68,20 @@ public struct TrackerStats: Sendable, Hashable {
 /// the lock like a standby. `rebuild` empties the read model and reads the log again from the beginning under a
 /// new consumer group.
 ///
-/// The saga's shape (``SagaModel``) is assembled from the ``ParticipantRegistry`` when the tracker starts and
+/// The saga's shape (`SagaModel`) is assembled from the `ParticipantRegistry` when the tracker starts and
 /// again every ``TrackerConfiguration/registryRefreshInterval``: when a participant registers, its event types'
 /// topics and its dead-letter topic are subscribed without a restart (a new topic is read from its beginning).
 ///
 /// A saga is `running` until an outcome event was recorded and nothing registered waits on its latest event;
 /// then `finished`. So a step that follows an outcome keeps the saga running: once `order.confirmed` is recorded
 /// the outcome is "confirmed", but while a registered participant consumes `order.confirmed` with a
-/// ``SagaDeclaration/Consumption/waitingOn`` text (e.g. shipping: "schedule the shipment"), the saga waits on
+/// `SagaDeclaration.Consumption.waitingOn` text (e.g. shipping: "schedule the shipment"), the saga waits on
 /// it, is listed by `--stuck`, and finishes when its event (e.g. `shipment.scheduled`, which nobody waits on)
 /// is recorded. `finished_at` stays the outcome's time (the end-to-end latency of ``SagaInspector/stats(since:)``).
 /// A saga's state is computed when its events are recorded, with the model of that moment: sagas finished
 /// before a participant joined stay finished (`rebuild` computes every saga again).
 public final class SagaTracker: Service, Sendable {
+    /// How it runs.
     public let configuration: TrackerConfiguration
     private let current: Mutex<SagaModel>
     private let logger: Logger
@@ -82,6 +96,7 @@ public final class SagaTracker: Service, Sendable {
         self.logger = logger
     }
 
+    /// Its counters so far.
     public var stats: TrackerStats { state.withLock { $0 } }
 
     /// The saga's model as last read from the registry.

@@ -6,6 +6,7 @@ import Foundation
 public struct PostgresArray: PostgresEncodable, Hashable {
     public let postgresText: String
 
+    /// An array of strings, each quoted and escaped (`$1::text[]`).
     public init(_ values: [String]) {
         postgresText =
             "{"
@@ -15,10 +16,12 @@ public struct PostgresArray: PostgresEncodable, Hashable {
             }.joined(separator: ",") + "}"
     }
 
+    /// An array of integers (`$1::bigint[]`, `$1::int[]`).
     public init<T: BinaryInteger>(_ values: [T]) {
         postgresText = "{" + values.map { String($0) }.joined(separator: ",") + "}"
     }
 
+    /// An array of UUIDs in their lowercase form (`$1::uuid[]`).
     public init(_ values: [UUID]) {
         postgresText = "{" + values.map { $0.uuidString.lowercased() }.joined(separator: ",") + "}"
     }

@@ -24,7 +24,9 @@ public struct PostgresConfiguration: Sendable {
     /// same values (`tcp_keepalives_*`). Unlike the fields above, these are defaults: the URL's own
     /// `keepalives_idle`, `keepalives_interval`, `keepalives_count` and `tcp_user_timeout` win.
     public var keepalivesIdleSeconds: Int = 5
+    /// Seconds between two keepalive probes (see ``keepalivesIdleSeconds``).
     public var keepalivesIntervalSeconds: Int = 2
+    /// Unanswered keepalive probes after which the connection is given up (see ``keepalivesIdleSeconds``).
     public var keepalivesCount: Int = 3
     /// How long sent data may stay unacknowledged before the connection is given up (`tcp_user_timeout`).
     public var tcpUserTimeoutMilliseconds: Int = 10_000
@@ -40,6 +42,8 @@ public struct PostgresConfiguration: Sendable {
     /// SIGSTOP keeps its socket alive (its kernel answers keepalives), so only the server can notice it.
     public var idleSessionTimeout: Duration? = nil
 
+    /// A configuration for the server at `url` (`postgresql://user:password@host:port/database?…`) whose
+    /// sessions use ``searchPath``, when given, as their `search_path`.
     public init(url: String, searchPath: String? = nil) {
         self.url = url
         self.searchPath = searchPath

@@ -1,7 +1,10 @@
 /// Transaction isolation levels, spelled as in `BEGIN ISOLATION LEVEL ...`.
 public enum PostgresIsolation: String, Sendable {
+    /// Each statement sees what was committed before it began (PostgreSQL's default).
     case readCommitted = "READ COMMITTED"
+    /// Every statement sees what was committed before the transaction's first statement.
     case repeatableRead = "REPEATABLE READ"
+    /// As if the serializable transactions ran one after another; a conflict fails with SQLSTATE 40001.
     case serializable = "SERIALIZABLE"
 }
 

@@ -196,9 +196,12 @@ private final class QueueConfined: @unchecked Sendable {
 
 /// One statement of a ``PostgresConnection/pipeline(_:)``.
 public struct PostgresStatement: Sendable {
+    /// The statement's SQL, with `$1`, `$2`, … for its parameters.
     public var sql: String
+    /// The values of the parameters, in order.
     public var binds: [PostgresBind]
 
+    /// A statement of `sql` with `binds` as its parameters.
     public init(_ sql: String, _ binds: [PostgresBind] = []) {
         self.sql = sql
         self.binds = binds

@@ -20,15 +20,18 @@ public struct PostgresError: Error, Sendable, CustomStringConvertible {
         case invalidConfiguration
     }
 
+    /// What kind of failure this is.
     public var kind: Kind
     /// The SQLSTATE code reported by the server, e.g. `"23505"` for a unique violation.
     public var sqlState: String?
+    /// The server's primary message, or libpq's or this module's for other kinds.
     public var message: String
     /// The server's DETAIL field. It may contain row data: do not log it blindly.
     public var detail: String?
     /// The name of the violated constraint, when the server reports one.
     public var constraintName: String?
 
+    /// Creates an error from its parts; mainly for fakes and tests of code built on this module.
     public init(
         kind: Kind, message: String, sqlState: String? = nil, detail: String? = nil, constraintName: String? = nil
     ) {

@@ -4,11 +4,14 @@ import Synchronization
 
 /// One notification received through `LISTEN`.
 public struct PostgresNotification: Sendable, Hashable {
+    /// The channel it was sent on.
     public var channel: String
+    /// The payload given to `NOTIFY` (empty when none was).
     public var payload: String
     /// The server process id of the session that sent it.
     public var pid: Int32
 
+    /// Creates a notification from its parts (for tests and fakes).
     public init(channel: String, payload: String, pid: Int32) {
         self.channel = channel
         self.payload = payload
@@ -40,7 +43,10 @@ public final class PostgresListener: Sendable {
     /// Connects and subscribes to `channels` before returning, so a notification committed after
     /// `start` returns is delivered.
     ///
-    /// - Parameter channels: channel names, quoted as identifiers (case and spaces are kept).
+    /// - Parameters:
+    ///   - configuration: the server to listen on; the listener opens a connection of its own.
+    ///   - channels: channel names, quoted as identifiers (case and spaces are kept).
+    ///   - logger: where the listener logs a lost connection.
     /// - Throws: the connection errors of ``PostgresConnection/connect(_:logger:)``, or `.query`
     ///   when a `LISTEN` fails.
     public static func start(_ configuration: PostgresConfiguration, channels: [String], logger: Logger)

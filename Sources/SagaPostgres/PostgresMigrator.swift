@@ -3,10 +3,14 @@ import Logging
 /// One schema change: `sql` is a parameterless script, run in one transaction together with
 /// the row that records it.
 public struct PostgresMigration: Sendable {
+    /// The migration's version: it runs after every lower version, and only once.
     public var version: Int
+    /// A short name, recorded with the version.
     public var name: String
+    /// The SQL script, without parameters.
     public var sql: String
 
+    /// A migration of `version`, recorded as `name`, that runs `sql`.
     public init(version: Int, name: String, sql: String) {
         self.version = version
         self.name = name
@@ -21,6 +25,7 @@ public struct PostgresMigration: Sendable {
 /// processes too) are serialised with `pg_advisory_xact_lock` on a key derived from that schema
 /// and the table name, so each migration runs exactly once.
 public struct PostgresMigrator: Sendable {
+    /// The table that records applied versions.
     public let table: String
     /// Sorted by version.
     public let migrations: [PostgresMigration]

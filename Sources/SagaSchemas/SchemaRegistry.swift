@@ -72,7 +72,9 @@ public final class SchemaRegistry: Sendable {
 
     /// A load failure of one schema: which one, and why.
     public struct LoadError: Error, CustomStringConvertible {
+        /// The schema that failed to load.
         public var key: SchemaKey
+        /// Why it failed.
         public var underlying: JSONSchemaError
         public var description: String { "schema \(key) does not load: \(underlying.message)" }
     }

@@ -3,27 +3,39 @@ import SagaEngine
 /// The small catalogue and customer list `saga dev`, the demo and the benchmark start from.
 /// Seeding only inserts what is missing: a restarted stack keeps its stock and balances.
 public struct DemoCatalogue: Sendable {
+    /// A product with its price and initial stock.
     public struct Product: Sendable, Hashable {
+        /// The product's SKU.
         public var sku: String
+        /// Its price per unit.
         public var unitPrice: Money
+        /// The units in stock when seeded.
         public var stock: Int
+        /// A product from its fields.
         public init(sku: String, unitPrice: Money, stock: Int) {
             self.sku = sku
             self.unitPrice = unitPrice
             self.stock = stock
         }
     }
+    /// A customer with a credit limit.
     public struct Customer: Sendable, Hashable {
+        /// The customer's id.
         public var id: String
+        /// How much billing may charge the customer in all.
         public var creditLimit: Money
+        /// A customer from its fields.
         public init(id: String, creditLimit: Money) {
             self.id = id
             self.creditLimit = creditLimit
         }
     }
+    /// The products: orders' price list and inventory's stock.
     public var products: [Product]
+    /// The customers: billing's accounts.
     public var customers: [Customer]
 
+    /// A catalogue of `products` and `customers`.
     public init(products: [Product], customers: [Customer]) {
         self.products = products
         self.customers = customers

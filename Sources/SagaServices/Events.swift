@@ -6,8 +6,11 @@ import SagaSchemas
 
 /// Money in integer minor units (cents) with an ISO 4217 currency. Never floating point.
 public struct Money: Codable, Sendable, Hashable, CustomStringConvertible {
+    /// The amount in minor units (cents for EUR).
     public var amount: Int64
+    /// The ISO 4217 currency code, e.g. `EUR`.
     public var currency: String
+    /// An amount of minor units of `currency`.
     public init(amount: Int64, currency: String) {
         self.amount = amount
         self.currency = currency
@@ -19,9 +22,13 @@ public struct Money: Codable, Sendable, Hashable, CustomStringConvertible {
     }
 }
 
+/// A quantity of one product in an order.
 public struct OrderLine: Codable, Sendable, Hashable {
+    /// The product.
     public var sku: String
+    /// How many units.
     public var quantity: Int
+    /// A line of `quantity` units of `sku`.
     public init(sku: String, quantity: Int) {
         self.sku = sku
         self.quantity = quantity
@@ -32,11 +39,17 @@ public struct OrderLine: Codable, Sendable, Hashable {
 public struct OrderCreatedV1: EventPayload, Hashable {
     public static let eventType = "order.created"
     public static let eventVersion = 1
+    /// The order this saga is about; also the saga's correlation key.
     public var orderId: String
+    /// The customer who placed the order.
     public var customerId: String
+    /// The ISO 4217 currency of `totalAmount`.
     public var currency: String
+    /// The ordered products.
     public var lines: [OrderLine]
+    /// The order's total in minor units of `currency`.
     public var totalAmount: Int64
+    /// The event from its fields.
     public init(orderId: String, customerId: String, currency: String, lines: [OrderLine], totalAmount: Int64) {
         self.orderId = orderId
         self.customerId = customerId
@@ -51,19 +64,28 @@ public struct OrderCreatedV1: EventPayload, Hashable {
 public struct OrderCreatedV2: EventPayload, Hashable {
     public static let eventType = "order.created"
     public static let eventVersion = 2
+    /// A quantity of one product and the unit price quoted for it.
     public struct Line: Codable, Sendable, Hashable {
+        /// The product.
         public var sku: String
+        /// How many units.
         public var quantity: Int
+        /// The unit price quoted to the customer; nil on an order upcast from v1.
         public var unitPrice: Money?
+        /// A line from its fields.
         public init(sku: String, quantity: Int, unitPrice: Money?) {
             self.sku = sku
             self.quantity = quantity
             self.unitPrice = unitPrice
         }
     }
+    /// The order this saga is about; also the saga's correlation key.
     public var orderId: String
+    /// The customer who placed the order.
     public var customerId: String
+    /// The order's total.
     public var total: Money
+    /// The ordered products.
     public var lines: [Line]
 
     /// v1 → v2: the total becomes Money; lines carry no unit price.
@@ -76,6 +98,7 @@ public struct OrderCreatedV2: EventPayload, Hashable {
                 lines: old.lines.map { Line(sku: $0.sku, quantity: $0.quantity, unitPrice: nil) }))
     }
 
+    /// The event from its fields.
     public init(orderId: String, customerId: String, total: Money, lines: [Line]) {
         self.orderId = orderId
         self.customerId = customerId
@@ -91,13 +114,19 @@ public struct OrderCreatedV2: EventPayload, Hashable {
     }
 }
 
+/// `inventory.reserved` v1: the stock of every line is reserved for the order.
 public struct InventoryReserved: EventPayload, Hashable {
     public static let eventType = "inventory.reserved"
     public static let eventVersion = 1
+    /// The order this saga is about; also the saga's correlation key.
     public var orderId: String
+    /// The customer who placed the order.
     public var customerId: String
+    /// The amount to charge.
     public var total: Money
+    /// The reserved products.
     public var lines: [OrderLine]
+    /// The event from its fields.
     public init(orderId: String, customerId: String, total: Money, lines: [OrderLine]) {
         self.orderId = orderId
         self.customerId = customerId
@@ -106,23 +135,34 @@ public struct InventoryReserved: EventPayload, Hashable {
     }
 }
 
+/// `inventory.rejected` v1: the order cannot be reserved (a failure step); nothing was reserved.
 public struct InventoryRejected: EventPayload, Hashable {
     public static let eventType = "inventory.rejected"
     public static let eventVersion = 1
+    /// A line that could not be satisfied.
     public struct Shortage: Codable, Sendable, Hashable {
+        /// The product.
         public var sku: String
+        /// The units the order asked for.
         public var requested: Int
+        /// The units available.
         public var available: Int
+        /// A shortage from its fields.
         public init(sku: String, requested: Int, available: Int) {
             self.sku = sku
             self.requested = requested
             self.available = available
         }
     }
+    /// The order this saga is about; also the saga's correlation key.
     public var orderId: String
+    /// The customer who placed the order.
     public var customerId: String
+    /// A human-readable explanation of the rejection.
     public var reason: String
+    /// The lines that could not be satisfied; may be empty when the rejection has another cause.
     public var shortages: [Shortage]
+    /// The event from its fields.
     public init(orderId: String, customerId: String, reason: String, shortages: [Shortage]) {
         self.orderId = orderId
         self.customerId = customerId
@@ -131,13 +171,19 @@ public struct InventoryRejected: EventPayload, Hashable {
     }
 }
 
+/// `payment.completed` v1: the customer was charged for the order.
 public struct PaymentCompleted: EventPayload, Hashable {
     public static let eventType = "payment.completed"
     public static let eventVersion = 1
+    /// The order this saga is about; also the saga's correlation key.
     public var orderId: String
+    /// The customer who placed the order.
     public var customerId: String
+    /// The payment's id.
     public var paymentId: String
+    /// The amount charged.
     public var amount: Money
+    /// The event from its fields.
     public init(orderId: String, customerId: String, paymentId: String, amount: Money) {
         self.orderId = orderId
         self.customerId = customerId
@@ -146,18 +192,28 @@ public struct PaymentCompleted: EventPayload, Hashable {
     }
 }
 
+/// `payment.failed` v1: the customer could not be charged (a failure step); inventory releases the stock.
 public struct PaymentFailed: EventPayload, Hashable {
     public static let eventType = "payment.failed"
     public static let eventVersion = 1
+    /// Why the payment failed.
     public enum Reason: String, Codable, Sendable {
+        /// The charge would take the customer past the credit limit.
         case insufficientCredit = "insufficient_credit"
+        /// Billing has no account of the customer.
         case unknownCustomer = "unknown_customer"
+        /// The order's currency is not the account's.
         case currencyMismatch = "currency_mismatch"
     }
+    /// The order this saga is about; also the saga's correlation key.
     public var orderId: String
+    /// The customer who placed the order.
     public var customerId: String
+    /// Why the payment failed.
     public var reason: Reason
+    /// The amount that could not be charged.
     public var amount: Money
+    /// The event from its fields.
     public init(orderId: String, customerId: String, reason: Reason, amount: Money) {
         self.orderId = orderId
         self.customerId = customerId
@@ -166,13 +222,19 @@ public struct PaymentFailed: EventPayload, Hashable {
     }
 }
 
+/// `inventory.released` v1: the reservation of a failed order is undone (the compensation).
 public struct InventoryReleased: EventPayload, Hashable {
     public static let eventType = "inventory.released"
     public static let eventVersion = 1
+    /// The order this saga is about; also the saga's correlation key.
     public var orderId: String
+    /// The customer who placed the order.
     public var customerId: String
+    /// Why the reservation was released.
     public var reason: String
+    /// The released products.
     public var lines: [OrderLine]
+    /// The event from its fields.
     public init(orderId: String, customerId: String, reason: String, lines: [OrderLine]) {
         self.orderId = orderId
         self.customerId = customerId
@@ -181,12 +243,17 @@ public struct InventoryReleased: EventPayload, Hashable {
     }
 }
 
+/// `order.confirmed` v1: the order is reserved and paid (the outcome "confirmed").
 public struct OrderConfirmed: EventPayload, Hashable {
     public static let eventType = "order.confirmed"
     public static let eventVersion = 1
+    /// The order this saga is about; also the saga's correlation key.
     public var orderId: String
+    /// The customer who placed the order.
     public var customerId: String
+    /// The amount charged.
     public var total: Money
+    /// The event from its fields.
     public init(orderId: String, customerId: String, total: Money) {
         self.orderId = orderId
         self.customerId = customerId
@@ -194,17 +261,26 @@ public struct OrderConfirmed: EventPayload, Hashable {
     }
 }
 
+/// `order.cancelled` v1: the order will not be fulfilled (the outcome "cancelled", detailed by `reason`).
 public struct OrderCancelled: EventPayload, Hashable {
     public static let eventType = "order.cancelled"
     public static let eventVersion = 1
+    /// Why the order was cancelled.
     public enum Reason: String, Codable, Sendable {
+        /// Inventory rejected the order.
         case outOfStock = "out_of_stock"
+        /// Billing declined the payment (inventory released the stock).
         case paymentDeclined = "payment_declined"
     }
+    /// The order this saga is about; also the saga's correlation key.
     public var orderId: String
+    /// The customer who placed the order.
     public var customerId: String
+    /// Why the order was cancelled.
     public var reason: Reason
+    /// A human-readable detail; may be empty.
     public var detail: String
+    /// The event from its fields.
     public init(orderId: String, customerId: String, reason: Reason, detail: String) {
         self.orderId = orderId
         self.customerId = customerId
@@ -224,9 +300,13 @@ public let sagaUpcasters = [OrderCreatedV2.upcasterFromV1]
 
 /// One kind of event a service publishes: its type and version.
 public struct EmittedEvent: Sendable, Hashable {
+    /// The service that publishes it.
     public var producer: String
+    /// The event type.
     public var type: String
+    /// The version.
     public var version: Int
+    /// An emitted event from its parts.
     public init(producer: String, type: String, version: Int) {
         self.producer = producer
         self.type = type

@@ -5,10 +5,10 @@ import SagaKafka
 /// Where tests find a Kafka broker.
 public enum KafkaTestBroker {
     /// `SAGA_KAFKA_BOOTSTRAP` when set (a real broker, or the `saga broker` process a test
-    /// script started), else a fresh in-process ``KafkaMockCluster`` that the caller must keep
+    /// script started), else a fresh in-process `KafkaMockCluster` that the caller must keep
     /// alive for as long as it uses `servers`.
     ///
-    /// - Throws: ``KafkaError`` when the mock cluster cannot start.
+    /// - Throws: `KafkaError` when the mock cluster cannot start.
     public static func bootstrap() throws -> (servers: String, cluster: KafkaMockCluster?) {
         if let servers = ProcessInfo.processInfo.environment["SAGA_KAFKA_BOOTSTRAP"], !servers.isEmpty {
             return (servers, nil)
@@ -38,7 +38,7 @@ public enum KafkaTestBroker {
     /// that the caller must keep alive. The embedded `saga broker` process is not used here: the mock
     /// cluster answers no CreateTopics, so it cannot create topics on request.
     ///
-    /// - Throws: ``KafkaError`` when the cluster cannot start or the topics cannot be created.
+    /// - Throws: `KafkaError` when the cluster cannot start or the topics cannot be created.
     public static func withTopics(_ topics: [String], partitions: Int32) async throws -> (
         servers: String, cluster: KafkaMockCluster?
     ) {

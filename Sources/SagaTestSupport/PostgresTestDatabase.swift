@@ -18,7 +18,7 @@ public enum PostgresTestDatabase {
 
     /// Creates a schema named `prefix` plus a random suffix, lower-cased, and returns its name.
     /// Tests isolate themselves by using it as their `search_path`.
-    /// - Throws: ``PostgresError`` when the server is unreachable or refuses `CREATE SCHEMA`.
+    /// - Throws: `PostgresError` when the server is unreachable or refuses `CREATE SCHEMA`.
     public static func freshSchema(_ prefix: String) async throws -> String {
         let suffix = UUID().uuidString.replacingOccurrences(of: "-", with: "").prefix(10)
         let name = "\(prefix)_\(suffix)".lowercased()

@@ -4,8 +4,10 @@ import SagaEngine
 /// Billing: customer accounts with a credit limit. Charges each order at most once on `inventory.reserved`
 /// (`payment.completed`) or declines it (`payment.failed`: unknown customer, other currency, over the limit).
 public enum BillingService {
+    /// The participant's name: its schema, consumer group and producer name.
     public static let name = "billing"
 
+    /// Billing's tables: customer accounts and their charges.
     public static let migrations = [
         PostgresMigration(
             version: 100, name: "billing: accounts and charges",
@@ -35,6 +37,7 @@ public enum BillingService {
         emits: [.step(PaymentCompleted.self), .failure(PaymentFailed.self)],
         consumes: [.handles(InventoryReserved.self, waitingOn: "charge the customer")])
 
+    /// Billing as a participant: its tables, its handler, its part of the saga and the schemas of its events.
     public static func definition() -> ParticipantDefinition {
         .orderSaga(name: name, migrations: migrations, handlers: handler.eventHandlers, declaration: declaration)
     }

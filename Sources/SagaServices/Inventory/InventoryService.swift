@@ -8,8 +8,10 @@ import SagaEngine
 /// Stock is conserved: for every SKU, `available + reserved + sold` only changes by restocking.
 /// An order naming a SKU inventory does not know is dead-lettered (catalogues out of sync), not rejected.
 public enum InventoryService {
+    /// The participant's name: its schema, consumer group and producer name.
     public static let name = "inventory"
 
+    /// Inventory's tables: stock per SKU and the reservations of orders.
     public static let migrations = [
         PostgresMigration(
             version: 100, name: "inventory: stock and reservations",
@@ -49,6 +51,7 @@ public enum InventoryService {
             .handles(PaymentFailed.self, waitingOn: "release the reservation"), .handles(PaymentCompleted.self),
         ])
 
+    /// Inventory as a participant: its tables, its handler, its part of the saga and the schemas of its events.
     public static func definition() -> ParticipantDefinition {
         .orderSaga(name: name, migrations: migrations, handlers: handler.eventHandlers, declaration: declaration)
     }

@@ -4,7 +4,9 @@ import SagaEngine
 /// The orders service's writes and reads outside event handling: placing an order (state + `order.created`
 /// in one transaction, through the outbox) and reading one back.
 public struct OrderBook: Sendable {
+    /// The connections to the orders schema.
     public let pool: PostgresPool
+    /// The codec that validates and encodes `order.created`.
     public let codec: EventCodec
     /// The `order.created` version this service emits (1 or 2).
     public let emitVersion: Int
@@ -14,15 +16,19 @@ public struct OrderBook: Sendable {
         /// The order's statement commits, then its session breaks before the answer arrives.
         case sessionLostAfterCommit
     }
+    /// The fault to inject, if any (tests only).
     public var failpoint: Failpoint?
 
+    /// An order book over `pool`, emitting `order.created` in version `emitVersion`.
     public init(pool: PostgresPool, codec: EventCodec, emitVersion: Int) {
         self.pool = pool
         self.codec = codec
         self.emitVersion = emitVersion
     }
 
+    /// The result of ``place(_:idempotencyKey:traceparent:)``.
     public struct Placed: Sendable, Hashable {
+        /// The order's id (the saga id).
         public var orderId: UUID
         /// false when an earlier request with the same idempotency key already placed it.
         public var created: Bool
@@ -36,6 +42,7 @@ public struct OrderBook: Sendable {
     /// Two round trips: one read (prices and the idempotency key), then one statement that writes the order, its
     /// lines, its history and its event (a data-modifying `WITH`, which commits as one transaction).
     /// - Parameters:
+    ///   - request: the validated order.
     ///   - idempotencyKey: scoped to the customer: the customer's retry of the same request (same canonical
     ///     form, see `OrderRequest.canonical`) with the same key returns the first order instead of a new one.
     ///     The key's request is remembered as a SHA-256 fingerprint of that form.
@@ -206,26 +213,45 @@ public struct OrderBook: Sendable {
 
     /// An order as `GET /orders/{id}` shows it.
     public struct View: Codable, Sendable, Hashable {
+        /// A line of the order.
         public struct Line: Codable, Sendable, Hashable {
+            /// The product.
             public var sku: String
+            /// How many units.
             public var quantity: Int
+            /// The price per unit quoted when the order was placed.
             public var unitPrice: Money
         }
+        /// A status the order had, with the event that set it.
         public struct Step: Codable, Sendable, Hashable {
+            /// The status (an ``OrdersService/Status`` raw value).
             public var status: String
+            /// The event type that set it.
             public var event: String
+            /// That event's id.
             public var eventId: String?
+            /// For a cancellation, why (as ``OrderBook/View/reason``); nil otherwise.
             public var detail: String?
+            /// When (RFC 3339).
             public var at: String
         }
+        /// The order's id.
         public var orderId: String
+        /// The customer who placed it.
         public var customerId: String
+        /// Its current status (an ``OrdersService/Status`` raw value).
         public var status: String
+        /// Why it was cancelled, e.g. "out of stock: …"; nil otherwise.
         public var reason: String?
+        /// The order's total.
         public var total: Money
+        /// Its lines.
         public var lines: [Line]
+        /// Every status it had, oldest first.
         public var history: [Step]
+        /// When it was placed (RFC 3339).
         public var createdAt: String
+        /// When its status last changed (RFC 3339).
         public var updatedAt: String
     }
 

@@ -8,19 +8,27 @@ import SagaEngine
 /// `currency` three upper-case letters; 1...100 lines; `quantity` an integer literal (no fraction, no exponent)
 /// in 1...1,000,000; no other members. The body itself is at most 1 MiB of JSON nested at most 512 deep.
 public struct OrderRequest: Sendable, Hashable {
+    /// The customer placing the order.
     public var customerId: String
+    /// The ISO 4217 currency the order is priced in.
     public var currency: String
+    /// The ordered products.
     public var lines: [OrderLine]
 
+    /// A request from its fields, not validated (``init(body:)`` validates).
     public init(customerId: String, currency: String, lines: [OrderLine]) {
         self.customerId = customerId
         self.currency = currency
         self.lines = lines
     }
 
+    /// Most lines in one order.
     public static let maxLines = 100
+    /// Longest `customerId`, in Unicode code points.
     public static let maxCustomerIdLength = 200
+    /// Longest `sku`, in Unicode code points.
     public static let maxSKULength = 100
+    /// Largest quantity of one line.
     public static let maxQuantity: Int64 = 1_000_000
 
     /// Parses and validates a request body.
@@ -121,7 +129,9 @@ public struct OrderRequest: Sendable, Hashable {
 
 /// Why an order request was refused (HTTP 400), in words a client can act on.
 public struct OrderRequestError: Error, Sendable, Hashable, CustomStringConvertible {
+    /// What is wrong with the request.
     public var reason: String
+    /// An error with `reason`.
     public init(_ reason: String) { self.reason = reason }
     public var description: String { reason }
 }
@@ -129,6 +139,7 @@ public struct OrderRequestError: Error, Sendable, Hashable, CustomStringConverti
 /// An `Idempotency-Key` reused by the same customer for a different request (HTTP 422): the key's first
 /// request placed an order, this one asks for something else.
 public struct IdempotencyKeyConflict: Error, Sendable, Hashable, CustomStringConvertible {
+    /// The conflict.
     public init() {}
     public var description: String {
         "Idempotency-Key: already used by this customer for a different request; use a new key for a new request"
@@ -138,6 +149,7 @@ public struct IdempotencyKeyConflict: Error, Sendable, Hashable, CustomStringCon
 /// The database failed before the order was stored (it is unreachable, or the session broke and the order is
 /// not there): nothing was written, so placing the order again is safe.
 public struct OrderNotStored: Error, Sendable, CustomStringConvertible {
+    /// The database error.
     public var reason: String
     public var description: String { "the order was not stored: the database is unavailable (\(reason))" }
 }
@@ -146,7 +158,9 @@ public struct OrderNotStored: Error, Sendable, CustomStringConvertible {
 /// reach, so whether `orderId` exists is not known. `GET /orders/{orderId}` tells once the database is back
 /// (404: not stored); a retry must carry the same `Idempotency-Key`, or it may place the order twice.
 public struct OrderOutcomeUnknown: Error, Sendable, CustomStringConvertible {
+    /// The order whose outcome is unknown.
     public var orderId: UUID
+    /// The database error.
     public var reason: String
     public var description: String {
         "the outcome of order \(orderId.uuidString.lowercased()) is unknown: the database connection broke while it "

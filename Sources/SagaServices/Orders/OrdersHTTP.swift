@@ -47,6 +47,7 @@ public enum OrdersHTTP {
         }?.methods
     }
 
+    /// The orders API's routes on `book`: `POST /orders`, `GET /orders/{id}` and `GET /health`.
     public static func router(book: OrderBook) -> Router<BasicRequestContext> {
         let router = Router()
         // A server span per request continuing the caller's trace (a no-op until a tracer is bootstrapped).

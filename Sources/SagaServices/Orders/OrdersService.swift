@@ -4,14 +4,20 @@ import SagaEngine
 /// Orders: accepts orders (HTTP), owns their status, and closes each saga with
 /// `order.confirmed` or `order.cancelled`.
 public enum OrdersService {
+    /// The participant's name: its schema, consumer group and producer name.
     public static let name = "orders"
 
+    /// An order's status, as stored and as the HTTP API shows it.
     public enum Status: String, Sendable, Codable {
+        /// Placed; the saga is under way.
         case pending = "PENDING"
+        /// Reserved and paid.
         case confirmed = "CONFIRMED"
+        /// Rejected by inventory or declined by billing.
         case cancelled = "CANCELLED"
     }
 
+    /// Orders' tables: orders, their lines and status history, and the price list.
     public static let migrations = [
         PostgresMigration(
             version: 100, name: "orders: orders, lines, history, prices",
@@ -77,6 +83,7 @@ public enum OrdersService {
             .handles(InventoryReleased.self, waitingOn: "cancel the order"),
         ])
 
+    /// Orders as a participant: its tables, its handler, its part of the saga and the schemas of its events.
     public static func definition() -> ParticipantDefinition {
         .orderSaga(name: name, migrations: migrations, handlers: handler.eventHandlers, declaration: declaration)
     }
