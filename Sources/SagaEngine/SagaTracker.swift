@@ -22,6 +22,10 @@ public struct TrackerConfiguration: Sendable {
     /// kernel still answers keepalives) loses the lock within about this long and a standby takes over. Once
     /// it runs again it finds its session gone and stops. nil keeps the server's setting (and no heartbeat).
     public var lockSessionIdleTimeout: Duration? = .seconds(10)
+    /// The consumer's `group.instance.id` (static membership); nil (the default): a dynamic member. See
+    /// ``KafkaConsumerConfiguration/groupInstanceId``: a tracker fenced by another with the same id stops with
+    /// that fatal error.
+    public var groupInstanceId: String? = nil
 
     public init(kafka: KafkaSettings, database: ServiceDatabase, topics: TopicNaming, services: [String]) {
         self.kafka = kafka
@@ -77,7 +81,8 @@ public final class SagaTracker: Service, Sendable {
 
     /// Runs until graceful shutdown or cancellation. When the session holding the lock ends under it (the
     /// database restarted, or this process was frozen and a standby took over), it stops consuming and waits
-    /// for the lock again, as a standby would; database failures are retried with backoff.
+    /// for the lock again, as a standby would; database failures are retried with backoff. A fatal consumer error
+    /// (e.g. ``KafkaError/isFencedInstance``) ends it with that error.
     public func run() async throws {
         try await Self.prepare(configuration.database, logger: logger)
         var attempt = 0
@@ -120,6 +125,7 @@ public final class SagaTracker: Service, Sendable {
         let group = try await consumerGroup(pool: pool, rebuild: configuration.rebuild)
         var consumerConfiguration = configuration.kafka.consumer(groupId: group, clientId: "saga-tracker")
         consumerConfiguration.autoOffsetReset = "earliest"
+        consumerConfiguration.groupInstanceId = configuration.groupInstanceId
         let consumer = try KafkaConsumer(configuration: consumerConfiguration, logger: logger)
         try consumer.subscribe(topics: subscribedTopics)
         logger.info("tracker started", metadata: ["group": .string(group), "rebuild": "\(configuration.rebuild)"])
@@ -129,7 +135,12 @@ public final class SagaTracker: Service, Sendable {
                 batch = try await consumer.poll(
                     maxMessages: configuration.batchSize, timeout: configuration.pollTimeout)
             } catch {
-                if error.isFatal { break }
+                if error.isFatal {
+                    logger.critical("the consumer failed for good: the tracker stops", metadata: ["error": "\(error)"])
+                    await consumer.close()
+                    await pool.close()
+                    throw error
+                }
                 logger.warning("poll failed", metadata: ["error": "\(error)"])
                 try? await Task.sleep(for: configuration.retry.delay(attempt: 1))
                 continue

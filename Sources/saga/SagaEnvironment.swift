@@ -23,6 +23,9 @@ struct SagaEnvironment: Sendable {
     /// `statement_timeout` / `lock_timeout` of every daemon's database sessions; nil keeps the server's.
     var statementTimeout: Duration? = nil
     var lockTimeout: Duration? = nil
+    /// `group.instance.id` of the worker's and the tracker's consumer (SAGA_KAFKA_GROUP_INSTANCE_ID, `{hostname}`
+    /// expanded); nil: dynamic members.
+    var groupInstanceId: String? = nil
 
     static let defaultDatabaseURL = "postgresql://postgres@127.0.0.1:55432/saga"
 
@@ -103,6 +106,7 @@ struct SagaEnvironment: Sendable {
             healthTimeout: try duration("SAGA_HEALTH_TIMEOUT", .seconds(2), positive: true))
         loaded.statementTimeout = try timeout("SAGA_STATEMENT_TIMEOUT")
         loaded.lockTimeout = try timeout("SAGA_LOCK_TIMEOUT")
+        loaded.groupInstanceId = try groupInstanceId(env["SAGA_KAFKA_GROUP_INSTANCE_ID"] ?? "")
         return loaded
     }
 
@@ -116,6 +120,24 @@ struct SagaEnvironment: Sendable {
                     + "(it does not start with postgresql://)")
         }
         return raw
+    }
+
+    /// SAGA_KAFKA_GROUP_INSTANCE_ID with `{hostname}` replaced by this host's name (a container's hostname stays
+    /// the same across restarts by its restart policy); nil when unset or empty. Kafka accepts up to 249 ASCII
+    /// letters, digits, '.', '_' and '-' (not "." or ".."). - Throws: naming the variable.
+    static func groupInstanceId(
+        _ raw: String, hostname: String = ProcessInfo.processInfo.hostName
+    ) throws(ConfigurationError) -> String? {
+        guard !raw.isEmpty else { return nil }
+        let id = raw.replacingOccurrences(of: "{hostname}", with: hostname)
+        guard id.count <= 249, id != ".", id != "..",
+            id.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || "._-".contains($0)) })
+        else {
+            throw ConfigurationError(
+                "SAGA_KAFKA_GROUP_INSTANCE_ID='\(raw)' (\(id.count) characters once expanded): expected up to 249 "
+                    + "ASCII letters, digits, '.', '_' and '-', e.g. inventory-1 or {hostname}")
+        }
+        return id
     }
 
     /// Checks `host[:port][,host[:port]...]` (librdkafka's default port is 9092). - Throws: naming
@@ -142,6 +164,7 @@ struct SagaEnvironment: Sendable {
     /// Every SAGA_* variable the commands and scripts read.
     static let knownVariables: Set<String> = [
         "SAGA_KAFKA_BOOTSTRAP", "SAGA_KAFKA_PROPERTIES", "SAGA_KAFKA_FETCH_WAIT_MAX_MS", "SAGA_KAFKA_EMBEDDED",
+        "SAGA_KAFKA_GROUP_INSTANCE_ID",
         "SAGA_DATABASE_URL", "SAGA_ORDERS_DATABASE_URL", "SAGA_INVENTORY_DATABASE_URL", "SAGA_BILLING_DATABASE_URL",
         "SAGA_TRACKER_DATABASE_URL", "SAGA_TOPIC_PREFIX", "SAGA_HTTP_HOST", "SAGA_HTTP_PORT", "SAGA_OPS_PORT",
         "SAGA_ORDER_CREATED_VERSION", "SAGA_WORKER_BATCH_SIZE", "SAGA_RELAY_BATCH_SIZE", "SAGA_RELAY_MAX_SHARDS",

@@ -29,6 +29,7 @@ struct Stack: Sendable {
             name: name, kafka: try env.kafka(), database: env.database(name), topics: env.topics)
         configuration.batchSize = env.workerBatchSize
         configuration.inboxRetention = env.inboxRetention
+        configuration.groupInstanceId = env.groupInstanceId
         return Worker(
             configuration: configuration, handlers: definition.handlers, upcasters: definition.upcasters,
             migrations: definition.migrations, logger: logger)
@@ -46,6 +47,7 @@ struct Stack: Sendable {
         var configuration = TrackerConfiguration(
             kafka: try env.kafka(), database: env.database("tracker"), topics: env.topics, services: Self.services)
         configuration.rebuild = rebuild
+        configuration.groupInstanceId = env.groupInstanceId
         return SagaTracker(configuration: configuration, model: orderSagaModel, logger: logger)
     }
 
