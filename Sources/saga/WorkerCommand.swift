@@ -13,7 +13,7 @@ struct WorkerCommand: AsyncParsableCommand {
             commits or rolls back, offsets are committed, the consumer leaves its group.
             SAGA_KAFKA_GROUP_INSTANCE_ID (e.g. inventory-1, or {hostname} for the host's name; default unset)
             makes the consumer a static member (group.instance.id): it keeps its place in the group across a
-            restart within session.timeout.ms (10 s) instead of waiting out a rebalance; it does not leave the
+            restart within session.timeout.ms (6 s) instead of waiting out a rebalance; it does not leave the
             group on SIGTERM. It must be unique among the service's running workers: on Apache Kafka a second
             process with the same id fences the first, which exits with a fatal FENCED_INSTANCE_ID error. Not for
             the embedded broker, which ignores it (a restart after SIGTERM then takes 19 s instead of 9 s), and
