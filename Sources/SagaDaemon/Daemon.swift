@@ -108,6 +108,7 @@ extension DaemonEnvironment {
             name: definition.name, kafka: try kafka(), database: database(definition.name), topics: topics)
         configuration.batchSize = workerBatchSize
         configuration.inboxRetention = inboxRetention
+        configuration.groupInstanceId = groupInstanceId
         do {
             return try Worker(configuration: configuration, definition: definition, logger: logger)
         } catch {

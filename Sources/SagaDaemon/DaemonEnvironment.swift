@@ -37,6 +37,9 @@ public struct DaemonEnvironment: Sendable {
     public var statementTimeout: Duration? = nil
     /// `lock_timeout` of every daemon's database sessions (`SAGA_LOCK_TIMEOUT`); nil keeps the server's.
     public var lockTimeout: Duration? = nil
+    /// `group.instance.id` of the worker's and the tracker's consumer (SAGA_KAFKA_GROUP_INSTANCE_ID, `{hostname}`
+    /// expanded); nil: dynamic members.
+    public var groupInstanceId: String? = nil
 
     /// The database when neither `SAGA_DATABASE_URL` nor the local stack names one: the checkout's local server.
     public static let defaultDatabaseURL = "postgresql://postgres@127.0.0.1:55432/saga"
@@ -116,6 +119,7 @@ public struct DaemonEnvironment: Sendable {
             healthTimeout: try duration("SAGA_HEALTH_TIMEOUT", .seconds(2), positive: true))
         loaded.statementTimeout = try timeout("SAGA_STATEMENT_TIMEOUT")
         loaded.lockTimeout = try timeout("SAGA_LOCK_TIMEOUT")
+        loaded.groupInstanceId = try groupInstanceId(env["SAGA_KAFKA_GROUP_INSTANCE_ID"] ?? "")
         return loaded
     }
 
@@ -150,6 +154,24 @@ public struct DaemonEnvironment: Sendable {
         return raw
     }
 
+    /// SAGA_KAFKA_GROUP_INSTANCE_ID with `{hostname}` replaced by this host's name (a container's hostname stays
+    /// the same across restarts by its restart policy); nil when unset or empty. Kafka accepts up to 249 ASCII
+    /// letters, digits, '.', '_' and '-' (not "." or ".."). - Throws: naming the variable.
+    public static func groupInstanceId(
+        _ raw: String, hostname: String = ProcessInfo.processInfo.hostName
+    ) throws(ConfigurationError) -> String? {
+        guard !raw.isEmpty else { return nil }
+        let id = raw.replacingOccurrences(of: "{hostname}", with: hostname)
+        guard id.count <= 249, id != ".", id != "..",
+            id.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || "._-".contains($0)) })
+        else {
+            throw ConfigurationError(
+                "SAGA_KAFKA_GROUP_INSTANCE_ID='\(raw)' (\(id.count) characters once expanded): expected up to 249 "
+                    + "ASCII letters, digits, '.', '_' and '-', e.g. inventory-1 or {hostname}")
+        }
+        return id
+    }
+
     /// Checks `host[:port][,host[:port]...]` (librdkafka's default port is 9092). - Throws: naming
     /// SAGA_KAFKA_BOOTSTRAP.
     public static func checkBootstrap(_ raw: String) throws(ConfigurationError) {
@@ -176,7 +198,8 @@ public struct DaemonEnvironment: Sendable {
     public static func knownVariables(databases: [String]) -> Set<String> {
         Set(databases.map(databaseVariable)).union([
             "SAGA_KAFKA_BOOTSTRAP", "SAGA_KAFKA_PROPERTIES", "SAGA_KAFKA_FETCH_WAIT_MAX_MS", "SAGA_KAFKA_EMBEDDED",
-            "SAGA_DATABASE_URL", "SAGA_TOPIC_PREFIX", "SAGA_HTTP_HOST", "SAGA_OPS_PORT", "SAGA_WORKER_BATCH_SIZE",
+            "SAGA_KAFKA_GROUP_INSTANCE_ID", "SAGA_DATABASE_URL", "SAGA_TOPIC_PREFIX", "SAGA_HTTP_HOST", "SAGA_OPS_PORT",
+            "SAGA_WORKER_BATCH_SIZE",
             "SAGA_RELAY_BATCH_SIZE", "SAGA_RELAY_MAX_SHARDS", "SAGA_INBOX_RETENTION", "SAGA_LOG_FORMAT",
             "SAGA_LOG_LEVEL", "SAGA_HEALTH_INTERVAL", "SAGA_HEALTH_TIMEOUT", "SAGA_STATEMENT_TIMEOUT",
             "SAGA_LOCK_TIMEOUT",

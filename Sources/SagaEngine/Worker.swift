@@ -32,6 +32,10 @@ public struct WorkerConfiguration: Sendable {
     public var cleanupInterval: Duration = .seconds(60)
     /// How often the consumer lag gauge is refreshed.
     public var lagInterval: Duration = .seconds(5)
+    /// The consumer's `group.instance.id` (static membership), unique among the running workers of this service;
+    /// nil (the default): a dynamic member. See ``KafkaConsumerConfiguration/groupInstanceId``: a worker fenced by
+    /// another with the same id stops with that fatal error.
+    public var groupInstanceId: String? = nil
 
     /// A configuration of the worker of `name`, with the defaults above.
     public init(name: String, kafka: KafkaSettings, database: ServiceDatabase, topics: TopicNaming = TopicNaming()) {
@@ -172,10 +176,10 @@ public final class Worker: Service, Sendable {
             try await configuration.database.prepare(migrations: migrations, logger: logger)
         }
         let pool = PostgresPool(configuration: configuration.database.configuration, size: 1, logger: logger)
-        let consumer = try KafkaConsumer(
-            configuration: configuration.kafka.consumer(
-                groupId: configuration.topics.group(configuration.name), clientId: "saga-\(configuration.name)"),
-            logger: logger)
+        var consumerConfiguration = configuration.kafka.consumer(
+            groupId: configuration.topics.group(configuration.name), clientId: "saga-\(configuration.name)")
+        consumerConfiguration.groupInstanceId = configuration.groupInstanceId
+        let consumer = try KafkaConsumer(configuration: consumerConfiguration, logger: logger)
         try consumer.subscribe(topics: subscribedTopics)
         logger.info("worker started", metadata: ["topics": "\(subscribedTopics)"])
         defer { logger.info("worker stopped", metadata: ["stats": "\(stats)"]) }
@@ -226,6 +230,7 @@ public final class Worker: Service, Sendable {
                 batch = messages
                 pollFailures = 0
             case .failure(let error) where error.isFatal:
+                logger.critical("the consumer failed for good: the worker stops", metadata: ["error": "\(error)"])
                 failure = error
                 break loop
             case .failure(let error):

@@ -18,6 +18,8 @@ public final class KafkaConsumer: Sendable {
 
     let client: RDKafkaClient  // internal: KafkaConsumer+Offsets.swift
     private let logger: Logger
+    private let groupId: String
+    private let groupInstanceId: String?
     private let state = Mutex(State())
     /// Polls and close: serial, so close never overlaps a blocking poll.
     private let pollLane: BlockingLane
@@ -30,6 +32,8 @@ public final class KafkaConsumer: Sendable {
     ///   message names the property), or when librdkafka cannot create the client.
     public init(configuration: KafkaConsumerConfiguration, logger: Logger) throws(KafkaError) {
         self.logger = logger
+        groupId = configuration.groupId
+        groupInstanceId = configuration.groupInstanceId
         client = try RDKafkaClient(
             type: RD_KAFKA_CONSUMER,
             properties: configuration.librdkafkaProperties,
@@ -77,7 +81,8 @@ public final class KafkaConsumer: Sendable {
     /// Informational conditions (partition EOF, transient broker or transport errors, a
     /// subscribed topic that does not exist yet, an exceeded poll interval) are logged, not thrown.
     ///
-    /// - Throws: ``KafkaError`` for other consumer errors (e.g. authorization, fatal errors),
+    /// - Throws: ``KafkaError`` for other consumer errors (e.g. authorization, fatal errors such as
+    ///   ``KafkaError/isFencedInstance``, whose message names the group and the `group.instance.id`),
     ///   or `_STATE` after ``close()``.
     public func poll(maxMessages: Int, timeout: Duration) async throws(KafkaError) -> [KafkaMessage] {
         guard let messages = try await pollIfOpen(maxMessages: maxMessages, timeout: timeout) else {
@@ -273,7 +278,14 @@ public final class KafkaConsumer: Sendable {
 
     private func consumerError(_ record: UnsafeMutablePointer<rd_kafka_message_t>) -> KafkaError {
         if record.pointee.err == RD_KAFKA_RESP_ERR__FATAL {
-            return client.context.recordFatalError(client.handle)
+            var error = client.context.recordFatalError(client.handle)
+            if error.isFencedInstance {
+                error.message =
+                    "fenced: another member joined group '\(groupId)' with the same group.instance.id "
+                    + "'\(groupInstanceId ?? "")', so this consumer stops for good (each running member needs an id "
+                    + "of its own): \(error.message)"
+            }
+            return error
         }
         var text = String(cString: rd_kafka_message_errstr(record))
         if let topic = record.pointee.rkt {

@@ -95,6 +95,10 @@ extension KafkaError {
     /// partitions still assigned then.
     public var isRebalanceInProgress: Bool { code == RD_KAFKA_RESP_ERR_REBALANCE_IN_PROGRESS.rawValue }
 
+    /// Another member joined the group with this consumer's `group.instance.id` (static membership) and the
+    /// broker fenced this one (`FENCED_INSTANCE_ID`): fatal, the consumer can no longer consume.
+    public var isFencedInstance: Bool { code == RD_KAFKA_RESP_ERR_FENCED_INSTANCE_ID.rawValue }
+
     /// A state error raised by this module (e.g. using a client after shutdown).
     static func state(_ message: String) -> KafkaError {
         KafkaError(RD_KAFKA_RESP_ERR__STATE, message: message)

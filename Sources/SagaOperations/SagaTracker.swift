@@ -34,6 +34,10 @@ public struct TrackerConfiguration: Sendable {
     /// ``database``): a participant that registers meanwhile is in the saga's model, and its topics are
     /// subscribed, within about this long.
     public var registryRefreshInterval: Duration = .seconds(5)
+    /// The consumer's `group.instance.id` (static membership); nil (the default): a dynamic member. See
+    /// ``KafkaConsumerConfiguration/groupInstanceId``: a tracker fenced by another with the same id stops with
+    /// that fatal error.
+    public var groupInstanceId: String? = nil
 
     /// A configuration with the defaults above.
     public init(kafka: KafkaSettings, database: ServiceDatabase, topics: TopicNaming, services: [String]) {
@@ -136,7 +140,8 @@ public final class SagaTracker: Service, Sendable {
 
     /// Runs until graceful shutdown or cancellation. When the session holding the lock ends under it (the
     /// database restarted, or this process was frozen and a standby took over), it stops consuming and waits
-    /// for the lock again, as a standby would; database failures are retried with backoff.
+    /// for the lock again, as a standby would; database failures are retried with backoff. A fatal consumer error
+    /// (e.g. ``KafkaError/isFencedInstance``) ends it with that error.
     public func run() async throws {
         try await Self.prepare(configuration.database, logger: logger)
         var attempt = 0
@@ -181,6 +186,7 @@ public final class SagaTracker: Service, Sendable {
         consumerConfiguration.autoOffsetReset = "earliest"
         var topics = try await refreshModel()
         var nextRefresh = ContinuousClock.now + configuration.registryRefreshInterval
+        consumerConfiguration.groupInstanceId = configuration.groupInstanceId
         let consumer = try KafkaConsumer(configuration: consumerConfiguration, logger: logger)
         try consumer.subscribe(topics: topics)
         logger.info("tracker started", metadata: ["group": .string(group), "rebuild": "\(configuration.rebuild)"])
@@ -205,7 +211,12 @@ public final class SagaTracker: Service, Sendable {
                 batch = try await consumer.poll(
                     maxMessages: configuration.batchSize, timeout: configuration.pollTimeout)
             } catch {
-                if error.isFatal { break }
+                if error.isFatal {
+                    logger.critical("the consumer failed for good: the tracker stops", metadata: ["error": "\(error)"])
+                    await consumer.close()
+                    await pool.close()
+                    throw error
+                }
                 logger.warning("poll failed", metadata: ["error": "\(error)"])
                 try? await Task.sleep(for: configuration.retry.delay(attempt: 1))
                 continue

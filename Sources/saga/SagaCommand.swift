@@ -16,7 +16,8 @@ struct SagaCommand: AsyncParsableCommand {
             Every PostgreSQL connection has TCP keepalives and tcp_user_timeout on (a dead peer is noticed in about
             11 s; the database URL's keepalives_* and tcp_user_timeout parameters tune them); SAGA_STATEMENT_TIMEOUT
             and SAGA_LOCK_TIMEOUT (e.g. 30s, 5s; default none) set statement_timeout and lock_timeout of the
-            daemons' sessions (not of migrations).
+            daemons' sessions (not of migrations). SAGA_KAFKA_GROUP_INSTANCE_ID (default unset) makes the worker's
+            and the tracker's consumers static members of their groups, for Apache Kafka (`saga worker --help`).
             """,
         subcommands: [
             DevCommand.self, WorkerCommand.self, RelayCommand.self, BrokerCommand.self, MigrateCommand.self,

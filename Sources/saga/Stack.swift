@@ -39,6 +39,7 @@ struct Stack: Sendable {
         var configuration = TrackerConfiguration(
             kafka: try env.kafka(), database: env.database("tracker"), topics: env.topics, services: Self.services)
         configuration.rebuild = rebuild
+        configuration.groupInstanceId = env.groupInstanceId
         return SagaTracker(configuration: configuration, logger: logger)
     }
 

@@ -10,6 +10,7 @@ struct TrackerCommand: AsyncParsableCommand {
             model to the `tracker` schema (SAGA_TRACKER_DATABASE_URL or SAGA_DATABASE_URL). Idempotent; one
             instance is active at a time (others wait as standbys). --rebuild empties the read model and
             reads the log again from the beginning (as far as the broker still retains it).
+            SAGA_KAFKA_GROUP_INSTANCE_ID makes its consumer a static member, as for `saga worker` (see its help).
             """)
 
     @Flag(help: "Drop the read model and rebuild it from the log.") var rebuild = false

@@ -244,4 +244,143 @@ import Testing
         for worker in workers { _ = try await worker.stop() }
         await stack.stop()
     }
+
+    /// A worker fenced for its static membership (another process joined its group with the same
+    /// SAGA_KAFKA_GROUP_INSTANCE_ID: the broker answers FENCED_INSTANCE_ID, injected here into a heartbeat of the
+    /// mock cluster) exits with a clear fatal error naming the id, once, instead of retrying for ever.
+    @Test(
+        .enabled(
+            if: !KafkaTestBroker.usesRealKafka, "injects FENCED_INSTANCE_ID through the mock cluster's request errors")
+    )
+    func aFencedStaticWorkerExitsWithAClearFatalError() async throws {
+        let stack = try await TestStack()
+        stack.startRelay("orders")
+        stack.startRelay("inventory")
+        let worker = try SagaProcess(
+            ["worker", "inventory"],
+            environment: [
+                "SAGA_KAFKA_BOOTSTRAP": stack.kafka.bootstrapServers, "SAGA_DATABASE_URL": PostgresTestDatabase.url,
+                "SAGA_TOPIC_PREFIX": stack.topics.prefix, "SAGA_LOG_FORMAT": "json",
+                "SAGA_OPS_PORT": String(try SagaProcess.freePort()), "SAGA_KAFKA_GROUP_INSTANCE_ID": "inventory-7",
+            ])
+        var status: Int32? = nil
+        do {
+            let id = try await stack.place("alice", [("widget", 1)])
+            try await stack.eventually("the static worker process reserved the stock") {
+                try await !stack.query(
+                    "inventory", "SELECT 1 FROM reservations WHERE order_id = $1", [UUID(uuidString: id)]
+                ).isEmpty
+            }
+            // The member's next heartbeat (every 3 s) is answered FENCED_INSTANCE_ID (82).
+            #expect(KafkaError.name(forCode: 82) == "FENCED_INSTANCE_ID")
+            stack.cluster?.pushRequestErrors(apiKey: 12, errors: [82])
+            status = try await worker.waitForExit(timeout: .seconds(60))
+        } catch {
+            Issue.record("\(error)")
+        }
+        _ = try await worker.stop()
+        await stack.stop()
+
+        let fatal = worker.logLines.filter {
+            $0["message"] as? String == "the consumer failed for good: the worker stops"
+        }
+        #expect(
+            status != nil && status != 0, "the fenced worker did not exit with an error: \(worker.output.suffix(3000))")
+        #expect(fatal.count == 1, "\(worker.output.suffix(3000))")
+        let error = fatal.first?["error"] as? String ?? ""
+        #expect(error.contains("FENCED_INSTANCE_ID"), "\(error)")
+        #expect(error.contains("same group.instance.id 'inventory-7'"), "\(error)")
+        #expect(error.contains("group '\(stack.topics.group("inventory"))'"), "\(error)")
+    }
+
+    /// Static membership (SAGA_KAFKA_GROUP_INSTANCE_ID) on a broker that supports it: two `saga worker inventory`
+    /// processes with ids of their own split the partitions; one is killed with SIGKILL and started again with
+    /// the same id at once. It gets back exactly the partitions it had, and the survivor keeps its own: it is
+    /// never revoked, not even after the dead member's session (session.timeout.ms, 10 s) would have expired (a
+    /// dynamic member in its place makes the group rebalance: the survivor's partitions are revoked within
+    /// seconds and the group stands still until the dead member is evicted). The librdkafka mock cluster ignores
+    /// group.instance.id, so this runs only against a real broker (Tansu: `scripts/test --tansu`).
+    @Test(
+        .enabled(
+            if: KafkaTestBroker.usesRealKafka,
+            "needs a broker with static membership (KIP-345) in SAGA_KAFKA_BOOTSTRAP: librdkafka's mock cluster ignores group.instance.id"
+        )
+    )
+    func aStaticWorkerRestartedAfterKill9GetsItsPartitionsBackWithoutRevokingTheSurvivor() async throws {
+        let stack = try await TestStack()
+        for service in TestStack.services { stack.startRelay(service) }
+        try stack.startWorker("orders")
+        try stack.startWorker("billing")
+        func inventoryProcess(_ instance: String) throws -> SagaProcess {
+            try SagaProcess(
+                ["worker", "inventory"],
+                environment: [
+                    "SAGA_KAFKA_BOOTSTRAP": stack.kafka.bootstrapServers,
+                    "SAGA_DATABASE_URL": PostgresTestDatabase.url, "SAGA_TOPIC_PREFIX": stack.topics.prefix,
+                    "SAGA_LOG_FORMAT": "json", "SAGA_LOG_LEVEL": "debug",
+                    "SAGA_OPS_PORT": String(try SagaProcess.freePort()), "SAGA_KAFKA_GROUP_INSTANCE_ID": instance,
+                ])
+        }
+        /// The partitions named by `worker`'s rebalance log lines with this message, in order.
+        func rebalances(_ worker: SagaProcess, _ message: String) -> [String] {
+            worker.logLines.filter { $0["message"] as? String == message }.compactMap { $0["partitions"] as? String }
+        }
+        func handledOrders(_ worker: SagaProcess) -> Set<String> {
+            Set(
+                worker.logLines.filter {
+                    $0["message"] as? String == "handled" && $0["event_type"] as? String == "order.created"
+                }
+                .compactMap { $0["saga_id"] as? String })
+        }
+        func placeAndFinish(_ count: Int) async throws -> Set<String> {
+            var ids: [String] = []
+            for _ in 0..<count { ids.append(try await stack.place("alice", [("widget", 1)])) }
+            for id in ids { _ = try await stack.waitForTerminal(id, timeout: .seconds(90)) }
+            return Set(ids)
+        }
+        var workers = [try inventoryProcess("inventory-a"), try inventoryProcess("inventory-b")]
+        do {
+            try await stack.eventually("both worker processes have partitions", timeout: .seconds(120)) {
+                workers.allSatisfy { !rebalances($0, "partitions assigned").filter { $0 != "[]" }.isEmpty }
+            }
+            // Settled: the last assignment of each is the one it keeps (rebalances end within a few seconds).
+            var settled: [String] = []
+            try await stack.eventually("the group settles", timeout: .seconds(60)) {
+                let now = workers.map { rebalances($0, "partitions assigned").last ?? "" }
+                defer { settled = now }
+                try await Task.sleep(for: .seconds(3))
+                return now == settled
+            }
+            _ = try await placeAndFinish(4)
+            let before = rebalances(workers[0], "partitions assigned").last
+            let survivorRevocations =
+                rebalances(workers[1], "partitions revoked").count
+                + rebalances(workers[1], "partitions lost").count
+
+            kill(workers[0].process.processIdentifier, SIGKILL)
+            let killed = ContinuousClock.now
+            _ = try await workers[0].waitForExit(timeout: .seconds(10))
+            workers[0] = try inventoryProcess("inventory-a")
+            try await stack.eventually("the restarted process gets partitions", timeout: .seconds(60)) {
+                !rebalances(workers[0], "partitions assigned").isEmpty
+            }
+            let back = ContinuousClock.now - killed
+            print("static member restarted after kill -9: partitions back after \(back)")
+            #expect(rebalances(workers[0], "partitions assigned").first == before, "the same partitions as before")
+            // Past the dead member's session timeout (10 s) with margin, sagas still flow through both.
+            let after = try await placeAndFinish(8)
+            try await Task.sleep(until: killed + .seconds(20))
+            let revoked =
+                rebalances(workers[1], "partitions revoked").count
+                + rebalances(workers[1], "partitions lost").count
+            #expect(revoked == survivorRevocations, "the survivor was revoked: \(workers[1].output.suffix(3000))")
+            #expect(
+                after.isSubset(of: handledOrders(workers[0]).union(handledOrders(workers[1]))),
+                "every order after the restart handled by one of the two")
+        } catch {
+            Issue.record("\(error)\nlogs: \(workers.map { $0.output.suffix(2000) })")
+        }
+        for worker in workers { _ = try await worker.stop() }
+        await stack.stop()
+    }
 }

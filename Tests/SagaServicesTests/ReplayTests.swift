@@ -26,6 +26,11 @@ import Testing
         let replayer = stack.replayer()
         let created = stack.topics.topic(for: "order.created")
         let reserved = stack.topics.topic(for: "inventory.reserved")
+        // A replay reads up to the high watermarks: wait until the broker counts both orders' records there (Tansu
+        // has acknowledged records it did not yet count in its high watermark: the dry run then scanned one).
+        try await stack.eventually("the high watermarks count both orders' records") {
+            try await stack.endOffsets([created, reserved]).values.allSatisfy { $0 >= 2 }
+        }
         let endsBefore = try await stack.endOffsets([created, reserved])
 
         // A dry run lists the saga's order.created and sends nothing.

@@ -1,6 +1,7 @@
 import Foundation
 import SagaKafka
 import SagaServices
+import SagaTestSupport
 import Testing
 
 @testable import SagaEngine
@@ -8,13 +9,16 @@ import Testing
 
 /// The saga tracker and its read model, on real workers, relays and broker.
 @Suite(.serialized) struct TrackerTests {
-    func tracker(_ stack: TestStack, rebuild: Bool = false) async throws -> (SagaTracker, Task<Void, any Error>) {
+    func tracker(_ stack: TestStack, rebuild: Bool = false, groupInstanceId: String? = nil) async throws -> (
+        SagaTracker, Task<Void, any Error>
+    ) {
         try await SagaTracker.prepare(stack.trackerDatabase, logger: stack.logger)
         var c = TrackerConfiguration(
             kafka: stack.kafka, database: stack.trackerDatabase, topics: stack.topics, services: TestStack.services)
         c.pollTimeout = .milliseconds(50)
         c.rebuild = rebuild
         c.registryRefreshInterval = .milliseconds(200)
+        c.groupInstanceId = groupInstanceId
         let tracker = SagaTracker(configuration: c, logger: stack.logger)
         return (tracker, Task { try await tracker.run() })
     }
@@ -258,5 +262,30 @@ import Testing
         // events: confirmed 4, declined 5, out of stock 3, poisoned 1 (order.created); 1 dead letter; 4 sagas.
         #expect(before.count == 13 + 1 + 4)
         #expect(after == before)
+    }
+
+    /// A tracker whose consumer is fenced (static membership: another member joined with its group.instance.id;
+    /// FENCED_INSTANCE_ID injected into a heartbeat on the mock cluster) stops with that fatal error instead of
+    /// ending as if it had been asked to stop.
+    @Test(.enabled(if: !KafkaTestBroker.usesRealKafka, "injects FENCED_INSTANCE_ID through the mock cluster"))
+    func aFencedTrackerStopsWithTheFatalError() async throws {
+        let stack = try await TestStack()  // no workers: the tracker is the only member of any group
+        let (tracker, task) = try await tracker(stack, groupInstanceId: "tracker-1")
+        try await stack.produce([try stack.orderCreated().message])
+        try await stack.eventually("the tracker recorded the event") { tracker.stats.events > 0 }
+        stack.cluster?.pushRequestErrors(apiKey: 12, errors: [82])  // the next Heartbeat: FENCED_INSTANCE_ID
+        let ended = Task {
+            try await Task.sleep(for: .seconds(60))
+            task.cancel()
+        }
+        let result = await task.result
+        ended.cancel()
+        await stack.stop()
+
+        #expect(throws: KafkaError.self) { try result.get() }
+        if case .failure(let error as KafkaError) = result {
+            #expect(error.isFencedInstance && error.isFatal, "\(error)")
+            #expect(error.message.contains("'tracker-1'"), "\(error)")
+        }
     }
 }

@@ -1,3 +1,4 @@
+import Logging
 import SagaDaemon
 import Testing
 
@@ -51,5 +52,38 @@ struct EnvironmentTests {
                 _ = try SagaEnvironment.load([name: value], devFile: nil, brokerFile: nil)
             } throws: { "\($0)".contains(name) }
         }
+    }
+
+    /// SAGA_KAFKA_GROUP_INSTANCE_ID makes the worker's and the tracker's consumers static members: `{hostname}`
+    /// is expanded, unset or empty means dynamic members, and an id Kafka would refuse names the variable.
+    @Test func theGroupInstanceIdReachesTheWorkerAndTrackerConsumers() throws {
+        let kafka = ["SAGA_KAFKA_BOOTSTRAP": "kafka:9092"]
+        let none = try SagaEnvironment.load(kafka, devFile: nil, brokerFile: nil)
+        let empty = try SagaEnvironment.load(
+            kafka.merging(["SAGA_KAFKA_GROUP_INSTANCE_ID": ""]) { $1 }, devFile: nil, brokerFile: nil)
+        let set = try SagaEnvironment.load(
+            kafka.merging(["SAGA_KAFKA_GROUP_INSTANCE_ID": "inventory-1"]) { $1 }, devFile: nil, brokerFile: nil)
+        #expect(none.groupInstanceId == nil)
+        #expect(empty.groupInstanceId == nil)
+        #expect(set.groupInstanceId == "inventory-1")
+        #expect(SagaEnvironment.unknownVariables(["SAGA_KAFKA_GROUP_INSTANCE_ID": "x"]).isEmpty)
+        let stack = Stack(env: set, logger: Logger(label: "test"))
+        #expect(try stack.worker("inventory").configuration.groupInstanceId == "inventory-1")
+        #expect(try stack.tracker().configuration.groupInstanceId == "inventory-1")
+        #expect(
+            try Stack(env: none, logger: Logger(label: "test")).worker("billing").configuration.groupInstanceId == nil)
+
+        #expect(try DaemonEnvironment.groupInstanceId("worker-{hostname}", hostname: "c0ffee12") == "worker-c0ffee12")
+        #expect(try DaemonEnvironment.groupInstanceId("a.b_c-9") == "a.b_c-9")
+        #expect(try DaemonEnvironment.groupInstanceId(String(repeating: "x", count: 249))?.count == 249)
+        for bad in ["has space", "ümlaut", ".", "..", "a/b", String(repeating: "x", count: 250)] {
+            #expect {
+                _ = try DaemonEnvironment.groupInstanceId(bad)
+            } throws: { "\($0)".contains("SAGA_KAFKA_GROUP_INSTANCE_ID") }
+        }
+        #expect {
+            _ = try SagaEnvironment.load(
+                kafka.merging(["SAGA_KAFKA_GROUP_INSTANCE_ID": "no spaces"]) { $1 }, devFile: nil, brokerFile: nil)
+        } throws: { "\($0)".contains("SAGA_KAFKA_GROUP_INSTANCE_ID") }
     }
 }
