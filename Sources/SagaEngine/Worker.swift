@@ -33,7 +33,7 @@ public struct WorkerConfiguration: Sendable {
     /// How often the consumer lag gauge is refreshed.
     public var lagInterval: Duration = .seconds(5)
     /// The consumer's `group.instance.id` (static membership), unique among the running workers of this service;
-    /// nil (the default): a dynamic member. See ``KafkaConsumerConfiguration/groupInstanceId``: a worker fenced by
+    /// nil (the default): a dynamic member. See `KafkaConsumerConfiguration.groupInstanceId`: a worker fenced by
     /// another with the same id stops with that fatal error.
     public var groupInstanceId: String? = nil
 

@@ -35,7 +35,7 @@ public struct TrackerConfiguration: Sendable {
     /// subscribed, within about this long.
     public var registryRefreshInterval: Duration = .seconds(5)
     /// The consumer's `group.instance.id` (static membership); nil (the default): a dynamic member. See
-    /// ``KafkaConsumerConfiguration/groupInstanceId``: a tracker fenced by another with the same id stops with
+    /// `KafkaConsumerConfiguration.groupInstanceId`: a tracker fenced by another with the same id stops with
     /// that fatal error.
     public var groupInstanceId: String? = nil
 
@@ -141,7 +141,7 @@ public final class SagaTracker: Service, Sendable {
     /// Runs until graceful shutdown or cancellation. When the session holding the lock ends under it (the
     /// database restarted, or this process was frozen and a standby took over), it stops consuming and waits
     /// for the lock again, as a standby would; database failures are retried with backoff. A fatal consumer error
-    /// (e.g. ``KafkaError/isFencedInstance``) ends it with that error.
+    /// (e.g. `KafkaError.isFencedInstance`) ends it with that error.
     public func run() async throws {
         try await Self.prepare(configuration.database, logger: logger)
         var attempt = 0
