@@ -5,7 +5,7 @@ Run by scripts/check-contracts inside its venv (pinned jsonschema, openapi-spec-
 - schemas/openapi.yaml against the OpenAPI 3.1 schema bundled in openapi-spec-validator, and every
   component schema as a JSON Schema 2020-12 schema (the OpenAPI 3.1 dialect);
 - every schemas/<type>/v<N>.schema.json against the JSON Schema 2020-12 meta-schema, and its examples
-  against it;
+  against it; the same for the example participants' Examples/<name>/schemas/<type>/v<N>.schema.json;
 - schemas/asyncapi.yaml: no package on PyPI bundles the AsyncAPI 3.0 JSON Schema (checked:
   asyncapi-python-parser-jonaslagoni, asyncapi3, asyncapi-python, asyncapi-payload-validator,
   asyncapi-viewer, asyncapi-mate), so this checks what AsyncAPI 3.0 requires of this document by hand:
@@ -60,6 +60,19 @@ def check_event_schemas():
             for error in validator.iter_errors(example):
                 problem("%s: examples[%d]: %s" % (name, i, error.message))
     return files
+
+
+def check_example_schemas():
+    """The event schemas of the example participants (Examples/<name>/schemas/<type>/v<N>.schema.json)."""
+    for path in sorted(ROOT.glob("Examples/*/schemas/*/v*.schema.json")):
+        name = path.relative_to(ROOT).as_posix()
+        schema = json.loads(path.read_text(encoding="utf-8"))
+        for error in Draft202012Validator(Draft202012Validator.META_SCHEMA).iter_errors(schema):
+            problem("%s: %s" % (name, error.message))
+        validator = Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
+        for i, example in enumerate(schema.get("examples", [])):
+            for error in validator.iter_errors(example):
+                problem("%s: examples[%d]: %s" % (name, i, error.message))
 
 
 def pointer(document, fragment, where):
@@ -183,6 +196,7 @@ def check_asyncapi(files):
 def main():
     check_openapi()
     files = check_event_schemas()
+    check_example_schemas()
     check_asyncapi(files)
     for message in problems:
         print("contracts: " + message)

@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import SagaEngine
+import SagaKafka
 import ServiceLifecycle
 
 /// A daemon process: its configuration, its logger, its span exporter, and how it runs its services.
@@ -56,6 +57,14 @@ public struct Daemon: Sendable {
     /// - Throws: `PostgresError` when a database is unreachable or a migration fails.
     public func migrate(_ definitions: [ParticipantDefinition]) async throws {
         try await environment.migrate(definitions, logger: logger)
+    }
+
+    /// Creates the topics of the participants that are missing (see
+    /// ``DaemonEnvironment/ensureTopics(_:logger:)``).
+    /// - Throws: ``ConfigurationError`` when no Kafka broker is configured; `KafkaError` when the broker cannot
+    ///   be asked or a topic cannot be created.
+    public func ensureTopics(_ definitions: [ParticipantDefinition]) async throws {
+        try await environment.ensureTopics(definitions, logger: logger)
     }
 
     /// The participant's worker. - Throws: ``ConfigurationError`` when no Kafka broker is configured.
@@ -132,6 +141,51 @@ extension DaemonEnvironment {
         checks.append(.broker(try kafka(), timeout: healthTimeout, logger: logger))
         let monitor = HealthMonitor(checks: checks, interval: healthInterval, timeout: healthTimeout, logger: logger)
         return OpsServer(host: httpHost, port: opsPort, health: monitor, logger: logger)
+    }
+
+    /// The topics `definition` needs before it runs: one per event type it emits or consumes (as its declaration
+    /// says) and its dead-letter topic, sorted.
+    public func topics(of definition: ParticipantDefinition) -> [String] {
+        let types = definition.declaration.emits.map(\.type) + definition.declaration.consumes.map(\.type)
+        return Set(types.map(topics.topic(for:)) + [topics.deadLetterTopic(consumer: definition.name)]).sorted()
+    }
+
+    /// Creates the topics of `definitions` (``topics(of:)``) that the broker does not have, with
+    /// ``topicPartitions`` partitions and ``topicReplicationFactor`` replicas each; topics that exist are left as
+    /// they are, so running it again, or from several processes at once, changes nothing. The embedded broker
+    /// (``kafkaEmbedded``) answers no CreateTopics: there a missing topic is created on first use.
+    /// - Throws: ``ConfigurationError`` when no Kafka broker is configured; `KafkaError` when the broker cannot be
+    ///   asked in time or refuses to create a topic.
+    public func ensureTopics(_ definitions: [ParticipantDefinition], logger: Logger) async throws {
+        let wanted = Set(definitions.flatMap(topics(of:))).sorted()
+        let kafka = try kafka()
+        let admin = try KafkaAdmin(
+            bootstrapServers: kafka.bootstrapServers, properties: kafka.properties, logger: logger)
+        var missing: [String] = []
+        for topic in wanted {
+            do {
+                _ = try await admin.partitionCount(topic: topic, timeout: .seconds(30))
+            } catch {
+                guard error.name == "UNKNOWN_TOPIC_OR_PART" else { throw error }
+                missing.append(topic)
+            }
+        }
+        guard !missing.isEmpty else { return }
+        if kafkaEmbedded {
+            logger.debug(
+                "topics missing on the embedded broker: it creates them on first use",
+                metadata: ["topics": "\(missing)"])
+            return
+        }
+        try await admin.createTopics(
+            missing.map { (name: $0, partitions: topicPartitions, replicationFactor: topicReplicationFactor ?? -1) },
+            timeout: .seconds(30))
+        logger.info(
+            "created missing topics",
+            metadata: [
+                "topics": "\(missing)", "partitions": "\(topicPartitions)",
+                "replicationFactor": "\(topicReplicationFactor.map(String.init) ?? "broker default")",
+            ])
     }
 
     /// Applies each participant's migrations (the engine's tables, then its own) in its schema, and registers its

@@ -40,6 +40,14 @@ public struct DaemonEnvironment: Sendable {
     /// `group.instance.id` of the worker's and the tracker's consumer (SAGA_KAFKA_GROUP_INSTANCE_ID, `{hostname}`
     /// expanded); nil: dynamic members.
     public var groupInstanceId: String? = nil
+    /// Partitions of each topic a daemon creates because it is missing (`SAGA_TOPIC_PARTITIONS`, default 8).
+    public var topicPartitions: Int32 = 8
+    /// Replication factor of each topic a daemon creates (`SAGA_TOPIC_REPLICATION_FACTOR`); nil: the broker's
+    /// `default.replication.factor`.
+    public var topicReplicationFactor: Int16? = nil
+    /// The broker is the embedded one (librdkafka's mock cluster: `saga dev`, `saga broker`, or
+    /// `SAGA_KAFKA_EMBEDDED=1`), which answers no CreateTopics and creates a topic on first use instead.
+    public var kafkaEmbedded = false
 
     /// The database when neither `SAGA_DATABASE_URL` nor the local stack names one: the checkout's local server.
     public static let defaultDatabaseURL = "postgresql://postgres@127.0.0.1:55432/saga"
@@ -120,6 +128,11 @@ public struct DaemonEnvironment: Sendable {
         loaded.statementTimeout = try timeout("SAGA_STATEMENT_TIMEOUT")
         loaded.lockTimeout = try timeout("SAGA_LOCK_TIMEOUT")
         loaded.groupInstanceId = try groupInstanceId(env["SAGA_KAFKA_GROUP_INSTANCE_ID"] ?? "")
+        loaded.topicPartitions = Int32(try int("SAGA_TOPIC_PARTITIONS", 8, 1...10_000))
+        if let raw = env["SAGA_TOPIC_REPLICATION_FACTOR"], !raw.isEmpty {
+            loaded.topicReplicationFactor = Int16(try int("SAGA_TOPIC_REPLICATION_FACTOR", 1, 1...32))
+        }
+        loaded.kafkaEmbedded = embedded
         return loaded
     }
 
@@ -202,7 +215,7 @@ public struct DaemonEnvironment: Sendable {
             "SAGA_WORKER_BATCH_SIZE",
             "SAGA_RELAY_BATCH_SIZE", "SAGA_RELAY_MAX_SHARDS", "SAGA_INBOX_RETENTION", "SAGA_LOG_FORMAT",
             "SAGA_LOG_LEVEL", "SAGA_HEALTH_INTERVAL", "SAGA_HEALTH_TIMEOUT", "SAGA_STATEMENT_TIMEOUT",
-            "SAGA_LOCK_TIMEOUT",
+            "SAGA_LOCK_TIMEOUT", "SAGA_TOPIC_PARTITIONS", "SAGA_TOPIC_REPLICATION_FACTOR",
         ])
     }
 

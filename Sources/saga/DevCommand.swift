@@ -20,6 +20,23 @@ struct DevCommand: AsyncParsableCommand {
 
     @Option(help: "Partitions of each saga topic on the embedded broker.") var partitions: Int32 = 8
 
+    @Option(
+        name: .customLong("participant"),
+        help: ArgumentHelp(
+            "A participant daemon's executable to run beside the stack, with its broker and database (repeatable).",
+            discussion: """
+                e.g. Examples/Shipping/.build/debug/shipping. It gets the stack's SAGA_KAFKA_BOOTSTRAP and \
+                SAGA_DATABASE_URL (plus the rest of this environment) and SAGA_OPS_PORT=0, and is stopped with \
+                SIGTERM when the stack stops; when it exits by itself, the stack stops.
+                """, valueName: "executable"))
+    var participants: [String] = []
+
+    func validate() throws {
+        for participant in participants where !FileManager.default.isExecutableFile(atPath: participant) {
+            throw ValidationError("--participant \(participant): no executable file there (build it first)")
+        }
+    }
+
     func run() async throws {
         try Daemon.bootstrap()
         var configured: SagaEnvironment
@@ -51,6 +68,7 @@ struct DevCommand: AsyncParsableCommand {
             for s in Stack.services { services.append(try stack.worker(s)) }
             services.append(try stack.tracker())
             services.append(try stack.ops(Stack.services + ["tracker"]))
+            let participantLines = participants.map { "\n  participant \($0)   (SAGA_OPS_PORT=0)" }.joined()
             let (http, pool) = stack.ordersHTTP(port: env.httpPort) { port in
                 let file = DevStackFile(
                     http: "http://\(env.httpHost):\(port)", kafkaBootstrap: env.kafkaBootstrap ?? "",
@@ -66,10 +84,19 @@ struct DevCommand: AsyncParsableCommand {
                       ops         http://\(env.httpHost):\(env.opsPort)   (GET /health/live, /health/ready, /metrics)
                       Kafka       \(file.kafkaBootstrap)\(embedded ? "   (embedded mock cluster)" : "")
                       PostgreSQL  \(PostgresConfiguration(url: file.databaseURL).redactedURL)   (schemas: \(Stack.services.map { env.database($0).schema }.joined(separator: ", ")))
-                      wrote \(DevStackFile.path)
+                      wrote \(DevStackFile.path)\(participantLines)
                     """)
             }
             services.append(http)
+            // Last, so that they stop first: they stop while the stack they talk to still runs.
+            for participant in participants {
+                services.append(
+                    ParticipantProcess(
+                        executable: participant,
+                        environment: ParticipantProcess.environment(
+                            kafkaBootstrap: env.kafkaBootstrap ?? "", embedded: embedded, databaseURL: env.databaseURL),
+                        logger: logger))
+            }
             try await Daemon.run(services, logger: logger)
             await pool.close()
         } catch {

@@ -83,6 +83,52 @@ struct ParticipantDaemonTests {
         #expect(probe.outcome.withLock { $0 } == topics.topic(for: InventoryRejected.eventType))
         try await PostgresTestDatabase.dropSchema(database.schema)
     }
+
+    /// The topics a participant needs: those of the events it consumes and emits, and its dead-letter topic.
+    @Test func aParticipantsTopicsAreItsEventTypesAndItsDeadLetterTopic() throws {
+        let env = try DaemonEnvironment.load(
+            ["SAGA_TOPIC_PREFIX": "t1.", "SAGA_TOPIC_PARTITIONS": "3", "SAGA_TOPIC_REPLICATION_FACTOR": "2"],
+            databases: ["inventory"], devFile: nil, brokerFile: nil)
+        #expect(
+            env.topics(of: InventoryService.definition()) == [
+                "t1.deadletter.inventory", "t1.inventory.rejected", "t1.inventory.released", "t1.inventory.reserved",
+                "t1.order.created", "t1.payment.completed", "t1.payment.failed",
+            ])
+        #expect(env.topicPartitions == 3)
+        #expect(env.topicReplicationFactor == 2)
+        #expect(
+            try DaemonEnvironment.load([:], databases: [], devFile: nil, brokerFile: nil).topicReplicationFactor == nil)
+        #expect {
+            _ = try DaemonEnvironment.load(
+                ["SAGA_TOPIC_PARTITIONS": "0"], databases: [], devFile: nil, brokerFile: nil)
+        } throws: { "\($0)".contains("SAGA_TOPIC_PARTITIONS") }
+    }
+
+    /// On a real Kafka the kit creates the participant's missing topics with the configured partitions, and
+    /// running it again (the topics exist) changes nothing. (The mock cluster answers no CreateTopics.)
+    @Test(
+        .enabled(
+            if: KafkaTestBroker.usesRealKafka,
+            "needs a real Kafka in SAGA_KAFKA_BOOTSTRAP: the mock answers no CreateTopics"
+        )
+    )
+    func theKitCreatesAParticipantsMissingTopics() async throws {
+        let prefix = KafkaTestBroker.uniqueName("tc") + "."
+        let servers = try #require(ProcessInfo.processInfo.environment["SAGA_KAFKA_BOOTSTRAP"])
+        let env = try DaemonEnvironment.load(
+            [
+                "SAGA_KAFKA_BOOTSTRAP": servers, "SAGA_TOPIC_PREFIX": prefix, "SAGA_TOPIC_PARTITIONS": "3",
+                "SAGA_TOPIC_REPLICATION_FACTOR": "1",
+            ], databases: [], devFile: nil, brokerFile: nil)
+        let logger = Logger(label: "test")
+        let definition = InventoryService.definition()
+        try await env.ensureTopics([definition], logger: logger)
+        try await env.ensureTopics([definition], logger: logger)
+        let admin = try KafkaAdmin(bootstrapServers: servers, logger: logger)
+        for topic in env.topics(of: definition) {
+            #expect(try await admin.partitionCount(topic: topic, timeout: .seconds(10)) == 3, "\(topic)")
+        }
+    }
 }
 
 /// Runs once the participant's schema exists: stocks none of a SKU, sends an order of it, and returns when

@@ -1,0 +1,7 @@
+// The shipping daemon: reads its configuration from the environment (SAGA_KAFKA_BOOTSTRAP, SAGA_DATABASE_URL,
+// …), creates its missing topics, migrates its schema, registers its part of the saga, and runs its outbox
+// relay, its worker and the ops server (health, readiness, metrics) until SIGTERM or SIGINT.
+import SagaDaemon
+import Shipping
+
+try await ParticipantDaemon(ShippingService.definition).run()
