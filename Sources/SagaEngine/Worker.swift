@@ -28,6 +28,12 @@ public struct WorkerConfiguration: Sendable {
     public var cleanupInterval: Duration = .seconds(60)
     /// How often the consumer lag gauge is refreshed.
     public var lagInterval: Duration = .seconds(5)
+    /// Most due deadlines fired in one database transaction.
+    public var deadlineBatchSize = 100
+    /// The longest the deadline task sleeps before it looks at the deadline table again (it wakes earlier
+    /// for the earliest deadline, and when this worker commits a deadline that falls sooner): the bound
+    /// on how late it notices a deadline scheduled by another instance of the service.
+    public var deadlinePollInterval: Duration = .seconds(1)
 
     public init(name: String, kafka: KafkaSettings, database: ServiceDatabase, topics: TopicNaming = TopicNaming()) {
         self.name = name
@@ -67,6 +73,9 @@ public struct WorkerStats: Sendable, Hashable {
 ///   retried, but dead-lettered after ``WorkerConfiguration/deadLetterAfterAttempts`` attempts in a row.
 ///   A dead letter holds only bounded values and is written in a savepoint of its own (``DeadLetter``).
 /// - The next poll runs while the transaction does; inbox retention runs on its own task and connection.
+/// - Deadlines that handlers scheduled (``HandlerContext/scheduleDeadline(name:at:payload:)``) are fired on a
+///   task and connection of their own, in transactions of their own, through the same inbox, handler and
+///   outbox path as consumed events.
 public final class Worker: Service, Sendable {
     public let configuration: WorkerConfiguration
     private let handlers: [String: EventHandler]
@@ -76,9 +85,11 @@ public final class Worker: Service, Sendable {
     private let migrations: [PostgresMigration]
     /// The participant it runs, registered when it starts (nil: a bare worker, registered nowhere).
     private let definition: ParticipantDefinition?
-    private let logger: Logger
+    let logger: Logger
     private let state = Mutex(WorkerStats())
     private let metrics: WorkerMetrics
+    let deadlineMetrics: DeadlineMetrics
+    let deadlineAlarm = DeadlineAlarm()
 
     /// A worker of `handlers`, validating with the schemas of this repository (`SchemaRegistry.shared`). It
     /// registers nothing in the ``ParticipantRegistry``: a participant's daemon uses
@@ -132,6 +143,7 @@ public final class Worker: Service, Sendable {
         self.codec = EventCodec(registry: registry, upcasters: upcasters, topics: configuration.topics)
         self.migrations = migrations
         self.metrics = WorkerMetrics(service: configuration.name)
+        self.deadlineMetrics = DeadlineMetrics(service: configuration.name)
         var logger = logger
         logger[metadataKey: "service"] = .string(configuration.name)
         self.logger = logger
@@ -182,6 +194,13 @@ public final class Worker: Service, Sendable {
             }
             await retentionPool.close()
         }
+        // Due deadlines are fired on their own task and connection (see `runDeadlines`).
+        let deadlines = Task { [configuration, logger] in
+            let deadlinePool = PostgresPool(
+                configuration: configuration.database.configuration, size: 1, logger: logger)
+            await self.runDeadlines(pool: deadlinePool)
+            await deadlinePool.close()
+        }
         let committer = OffsetCommitter(consumer: consumer, retry: configuration.retry, logger: logger)
 
         let maxMessages = configuration.batchSize
@@ -229,10 +248,12 @@ public final class Worker: Service, Sendable {
         // Messages a poll prefetched are not handled: their offsets are not committed, so they are redelivered.
         _ = await prefetched?.value
         retention.cancel()
+        deadlines.cancel()  // a firing in flight rolls back: its deadlines fire again on the next start
         await committer.flush()
         await consumer.close()
         await pool.close()
         _ = await retention.value
+        _ = await deadlines.value
         if let failure { throw failure }
     }
 
@@ -250,26 +271,14 @@ public final class Worker: Service, Sendable {
         var exhausted: (signature: String, attempts: Int)? = nil
         while true {
             let started = ContinuousClock.now
+            let ledger = deadlineLedger()
             do {
                 let outcome = try await pool.withCancellableTransaction { [isolate, exhausted] connection in
                     isolate
-                        ? try await self.handleIsolated(batch, exhausted: exhausted, on: connection)
-                        : try await self.handle(batch, on: connection)
+                        ? try await self.handleIsolated(batch, exhausted: exhausted, ledger: ledger, on: connection)
+                        : try await self.handle(batch, ledger: ledger, on: connection)
                 }
-                state.withLock {
-                    $0.handled += outcome.total(\.handled)
-                    $0.duplicates += outcome.total(\.duplicates)
-                    $0.deadLettered += outcome.total(\.deadLettered)
-                    $0.batches += 1
-                    if isolate { $0.isolated += 1 }
-                }
-                for (type, counts) in outcome.byType {
-                    let m = metrics.type(type)
-                    m.handled.increment(by: counts.handled)
-                    m.duplicates.increment(by: counts.duplicates)
-                    m.deadLettered.increment(by: counts.deadLettered)
-                    for duration in counts.handlerDurations { m.handlerDuration.record(duration: duration) }
-                }
+                record(outcome, isolated: isolate, ledger: ledger)
                 metrics.batchDuration.record(duration: ContinuousClock.now - started)
                 return true
             } catch is NeedsIsolation {
@@ -296,11 +305,36 @@ public final class Worker: Service, Sendable {
         }
     }
 
+    /// Counts what a committed batch did (stats and metrics), and what its handlers did with deadlines.
+    func record(_ outcome: Outcome, isolated: Bool, ledger: DeadlineLedger) {
+        state.withLock {
+            $0.handled += outcome.total(\.handled)
+            $0.duplicates += outcome.total(\.duplicates)
+            $0.deadLettered += outcome.total(\.deadLettered)
+            $0.batches += 1
+            if isolated { $0.isolated += 1 }
+        }
+        for (type, counts) in outcome.byType {
+            let m = metrics.type(type)
+            m.handled.increment(by: counts.handled)
+            m.duplicates.increment(by: counts.duplicates)
+            m.deadLettered.increment(by: counts.deadLettered)
+            for duration in counts.handlerDurations { m.handlerDuration.record(duration: duration) }
+        }
+        let deadlines = ledger.counts
+        if deadlines.scheduled > 0 { deadlineMetrics.scheduled.increment(by: deadlines.scheduled) }
+        if deadlines.cancelled > 0 { deadlineMetrics.cancelled.increment(by: deadlines.cancelled) }
+        if let due = deadlines.earliest { deadlineAlarm.scheduled(due: due) }
+    }
+
+    /// A ledger for the deadlines one transaction's handlers schedule and cancel.
+    func deadlineLedger() -> DeadlineLedger { DeadlineLedger(codec: codec, handled: Set(handlers.keys)) }
+
     /// A handler failed for good in a batch run without savepoints: run it again with them.
-    private struct NeedsIsolation: Error {}
+    struct NeedsIsolation: Error {}
 
     /// What a batch did, per event type.
-    private struct Outcome: Sendable {
+    struct Outcome: Sendable {
         struct Counts: Sendable {
             var handled = 0
             var duplicates = 0
@@ -328,7 +362,9 @@ public final class Worker: Service, Sendable {
 
     /// The set-based path: one inbox insert, one call per handler group (see ``schedule(_:)``), one outbox
     /// insert. Any failure for good becomes `NeedsIsolation`.
-    private func handle(_ batch: [KafkaMessage], on connection: PostgresConnection) async throws -> Outcome {
+    func handle(_ batch: [KafkaMessage], ledger: DeadlineLedger, on connection: PostgresConnection) async throws
+        -> Outcome
+    {
         var outcome = Outcome()
         var decoded: [Decoded] = []
         decoded.reserveCapacity(batch.count)
@@ -370,8 +406,9 @@ public final class Worker: Service, Sendable {
                 if let identity = group[0].handler.batch?.identity,
                     let batch = batchHandlers[ObjectIdentifier(identity)]
                 {
-                    let context = BatchHandlerContext(
+                    var context = BatchHandlerContext(
                         connection: connection, service: configuration.name, logger: logger)
+                    context.deadlineLedger = ledger
                     let started = ContinuousClock.now
                     emitted += try await batch.handle(group.map(\.event), context)
                     let share = (ContinuousClock.now - started) / group.count
@@ -383,7 +420,7 @@ public final class Worker: Service, Sendable {
                     for d in group {
                         let context = HandlerContext(
                             connection: PostgresTransaction(connection), service: configuration.name, event: d.event,
-                            logger: EventLog.logger(logger, for: d.event.envelope))
+                            logger: EventLog.logger(logger, for: d.event.envelope), deadlineLedger: ledger)
                         let started = ContinuousClock.now
                         emitted += try await d.handler.handle(d.event, context)
                         outcome.byType[d.event.type, default: .init()].handled += 1
@@ -437,8 +474,9 @@ public final class Worker: Service, Sendable {
     /// The fallback path after a poison event: one event at a time, each in its own savepoint, so that a
     /// failure for good undoes and dead-letters only its event. Once the batch failed `exhausted.attempts`
     /// times in a row with the same undecided failure, an event failing with it again is dead-lettered too.
-    private func handleIsolated(
-        _ batch: [KafkaMessage], exhausted: (signature: String, attempts: Int)?, on connection: PostgresConnection
+    func handleIsolated(
+        _ batch: [KafkaMessage], exhausted: (signature: String, attempts: Int)?, ledger: DeadlineLedger,
+        on connection: PostgresConnection
     ) async throws -> Outcome {
         var outcome = Outcome()
         for message in batch {
@@ -452,8 +490,9 @@ public final class Worker: Service, Sendable {
                 continue
             }
             try await connection.execute("SAVEPOINT saga_event")
+            let deadlinesBefore = ledger.counts
             do {
-                switch try await handleOne(decoded.1, with: decoded.0, from: message, on: connection) {
+                switch try await handleOne(decoded.1, with: decoded.0, from: message, ledger: ledger, on: connection) {
                 case .handled(let took):
                     outcome.byType[eventType(of: message), default: .init()].handled += 1
                     outcome.byType[eventType(of: message), default: .init()].handlerDurations.append(took)
@@ -472,6 +511,7 @@ public final class Worker: Service, Sendable {
                 default: throw failure
                 }
                 try await connection.execute("ROLLBACK TO SAVEPOINT saga_event")
+                ledger.restore(deadlinesBefore)
                 if try await deadLetter(message, reason: reason, attempts: attempts, on: connection) {
                     outcome.byType[eventType(of: message), default: .init()].deadLettered += 1
                 }
@@ -495,7 +535,7 @@ public final class Worker: Service, Sendable {
     }
 
     private func handleOne(
-        _ event: IncomingEvent, with handler: EventHandler, from message: KafkaMessage,
+        _ event: IncomingEvent, with handler: EventHandler, from message: KafkaMessage, ledger: DeadlineLedger,
         on connection: PostgresConnection
     ) async throws -> OneOutcome {
         let logger = EventLog.logger(self.logger, for: event.envelope)
@@ -504,7 +544,8 @@ public final class Worker: Service, Sendable {
             return .duplicate
         }
         let context = HandlerContext(
-            connection: PostgresTransaction(connection), service: configuration.name, event: event, logger: logger)
+            connection: PostgresTransaction(connection), service: configuration.name, event: event, logger: logger,
+            deadlineLedger: ledger)
         let started = ContinuousClock.now
         let emitted = try await handler.handle(event, context)
         let took = ContinuousClock.now - started
