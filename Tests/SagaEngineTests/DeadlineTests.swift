@@ -339,6 +339,32 @@ import Testing
         #expect(try await f.deadlines() == [])
         #expect(try await f.count("SELECT count(*)::int AS n FROM fired") == 1)
         #expect(try await f.expiredInOutbox() == ["s"])
+        // The firing session dies before the commit (its backend is terminated, as when the process is killed):
+        // the transaction is gone, the deadline stays, and the worker fires it on a new session, once.
+        #expect(
+            await restarted.process(
+                [try f.message(Started(deadline: "timeout", dueInMs: -100), saga: "k")], pool: f.pool))
+        f.gate.close()
+        let killedPool = PostgresPool(configuration: f.database.configuration, size: 1, logger: f.logger)
+        let killed = Task { await restarted.fireDueDeadlines(pool: killedPool) }
+        while f.gate.entered == 2 && ContinuousClock.now < until + .seconds(10) {
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        #expect(f.gate.entered == 3)
+        let terminated = try await f.pool.query(
+            """
+            SELECT pg_terminate_backend(pid) AS ended FROM pg_stat_activity
+            WHERE state = 'idle in transaction' AND query LIKE 'INSERT INTO fired%'
+            """)
+        #expect(terminated.count == 1)
+        #expect(try await f.deadlines() == ["k/timeout"])
+        f.gate.open()
+        #expect(await killed.value == 1)
+        await killedPool.close()
+        #expect(f.gate.entered == 4)
+        #expect(try await f.deadlines() == [])
+        #expect(try await f.count("SELECT count(*)::int AS n FROM fired WHERE saga_id = 'k'") == 1)
+        #expect(try await f.expiredInOutbox() == ["k", "s"])
         await f.tearDown()
     }
 
