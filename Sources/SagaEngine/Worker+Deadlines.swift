@@ -65,8 +65,7 @@ extension Worker {
                     return (claimed, outcome)
                 }
                 guard !claimed.isEmpty else { return 0 }
-                record(outcome, isolated: isolate, ledger: ledger)
-                deadlineMetrics.fired.increment(by: claimed.count)
+                record(outcome, isolated: isolate, ledger: ledger, deadlinesFired: claimed.count)
                 var latest = 0.0
                 for deadline in claimed {
                     let lateness = max(0, deadline.lateness)

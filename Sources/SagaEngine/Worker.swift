@@ -52,6 +52,10 @@ public struct WorkerStats: Sendable, Hashable {
     public var batches = 0
     /// Batches run one event at a time (each in a savepoint) because a handler failed for good on one.
     public var isolated = 0
+    /// Deadlines scheduled and cancelled by committed transactions, and deadlines fired.
+    public var deadlinesScheduled = 0
+    public var deadlinesCancelled = 0
+    public var deadlinesFired = 0
 }
 
 /// The worker runtime: consume → one transaction (inbox + handlers + outbox rows) → commit → commit the
@@ -305,9 +309,14 @@ public final class Worker: Service, Sendable {
         }
     }
 
-    /// Counts what a committed batch did (stats and metrics), and what its handlers did with deadlines.
-    func record(_ outcome: Outcome, isolated: Bool, ledger: DeadlineLedger) {
+    /// Counts what a committed batch did (stats and metrics), and what its handlers did with deadlines;
+    /// `deadlinesFired`: how many deadlines the batch fired.
+    func record(_ outcome: Outcome, isolated: Bool, ledger: DeadlineLedger, deadlinesFired: Int = 0) {
+        let deadlines = ledger.counts
         state.withLock {
+            $0.deadlinesScheduled += deadlines.scheduled
+            $0.deadlinesCancelled += deadlines.cancelled
+            $0.deadlinesFired += deadlinesFired
             $0.handled += outcome.total(\.handled)
             $0.duplicates += outcome.total(\.duplicates)
             $0.deadLettered += outcome.total(\.deadLettered)
@@ -321,7 +330,7 @@ public final class Worker: Service, Sendable {
             m.deadLettered.increment(by: counts.deadLettered)
             for duration in counts.handlerDurations { m.handlerDuration.record(duration: duration) }
         }
-        let deadlines = ledger.counts
+        if deadlinesFired > 0 { deadlineMetrics.fired.increment(by: deadlinesFired) }
         if deadlines.scheduled > 0 { deadlineMetrics.scheduled.increment(by: deadlines.scheduled) }
         if deadlines.cancelled > 0 { deadlineMetrics.cancelled.increment(by: deadlines.cancelled) }
         if let due = deadlines.earliest { deadlineAlarm.scheduled(due: due) }

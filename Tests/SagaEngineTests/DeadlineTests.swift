@@ -196,6 +196,7 @@ import Testing
         #expect(await worker.process(batch, pool: f.pool))
         #expect(worker.stats.deadLettered == 1)
         #expect(try await f.deadlines() == ["a/timeout"])
+        #expect(worker.stats.deadlinesScheduled == 1)  // b's was undone with its savepoint
         // A transaction that rolls back as a whole (here: the caller's, after the handler scheduled).
         let event = try f.codec.decode(
             try f.message(Started(deadline: "late", dueInMs: -1000), saga: "c"), targetVersion: 1)
@@ -250,6 +251,8 @@ import Testing
         #expect(await worker.fireDueDeadlines(pool: f.pool) == 0)
         #expect(try await f.count("SELECT count(*)::int AS n FROM fired") == 1)
         #expect(worker.stats.handled == 3)
+        #expect(worker.stats.deadlinesScheduled == 2)
+        #expect(worker.stats.deadlinesFired == 1)
         await f.tearDown()
     }
 
@@ -277,6 +280,9 @@ import Testing
         // Cancelling what is not there (cancelled before) is no error.
         #expect(await worker.process([try f.message(Finished(deadline: "timeout"), saga: "cancelled")], pool: f.pool))
         #expect(worker.stats.deadLettered == 0)
+        #expect(worker.stats.deadlinesScheduled == 4)
+        #expect(worker.stats.deadlinesCancelled == 1)  // not the second time: there was none
+        #expect(worker.stats.deadlinesFired == 0)
         await f.tearDown()
     }
 
@@ -305,6 +311,7 @@ import Testing
         }
         for pool in pools { await pool.close() }
         #expect(fired == sagas.count)
+        #expect(workers.map(\.stats.deadlinesFired).reduce(0, +) == sagas.count)
         #expect(try await f.deadlines() == [])
         #expect(try await f.count("SELECT count(*)::int AS n FROM fired") == sagas.count)
         #expect(try await f.count("SELECT count(DISTINCT saga_id)::int AS n FROM fired") == sagas.count)
