@@ -1,7 +1,6 @@
 import Foundation
 import Logging
 import SagaPostgres
-import ServiceLifecycle
 
 extension Worker {
     /// How soon the deadline task looks again at a due deadline it could not claim (another instance is
