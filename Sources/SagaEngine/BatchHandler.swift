@@ -16,6 +16,8 @@ public struct BatchHandlerContext: Sendable {
     public let logger: Logger
     /// The traceparent of each event's span (set by ``batchTracingMiddleware``), by event id.
     var spans: [UUID: String] = [:]
+    /// What the worker's transaction scheduled and cancelled (see ``scheduleDeadline(name:for:at:payload:)``).
+    var deadlineLedger: DeadlineLedger? = nil
 
     /// A context over a transaction the caller owns.
     /// - Parameters:
@@ -87,11 +89,10 @@ public struct BatchHandler: Sendable {
     public var eventHandlers: [EventHandler] {
         versions.sorted { $0.key < $1.key }.map { type, version in
             var handler = EventHandler(eventType: type, version: version) { [handle] event, context in
-                try await handle(
-                    [event],
-                    BatchHandlerContext(
-                        transaction: context.connection, service: context.service, logger: context.logger)
-                )
+                var batchContext = BatchHandlerContext(
+                    transaction: context.connection, service: context.service, logger: context.logger)
+                batchContext.deadlineLedger = context.deadlineLedger
+                return try await handle([event], batchContext)
             }
             handler.batch = self
             return handler

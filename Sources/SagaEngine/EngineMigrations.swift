@@ -1,7 +1,7 @@
 import SagaPostgres
 
 /// The engine's own tables, created in every service's schema next to the service's tables:
-/// the outbox (what to publish), the inbox (what was handled) and the dead-letter log.
+/// the outbox (what to publish), the inbox (what was handled), the dead-letter log and the deadlines.
 public enum EngineMigrations {
     /// Outbox shards: relays own shards through advisory locks; a saga's rows are all in one shard.
     public static let shardCount = 16
@@ -115,6 +115,27 @@ public enum EngineMigrations {
                 -- The relay reads no row of a saga that has a parked row: one probe of this (normally empty)
                 -- index per row read.
                 CREATE INDEX saga_outbox_parked_saga ON saga_outbox (saga_id) WHERE failed_at IS NOT NULL;
+                """),
+        PostgresMigration(
+            version: 5, name: "engine: deadlines",
+            sql: """
+                -- A saga's deadlines (one per name): the event to deliver to this service's handler when it falls.
+                -- The worker fires due rows and deletes them in the transaction that handles their events.
+                CREATE TABLE saga_deadlines (
+                    id            bigserial   NOT NULL UNIQUE,
+                    saga_id       text        NOT NULL,
+                    name          text        NOT NULL,
+                    due_at        timestamptz NOT NULL,
+                    event_id      uuid        NOT NULL,
+                    event_type    text        NOT NULL,
+                    event_version int         NOT NULL,
+                    data          jsonb       NOT NULL,
+                    causation_id  uuid,
+                    traceparent   text,
+                    created_at    timestamptz NOT NULL DEFAULT clock_timestamp(),
+                    PRIMARY KEY (saga_id, name)
+                );
+                CREATE INDEX saga_deadlines_due ON saga_deadlines (due_at);
                 """),
     ]
 }

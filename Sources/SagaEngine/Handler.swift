@@ -17,6 +17,8 @@ public struct HandlerContext: Sendable {
     public let event: IncomingEvent
     /// A logger whose metadata names the event's saga, id, type and trace.
     public let logger: Logger
+    /// What the worker's transaction scheduled and cancelled (see ``scheduleDeadline(name:at:payload:)``).
+    var deadlineLedger: DeadlineLedger? = nil
 
     /// A follow-up event of the same saga, caused by the event being handled.
     public func emit<P: EventPayload>(_ payload: P) throws(EventEncodingError) -> OutgoingEvent {

@@ -36,6 +36,12 @@ public struct WorkerConfiguration: Sendable {
     /// nil (the default): a dynamic member. See `KafkaConsumerConfiguration.groupInstanceId`: a worker fenced by
     /// another with the same id stops with that fatal error.
     public var groupInstanceId: String? = nil
+    /// Most due deadlines fired in one database transaction.
+    public var deadlineBatchSize = 100
+    /// The longest the deadline task sleeps before it looks at the deadline table again (it wakes earlier
+    /// for the earliest deadline, and when this worker commits a deadline that falls sooner): the bound
+    /// on how late it notices a deadline scheduled by another instance of the service.
+    public var deadlinePollInterval: Duration = .seconds(1)
 
     /// A configuration of the worker of `name`, with the defaults above.
     public init(name: String, kafka: KafkaSettings, database: ServiceDatabase, topics: TopicNaming = TopicNaming()) {
@@ -60,6 +66,10 @@ public struct WorkerStats: Sendable, Hashable {
     public var batches = 0
     /// Batches run one event at a time (each in a savepoint) because a handler failed for good on one.
     public var isolated = 0
+    /// Deadlines scheduled and cancelled by committed transactions, and deadlines fired.
+    public var deadlinesScheduled = 0
+    public var deadlinesCancelled = 0
+    public var deadlinesFired = 0
 }
 
 /// The worker runtime: consume → one transaction (inbox + handlers + outbox rows) → commit → commit the
@@ -81,6 +91,9 @@ public struct WorkerStats: Sendable, Hashable {
 ///   retried, but dead-lettered after ``WorkerConfiguration/deadLetterAfterAttempts`` attempts in a row.
 ///   A dead letter holds only bounded values and is written in a savepoint of its own (`DeadLetter`).
 /// - The next poll runs while the transaction does; inbox retention runs on its own task and connection.
+/// - Deadlines that handlers scheduled (``HandlerContext/scheduleDeadline(name:at:payload:)``) are fired on a
+///   task and connection of their own, in transactions of their own, through the same inbox, handler and
+///   outbox path as consumed events.
 public final class Worker: Service, Sendable {
     /// How it runs.
     public let configuration: WorkerConfiguration
@@ -91,9 +104,11 @@ public final class Worker: Service, Sendable {
     private let migrations: [PostgresMigration]
     /// The participant it runs, registered when it starts (nil: a bare worker, registered nowhere).
     private let definition: ParticipantDefinition?
-    private let logger: Logger
+    let logger: Logger
     private let state = Mutex(WorkerStats())
     private let metrics: WorkerMetrics
+    let deadlineMetrics: DeadlineMetrics
+    let deadlineAlarm = DeadlineAlarm()
 
     /// A worker of `handlers`, validating with the schemas of this repository (`SchemaRegistry.shared`). It
     /// registers nothing in the ``ParticipantRegistry``: a participant's daemon uses
@@ -152,6 +167,7 @@ public final class Worker: Service, Sendable {
         self.codec = EventCodec(registry: registry, upcasters: upcasters, topics: configuration.topics)
         self.migrations = migrations
         self.metrics = WorkerMetrics(service: configuration.name)
+        self.deadlineMetrics = DeadlineMetrics(service: configuration.name)
         var logger = logger
         logger[metadataKey: "service"] = .string(configuration.name)
         self.logger = logger
@@ -203,6 +219,13 @@ public final class Worker: Service, Sendable {
             }
             await retentionPool.close()
         }
+        // Due deadlines are fired on their own task and connection (see `runDeadlines`).
+        let deadlines = Task { [configuration, logger] in
+            let deadlinePool = PostgresPool(
+                configuration: configuration.database.configuration, size: 1, logger: logger)
+            await self.runDeadlines(pool: deadlinePool)
+            await deadlinePool.close()
+        }
         let committer = OffsetCommitter(consumer: consumer, retry: configuration.retry, logger: logger)
 
         let maxMessages = configuration.batchSize
@@ -251,10 +274,12 @@ public final class Worker: Service, Sendable {
         // Messages a poll prefetched are not handled: their offsets are not committed, so they are redelivered.
         _ = await prefetched?.value
         retention.cancel()
+        deadlines.cancel()  // a firing in flight rolls back: its deadlines fire again on the next start
         await committer.flush()
         await consumer.close()
         await pool.close()
         _ = await retention.value
+        _ = await deadlines.value
         if let failure { throw failure }
     }
 
@@ -272,26 +297,14 @@ public final class Worker: Service, Sendable {
         var exhausted: (signature: String, attempts: Int)? = nil
         while true {
             let started = ContinuousClock.now
+            let ledger = deadlineLedger()
             do {
                 let outcome = try await pool.withCancellableTransaction { [isolate, exhausted] connection in
                     isolate
-                        ? try await self.handleIsolated(batch, exhausted: exhausted, on: connection)
-                        : try await self.handle(batch, on: connection)
+                        ? try await self.handleIsolated(batch, exhausted: exhausted, ledger: ledger, on: connection)
+                        : try await self.handle(batch, ledger: ledger, on: connection)
                 }
-                state.withLock {
-                    $0.handled += outcome.total(\.handled)
-                    $0.duplicates += outcome.total(\.duplicates)
-                    $0.deadLettered += outcome.total(\.deadLettered)
-                    $0.batches += 1
-                    if isolate { $0.isolated += 1 }
-                }
-                for (type, counts) in outcome.byType {
-                    let m = metrics.type(type)
-                    m.handled.increment(by: counts.handled)
-                    m.duplicates.increment(by: counts.duplicates)
-                    m.deadLettered.increment(by: counts.deadLettered)
-                    for duration in counts.handlerDurations { m.handlerDuration.record(duration: duration) }
-                }
+                record(outcome, isolated: isolate, ledger: ledger)
                 metrics.batchDuration.record(duration: ContinuousClock.now - started)
                 return true
             } catch is NeedsIsolation {
@@ -318,11 +331,41 @@ public final class Worker: Service, Sendable {
         }
     }
 
+    /// Counts what a committed batch did (stats and metrics), and what its handlers did with deadlines;
+    /// `deadlinesFired`: how many deadlines the batch fired.
+    func record(_ outcome: Outcome, isolated: Bool, ledger: DeadlineLedger, deadlinesFired: Int = 0) {
+        let deadlines = ledger.counts
+        state.withLock {
+            $0.deadlinesScheduled += deadlines.scheduled
+            $0.deadlinesCancelled += deadlines.cancelled
+            $0.deadlinesFired += deadlinesFired
+            $0.handled += outcome.total(\.handled)
+            $0.duplicates += outcome.total(\.duplicates)
+            $0.deadLettered += outcome.total(\.deadLettered)
+            $0.batches += 1
+            if isolated { $0.isolated += 1 }
+        }
+        for (type, counts) in outcome.byType {
+            let m = metrics.type(type)
+            m.handled.increment(by: counts.handled)
+            m.duplicates.increment(by: counts.duplicates)
+            m.deadLettered.increment(by: counts.deadLettered)
+            for duration in counts.handlerDurations { m.handlerDuration.record(duration: duration) }
+        }
+        if deadlinesFired > 0 { deadlineMetrics.fired.increment(by: deadlinesFired) }
+        if deadlines.scheduled > 0 { deadlineMetrics.scheduled.increment(by: deadlines.scheduled) }
+        if deadlines.cancelled > 0 { deadlineMetrics.cancelled.increment(by: deadlines.cancelled) }
+        if let due = deadlines.earliest { deadlineAlarm.scheduled(due: due) }
+    }
+
+    /// A ledger for the deadlines one transaction's handlers schedule and cancel.
+    func deadlineLedger() -> DeadlineLedger { DeadlineLedger(codec: codec, handled: Set(handlers.keys)) }
+
     /// A handler failed for good in a batch run without savepoints: run it again with them.
-    private struct NeedsIsolation: Error {}
+    struct NeedsIsolation: Error {}
 
     /// What a batch did, per event type.
-    private struct Outcome: Sendable {
+    struct Outcome: Sendable {
         struct Counts: Sendable {
             var handled = 0
             var duplicates = 0
@@ -350,7 +393,9 @@ public final class Worker: Service, Sendable {
 
     /// The set-based path: one inbox insert, one call per handler group (see ``schedule(_:)``), one outbox
     /// insert. Any failure for good becomes `NeedsIsolation`.
-    private func handle(_ batch: [KafkaMessage], on connection: PostgresConnection) async throws -> Outcome {
+    func handle(_ batch: [KafkaMessage], ledger: DeadlineLedger, on connection: PostgresConnection) async throws
+        -> Outcome
+    {
         var outcome = Outcome()
         var decoded: [Decoded] = []
         decoded.reserveCapacity(batch.count)
@@ -392,8 +437,9 @@ public final class Worker: Service, Sendable {
                 if let identity = group[0].handler.batch?.identity,
                     let batch = batchHandlers[ObjectIdentifier(identity)]
                 {
-                    let context = BatchHandlerContext(
+                    var context = BatchHandlerContext(
                         connection: connection, service: configuration.name, logger: logger)
+                    context.deadlineLedger = ledger
                     let started = ContinuousClock.now
                     emitted += try await batch.handle(group.map(\.event), context)
                     let share = (ContinuousClock.now - started) / group.count
@@ -405,7 +451,7 @@ public final class Worker: Service, Sendable {
                     for d in group {
                         let context = HandlerContext(
                             connection: PostgresTransaction(connection), service: configuration.name, event: d.event,
-                            logger: EventLog.logger(logger, for: d.event.envelope))
+                            logger: EventLog.logger(logger, for: d.event.envelope), deadlineLedger: ledger)
                         let started = ContinuousClock.now
                         emitted += try await d.handler.handle(d.event, context)
                         outcome.byType[d.event.type, default: .init()].handled += 1
@@ -459,8 +505,9 @@ public final class Worker: Service, Sendable {
     /// The fallback path after a poison event: one event at a time, each in its own savepoint, so that a
     /// failure for good undoes and dead-letters only its event. Once the batch failed `exhausted.attempts`
     /// times in a row with the same undecided failure, an event failing with it again is dead-lettered too.
-    private func handleIsolated(
-        _ batch: [KafkaMessage], exhausted: (signature: String, attempts: Int)?, on connection: PostgresConnection
+    func handleIsolated(
+        _ batch: [KafkaMessage], exhausted: (signature: String, attempts: Int)?, ledger: DeadlineLedger,
+        on connection: PostgresConnection
     ) async throws -> Outcome {
         var outcome = Outcome()
         for message in batch {
@@ -474,8 +521,9 @@ public final class Worker: Service, Sendable {
                 continue
             }
             try await connection.execute("SAVEPOINT saga_event")
+            let deadlinesBefore = ledger.counts
             do {
-                switch try await handleOne(decoded.1, with: decoded.0, from: message, on: connection) {
+                switch try await handleOne(decoded.1, with: decoded.0, from: message, ledger: ledger, on: connection) {
                 case .handled(let took):
                     outcome.byType[eventType(of: message), default: .init()].handled += 1
                     outcome.byType[eventType(of: message), default: .init()].handlerDurations.append(took)
@@ -494,6 +542,7 @@ public final class Worker: Service, Sendable {
                 default: throw failure
                 }
                 try await connection.execute("ROLLBACK TO SAVEPOINT saga_event")
+                ledger.restore(deadlinesBefore)
                 if try await deadLetter(message, reason: reason, attempts: attempts, on: connection) {
                     outcome.byType[eventType(of: message), default: .init()].deadLettered += 1
                 }
@@ -517,7 +566,7 @@ public final class Worker: Service, Sendable {
     }
 
     private func handleOne(
-        _ event: IncomingEvent, with handler: EventHandler, from message: KafkaMessage,
+        _ event: IncomingEvent, with handler: EventHandler, from message: KafkaMessage, ledger: DeadlineLedger,
         on connection: PostgresConnection
     ) async throws -> OneOutcome {
         let logger = EventLog.logger(self.logger, for: event.envelope)
@@ -526,7 +575,8 @@ public final class Worker: Service, Sendable {
             return .duplicate
         }
         let context = HandlerContext(
-            connection: PostgresTransaction(connection), service: configuration.name, event: event, logger: logger)
+            connection: PostgresTransaction(connection), service: configuration.name, event: event, logger: logger,
+            deadlineLedger: ledger)
         let started = ContinuousClock.now
         let emitted = try await handler.handle(event, context)
         let took = ContinuousClock.now - started

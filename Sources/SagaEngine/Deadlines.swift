@@ -1,0 +1,288 @@
+import Foundation
+import JSONSchema
+import Logging
+import Metrics
+import SagaKafka
+import SagaPostgres
+import Synchronization
+
+// Durable deadlines: "if this saga has not reached X by T, deliver Y to me".
+//
+// A handler schedules a deadline in its event's transaction (`saga_deadlines`, in the service's own schema),
+// together with its state change and outbox rows, and cancels it in a later one. The worker fires due
+// deadlines in transactions of their own (``Worker``'s deadline task): it claims them with
+// `FOR UPDATE SKIP LOCKED`, hands their events to the service's handlers through the inbox and outbox path
+// of any consumed event (validated against the schema, upcast, deduplicated, dead-lettered when poison), and
+// deletes the rows in that same transaction. A crash before the commit leaves the rows to be fired again; after
+// it, they are gone.
+
+extension HandlerContext {
+    /// Schedules the deadline `name` of this event's saga: unless it is cancelled first, `payload` is delivered
+    /// to this service's handler of its type at `due` (at once if `due` is past), as an event of this saga
+    /// caused by the event being handled. Written in this event's transaction: it exists only if the
+    /// transaction commits. A saga has one deadline per name: scheduling it again replaces it.
+    /// - Throws: `EventEncodingError` when the payload breaks its schema or this service has no handler for
+    ///   its type (the event being handled is then dead-lettered, like for an invalid emitted event);
+    ///   `PostgresError`.
+    public func scheduleDeadline<P: EventPayload>(name: String, at due: Date, payload: P) async throws {
+        try await Deadlines.schedule(
+            name: name, due: .at(due), payload: payload, causedBy: event.envelope, service: service,
+            ledger: deadlineLedger, on: connection)
+    }
+
+    /// Schedules the deadline `name` of this event's saga to fall `delay` from now (by the database's clock);
+    /// see ``scheduleDeadline(name:at:payload:)``.
+    public func scheduleDeadline<P: EventPayload>(name: String, after delay: Duration, payload: P) async throws {
+        try await Deadlines.schedule(
+            name: name, due: .after(delay), payload: payload, causedBy: event.envelope, service: service,
+            ledger: deadlineLedger, on: connection)
+    }
+
+    /// Cancels the deadline `name` of this event's saga, in this event's transaction. Returns false when there
+    /// was none (never scheduled, cancelled before, or already fired).
+    /// - Throws: `PostgresError`.
+    @discardableResult
+    public func cancelDeadline(name: String) async throws -> Bool {
+        try await Deadlines.cancel(sagaId: event.sagaId, name: name, ledger: deadlineLedger, on: connection)
+    }
+}
+
+extension BatchHandlerContext {
+    /// Schedules the deadline `name` of `event`'s saga, caused by `event`; see
+    /// ``HandlerContext/scheduleDeadline(name:at:payload:)``.
+    public func scheduleDeadline<P: EventPayload>(name: String, for event: IncomingEvent, at due: Date, payload: P)
+        async throws
+    {
+        try await Deadlines.schedule(
+            name: name, due: .at(due), payload: payload, causedBy: event.envelope, service: service,
+            ledger: deadlineLedger, on: connection)
+    }
+
+    /// Schedules the deadline `name` of `event`'s saga to fall `delay` from now; see
+    /// ``HandlerContext/scheduleDeadline(name:at:payload:)``.
+    public func scheduleDeadline<P: EventPayload>(
+        name: String, for event: IncomingEvent, after delay: Duration, payload: P
+    ) async throws {
+        try await Deadlines.schedule(
+            name: name, due: .after(delay), payload: payload, causedBy: event.envelope, service: service,
+            ledger: deadlineLedger, on: connection)
+    }
+
+    /// Cancels the deadline `name` of `event`'s saga; see ``HandlerContext/cancelDeadline(name:)``.
+    @discardableResult
+    public func cancelDeadline(name: String, for event: IncomingEvent) async throws -> Bool {
+        try await Deadlines.cancel(sagaId: event.sagaId, name: name, ledger: deadlineLedger, on: connection)
+    }
+}
+
+/// What the handlers of one worker transaction did with deadlines, known to the worker once it committed:
+/// counted then (a rolled-back transaction scheduled nothing), and the deadline task is woken when one falls
+/// before it would wake anyway. It also lets the handlers check a deadline's payload before it is stored.
+final class DeadlineLedger: Sendable {
+    struct Counts: Sendable {
+        var scheduled = 0
+        var cancelled = 0
+        /// The earliest due time scheduled (by this process's clock).
+        var earliest: Date? = nil
+    }
+
+    let codec: EventCodec
+    /// The event types the worker has handlers for.
+    let handled: Set<String>
+    private let state = Mutex(Counts())
+
+    init(codec: EventCodec, handled: Set<String>) {
+        self.codec = codec
+        self.handled = handled
+    }
+
+    var counts: Counts { state.withLock { $0 } }
+
+    /// Back to `counts` (a savepoint rolled back the event that recorded what came after).
+    func restore(_ counts: Counts) { state.withLock { $0 = counts } }
+
+    func scheduled(due: Date) {
+        state.withLock {
+            $0.scheduled += 1
+            $0.earliest = min($0.earliest ?? due, due)
+        }
+    }
+
+    func cancelled() { state.withLock { $0.cancelled += 1 } }
+}
+
+/// The deadline table's statements.
+enum Deadlines {
+    enum Due {
+        case at(Date)
+        case after(Duration)
+    }
+
+    /// How a deadline's event is read from the inbox and the dead letters: source partition -1, source offset
+    /// the deadline row's id.
+    static let partition: Int32 = -1
+
+    static func schedule<P: EventPayload>(
+        name: String, due: Due, payload: P, causedBy cause: EventEnvelope, service: String,
+        ledger: DeadlineLedger?, on connection: PostgresTransaction
+    ) async throws {
+        let event = try OutgoingEvent(payload, sagaId: cause.sagaId, producer: service, causedBy: cause).envelope
+        if let ledger {
+            guard ledger.handled.contains(event.type) else {
+                throw EventEncodingError("deadline \(name): \(service) has no handler for \(event.type)")
+            }
+            guard
+                let violations = ledger.codec.registry.validate(
+                    type: event.type, version: event.version, data: event.data)
+            else { throw EventEncodingError("deadline \(name): no schema for \(event.type) v\(event.version)") }
+            guard violations.isEmpty else {
+                throw EventEncodingError(
+                    "deadline \(name): \(event.type) v\(event.version) breaks its schema: "
+                        + EventCodec.describe(violations))
+            }
+        }
+        let dueSQL: String
+        let dueBind: any PostgresEncodable
+        let dueDate: Date
+        switch due {
+        case .at(let date):
+            dueSQL = "$3::timestamptz"
+            dueBind = date
+            dueDate = date
+        case .after(let delay):
+            dueSQL = "clock_timestamp() + $3::float8 * interval '1 second'"
+            dueBind = delay.milliseconds / 1000
+            dueDate = Date().addingTimeInterval(delay.milliseconds / 1000)
+        }
+        try await connection.execute(
+            """
+            INSERT INTO saga_deadlines
+                (saga_id, name, due_at, event_id, event_type, event_version, data, causation_id, traceparent)
+            VALUES ($1, $2, \(dueSQL), $4::uuid, $5, $6, $7::jsonb, $8::uuid, NULLIF($9, ''))
+            ON CONFLICT (saga_id, name) DO UPDATE SET
+                id = nextval(pg_get_serial_sequence('saga_deadlines', 'id')), due_at = excluded.due_at,
+                event_id = excluded.event_id, event_type = excluded.event_type,
+                event_version = excluded.event_version, data = excluded.data,
+                causation_id = excluded.causation_id, traceparent = excluded.traceparent,
+                created_at = clock_timestamp()
+            """,
+            [
+                cause.sagaId, name, dueBind, event.id.uuidString.lowercased(), event.type, event.version,
+                String(decoding: event.data.serialized(), as: UTF8.self), cause.id.uuidString.lowercased(),
+                event.traceparent ?? "",
+            ])
+        ledger?.scheduled(due: dueDate)
+    }
+
+    static func cancel(sagaId: String, name: String, ledger: DeadlineLedger?, on connection: PostgresTransaction)
+        async throws(PostgresError) -> Bool
+    {
+        let deleted = try await connection.execute(
+            "DELETE FROM saga_deadlines WHERE saga_id = $1 AND name = $2", [sagaId, name])
+        if deleted > 0 { ledger?.cancelled() }
+        return deleted > 0
+    }
+
+    /// A claimed due deadline.
+    struct Claimed: Sendable {
+        let id: Int64
+        let sagaId: String
+        let name: String
+        /// How late it is being fired, in seconds.
+        let lateness: Double
+        /// Its event as a consumed message of its type's topic (partition -1, offset the row's id).
+        let message: KafkaMessage
+    }
+
+    /// Locks up to `limit` due deadlines (earliest first) that no other transaction holds.
+    static func claimDue(limit: Int, service: String, topics: TopicNaming, on connection: PostgresConnection)
+        async throws -> [Claimed]
+    {
+        let rows = try await connection.query(
+            """
+            SELECT id, saga_id, name, event_id, event_type, event_version, data::text AS data, causation_id,
+                   traceparent, EXTRACT(EPOCH FROM clock_timestamp() - due_at)::float8 AS lateness,
+                   clock_timestamp() AS now
+            FROM saga_deadlines WHERE due_at <= clock_timestamp()
+            ORDER BY due_at LIMIT $1 FOR UPDATE SKIP LOCKED
+            """, [limit])
+        var claimed: [Claimed] = []
+        claimed.reserveCapacity(rows.count)
+        for row in rows {
+            let id: Int64 = try row.decode("id")
+            let sagaId: String = try row.decode("saga_id")
+            let type: String = try row.decode("event_type")
+            let version: Int = try row.decode("event_version")
+            let dataText: String = try row.decode("data")
+            let data = try JSONValue(parsing: Array(dataText.utf8))
+            let envelope = EventEnvelope(
+                id: try row.decode("event_id"), type: type, version: version, sagaId: sagaId,
+                causationId: try row.decode("causation_id", as: UUID?.self), occurredAt: try row.decode("now"),
+                producer: service, traceparent: try row.decode("traceparent", as: String?.self), data: data)
+            var headers = [
+                KafkaHeader(key: SagaHeader.eventType, string: type),
+                KafkaHeader(key: SagaHeader.eventVersion, string: String(version)),
+                KafkaHeader(key: SagaHeader.eventId, string: envelope.id.uuidString.lowercased()),
+            ]
+            if let t = envelope.traceparent { headers.append(KafkaHeader(key: SagaHeader.traceparent, string: t)) }
+            claimed.append(
+                Claimed(
+                    id: id, sagaId: sagaId, name: try row.decode("name"), lateness: try row.decode("lateness"),
+                    message: KafkaMessage(
+                        topic: topics.topic(for: type), partition: partition, offset: id, key: Array(sagaId.utf8),
+                        value: envelope.serialized(), headers: headers, timestamp: nil)))
+        }
+        return claimed
+    }
+
+    static func delete(_ claimed: [Claimed], on connection: PostgresConnection) async throws(PostgresError) {
+        guard !claimed.isEmpty else { return }
+        try await connection.execute(
+            "DELETE FROM saga_deadlines WHERE id = ANY($1::bigint[])", [PostgresArray(claimed.map(\.id))])
+    }
+
+    /// Seconds until the earliest deadline falls by the database's clock (negative: overdue), nil when none.
+    static func secondsUntilNext(on pool: PostgresPool) async throws -> Double? {
+        let rows = try await pool.query(
+            "SELECT EXTRACT(EPOCH FROM min(due_at) - clock_timestamp())::float8 AS wait FROM saga_deadlines")
+        return try rows.first?.decode("wait", as: Double?.self)
+    }
+}
+
+/// The deadline metrics of a worker: scheduled, cancelled and fired deadlines, and how late they fire.
+struct DeadlineMetrics: Sendable {
+    let scheduled: Counter
+    let cancelled: Counter
+    let fired: Counter
+    /// From a deadline's due time to the moment the transaction that fired it claimed it (recorded once that
+    /// transaction committed).
+    let lag: Metrics.Timer
+
+    init(service: String) {
+        let d = [("service", service)]
+        scheduled = Counter(label: "saga_worker_deadlines_scheduled_total", dimensions: d)
+        cancelled = Counter(label: "saga_worker_deadlines_cancelled_total", dimensions: d)
+        fired = Counter(label: "saga_worker_deadlines_fired_total", dimensions: d)
+        lag = Metrics.Timer(label: "saga_worker_deadline_lag_seconds", dimensions: d, preferredDisplayUnit: .seconds)
+    }
+}
+
+/// Wakes the worker's deadline task when a committed transaction scheduled a deadline that falls before the
+/// task would wake anyway.
+final class DeadlineAlarm: Sendable {
+    private let signal = WakeSignal()
+    /// When the task will look next; `.distantPast` while it is working (then every scheduling wakes it).
+    private let plannedWake = Mutex(Date.distantPast)
+
+    /// After a commit: wakes the task if `due` falls before its next look.
+    func scheduled(due: Date) {
+        if plannedWake.withLock({ due < $0 }) { signal.signal() }
+    }
+
+    /// Sleeps for `duration` or until a deadline due earlier is scheduled.
+    func sleep(for duration: Duration) async {
+        plannedWake.withLock { $0 = Date().addingTimeInterval(duration.milliseconds / 1000) }
+        await signal.wait(timeout: duration)
+        plannedWake.withLock { $0 = .distantPast }
+    }
+}
