@@ -66,9 +66,11 @@ public struct WorkerStats: Sendable, Hashable {
     public var batches = 0
     /// Batches run one event at a time (each in a savepoint) because a handler failed for good on one.
     public var isolated = 0
-    /// Deadlines scheduled and cancelled by committed transactions, and deadlines fired.
+    /// Deadlines scheduled by committed transactions.
     public var deadlinesScheduled = 0
+    /// Deadlines cancelled by committed transactions.
     public var deadlinesCancelled = 0
+    /// Deadlines fired (their event handled and committed).
     public var deadlinesFired = 0
 }
 
