@@ -10,3 +10,14 @@ extension EventSchema {
         return embedded.filter { wanted.contains($0.type) }
     }
 }
+
+extension SchemaRegistry {
+    /// The envelope schema (`envelope/v1`, `schemas/envelope/v1.schema.json`) every event is published in: the
+    /// runtime's, not a participant's.
+    public static let envelopeSchema: String = {
+        guard let entry = EmbeddedSchemas.all.first(where: { $0.type == envelopeType && $0.version == 1 }) else {
+            fatalError("schemas/envelope/v1.schema.json is not embedded: run scripts/gen-schemas")
+        }
+        return entry.json
+    }()
+}
