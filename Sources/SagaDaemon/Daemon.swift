@@ -159,6 +159,12 @@ extension DaemonEnvironment {
     public func ensureTopics(_ definitions: [ParticipantDefinition], logger: Logger) async throws {
         let wanted = Set(definitions.flatMap(topics(of:))).sorted()
         let kafka = try kafka()
+        if kafkaEmbedded {
+            // Nothing to ask: it creates a missing topic on first use (and a broker of it that is down would only
+            // hold up the daemon's start, its ops server included).
+            logger.debug("the embedded broker creates missing topics on first use", metadata: ["topics": "\(wanted)"])
+            return
+        }
         let admin = try KafkaAdmin(
             bootstrapServers: kafka.bootstrapServers, properties: kafka.properties, logger: logger)
         var missing: [String] = []
@@ -171,12 +177,6 @@ extension DaemonEnvironment {
             }
         }
         guard !missing.isEmpty else { return }
-        if kafkaEmbedded {
-            logger.debug(
-                "topics missing on the embedded broker: it creates them on first use",
-                metadata: ["topics": "\(missing)"])
-            return
-        }
         try await admin.createTopics(
             missing.map { (name: $0, partitions: topicPartitions, replicationFactor: topicReplicationFactor ?? -1) },
             timeout: .seconds(30))

@@ -9,7 +9,7 @@ import ServiceLifecycle
 /// ```
 ///
 /// which reads the configuration from the environment (``DaemonEnvironment``), sets up logging, metrics
-/// and tracing, creates the participant's topics that are missing, migrates its schema, and runs its outbox relay, its worker and the ops
+/// and tracing, migrates the participant's schema, creates its topics that are missing, and runs its outbox relay, its worker and the ops
 /// server (health, readiness, metrics) until SIGTERM or SIGINT, then stops them gracefully.
 public struct ParticipantDaemon: Sendable {
     /// What of the participant a daemon runs.
@@ -52,8 +52,8 @@ public struct ParticipantDaemon: Sendable {
         try await run(on: daemon, alongside: [])
     }
 
-    /// Creates the participant's missing topics (``DaemonEnvironment/ensureTopics(_:logger:)``), migrates its
-    /// schema, then runs its relay and worker (as ``roles`` says), the ops server
+    /// Migrates the participant's schema, creates its missing topics
+    /// (``DaemonEnvironment/ensureTopics(_:logger:)``), then runs its relay and worker (as ``roles`` says), the ops server
     /// checking its database and the broker, and `alongside` (e.g. an HTTP API, which stops first) on
     /// `daemon` until SIGTERM or SIGINT.
     /// - Throws: ``ConfigurationError`` when no Kafka broker is configured; what migrating or a service throws.
@@ -63,8 +63,9 @@ public struct ParticipantDaemon: Sendable {
         if roles.contains(.relay) { services.append(try daemon.relay(definition.name)) }
         if roles.contains(.worker) { services.append(try daemon.worker(definition)) }
         services.append(try daemon.ops([definition.name]))
-        try await daemon.ensureTopics([definition])
+        // The database first: an unreachable one is reported as such, before any broker request.
         try await daemon.migrate([definition])
+        try await daemon.ensureTopics([definition])
         try await daemon.run(services + alongside)
     }
 }

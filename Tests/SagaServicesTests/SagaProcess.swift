@@ -1,4 +1,5 @@
 import Foundation
+import SagaTestSupport
 import Testing
 
 #if canImport(FoundationNetworking)
@@ -29,9 +30,12 @@ final class SagaProcess: @unchecked Sendable {
         process.executableURL = Self.executable
         process.arguments = arguments
         // The test's own SAGA_* / OTEL_* settings stay out: the daemon gets only what the test gives it.
+        // Without a real Kafka the broker is a mock cluster (the test's own, or scripts/test's `saga broker`), and
+        // the daemon is told so, as `saga dev` tells its processes: it answers no CreateTopics.
+        let embedded = KafkaTestBroker.usesRealKafka ? [:] : ["SAGA_KAFKA_EMBEDDED": "1"]
         process.environment = ProcessInfo.processInfo.environment.filter {
             !$0.key.hasPrefix("SAGA_") && !$0.key.hasPrefix("OTEL_")
-        }.merging(environment) { _, new in new }
+        }.merging(embedded) { _, new in new }.merging(environment) { _, new in new }
         let output = try FileHandle(forWritingTo: log)
         process.standardError = output
         process.standardOutput = output
