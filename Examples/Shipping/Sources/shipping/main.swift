@@ -1,5 +1,5 @@
 // The shipping daemon: reads its configuration from the environment (SAGA_KAFKA_BOOTSTRAP, SAGA_DATABASE_URL,
-// …), creates its missing topics, migrates its schema, registers its part of the saga, and runs its outbox
+// …), migrates its schema, registers its part of the saga, creates its missing topics, and runs its outbox
 // relay, its worker and the ops server (health, readiness, metrics) until SIGTERM or SIGINT.
 import SagaDaemon
 import Shipping
