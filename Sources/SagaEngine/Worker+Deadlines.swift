@@ -44,13 +44,12 @@ extension Worker {
         var isolate = false
         // As for a batch of consumed events: a failure neither the event's nor transient that repeats
         // dead-letters the deadline events that still fail with it (see `process`).
-        var repeated: (signature: String, attempts: Int)? = nil
-        var exhausted: (signature: String, attempts: Int)? = nil
+        var failures = RepeatedFailures(limit: configuration.deadLetterAfterAttempts)
         while !Task.isCancelled {
             let ledger = deadlineLedger()
             do {
                 let (claimed, outcome) = try await pool.withCancellableTransaction {
-                    [isolate, exhausted, configuration] connection in
+                    [isolate, exhausted = failures.exhausted, configuration] connection in
                     let claimed = try await Deadlines.claimDue(
                         limit: configuration.deadlineBatchSize, service: configuration.name,
                         topics: configuration.topics, on: connection)
@@ -90,14 +89,7 @@ extension Worker {
             } catch {
                 if Task.isCancelled { return 0 }
                 attempt += 1
-                if case .undecided(let signature, _) = Failure(error) {
-                    let attempts = repeated?.signature == signature ? (repeated?.attempts ?? 0) + 1 : 1
-                    repeated = (signature, attempts)
-                    if attempts >= configuration.deadLetterAfterAttempts {
-                        isolate = true
-                        exhausted = (signature, attempts)
-                    }
-                }
+                if failures.record(error) { isolate = true }
                 logger.warning(
                     "firing deadlines failed, retrying", metadata: ["error": "\(error)", "attempt": "\(attempt)"])
                 try? await Task.sleep(for: configuration.retry.delay(attempt: attempt))

@@ -294,14 +294,13 @@ public final class Worker: Service, Sendable {
     func process(_ batch: [KafkaMessage], pool: PostgresPool) async -> Bool {
         var attempt = 0
         var isolate = false
-        // The last undecided failure and how many attempts in a row failed with it (see `Failure`).
-        var repeated: (signature: String, attempts: Int)? = nil
-        var exhausted: (signature: String, attempts: Int)? = nil
+        var failures = RepeatedFailures(limit: configuration.deadLetterAfterAttempts)
         while true {
             let started = ContinuousClock.now
             let ledger = deadlineLedger()
             do {
-                let outcome = try await pool.withCancellableTransaction { [isolate, exhausted] connection in
+                let outcome = try await pool.withCancellableTransaction {
+                    [isolate, exhausted = failures.exhausted] connection in
                     isolate
                         ? try await self.handleIsolated(batch, exhausted: exhausted, ledger: ledger, on: connection)
                         : try await self.handle(batch, ledger: ledger, on: connection)
@@ -315,15 +314,8 @@ public final class Worker: Service, Sendable {
                 attempt += 1
                 state.withLock { $0.retries += 1 }
                 metrics.retries.increment()
-                if case .undecided(let signature, _) = Failure(error) {
-                    let attempts = repeated?.signature == signature ? (repeated?.attempts ?? 0) + 1 : 1
-                    repeated = (signature, attempts)
-                    if attempts >= configuration.deadLetterAfterAttempts {
-                        // Not retried forever: the events that still fail this way are dead-lettered.
-                        isolate = true
-                        exhausted = (signature, attempts)
-                    }
-                }
+                // Not retried forever: the events that still fail this way are dead-lettered.
+                if failures.record(error) { isolate = true }
                 logger.warning(
                     "batch failed, retrying",
                     metadata: ["error": "\(error)", "attempt": "\(attempt)", "size": "\(batch.count)"])
@@ -620,6 +612,27 @@ public final class Worker: Service, Sendable {
                 "partition": "\(message.partition)", "offset": "\(message.offset)",
                 "attempts": "\(attempts ?? 1)",
             ])
+        return true
+    }
+}
+
+/// The undecided failures (see `Failure`) of one batch in a row: once `limit` attempts failed with the same one, the
+/// batch runs one event at a time and the events that still fail that way are dead-lettered (``exhausted``).
+struct RepeatedFailures {
+    let limit: Int
+    private var last: (signature: String, attempts: Int)? = nil
+    /// The failure that reached `limit`, and the attempts it took.
+    private(set) var exhausted: (signature: String, attempts: Int)? = nil
+
+    init(limit: Int) { self.limit = limit }
+
+    /// Counts `error`; true when it has now failed `limit` attempts in a row.
+    mutating func record(_ error: any Error) -> Bool {
+        guard case .undecided(let signature, _) = Failure(error) else { return false }
+        let attempts = last?.signature == signature ? (last?.attempts ?? 0) + 1 : 1
+        last = (signature, attempts)
+        guard attempts >= limit else { return false }
+        exhausted = (signature, attempts)
         return true
     }
 }
