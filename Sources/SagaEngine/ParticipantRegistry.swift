@@ -106,13 +106,7 @@ public struct ParticipantRegistry: Sendable, Hashable {
     }
 
     private func prepare(_ pool: PostgresPool, logger: Logger) async throws {
-        // Two sessions running CREATE SCHEMA IF NOT EXISTS at once can both try to create it (a unique
-        // violation): the lock makes the second wait and then find it.
-        try await pool.withTransaction { connection in
-            try await connection.execute(
-                "SELECT pg_advisory_xact_lock(hashtext($1))", ["saga_registry_schema:" + schema])
-            try await connection.execute("CREATE SCHEMA IF NOT EXISTS \(PostgresConnection.quoteIdentifier(schema))")
-        }
+        try await ServiceDatabase.createSchemaIfMissing(schema, on: pool)
         let applied = try await PostgresMigrator(migrations: Self.migrations).migrate(pool, logger: logger)
         if !applied.isEmpty {
             logger.info("migrated", metadata: ["schema": .string(schema), "versions": "\(applied)"])

@@ -52,7 +52,7 @@ public struct ServiceDatabase: Sendable {
         let pool = PostgresPool(
             configuration: PostgresConfiguration(url: url, searchPath: schema), size: 1, logger: logger)
         do {
-            try await pool.execute("CREATE SCHEMA IF NOT EXISTS \(PostgresConnection.quoteIdentifier(schema))")
+            try await Self.createSchemaIfMissing(schema, on: pool)
             let applied = try await PostgresMigrator(migrations: engine + migrations)
                 .migrate(pool, logger: logger)
             if !applied.isEmpty {
@@ -63,5 +63,15 @@ public struct ServiceDatabase: Sendable {
             throw error
         }
         await pool.close()
+    }
+
+    /// `CREATE SCHEMA IF NOT EXISTS`, serialised: two sessions running it at once for a schema that does not
+    /// exist can both try to create it, and one fails with a unique violation (23505). The lock makes the second
+    /// wait, then find it.
+    static func createSchemaIfMissing(_ schema: String, on pool: PostgresPool) async throws {
+        try await pool.withTransaction { connection in
+            try await connection.execute("SELECT pg_advisory_xact_lock(hashtext($1))", ["saga_schema:" + schema])
+            try await connection.execute("CREATE SCHEMA IF NOT EXISTS \(PostgresConnection.quoteIdentifier(schema))")
+        }
     }
 }

@@ -137,13 +137,15 @@ final class Choreography: Sendable {
         return out
     }
 
-    /// Waits until `condition` holds. - Throws: ``Timeout`` naming `what` after `timeout`.
-    func eventually(_ what: String, timeout: Duration = .seconds(60), _ condition: () async throws -> Bool)
-        async throws
-    {
+    /// Waits until `condition` holds. - Throws: ``Timeout`` naming `what` (and what `state` says then) after
+    /// `timeout`.
+    func eventually(
+        _ what: String, timeout: Duration = .seconds(60), state: () -> String = { "" },
+        _ condition: () async throws -> Bool
+    ) async throws {
         let deadline = ContinuousClock.now + timeout
         while try await !condition() {
-            guard ContinuousClock.now < deadline else { throw Timeout(what) }
+            guard ContinuousClock.now < deadline else { throw Timeout(what, state: state()) }
             try await Task.sleep(for: .milliseconds(50))
         }
     }
@@ -162,5 +164,7 @@ final class Choreography: Sendable {
 
 struct Timeout: Error, CustomStringConvertible {
     var description: String
-    init(_ what: String) { description = "timed out waiting until \(what)" }
+    init(_ what: String, state: String = "") {
+        description = "timed out waiting until \(what)" + (state.isEmpty ? "" : " (\(state))")
+    }
 }

@@ -27,7 +27,13 @@ import Testing
 
         let id = try await choreography.place("alice", [("widget", 1)])
         var timeline: SagaInspector.Timeline?
-        try await choreography.eventually("the saga finished after shipping") {
+        try await choreography.eventually(
+            "the saga finished after shipping",
+            state: {
+                "the tracker recorded \(timeline?.steps.map(\.type) ?? []), status \(timeline?.saga?.status ?? "none"); "
+                    + "\(choreography.tracker.stats)"
+            }
+        ) {
             timeline = try await choreography.inspector.timeline(id)
             return timeline?.saga?.status == "finished"
         }
