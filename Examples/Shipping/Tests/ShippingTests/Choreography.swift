@@ -6,6 +6,7 @@ import SagaOperations
 import SagaServices
 import SagaTestSupport
 import Shipping
+import Synchronization
 
 /// The whole choreography in this process, each participant run by the daemon kit as its daemon runs it
 /// (``ParticipantDaemon/run(on:alongside:)``: topics, migrations, registration, relay, worker, ops server):
@@ -21,6 +22,8 @@ final class Choreography: Sendable {
     private let cluster: KafkaMockCluster?
     private let pools: [PostgresPool]
     private let tasks: [Task<Void, any Error>]
+    /// Daemons (and the tracker) that ended before `stop()`, with how they ended.
+    private let ended: EndedTasks
 
     static let participants = sagaServiceDefinitions + [ShippingService.definition]
 
@@ -59,19 +62,22 @@ final class Choreography: Sendable {
         book = OrderBook(
             pool: orders, codec: EventCodec(upcasters: sagaUpcasters, topics: topics), emitVersion: 2)
 
+        let ended = EndedTasks()
+        self.ended = ended
         var tasks: [Task<Void, any Error>] = []
         for definition in Self.participants {
             let daemon = try Daemon(
                 environment: environment, label: "shipping-test.\(definition.name)",
                 knownVariables: DaemonEnvironment.knownVariables(databases: names), variables: variables)
-            tasks.append(Task { try await ParticipantDaemon(definition).run(on: daemon, alongside: []) })
+            tasks.append(
+                ended.watch(definition.name) { try await ParticipantDaemon(definition).run(on: daemon, alongside: []) })
         }
         var trackerConfiguration = TrackerConfiguration(
             kafka: try environment.kafka(), database: environment.database("tracker"), topics: topics, services: [])
         trackerConfiguration.registryRefreshInterval = .milliseconds(200)
         let tracker = SagaTracker(configuration: trackerConfiguration, logger: logger)
         self.tracker = tracker
-        tasks.append(Task { try await tracker.run() })
+        tasks.append(ended.watch("tracker") { try await tracker.run() })
         self.tasks = tasks
 
         let trackerPool = PostgresPool(
@@ -140,11 +146,13 @@ final class Choreography: Sendable {
     /// Waits until `condition` holds. - Throws: ``Timeout`` naming `what` (and what `state` says then) after
     /// `timeout`.
     func eventually(
-        _ what: String, timeout: Duration = .seconds(60), state: () -> String = { "" },
+        _ what: String, timeout: Duration = .seconds(60), state: @autoclosure () -> String = "",
         _ condition: () async throws -> Bool
     ) async throws {
         let deadline = ContinuousClock.now + timeout
         while try await !condition() {
+            let ended = ended.list.withLock { $0 }
+            guard ended.isEmpty else { throw EndedEarly(waitingUntil: what, ended: ended) }
             guard ContinuousClock.now < deadline else { throw Timeout(what, state: state()) }
             try await Task.sleep(for: .milliseconds(50))
         }
@@ -166,5 +174,32 @@ struct Timeout: Error, CustomStringConvertible {
     var description: String
     init(_ what: String, state: String = "") {
         description = "timed out waiting until \(what)" + (state.isEmpty ? "" : " (\(state))")
+    }
+}
+
+/// A daemon (or the tracker) ended while a test waited on the choreography.
+struct EndedEarly: Error, CustomStringConvertible {
+    var description: String
+    init(waitingUntil what: String, ended: [String]) {
+        description = "waiting until \(what): \(ended.joined(separator: "; ")) before the test stopped it"
+    }
+}
+
+/// The daemons (and the tracker) of a ``Choreography`` that ended before it stopped them, with how they ended.
+final class EndedTasks: Sendable {
+    let list = Mutex<[String]>([])
+
+    /// Runs `body` (a daemon that runs until cancelled); if it ends before that, ``Choreography/eventually(_:timeout:state:_:)``
+    /// fails at once, saying how it ended.
+    func watch(_ name: String, _ body: @escaping @Sendable () async throws -> Void) -> Task<Void, any Error> {
+        Task { [self] in
+            do {
+                try await body()
+                if !Task.isCancelled { list.withLock { $0.append("\(name) returned") } }
+            } catch {
+                if !Task.isCancelled { list.withLock { $0.append("\(name) failed: \(error)") } }
+                throw error
+            }
+        }
     }
 }

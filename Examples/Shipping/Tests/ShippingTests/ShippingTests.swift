@@ -29,10 +29,9 @@ import Testing
         var timeline: SagaInspector.Timeline?
         try await choreography.eventually(
             "the saga finished after shipping",
-            state: {
+            state:
                 "the tracker recorded \(timeline?.steps.map(\.type) ?? []), status \(timeline?.saga?.status ?? "none"); "
-                    + "\(choreography.tracker.stats)"
-            }
+                + "\(choreography.tracker.stats)"
         ) {
             timeline = try await choreography.inspector.timeline(id)
             return timeline?.saga?.status == "finished"
