@@ -97,6 +97,8 @@ public struct RelayStats: Sendable, Hashable {
 ///   in flight with its sagas held back, while the rows of every other saga keep flowing.
 /// - While the broker acknowledges a batch, the next one is read (excluding the rows in flight); it is sent
 ///   only if the whole previous batch succeeded, otherwise it is dropped and read again.
+/// - Writers in its own process (the worker; a service calling `ServiceDatabase.outboxCommitted()`) wake it
+///   directly after their commit, so it reads their rows at once, whether it is polling or idle.
 /// - Idle (nothing found for `idleGrace`, looking every `gracePollInterval`): it raises its shards' flag in
 ///   `saga_outbox_wake`, waits until no inserting transaction is in flight,
 ///   and reads once more; an insert into a flagged shard notifies at commit, which wakes it. `pollInterval` is
@@ -131,6 +133,8 @@ public final class OutboxRelay: Service, Sendable {
     /// - Throws: `RelayCrashed` when the test failpoint fired; errors creating the producer.
     public func run() async throws {
         defer { logger.info("relay stopped", metadata: ["stats": "\(stats)"]) }
+        LocalOutboxWake.add(wake, for: configuration.database)
+        defer { LocalOutboxWake.remove(wake, for: configuration.database) }
         var attempt = 0
         while !Task.isShuttingDownGracefully && !Task.isCancelled {
             // A new producer per session: after a fatal producer error (e.g. the idempotent producer lost its
@@ -246,7 +250,8 @@ public final class OutboxRelay: Service, Sendable {
                     while batch.isEmpty && ContinuousClock.now < graceEnd && !Task.isShuttingDownGracefully
                         && !Task.isCancelled
                     {
-                        try await Task.sleep(for: configuration.gracePollInterval)
+                        // A commit in this process (`LocalOutboxWake`) ends the wait at once.
+                        await wake.wait(timeout: configuration.gracePollInterval)
                         batch = try await read(owned, round, holds, connection)
                     }
                 }

@@ -350,6 +350,8 @@ public final class Worker: Service, Sendable {
         if deadlines.scheduled > 0 { deadlineMetrics.scheduled.increment(by: deadlines.scheduled) }
         if deadlines.cancelled > 0 { deadlineMetrics.cancelled.increment(by: deadlines.cancelled) }
         if let due = deadlines.earliest { deadlineAlarm.scheduled(due: due) }
+        // Handled or dead-lettered events may have written outbox rows: this process's relay reads them now.
+        if outcome.total(\.handled) + outcome.total(\.deadLettered) > 0 { configuration.database.outboxCommitted() }
     }
 
     /// A ledger for the deadlines one transaction's handlers schedule and cancel.

@@ -31,12 +31,13 @@ import Testing
 
         func relay(
             maxShards: Int = EngineMigrations.shardCount, pollInterval: Duration = .milliseconds(200),
-            idleGrace: Duration? = nil, kafka: KafkaSettings? = nil
+            idleGrace: Duration? = nil, gracePollInterval: Duration? = nil, kafka: KafkaSettings? = nil
         ) -> (OutboxRelay, Task<Void, any Error>) {
             var c = RelayConfiguration(name: "test", kafka: kafka ?? self.kafka, database: database)
             c.maxShards = maxShards
             c.pollInterval = pollInterval
             if let idleGrace { c.idleGrace = idleGrace }
+            if let gracePollInterval { c.gracePollInterval = gracePollInterval }
             c.claimInterval = .milliseconds(100)
             let relay = OutboxRelay(configuration: c, logger: logger)
             return (relay, Task { try await relay.run() })
@@ -103,6 +104,23 @@ import Testing
         await pool.close()
         await f.tearDown([task])
         #expect(Set(both.map { String(decoding: $0.value, as: UTF8.self) }) == ["a:1", "b:1"])
+    }
+
+    /// A writer in the relay's process that says it committed (`ServiceDatabase.outboxCommitted()`, as the worker
+    /// does after every batch) has its rows read at once: here the relay would otherwise look again only after 30 s
+    /// (it never goes idle, so no NOTIFY either).
+    @Test func aCommitInTheRelaysOwnProcessWakesItAtOnce() async throws {
+        let f = try await Fixture()
+        let (relay, task) = f.relay(idleGrace: .seconds(3600), gracePollInterval: .seconds(30))
+        while relay.stats.ownedShards.isEmpty { try await Task.sleep(for: .milliseconds(20)) }
+        try await Task.sleep(for: .milliseconds(500))  // its first read found nothing: it waits for its next poll
+        let pool = PostgresPool(configuration: f.database.configuration, size: 1, logger: f.logger)
+        try await pool.withTransaction { try await Outbox.append([f.message(saga: "near", seq: 1)], on: $0) }
+        f.database.outboxCommitted()
+        let messages = try await f.consume(atLeast: 1, timeout: .seconds(15))
+        await pool.close()
+        await f.tearDown([task])
+        #expect(messages.map { String(decoding: $0.value, as: UTF8.self) } == ["near:1"])
     }
 
     @Test func perSagaOrderHoldsWithTwoRelayInstances() async throws {
