@@ -96,12 +96,15 @@ enum SagaChecks {
         ).first?.decode("n") ?? -1
     }
 
-    /// CONFIRMED, or the cancellation reason (`out_of_stock`, `payment_declined`) from the orders table's
-    /// status and reason (`out of stock: ...`, `payment declined: ...`); PENDING while running.
+    /// CONFIRMED, or the cancellation reason (`out_of_stock`, `payment_declined`, `timeout`) from the orders
+    /// table's status and reason (`out of stock: ...`, `payment declined: ...`, `timeout: ...`); PENDING while
+    /// running.
     static func outcome(status: String, reason: String?) -> String {
         guard status == "CANCELLED" else { return status }
         guard let reason else { return "cancelled" }
-        return reason.hasPrefix("out of stock") ? "out_of_stock" : "payment_declined"
+        if reason.hasPrefix("out of stock") { return "out_of_stock" }
+        if reason.hasPrefix("timeout") { return "timeout" }
+        return "payment_declined"
     }
 
     /// The same for `GET /orders/{id}`'s JSON.

@@ -92,7 +92,7 @@ struct ParticipantDaemonTests {
         #expect(
             env.topics(of: InventoryService.definition()) == [
                 "t1.deadletter.inventory", "t1.inventory.rejected", "t1.inventory.released", "t1.inventory.reserved",
-                "t1.order.created", "t1.payment.completed", "t1.payment.failed",
+                "t1.order.cancelled", "t1.order.created", "t1.payment.completed", "t1.payment.failed",
             ])
         // Orders' deadline type (order.expired) never travels on Kafka: no topic for it.
         let orders = env.topics(of: OrdersService.definition())
