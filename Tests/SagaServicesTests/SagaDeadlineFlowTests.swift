@@ -96,6 +96,35 @@ import Testing
         #expect(try statuses.allSatisfy { try $0.decode("status", as: String.self) == "CANCELLED" })
     }
 
+    /// The orders worker is stopped before the deadlines fall and started after: they fire once, on the new worker.
+    @Test func aDeadlineFiresOnceAcrossAStoppedOrdersWorker() async throws {
+        let stack = try await TestStack(orderDeadline: .seconds(3))
+        stack.startRelay("orders")
+        try stack.startWorker("orders")  // inventory and billing stay down: nothing but the deadline ends these
+        var ids: [String] = []
+        for _ in 0..<3 { ids.append(try await stack.place("alice", [("widget", 1)])) }
+        await stack.stopWorker("orders")
+        try await Task.sleep(for: .seconds(4))
+        for id in ids { #expect(try await stack.book.view(UUID(uuidString: id)!)?.status == "PENDING") }
+        let restarted = try stack.startWorker("orders")
+        for id in ids {
+            let view = try await stack.waitForTerminal(id, timeout: .seconds(30))
+            #expect(view.status == "CANCELLED" && view.reason?.hasPrefix("timeout") == true)
+        }
+        let cancelled = try await stack.consumeAll([stack.topics.topic(for: OrderCancelled.eventType)], atLeast: 3)
+        try await Task.sleep(for: .seconds(2))  // a second firing would have happened by now
+        let expired = try await stack.query(
+            "orders", "SELECT count(*)::int AS n FROM order_history WHERE event_type = 'order.expired'")
+        let left = try await stack.query("orders", "SELECT count(*)::int AS n FROM saga_deadlines")
+        let fired = restarted.stats.deadlinesFired
+        await stack.stop()
+        #expect(cancelled.count == 3)
+        #expect(Set(cancelled.compactMap { String(bytes: $0.key ?? [], encoding: .utf8) }) == Set(ids))
+        #expect(try expired.first?.decode("n", as: Int.self) == 3)
+        #expect(try left.first?.decode("n", as: Int.self) == 0)
+        #expect(fired == 3)
+    }
+
     /// The saga ends normally before its deadline: the deadline is cancelled and never fires.
     @Test func aDeadlineCancelledByTheNormalEndNeverFires() async throws {
         let stack = try await TestStack(orderDeadline: .seconds(10))
