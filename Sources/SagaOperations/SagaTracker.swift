@@ -246,7 +246,8 @@ public final class SagaTracker: Service, Sendable {
             if let current, !rebuild { return try current.decode("consumer_group", as: String.self) }
             let group = self.configuration.topics.group("saga-tracker-" + UUID().uuidString.prefix(8).lowercased())
             if rebuild {
-                try await c.execute("TRUNCATE tracker_events, tracker_dead_letters, tracker_sagas")
+                try await c.execute(
+                    "TRUNCATE tracker_events, tracker_dead_letters, tracker_sagas, tracker_deadlines")
             }
             try await c.execute(
                 """
@@ -346,8 +347,45 @@ public final class SagaTracker: Service, Sendable {
                 String(decoding: envelope.data.serialized(), as: UTF8.self),
                 message.topic, Int(message.partition), message.offset,
             ])
+        for header in message.headers where header.key == DeadlineMark.header {
+            guard let mark = DeadlineMark(header.value) else {
+                logger.warning(
+                    "a saga-deadline header that is not a deadline mark: skipped",
+                    metadata: [
+                        "topic": .string(message.topic), "partition": "\(message.partition)",
+                        "offset": "\(message.offset)", "header": .string(header.stringValue ?? "(not UTF-8)"),
+                    ])
+                continue
+            }
+            try await recordDeadline(mark, saga: envelope.sagaId, observedAt: envelope.occurredAt, on: connection)
+        }
         touched.insert(envelope.sagaId)
         recorded.events += 1
+    }
+
+    /// Upserts one deadline's state from a mark carried by an event of `saga` that occurred at `observedAt`.
+    /// The newest mark wins whatever order they are read in (events of one saga come on several topics): a
+    /// row changes only for a mark observed later, or at the same time and settling it (a schedule never
+    /// overwrites a cancellation or a firing of the same moment). A redelivered mark changes nothing.
+    private func recordDeadline(
+        _ mark: DeadlineMark, saga: String, observedAt: Date, on connection: PostgresConnection
+    ) async throws {
+        let settled = mark.op == .scheduled ? nil : (mark.at ?? observedAt)
+        try await connection.execute(
+            """
+            INSERT INTO tracker_deadlines AS t (saga_id, participant, name, due_at, state, deadline_event_id,
+                deadline_event_type, settled_at, late_ms, observed_at)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+            ON CONFLICT (saga_id, participant, name) DO UPDATE SET due_at = excluded.due_at, state = excluded.state,
+                deadline_event_id = excluded.deadline_event_id, deadline_event_type = excluded.deadline_event_type,
+                settled_at = excluded.settled_at, late_ms = excluded.late_ms, observed_at = excluded.observed_at
+            WHERE (excluded.observed_at, CASE excluded.state WHEN 'scheduled' THEN 0 ELSE 1 END)
+                > (t.observed_at, CASE t.state WHEN 'scheduled' THEN 0 ELSE 1 END)
+            """,
+            [
+                saga, mark.participant, mark.name, mark.dueAt, mark.op.rawValue, mark.eventId, mark.eventType,
+                settled, mark.lateMs, observedAt,
+            ])
     }
 
     private func recordDeadLetter(_ message: KafkaMessage, on connection: PostgresConnection) async throws -> String? {
