@@ -99,7 +99,8 @@ public struct SagaInspector: Sendable {
         public var finishedAt: Date?
         /// The type of its latest event.
         public var lastEventType: String
-        /// What the saga waits on (nil once finished).
+        /// What the saga waits on (nil once finished); once it has an outcome, only what a participant waits on
+        /// after it (`SagaModel.waitingAfterOutcome`).
         public var waitingOn: String?
         /// How many events it has.
         public var events: Int
@@ -350,11 +351,14 @@ public struct SagaInspector: Sendable {
     private func summary(_ r: PostgresRow) throws -> Summary {
         let status: String = try r.decode("status")
         let last: String = try r.decode("last_event_type")
+        let outcome = try r.decode("outcome", as: String?.self)
         return Summary(
-            sagaId: try r.decode("saga_id"), status: status, outcome: try r.decode("outcome", as: String?.self),
+            sagaId: try r.decode("saga_id"), status: status, outcome: outcome,
             startedAt: try r.decode("started_at"), updatedAt: try r.decode("updated_at"),
             finishedAt: try r.decode("finished_at", as: Date?.self), lastEventType: last,
-            waitingOn: status == "running" ? model.waitingOn[last] : nil, events: try r.decode("events"),
+            waitingOn: status != "running"
+                ? nil : outcome == nil ? model.waitingOn[last] : model.waitingAfterOutcome[last],
+            events: try r.decode("events"),
             compensations: try r.decode("compensations"), deadLetters: try r.decode("dead_letters"),
             deadline: try r.decode("deadline_participant", as: String?.self).map { participant in
                 Deadline(

@@ -81,7 +81,10 @@ public struct TrackerStats: Sendable, Hashable {
 /// the outcome is "confirmed", but while a registered participant consumes `order.confirmed` with a
 /// `SagaDeclaration.Consumption.waitingOn` text (e.g. shipping: "schedule the shipment"), the saga waits on
 /// it, is listed by `--stuck`, and finishes when its event (e.g. `shipment.scheduled`, which nobody waits on)
-/// is recorded. `finished_at` stays the outcome's time (the end-to-end latency of ``SagaInspector/stats(since:)``).
+/// is recorded. A consumption declared `SagaDeclaration.Consumption.untilOutcome` waits only until the outcome
+/// (`SagaModel.waitingAfterOutcome`): orders cancels the order on `inventory.released`, but a release recorded
+/// after the order was cancelled (by its deadline, say) is a compensation that nobody waits on, and the saga
+/// finishes with it. `finished_at` stays the outcome's time (the end-to-end latency of ``SagaInspector/stats(since:)``).
 /// A saga's state is computed when its events are recorded, with the model of that moment: sagas finished
 /// before a participant joined stay finished (`rebuild` computes every saga again).
 public final class SagaTracker: Service, Sendable {
@@ -347,13 +350,14 @@ public final class SagaTracker: Service, Sendable {
                 String(decoding: envelope.data.serialized(), as: UTF8.self),
                 message.topic, Int(message.partition), message.offset,
             ])
-        for header in message.headers where header.key == DeadlineMark.header {
-            guard let mark = DeadlineMark(header.value) else {
+        for header in message.headers where header.key == SagaHeader.deadline {
+            let mark: Deadline.Mark
+            do { mark = try Deadline.Mark(parsing: header.value) } catch {
                 logger.warning(
                     "a saga-deadline header that is not a deadline mark: skipped",
                     metadata: [
                         "topic": .string(message.topic), "partition": "\(message.partition)",
-                        "offset": "\(message.offset)", "header": .string(header.stringValue ?? "(not UTF-8)"),
+                        "offset": "\(message.offset)", "error": "\(error)",
                     ])
                 continue
             }
@@ -368,9 +372,9 @@ public final class SagaTracker: Service, Sendable {
     /// row changes only for a mark observed later, or at the same time and settling it (a schedule never
     /// overwrites a cancellation or a firing of the same moment). A redelivered mark changes nothing.
     private func recordDeadline(
-        _ mark: DeadlineMark, saga: String, observedAt: Date, on connection: PostgresConnection
+        _ mark: Deadline.Mark, saga: String, observedAt: Date, on connection: PostgresConnection
     ) async throws {
-        let settled = mark.op == .scheduled ? nil : (mark.at ?? observedAt)
+        let settled = mark.op == .scheduled ? nil : mark.at
         try await connection.execute(
             """
             INSERT INTO tracker_deadlines AS t (saga_id, participant, name, due_at, state, deadline_event_id,
@@ -436,8 +440,9 @@ public final class SagaTracker: Service, Sendable {
             }
         }
         let lastType: String = try last.decode("event_type")
-        // Finished once decided and nobody registered waits on the latest event (see the type's comment).
-        let finished = outcome != nil && model.waitingOn[lastType] == nil
+        // Finished once decided and nobody registered waits on the latest event after an outcome (see the type's
+        // comment).
+        let finished = outcome != nil && model.waitingAfterOutcome[lastType] == nil
         let letters: Int =
             try await connection.query(
                 "SELECT count(*) AS n FROM tracker_dead_letters WHERE saga_id = $1", [saga]

@@ -47,11 +47,14 @@ extension TrackerTests {
             stack: stack)
     }
 
-    static func cancelled(_ id: String, at: Date, cause: UUID?, headers: [KafkaHeader], stack: TestStack) throws -> (
+    static func cancelled(
+        _ id: String, at: Date, cause: UUID?, headers: [KafkaHeader], reason: OrderCancelled.Reason = .paymentDeclined,
+        stack: TestStack
+    ) throws -> (
         id: UUID, message: KafkaOutgoingMessage
     ) {
         try event(
-            OrderCancelled(orderId: id, customerId: "alice", reason: .paymentDeclined, detail: "x"), saga: id, at: at,
+            OrderCancelled(orderId: id, customerId: "alice", reason: reason, detail: "x"), saga: id, at: at,
             cause: cause, headers: headers, stack: stack)
     }
 
@@ -267,5 +270,73 @@ extension TrackerTests {
         #expect((-30_000 ... -4_000).contains(entry.deadline?.timeLeftMs ?? 0), "\(String(describing: entry.deadline))")
         #expect(withinGrace.isEmpty)
         #expect(after.isEmpty)
+    }
+
+    /// Orders consumes `inventory.released` "until the outcome" (`untilOutcome`): once the saga is cancelled (a
+    /// timeout, say), a release read after `order.cancelled` is a compensation nobody waits on, and the saga
+    /// finishes with it instead of staying running, waiting on "orders: cancel the order", for ever.
+    @Test func aTimedOutSagaFinishesAfterItsCompensations() async throws {
+        let stack = try await TestStack()
+        var declaration = OrdersService.declaration
+        for i in declaration.consumes.indices where declaration.consumes[i].waitingOn != nil {
+            declaration.consumes[i].untilOutcome = true
+        }
+        try await stack.registry.register(OrdersService.name, declaration: declaration, logger: stack.logger)
+        let (tracker, task) = try await tracker(stack)
+        let (inspector, pool) = try await inspector(stack)
+        let t0 = Date().addingTimeInterval(-10)
+        let id = UUID().uuidString.lowercased()
+        let expiry = UUID()
+        let due = t0.addingTimeInterval(2)
+        let lines = [OrderLine(sku: "widget", quantity: 1)]
+        let total = Money(amount: 100, currency: "EUR")
+        try await stack.produce([
+            try Self.created(
+                id, at: t0, headers: [Self.mark("scheduled", due: due, event: expiry, at: t0)], stack: stack
+            )
+            .message,
+            try Self.event(
+                InventoryReserved(orderId: id, customerId: "alice", total: total, lines: lines), saga: id,
+                producer: "inventory", at: t0.addingTimeInterval(0.1), headers: [], stack: stack
+            ).message,
+        ])
+        try await stack.eventually("the reservation recorded") { try await inspector.timeline(id)?.steps.count == 2 }
+        try await stack.produce([
+            try Self.cancelled(
+                id, at: due.addingTimeInterval(0.2), cause: expiry,
+                headers: [Self.mark("fired", due: due, event: expiry, at: due.addingTimeInterval(0.1), lateMs: 100)],
+                reason: .timeout, stack: stack
+            ).message
+        ])
+        try await stack.eventually("the cancellation recorded") { try await inspector.timeline(id)?.steps.count == 4 }
+        let cancelled = try await inspector.timeline(id)
+        try await stack.produce([
+            try Self.event(
+                InventoryReleased(orderId: id, customerId: "alice", reason: "order cancelled: timeout", lines: lines),
+                saga: id, producer: "inventory", at: due.addingTimeInterval(0.5), headers: [], stack: stack
+            ).message
+        ])
+        try await stack.eventually("the release recorded") { try await inspector.timeline(id)?.steps.count == 5 }
+        let released = try await inspector.timeline(id)
+        let stuck = try await inspector.stuck(olderThan: .milliseconds(1), grace: .seconds(0))
+        let model = tracker.model
+        task.cancel()
+        _ = await task.result
+        await pool.close()
+        await stack.stop()
+
+        #expect(model.waitingOn["inventory.released"] == "orders: cancel the order")
+        #expect(model.waitingAfterOutcome["inventory.released"] == nil)
+        #expect(cancelled?.saga?.status == "finished")
+        #expect(
+            released?.steps.map(\.type) == [
+                "order.created", "inventory.reserved", "order.expired", "order.cancelled", "inventory.released",
+            ])
+        #expect(released?.saga?.status == "finished")
+        #expect(released?.saga?.outcome == "cancelled: timeout")
+        #expect(released?.saga?.lastEventType == "inventory.released")
+        #expect(released?.saga?.compensations == 1)
+        #expect(released?.saga?.waitingOn == nil)
+        #expect(!stuck.contains { $0.sagaId == id })
     }
 }
