@@ -87,7 +87,14 @@ extension TrackerTests {
         let pendingExpiry = UUID()
         let due = Date().addingTimeInterval(60)
         let p = try Self.created(
-            pending, at: t0, headers: [Self.mark("scheduled", due: due, event: pendingExpiry, at: t0)], stack: stack)
+            pending, at: t0,
+            headers: [
+                // This one as the runtime writes it (the others are written by hand, pinning the format).
+                Deadline.Mark(
+                    op: .scheduled, name: "order", participant: "orders", dueAt: due, eventId: pendingExpiry,
+                    eventType: "order.expired", at: t0
+                ).header
+            ], stack: stack)
         // A saga whose deadline fired 2.1 s after it was placed, 100 ms late, and cancelled it.
         let expired = UUID().uuidString.lowercased()
         let expiry = UUID()
