@@ -233,10 +233,18 @@ public struct SagaInspector: Sendable {
                 topic: "(deadline)", partition: -1, offset: -1)
         }
         guard !fired.isEmpty else { return steps }
-        // Stable: a deadline fired at the very time of an event comes after it.
-        var merged = (steps + fired).enumerated().sorted {
+        // A deadline fired at the very time of an event comes before it; and before the events it caused in
+        // any case (its time is to the millisecond, theirs to the microsecond).
+        var merged = (fired + steps).enumerated().sorted {
             ($0.element.occurredAt, $0.offset) < ($1.element.occurredAt, $1.offset)
         }.map(\.element)
+        for step in fired where !step.eventId.isEmpty {
+            guard let at = merged.firstIndex(where: { $0.kind == "deadline" && $0.eventId == step.eventId }),
+                let caused = merged.firstIndex(where: { $0.kind != "deadline" && $0.causationId == step.eventId }),
+                caused < at
+            else { continue }
+            merged.insert(merged.remove(at: at), at: caused)
+        }
         for i in merged.indices {
             merged[i].sincePreviousMs =
                 i == 0 ? nil : merged[i].occurredAt.timeIntervalSince(merged[i - 1].occurredAt) * 1000

@@ -83,4 +83,32 @@ import Testing
         #expect(first["dueAt"] != nil && first["participant"] == .string("orders"))
         #expect(summaryDeadline["name"] == .string("order"))
     }
+
+    func step(_ type: String, at: Date, id: String, causedBy: String?) -> SagaInspector.Step {
+        SagaInspector.Step(
+            eventId: id, type: type, version: 1, producer: "orders", kind: "step", occurredAt: at,
+            sincePreviousMs: nil, causationId: causedBy, topic: type, partition: 0, offset: 0)
+    }
+
+    @Test func aFiredDeadlineIsAStepBeforeWhatItCaused() {
+        let t0 = Date(timeIntervalSince1970: 1_000_000)
+        var fired = deadline("fired", firedAt: t0.addingTimeInterval(2.001), late: 1)
+        fired.eventId = "e"
+        let steps = [
+            step("order.created", at: t0, id: "a", causedBy: nil),
+            // Caused by the deadline, yet 0.6 ms before its firing time as the header has it (milliseconds).
+            step("order.cancelled", at: t0.addingTimeInterval(2.0004), id: "b", causedBy: "e"),
+        ]
+        let merged = SagaInspector.merging(fired: [fired, deadline("cancelled")], into: steps)
+        #expect(merged.map(\.type) == ["order.created", "order.expired", "order.cancelled"])
+        #expect(merged.map(\.kind) == ["step", "deadline", "step"])
+        #expect(merged[1].eventId == "e" && merged[1].topic == "(deadline)" && merged[1].partition == -1)
+        #expect(merged[0].sincePreviousMs == nil)
+        #expect(abs((merged[1].sincePreviousMs ?? 0) - 2001) < 0.01)
+        // At the very same time as an event, the deadline comes first.
+        let tie = SagaInspector.merging(
+            fired: [fired], into: [step("order.cancelled", at: t0.addingTimeInterval(2.001), id: "b", causedBy: nil)])
+        #expect(tie.map(\.kind) == ["deadline", "step"])
+        #expect(SagaInspector.merging(fired: [deadline("cancelled")], into: steps) == steps)
+    }
 }
