@@ -54,7 +54,13 @@ import Yams
             #expect(messageNames(operation).contains("\(event.type).v\(event.version)"), "\(operation)")
         }
         for service in sagaServiceDefinitions {
-            for handler in service.handlers {
+            // A deadline type (orders' order.expired) is delivered by the service's own deadlines, never read from
+            // a topic: no receive operation.
+            let deadlineTypes = Set(service.declaration.deadlines.map(\.type))
+            for type in deadlineTypes {
+                #expect(operations["\(service.name).receive.\(type)"] == nil, "\(service.name) receives \(type)")
+            }
+            for handler in service.handlers where !deadlineTypes.contains(handler.eventType) {
                 let operation = "\(service.name).receive.\(handler.eventType)"
                 #expect(operations[operation]?["action"] as? String == "receive", "\(operation)")
                 // What the consumer accepts: every version up to the one it handles (older ones upcast).
