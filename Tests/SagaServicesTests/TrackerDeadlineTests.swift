@@ -212,7 +212,7 @@ extension TrackerTests {
 
     /// A saga whose deadline fell without firing (its participant is down, say) is listed by `--stuck`
     /// once it is `grace` overdue, whatever its age, and leaves the list when the firing is recorded.
-    @Test func stuckListsSagasPastAnUnfiredDeadline() async throws {
+    @Test func stuckListsASagaPastItsDeadlineOnlyAfterTheGrace() async throws {
         let stack = try await TestStack()
         let (_, task) = try await tracker(stack)
         let (inspector, pool) = try await inspector(stack)
@@ -345,5 +345,51 @@ extension TrackerTests {
         #expect(released?.saga?.compensations == 1)
         #expect(released?.saga?.waitingOn == nil)
         #expect(!stuck.contains { $0.sagaId == id })
+    }
+
+    /// The orders worker is down when an order's deadline falls: `--stuck` lists the saga, past its deadline;
+    /// once the worker is back it fires the deadline, the order is cancelled (timeout), and the saga leaves
+    /// the list, its timeline showing the fired deadline between `order.created` and `order.cancelled`.
+    @Test func stuckListsSagasPastAnUnfiredDeadline() async throws {
+        let stack = try await TestStack(orderDeadline: nil)
+        for s in TestStack.services { stack.startRelay(s) }
+        let (_, task) = try await tracker(stack)
+        let (inspector, pool) = try await inspector(stack)
+        let placed = try await stack.book.place(
+            OrderRequest(
+                customerId: "alice", currency: "EUR", lines: [OrderLine(sku: "widget", quantity: 1)],
+                deadlineSeconds: 1))
+        let id = placed.orderId.uuidString.lowercased()
+        try await stack.eventually("the placement and its deadline recorded") {
+            try await inspector.timeline(id)?.deadlines.first?.state == "scheduled"
+        }
+        let scheduled = try await inspector.timeline(id)
+        try await Task.sleep(for: .milliseconds(1800))
+        let listed = try await inspector.stuck(olderThan: .seconds(3600), grace: .milliseconds(500))
+        try stack.startWorker("orders")
+        try await stack.eventually("the deadline fired and was recorded") {
+            try await inspector.timeline(id)?.deadlines.first?.state == "fired"
+        }
+        let fired = try await inspector.timeline(id)
+        let after = try await inspector.stuck(olderThan: .seconds(3600), grace: .milliseconds(500))
+        task.cancel()
+        _ = await task.result
+        await pool.close()
+        await stack.stop()
+
+        #expect(Self.same(scheduled?.deadlines.first?.dueAt, placed.deadline))
+        #expect(scheduled?.saga?.deadline?.name == OrdersService.deadlineName)
+        let entry = try #require(listed.first { $0.sagaId == id })
+        #expect((entry.deadline?.timeLeftMs ?? 0) < -500, "\(String(describing: entry.deadline))")
+        #expect(entry.waitingOn == "inventory: reserve the stock")
+        #expect(!after.contains { $0.sagaId == id })
+        let t = try #require(fired)
+        #expect(t.steps.map(\.type) == ["order.created", "order.expired", "order.cancelled"])
+        #expect(t.steps.map(\.kind) == ["step", "deadline", "outcome"])
+        #expect(t.steps[2].causationId == t.steps[1].eventId)
+        #expect(t.deadlines.first?.participant == "orders")
+        #expect((t.deadlines.first?.lateMs ?? -1) >= 500)
+        #expect(t.saga?.outcome == "cancelled: timeout")
+        #expect(t.saga?.deadline == nil)
     }
 }
