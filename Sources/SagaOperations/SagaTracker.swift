@@ -62,7 +62,10 @@ public struct TrackerStats: Sendable, Hashable {
 
 /// The saga tracker: reads every saga topic and the dead-letter topics in its own consumer group and
 /// keeps a read model in PostgreSQL — every event of every saga (type, version, producer, time,
-/// topic/partition/offset, causation) and each saga's state.
+/// topic/partition/offset, causation) and each saga's state — and each saga's deadlines, from the
+/// `saga-deadline` headers (`SagaHeader.deadline`, a `Deadline.Mark` each) the runtime puts on the events of a
+/// transaction that scheduled, cancelled or fired one (the latest state by the carrying event's time, so the
+/// order in which the topics are read does not matter).
 ///
 /// Idempotent: events are keyed by event id, dead letters by their position, and each saga's state is
 /// recomputed from its recorded events, so a redelivered batch changes nothing. One instance is active per
