@@ -79,6 +79,10 @@ import Testing
             }
             #expect(t.deadLetters.isEmpty)
             #expect(t.steps.allSatisfy { $0.topic == stack.topics.topic(for: $0.type) })
+            // Its order deadline (15 minutes) was scheduled at placement and cancelled by the outcome.
+            #expect(t.deadlines.map(\.state) == ["cancelled"])
+            #expect(t.deadlines.first?.participant == "orders" && t.deadlines.first?.name == "order")
+            #expect(t.deadlines.first?.cancelledAt != nil && t.saga?.deadline == nil)
         }
     }
 
