@@ -36,9 +36,11 @@ public struct SagaInspector: Sendable {
         public var type: String
         /// The version it was published in.
         public var version: Int
-        /// The participant that emitted it.
+        /// The participant that emitted it (for a fired deadline: the participant whose deadline it was).
         public var producer: String
-        /// What it means for the saga (a `SagaModel.Kind` raw value).
+        /// What it means for the saga: a `SagaModel.Kind` raw value, or `deadline` for a fired deadline (its
+        /// event went from the participant's deadline table to its own handler, never through a topic: its
+        /// `topic` is "(deadline)", `partition` and `offset` -1, `version` 0, and `occurredAt` when it fired).
         public var kind: String
         /// When its producer created it.
         public var occurredAt: Date
@@ -97,7 +99,8 @@ public struct SagaInspector: Sendable {
         public var finishedAt: Date?
         /// The type of its latest event.
         public var lastEventType: String
-        /// What the saga waits on (nil once finished).
+        /// What the saga waits on (nil once finished); once it has an outcome, only what a participant waits on
+        /// after it (`SagaModel.waitingAfterOutcome`).
         public var waitingOn: String?
         /// How many events it has.
         public var events: Int
@@ -105,6 +108,33 @@ public struct SagaInspector: Sendable {
         public var compensations: Int
         /// How many dead letters it has.
         public var deadLetters: Int
+        /// Its earliest deadline still scheduled (not cancelled, not fired), if any.
+        public var deadline: Deadline? = nil
+    }
+
+    /// A deadline of a saga, as the `saga-deadline` headers of its events told the tracker (a transaction that
+    /// emitted no event of the saga is not seen).
+    public struct Deadline: Sendable, Codable, Hashable {
+        /// The participant whose deadline it is.
+        public var participant: String
+        /// Its name within the saga, e.g. "order".
+        public var name: String
+        /// When it falls (or fell).
+        public var dueAt: Date
+        /// `scheduled` (waiting to fall), `cancelled` (the saga got there first) or `fired`.
+        public var state: String
+        /// For a scheduled deadline: milliseconds until it falls when read; negative once it is overdue.
+        public var timeLeftMs: Double?
+        /// The id of the event it delivers (or delivered) to its participant, when known.
+        public var eventId: String?
+        /// That event's type, e.g. "order.expired".
+        public var eventType: String?
+        /// When it fired.
+        public var firedAt: Date?
+        /// When it was cancelled.
+        public var cancelledAt: Date?
+        /// How late it fired, in milliseconds.
+        public var lateMs: Int64?
     }
 
     /// A saga's state, its events in order and its dead letters.
@@ -115,15 +145,30 @@ public struct SagaInspector: Sendable {
         public var steps: [Step]
         /// Its dead letters, oldest first.
         public var deadLetters: [DeadLetter]
+        /// Its deadlines, earliest due first.
+        public var deadlines: [Deadline] = []
     }
+
+    /// Every column of `tracker_sagas` (`s`) and its earliest scheduled deadline (``summary(_:)`` reads both).
+    private static let summaryColumns = """
+        s.*, d.participant AS deadline_participant, d.name AS deadline_name, d.due_at AS deadline_due_at,
+            d.deadline_event_id AS deadline_event_id, d.deadline_event_type AS deadline_event_type,
+            extract(epoch FROM d.due_at - now())::float8 * 1000 AS deadline_time_left_ms
+        """
+    private static let earliestScheduled = """
+        LEFT JOIN LATERAL (SELECT * FROM tracker_deadlines WHERE saga_id = s.saga_id AND state = 'scheduled'
+            ORDER BY due_at LIMIT 1) d ON true
+        """
 
     /// The saga's timeline; nil when the tracker has seen neither an event nor a dead letter of it.
     public func timeline(_ sagaId: String) async throws -> Timeline? {
         try await pool.withConnection { c in
-            let summary = try await c.query("SELECT * FROM tracker_sagas WHERE saga_id = $1", [sagaId]).first.map(
-                summary)
+            let summary = try await c.query(
+                "SELECT \(Self.summaryColumns) FROM tracker_sagas s \(Self.earliestScheduled) WHERE s.saga_id = $1",
+                [sagaId]
+            ).first.map(summary)
             var previous: Date?
-            let steps = try await c.query(
+            var steps = try await c.query(
                 """
                 SELECT event_id, event_type, version, producer, occurred_at, causation_id, topic, partition, "offset"
                 FROM tracker_events WHERE saga_id = $1 ORDER BY occurred_at, event_id
@@ -153,19 +198,77 @@ public struct SagaInspector: Sendable {
                     partition: try r.decode("partition"), offset: try r.decode("offset"),
                     deadLetteredAt: try r.decode("dead_lettered_at"))
             }
+            let deadlines = try await c.query(
+                """
+                SELECT participant, name, due_at, state, deadline_event_id, deadline_event_type, settled_at, late_ms,
+                    CASE WHEN state = 'scheduled' THEN extract(epoch FROM due_at - now())::float8 * 1000 END AS left_ms
+                FROM tracker_deadlines WHERE saga_id = $1 ORDER BY due_at, participant, name
+                """, [sagaId]
+            ).map { r in
+                let state: String = try r.decode("state")
+                let settled = try r.decode("settled_at", as: Date?.self)
+                return Deadline(
+                    participant: try r.decode("participant"), name: try r.decode("name"),
+                    dueAt: try r.decode("due_at"), state: state,
+                    timeLeftMs: try r.decode("left_ms", as: Double?.self),
+                    eventId: try r.decode("deadline_event_id", as: UUID?.self)?.uuidString.lowercased(),
+                    eventType: try r.decode("deadline_event_type", as: String?.self),
+                    firedAt: state == "fired" ? settled : nil, cancelledAt: state == "cancelled" ? settled : nil,
+                    lateMs: try r.decode("late_ms", as: Int64?.self))
+            }
+            steps = Self.merging(fired: deadlines, into: steps)
             if summary == nil && steps.isEmpty && letters.isEmpty { return nil }
-            return Timeline(saga: summary, steps: steps, deadLetters: letters)
+            return Timeline(saga: summary, steps: steps, deadLetters: letters, deadlines: deadlines)
         }
     }
 
+    /// `steps` with a step for each fired deadline (at its firing time), in time order, the time since the
+    /// previous step computed again.
+    static func merging(fired deadlines: [Deadline], into steps: [Step]) -> [Step] {
+        let fired = deadlines.compactMap { d -> Step? in
+            guard d.state == "fired", let at = d.firedAt else { return nil }
+            return Step(
+                eventId: d.eventId ?? "", type: d.eventType ?? "(deadline \(d.name))", version: 0,
+                producer: d.participant, kind: "deadline", occurredAt: at, sincePreviousMs: nil, causationId: nil,
+                topic: "(deadline)", partition: -1, offset: -1)
+        }
+        guard !fired.isEmpty else { return steps }
+        // A deadline fired at the very time of an event comes before it; and before the events it caused in
+        // any case (its time is to the millisecond, theirs to the microsecond).
+        var merged = (fired + steps).enumerated().sorted {
+            ($0.element.occurredAt, $0.offset) < ($1.element.occurredAt, $1.offset)
+        }.map(\.element)
+        for step in fired where !step.eventId.isEmpty {
+            guard let at = merged.firstIndex(where: { $0.kind == "deadline" && $0.eventId == step.eventId }),
+                let caused = merged.firstIndex(where: { $0.kind != "deadline" && $0.causationId == step.eventId }),
+                caused < at
+            else { continue }
+            merged.insert(merged.remove(at: at), at: caused)
+        }
+        for i in merged.indices {
+            merged[i].sincePreviousMs =
+                i == 0 ? nil : merged[i].occurredAt.timeIntervalSince(merged[i - 1].occurredAt) * 1000
+        }
+        return merged
+    }
+
     /// Sagas still running (no outcome yet, or a registered participant waits to act on the latest event) that
-    /// started more than `olderThan` ago, oldest first.
-    public func stuck(olderThan: Duration, limit: Int = 100) async throws -> [Summary] {
+    /// started more than `olderThan` ago, and sagas with a deadline still scheduled more than `grace` after it
+    /// fell (whatever their age or status: its participant has not fired it), oldest first. Each one's
+    /// ``Summary/deadline`` is its earliest scheduled deadline (negative ``Deadline/timeLeftMs``: overdue).
+    public func stuck(olderThan: Duration, grace: Duration = .seconds(30), limit: Int = 100) async throws
+        -> [Summary]
+    {
         try await pool.query(
             """
-            SELECT * FROM tracker_sagas WHERE status = 'running' AND started_at < now() - $1::interval
-            ORDER BY started_at LIMIT $2
-            """, ["\(olderThan.milliseconds) milliseconds", limit]
+            WITH listed AS (
+                SELECT saga_id FROM tracker_sagas WHERE status = 'running' AND started_at < now() - $1::interval
+                UNION
+                SELECT saga_id FROM tracker_deadlines WHERE state = 'scheduled' AND due_at < now() - $3::interval)
+            SELECT \(Self.summaryColumns) FROM tracker_sagas s JOIN listed USING (saga_id) \(Self.earliestScheduled)
+            ORDER BY s.started_at, s.saga_id LIMIT $2
+            """,
+            ["\(olderThan.milliseconds) milliseconds", limit, "\(grace.milliseconds) milliseconds"]
         ).map(summary)
     }
 
@@ -256,11 +359,22 @@ public struct SagaInspector: Sendable {
     private func summary(_ r: PostgresRow) throws -> Summary {
         let status: String = try r.decode("status")
         let last: String = try r.decode("last_event_type")
+        let outcome = try r.decode("outcome", as: String?.self)
         return Summary(
-            sagaId: try r.decode("saga_id"), status: status, outcome: try r.decode("outcome", as: String?.self),
+            sagaId: try r.decode("saga_id"), status: status, outcome: outcome,
             startedAt: try r.decode("started_at"), updatedAt: try r.decode("updated_at"),
             finishedAt: try r.decode("finished_at", as: Date?.self), lastEventType: last,
-            waitingOn: status == "running" ? model.waitingOn[last] : nil, events: try r.decode("events"),
-            compensations: try r.decode("compensations"), deadLetters: try r.decode("dead_letters"))
+            waitingOn: status != "running"
+                ? nil : outcome == nil ? model.waitingOn[last] : model.waitingAfterOutcome[last],
+            events: try r.decode("events"),
+            compensations: try r.decode("compensations"), deadLetters: try r.decode("dead_letters"),
+            deadline: try r.decode("deadline_participant", as: String?.self).map { participant in
+                Deadline(
+                    participant: participant, name: try r.decode("deadline_name"),
+                    dueAt: try r.decode("deadline_due_at"), state: "scheduled",
+                    timeLeftMs: try r.decode("deadline_time_left_ms", as: Double?.self),
+                    eventId: try r.decode("deadline_event_id", as: UUID?.self)?.uuidString.lowercased(),
+                    eventType: try r.decode("deadline_event_type", as: String?.self))
+            })
     }
 }

@@ -62,7 +62,10 @@ public struct TrackerStats: Sendable, Hashable {
 
 /// The saga tracker: reads every saga topic and the dead-letter topics in its own consumer group and
 /// keeps a read model in PostgreSQL — every event of every saga (type, version, producer, time,
-/// topic/partition/offset, causation) and each saga's state.
+/// topic/partition/offset, causation) and each saga's state — and each saga's deadlines, from the
+/// `saga-deadline` headers (`SagaHeader.deadline`, a `Deadline.Mark` each) the runtime puts on the events of a
+/// transaction that scheduled, cancelled or fired one (the latest state by the carrying event's time, so the
+/// order in which the topics are read does not matter).
 ///
 /// Idempotent: events are keyed by event id, dead letters by their position, and each saga's state is
 /// recomputed from its recorded events, so a redelivered batch changes nothing. One instance is active per
@@ -81,7 +84,10 @@ public struct TrackerStats: Sendable, Hashable {
 /// the outcome is "confirmed", but while a registered participant consumes `order.confirmed` with a
 /// `SagaDeclaration.Consumption.waitingOn` text (e.g. shipping: "schedule the shipment"), the saga waits on
 /// it, is listed by `--stuck`, and finishes when its event (e.g. `shipment.scheduled`, which nobody waits on)
-/// is recorded. `finished_at` stays the outcome's time (the end-to-end latency of ``SagaInspector/stats(since:)``).
+/// is recorded. A consumption declared `SagaDeclaration.Consumption.untilOutcome` waits only until the outcome
+/// (`SagaModel.waitingAfterOutcome`): orders cancels the order on `inventory.released`, but a release recorded
+/// after the order was cancelled (by its deadline, say) is a compensation that nobody waits on, and the saga
+/// finishes with it. `finished_at` stays the outcome's time (the end-to-end latency of ``SagaInspector/stats(since:)``).
 /// A saga's state is computed when its events are recorded, with the model of that moment: sagas finished
 /// before a participant joined stay finished (`rebuild` computes every saga again).
 public final class SagaTracker: Service, Sendable {
@@ -246,7 +252,8 @@ public final class SagaTracker: Service, Sendable {
             if let current, !rebuild { return try current.decode("consumer_group", as: String.self) }
             let group = self.configuration.topics.group("saga-tracker-" + UUID().uuidString.prefix(8).lowercased())
             if rebuild {
-                try await c.execute("TRUNCATE tracker_events, tracker_dead_letters, tracker_sagas")
+                try await c.execute(
+                    "TRUNCATE tracker_events, tracker_dead_letters, tracker_sagas, tracker_deadlines")
             }
             try await c.execute(
                 """
@@ -346,8 +353,46 @@ public final class SagaTracker: Service, Sendable {
                 String(decoding: envelope.data.serialized(), as: UTF8.self),
                 message.topic, Int(message.partition), message.offset,
             ])
+        for header in message.headers where header.key == SagaHeader.deadline {
+            let mark: Deadline.Mark
+            do { mark = try Deadline.Mark(parsing: header.value) } catch {
+                logger.warning(
+                    "a saga-deadline header that is not a deadline mark: skipped",
+                    metadata: [
+                        "topic": .string(message.topic), "partition": "\(message.partition)",
+                        "offset": "\(message.offset)", "error": "\(error)",
+                    ])
+                continue
+            }
+            try await recordDeadline(mark, saga: envelope.sagaId, observedAt: envelope.occurredAt, on: connection)
+        }
         touched.insert(envelope.sagaId)
         recorded.events += 1
+    }
+
+    /// Upserts one deadline's state from a mark carried by an event of `saga` that occurred at `observedAt`.
+    /// The newest mark wins whatever order they are read in (events of one saga come on several topics): a
+    /// row changes only for a mark observed later, or at the same time and settling it (a schedule never
+    /// overwrites a cancellation or a firing of the same moment). A redelivered mark changes nothing.
+    private func recordDeadline(
+        _ mark: Deadline.Mark, saga: String, observedAt: Date, on connection: PostgresConnection
+    ) async throws {
+        let settled = mark.op == .scheduled ? nil : mark.at
+        try await connection.execute(
+            """
+            INSERT INTO tracker_deadlines AS t (saga_id, participant, name, due_at, state, deadline_event_id,
+                deadline_event_type, settled_at, late_ms, observed_at)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+            ON CONFLICT (saga_id, participant, name) DO UPDATE SET due_at = excluded.due_at, state = excluded.state,
+                deadline_event_id = excluded.deadline_event_id, deadline_event_type = excluded.deadline_event_type,
+                settled_at = excluded.settled_at, late_ms = excluded.late_ms, observed_at = excluded.observed_at
+            WHERE (excluded.observed_at, CASE excluded.state WHEN 'scheduled' THEN 0 ELSE 1 END)
+                > (t.observed_at, CASE t.state WHEN 'scheduled' THEN 0 ELSE 1 END)
+            """,
+            [
+                saga, mark.participant, mark.name, mark.dueAt, mark.op.rawValue, mark.eventId, mark.eventType,
+                settled, mark.lateMs, observedAt,
+            ])
     }
 
     private func recordDeadLetter(_ message: KafkaMessage, on connection: PostgresConnection) async throws -> String? {
@@ -398,8 +443,9 @@ public final class SagaTracker: Service, Sendable {
             }
         }
         let lastType: String = try last.decode("event_type")
-        // Finished once decided and nobody registered waits on the latest event (see the type's comment).
-        let finished = outcome != nil && model.waitingOn[lastType] == nil
+        // Finished once decided and nobody registered waits on the latest event after an outcome (see the type's
+        // comment).
+        let finished = outcome != nil && model.waitingAfterOutcome[lastType] == nil
         let letters: Int =
             try await connection.query(
                 "SELECT count(*) AS n FROM tracker_dead_letters WHERE saga_id = $1", [saga]

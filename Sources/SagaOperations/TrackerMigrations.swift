@@ -56,6 +56,26 @@ enum TrackerMigrations {
                     dead_letters    int         NOT NULL
                 );
                 CREATE INDEX tracker_sagas_status ON tracker_sagas (status, started_at);
-                """)
+                """),
+        PostgresMigration(
+            version: 2, name: "tracker: deadlines",
+            sql: """
+                -- Each saga's deadlines as the `saga-deadline` headers of its events tell them: the latest state of
+                -- one (participant, name) wins, whatever order the headers were read in (see SagaTracker).
+                CREATE TABLE tracker_deadlines (
+                    saga_id             text        NOT NULL,
+                    participant         text        NOT NULL,
+                    name                text        NOT NULL,
+                    due_at              timestamptz NOT NULL,
+                    state               text        NOT NULL CHECK (state IN ('scheduled', 'cancelled', 'fired')),
+                    deadline_event_id   uuid,
+                    deadline_event_type text,
+                    settled_at          timestamptz,
+                    late_ms             bigint,
+                    observed_at         timestamptz NOT NULL,
+                    PRIMARY KEY (saga_id, participant, name)
+                );
+                CREATE INDEX tracker_deadlines_overdue ON tracker_deadlines (due_at) WHERE state = 'scheduled';
+                """),
     ]
 }

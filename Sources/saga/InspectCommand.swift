@@ -12,11 +12,14 @@ struct InspectCommand: AsyncParsableCommand {
         discussion: """
             Views of the tracker's read model (`saga tracker`; `saga dev` runs one):
               SAGA_ID    the saga's timeline across services: time between steps,
-                         compensations, dead letters, the order's status, and its
-                         rows still in the services' outboxes (pending, parked by
-                         the broker, or held behind a parked row)
+                         compensations, deadlines (time left, fired late by,
+                         cancelled; a fired one is a step), dead letters, the
+                         order's status, and its rows still in the services'
+                         outboxes (pending, parked by the broker, or held behind a
+                         parked row)
               --stuck    sagas unfinished after --older-than, with the step each
-                         one waits on
+                         one waits on, and sagas whose deadline fell more than
+                         --grace ago without firing
               --stats    counts by outcome and latency percentiles per step
             Tables for people, --json for scripts. Exits 1 for an unknown saga or
             an unreachable database.
@@ -25,6 +28,8 @@ struct InspectCommand: AsyncParsableCommand {
     @Argument(help: "The saga (order) id.") var sagaId: String?
     @Flag(help: "List sagas that have not finished within --older-than.") var stuck = false
     @Option(help: "With --stuck: the age (e.g. 90s, 5m, 2h).") var olderThan = "5m"
+    @Option(help: "With --stuck: also list sagas whose deadline fell this long ago and has not fired (e.g. 30s).")
+    var grace = "30s"
     @Flag(help: "Counts by outcome and latency per step.") var stats = false
     @Option(help: "With --stats: sagas started within this long (e.g. 15m, 1h, 7d).") var since = "1h"
     @Flag(help: "Print JSON.") var json = false
@@ -34,6 +39,9 @@ struct InspectCommand: AsyncParsableCommand {
         guard modes == 1 else { throw ValidationError("give exactly one of SAGA_ID, --stuck or --stats") }
         guard DurationParser.parse(olderThan) != nil else {
             throw ValidationError("--older-than '\(olderThan)': expected e.g. 90s, 5m, 2h")
+        }
+        guard DurationParser.parse(grace) != nil else {
+            throw ValidationError("--grace '\(grace)': expected e.g. 30s, 2m")
         }
         guard DurationParser.parse(since) != nil else {
             throw ValidationError("--since '\(since)': expected e.g. 15m, 1h, 7d")
@@ -87,16 +95,21 @@ struct InspectCommand: AsyncParsableCommand {
         } else {
             say("order: unknown to the orders service")
         }
+        for d in t.deadlines { say(Self.deadline(d)) }
         if !t.steps.isEmpty {
             say("")
-            let marks = ["failure": "✗ failure", "compensation": "↩ compensation", "outcome": "■ outcome"]
+            let marks = [
+                "failure": "✗ failure", "compensation": "↩ compensation", "outcome": "■ outcome",
+                "deadline": "⏱ deadline",
+            ]
             say(
                 Table.render(
                     ["time", "+ms", "event", "v", "producer", "", "topic/partition/offset", "caused by"],
                     t.steps.map { s in
                         [
                             Timestamp.format(s.occurredAt), s.sincePreviousMs.map { "+" + Self.ms($0) } ?? "", s.type,
-                            String(s.version), s.producer, marks[s.kind] ?? "", "\(s.topic)/\(s.partition)/\(s.offset)",
+                            s.kind == "deadline" ? "" : String(s.version), s.producer, marks[s.kind] ?? "",
+                            s.partition < 0 ? s.topic : "\(s.topic)/\(s.partition)/\(s.offset)",
                             s.causationId.map { String($0.prefix(8)) } ?? "",
                         ]
                     }))
@@ -145,22 +158,48 @@ struct InspectCommand: AsyncParsableCommand {
         }
     }
 
+    /// The timeline's line for one deadline, e.g. "deadline orders/order: due 2026-…Z, 12.3 s left",
+    /// "…, overdue by 4.0 s", "…, fired 2026-…Z, 120 ms late" or "…, cancelled 2026-…Z".
+    static func deadline(_ d: SagaInspector.Deadline) -> String {
+        let head = "deadline \(d.participant)/\(d.name): due \(Timestamp.format(d.dueAt))"
+        switch d.state {
+        case "scheduled":
+            guard let left = d.timeLeftMs else { return head + ", scheduled" }
+            return head + (left >= 0 ? ", \(ms(left)) left" : ", overdue by \(ms(-left))")
+        case "fired":
+            return head + ", fired" + (d.firedAt.map { " \(Timestamp.format($0))" } ?? "")
+                + (d.lateMs.map { ", \(ms(Double($0))) late" } ?? "")
+        case "cancelled":
+            return head + ", cancelled" + (d.cancelledAt.map { " \(Timestamp.format($0))" } ?? "")
+        default:
+            return head + ", \(d.state)"
+        }
+    }
+
+    /// The "deadline overdue by" column of `--stuck`: empty unless the saga's earliest scheduled deadline fell.
+    static func overdue(_ s: SagaInspector.Summary) -> String {
+        guard let left = s.deadline?.timeLeftMs, left < 0 else { return "" }
+        return ms(-left)
+    }
+
     private func stuckSagas(_ inspector: SagaInspector) async throws {
         let age = DurationParser.parse(olderThan)!
-        let sagas = try await inspector.stuck(olderThan: age)
+        let sagas = try await inspector.stuck(olderThan: age, grace: DurationParser.parse(grace)!)
         if json { return say(String(decoding: try JSONValue(encoding: sagas).serialized(), as: UTF8.self)) }
-        guard !sagas.isEmpty else { return say("no saga older than \(olderThan) is unfinished") }
+        guard !sagas.isEmpty else {
+            return say("no saga older than \(olderThan) is unfinished, and no deadline is \(grace) overdue")
+        }
         let now = Date()
         say(
             Table.render(
-                ["saga", "age", "last event", "waiting on", "dead letters"],
+                ["saga", "age", "last event", "waiting on", "deadline overdue by", "dead letters"],
                 sagas.map { s in
                     [
                         s.sagaId, Self.ms(now.timeIntervalSince(s.startedAt) * 1000), s.lastEventType,
-                        s.waitingOn ?? "?", String(s.deadLetters),
+                        s.waitingOn ?? (s.status == "running" ? "?" : "-"), Self.overdue(s), String(s.deadLetters),
                     ]
                 }))
-        say("\(sagas.count) saga(s) unfinished after \(olderThan)")
+        say("\(sagas.count) saga(s) unfinished after \(olderThan) or past a deadline by \(grace)")
     }
 
     private func statistics(_ inspector: SagaInspector) async throws {
