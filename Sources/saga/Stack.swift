@@ -75,9 +75,11 @@ struct Stack: Sendable {
         any Service, PostgresPool
     ) {
         let pool = PostgresPool(configuration: env.database(OrdersService.name).configuration, size: 4, logger: logger)
-        let book = OrderBook(
+        var book = OrderBook(
             pool: pool, codec: EventCodec(upcasters: sagaUpcasters, topics: env.topics),
             emitVersion: env.orderCreatedVersion, deadline: env.orderDeadline)
+        // Wakes the orders relay when it runs in this process (`saga dev`); no effect otherwise.
+        book.relayDatabase = env.database(OrdersService.name)
         var logger = self.logger
         logger[metadataKey: "service"] = .string(OrdersService.name)
         let app = Application(

@@ -21,6 +21,9 @@ public struct OrderBook: Sendable {
     }
     /// The fault to inject, if any (tests only).
     public var failpoint: Failpoint?
+    /// The orders database, when this process also runs its outbox relay: a placement then wakes that relay
+    /// (`ServiceDatabase.outboxCommitted()`), which publishes `order.created` at once instead of at its next look.
+    public var relayDatabase: ServiceDatabase?
 
     /// An order book over `pool`, emitting `order.created` in version `emitVersion`, giving each order the
     /// deadline `deadline` by default (nil: none).
@@ -197,6 +200,7 @@ public struct OrderBook: Sendable {
             return Placed(orderId: try first[0].decode("id"), created: false)
         }
         if deadlineRow != nil { DeadlineMetrics.recordScheduled(service: OrdersService.name) }
+        relayDatabase?.outboxCommitted()
         return Placed(orderId: id, created: true, event: event.envelope, deadline: deadlineRow?.due)
     }
 
