@@ -61,8 +61,9 @@ public struct ParticipantDaemon: Sendable {
         var services: [any Service] = []
         // The relay first: services stop in reverse order, so it publishes what the worker committed.
         if roles.contains(.relay) { services.append(try daemon.relay(definition.name)) }
-        if roles.contains(.worker) { services.append(try daemon.worker(definition)) }
-        services.append(try daemon.ops([definition.name]))
+        let worker = roles.contains(.worker) ? try daemon.worker(definition) : nil
+        if let worker { services.append(worker) }
+        services.append(try daemon.ops([definition.name], workers: worker.map { [$0] } ?? []))
         // The database first: an unreachable one is reported as such, before any broker request.
         try await daemon.migrate([definition])
         try await daemon.ensureTopics([definition])
