@@ -73,27 +73,44 @@ extension BatchHandlerContext {
     public func cancelDeadline(name: String, for event: IncomingEvent) async throws -> Bool {
         try await Deadlines.cancel(sagaId: event.sagaId, name: name, ledger: deadlineLedger, on: connection)
     }
+
+    /// Cancels the deadline `name` of the sagas of `events`, in one statement of this batch's transaction.
+    /// Returns the saga ids whose deadline it cancelled (the others had none: never scheduled, cancelled
+    /// before, or already fired).
+    /// - Throws: `PostgresError`.
+    @discardableResult
+    public func cancelDeadlines(name: String, for events: [IncomingEvent]) async throws -> Set<String> {
+        try await Deadlines.cancel(
+            sagaIds: Set(events.map(\.sagaId)), name: name, ledger: deadlineLedger, on: connection)
+    }
 }
 
 /// What the handlers of one worker transaction did with deadlines, known to the worker once it committed:
 /// counted then (a rolled-back transaction scheduled nothing), and the deadline task is woken when one falls
-/// before it would wake anyway. It also lets the handlers check a deadline's payload before it is stored.
+/// before it would wake anyway. It also lets the handlers check a deadline's payload before it is stored, and
+/// keeps the ``Deadline/Mark``s the worker adds as `saga-deadline` headers to the transaction's messages of
+/// each marked saga.
 final class DeadlineLedger: Sendable {
     struct Counts: Sendable {
         var scheduled = 0
         var cancelled = 0
         /// The earliest due time scheduled (by this process's clock).
         var earliest: Date? = nil
+        /// By saga id, what happened to its deadlines in this transaction and is not yet on one of its messages.
+        var marks: [String: [Deadline.Mark]] = [:]
     }
 
     let codec: EventCodec
     /// The event types the worker has handlers for.
     let handled: Set<String>
+    /// The participant (the `participant` of the marks).
+    let participant: String
     private let state = Mutex(Counts())
 
-    init(codec: EventCodec, handled: Set<String>) {
+    init(codec: EventCodec, handled: Set<String>, participant: String) {
         self.codec = codec
         self.handled = handled
+        self.participant = participant
     }
 
     var counts: Counts { state.withLock { $0 } }
@@ -101,14 +118,52 @@ final class DeadlineLedger: Sendable {
     /// Back to `counts` (a savepoint rolled back the event that recorded what came after).
     func restore(_ counts: Counts) { state.withLock { $0 = counts } }
 
-    func scheduled(due: Date) {
+    func scheduled(sagaId: String, name: String, due: Date, event: EventEnvelope) {
+        let mark = Deadline.Mark(
+            op: .scheduled, name: name, participant: participant, dueAt: due, eventId: event.id,
+            eventType: event.type, at: Date())
         state.withLock {
             $0.scheduled += 1
             $0.earliest = min($0.earliest ?? due, due)
+            $0.marks[sagaId, default: []].append(mark)
         }
     }
 
-    func cancelled() { state.withLock { $0.cancelled += 1 } }
+    func cancelled(_ rows: [Deadlines.Cancelled], name: String) {
+        guard !rows.isEmpty else { return }
+        let now = Date()
+        state.withLock {
+            $0.cancelled += rows.count
+            for row in rows {
+                $0.marks[row.sagaId, default: []].append(
+                    Deadline.Mark(
+                        op: .cancelled, name: name, participant: participant, dueAt: row.dueAt, eventId: row.eventId,
+                        eventType: row.eventType, at: now))
+            }
+        }
+    }
+
+    /// The firing transaction claimed `claimed`.
+    func fired(_ claimed: [Deadlines.Claimed]) {
+        state.withLock {
+            for c in claimed {
+                $0.marks[c.sagaId, default: []].append(
+                    Deadline.Mark(
+                        op: .fired, name: c.name, participant: participant, dueAt: c.dueAt, eventId: c.eventId,
+                        eventType: c.eventType, lateMs: Int64((max(0, c.lateness) * 1000).rounded()), at: c.claimedAt
+                    ))
+            }
+        }
+    }
+
+    /// The marks of `sagaIds`, removed: they go onto those sagas' messages about to be written.
+    func takeMarks(for sagaIds: Set<String>) -> [String: [Deadline.Mark]] {
+        state.withLock { counts in
+            var taken: [String: [Deadline.Mark]] = [:]
+            for id in sagaIds { if let marks = counts.marks.removeValue(forKey: id) { taken[id] = marks } }
+            return taken
+        }
+    }
 }
 
 /// The deadline table's statements.
@@ -131,56 +186,90 @@ enum Deadlines {
             guard ledger.handled.contains(event.type) else {
                 throw EventEncodingError("deadline \(name): \(service) has no handler for \(event.type)")
             }
-            guard
-                let violations = ledger.codec.registry.validate(
-                    type: event.type, version: event.version, data: event.data)
-            else { throw EventEncodingError("deadline \(name): no schema for \(event.type) v\(event.version)") }
-            guard violations.isEmpty else {
-                throw EventEncodingError(
-                    "deadline \(name): \(event.type) v\(event.version) breaks its schema: "
-                        + EventCodec.describe(violations))
-            }
+            try validate(event, name: name, codec: ledger.codec)
         }
         let dueSQL: String
         let dueBind: any PostgresEncodable
-        let dueDate: Date
         switch due {
         case .at(let date):
             dueSQL = "$3::timestamptz"
             dueBind = date
-            dueDate = date
         case .after(let delay):
             dueSQL = "clock_timestamp() + $3::float8 * interval '1 second'"
             dueBind = delay.milliseconds / 1000
-            dueDate = Date().addingTimeInterval(delay.milliseconds / 1000)
         }
-        try await connection.execute(
+        let rows = try await connection.query(
             """
             INSERT INTO saga_deadlines
                 (saga_id, name, due_at, event_id, event_type, event_version, data, causation_id, traceparent)
             VALUES ($1, $2, \(dueSQL), $4::uuid, $5, $6, $7::jsonb, $8::uuid, NULLIF($9, ''))
-            ON CONFLICT (saga_id, name) DO UPDATE SET
-                id = nextval(pg_get_serial_sequence('saga_deadlines', 'id')), due_at = excluded.due_at,
-                event_id = excluded.event_id, event_type = excluded.event_type,
-                event_version = excluded.event_version, data = excluded.data,
-                causation_id = excluded.causation_id, traceparent = excluded.traceparent,
-                created_at = clock_timestamp()
+            \(onConflict)
+            RETURNING due_at
             """,
             [
                 cause.sagaId, name, dueBind, event.id.uuidString.lowercased(), event.type, event.version,
                 String(decoding: event.data.serialized(), as: UTF8.self), cause.id.uuidString.lowercased(),
                 event.traceparent ?? "",
             ])
-        ledger?.scheduled(due: dueDate)
+        let dueAt: Date = try rows[0].decode("due_at")
+        ledger?.scheduled(sagaId: cause.sagaId, name: name, due: dueAt, event: event)
+    }
+
+    /// Replaces the deadline of the same saga and name (a new id: it is a new deadline).
+    static let onConflict = """
+        ON CONFLICT (saga_id, name) DO UPDATE SET
+            id = nextval(pg_get_serial_sequence('saga_deadlines', 'id')), due_at = excluded.due_at,
+            event_id = excluded.event_id, event_type = excluded.event_type,
+            event_version = excluded.event_version, data = excluded.data,
+            causation_id = excluded.causation_id, traceparent = excluded.traceparent,
+            created_at = clock_timestamp()
+        """
+
+    /// Checks a deadline's event against its schema, as the outbox checks an emitted event.
+    static func validate(_ event: EventEnvelope, name: String, codec: EventCodec) throws(EventEncodingError) {
+        guard let violations = codec.registry.validate(type: event.type, version: event.version, data: event.data)
+        else { throw EventEncodingError("deadline \(name): no schema for \(event.type) v\(event.version)") }
+        guard violations.isEmpty else {
+            throw EventEncodingError(
+                "deadline \(name): \(event.type) v\(event.version) breaks its schema: "
+                    + EventCodec.describe(violations))
+        }
+    }
+
+    /// A deleted (cancelled) deadline.
+    struct Cancelled: Sendable {
+        let sagaId: String
+        let dueAt: Date
+        let eventId: UUID
+        let eventType: String
     }
 
     static func cancel(sagaId: String, name: String, ledger: DeadlineLedger?, on connection: PostgresTransaction)
-        async throws(PostgresError) -> Bool
+        async throws -> Bool
     {
-        let deleted = try await connection.execute(
-            "DELETE FROM saga_deadlines WHERE saga_id = $1 AND name = $2", [sagaId, name])
-        if deleted > 0 { ledger?.cancelled() }
-        return deleted > 0
+        !(try await cancel(sagaIds: [sagaId], name: name, ledger: ledger, on: connection)).isEmpty
+    }
+
+    /// Deletes the deadline `name` of each of `sagaIds`, in one statement; returns the saga ids that had one.
+    static func cancel(
+        sagaIds: Set<String>, name: String, ledger: DeadlineLedger?, on connection: PostgresTransaction
+    ) async throws -> Set<String> {
+        guard !sagaIds.isEmpty else { return [] }
+        let rows = try await connection.query(
+            """
+            DELETE FROM saga_deadlines WHERE name = $1 AND saga_id = ANY($2::text[])
+            RETURNING saga_id, due_at, event_id, event_type
+            """, [name, TextArray(sagaIds.sorted())])
+        var cancelled: [Cancelled] = []
+        cancelled.reserveCapacity(rows.count)
+        for row in rows {
+            cancelled.append(
+                Cancelled(
+                    sagaId: try row.decode("saga_id"), dueAt: try row.decode("due_at"),
+                    eventId: try row.decode("event_id"), eventType: try row.decode("event_type")))
+        }
+        ledger?.cancelled(cancelled, name: name)
+        return Set(cancelled.map(\.sagaId))
     }
 
     /// A claimed due deadline.
@@ -188,6 +277,13 @@ enum Deadlines {
         let id: Int64
         let sagaId: String
         let name: String
+        /// When it was due.
+        let dueAt: Date
+        /// When it was claimed, by the database's clock.
+        let claimedAt: Date
+        /// Its event's id and type.
+        let eventId: UUID
+        let eventType: String
         /// How late it is being fired, in seconds.
         let lateness: Double
         /// Its event as a consumed message of its type's topic (partition -1, offset the row's id).
@@ -200,7 +296,7 @@ enum Deadlines {
     {
         let rows = try await connection.query(
             """
-            SELECT id, saga_id, name, event_id, event_type, event_version, data::text AS data, causation_id,
+            SELECT id, saga_id, name, due_at, event_id, event_type, event_version, data::text AS data, causation_id,
                    traceparent, EXTRACT(EPOCH FROM clock_timestamp() - due_at)::float8 AS lateness,
                    clock_timestamp() AS now
             FROM saga_deadlines WHERE due_at <= clock_timestamp()
@@ -227,7 +323,9 @@ enum Deadlines {
             if let t = envelope.traceparent { headers.append(KafkaHeader(key: SagaHeader.traceparent, string: t)) }
             claimed.append(
                 Claimed(
-                    id: id, sagaId: sagaId, name: try row.decode("name"), lateness: try row.decode("lateness"),
+                    id: id, sagaId: sagaId, name: try row.decode("name"), dueAt: try row.decode("due_at"),
+                    claimedAt: envelope.occurredAt, eventId: envelope.id, eventType: type,
+                    lateness: try row.decode("lateness"),
                     message: KafkaMessage(
                         topic: topics.topic(for: type), partition: partition, offset: id, key: Array(sagaId.utf8),
                         value: envelope.serialized(), headers: headers, timestamp: nil)))
@@ -250,7 +348,7 @@ enum Deadlines {
 }
 
 /// The deadline metrics of a worker: scheduled, cancelled and fired deadlines, and how late they fire.
-struct DeadlineMetrics: Sendable {
+public struct DeadlineMetrics: Sendable {
     let scheduled: Counter
     let cancelled: Counter
     let fired: Counter
@@ -264,6 +362,14 @@ struct DeadlineMetrics: Sendable {
         cancelled = Counter(label: "saga_worker_deadlines_cancelled_total", dimensions: d)
         fired = Counter(label: "saga_worker_deadlines_fired_total", dimensions: d)
         lag = Metrics.Timer(label: "saga_worker_deadline_lag_seconds", dimensions: d, preferredDisplayUnit: .seconds)
+    }
+
+    /// Counts `count` deadlines of `service` scheduled outside its worker (``Deadline/insert(_:firstParameter:where:)``),
+    /// once their transaction committed, in the worker's `saga_worker_deadlines_scheduled_total` series.
+    public static func recordScheduled(service: String, count: Int = 1) {
+        guard count > 0 else { return }
+        Counter(label: "saga_worker_deadlines_scheduled_total", dimensions: [("service", service)])
+            .increment(by: count)
     }
 }
 

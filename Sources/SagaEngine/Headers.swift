@@ -8,6 +8,10 @@ public enum SagaHeader {
     public static let eventId = "saga-event-id"
     /// The W3C trace context of the event.
     public static let traceparent = "traceparent"
+    /// What happened to a deadline of the message's saga in the transaction that wrote the message: one header
+    /// per deadline scheduled, cancelled or fired, its value a ``Deadline/Mark`` as JSON
+    /// (`{"op","name","participant","dueAt","eventId","eventType","lateMs"?,"at"}`).
+    public static let deadline = "saga-deadline"
     // Dead letters keep the original message and say why and where it came from.
     /// On a dead letter: why the event was dead-lettered.
     public static let deadLetterReason = "dlq-reason"

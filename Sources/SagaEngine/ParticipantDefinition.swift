@@ -57,8 +57,13 @@ public struct ParticipantDefinition: Sendable {
 ///                .handles(PaymentCompleted.self)])
 /// ```
 ///
+/// A participant that delivers itself events through durable deadlines (``HandlerContext/scheduleDeadline(name:at:payload:)``,
+/// ``Deadline/insert(_:firstParameter:where:)``) declares their types in ``deadlines``, not in ``consumes``: its
+/// worker does not subscribe to their topics and refuses them from Kafka, so only its own deadlines deliver them.
+///
 /// Stored as JSON in the registry (`{"emits": [{"type", "kind", "outcome"?}], "consumes": [{"type",
-/// "waitingOn"?}]}`); ``SagaModel/init(declarations:)`` says how declarations combine.
+/// "waitingOn"?, "untilOutcome"}], "deadlines": [{"name", "type"}]}`; fields an older runtime did not write
+/// decode as their defaults); ``SagaModel/init(declarations:)`` says how declarations combine.
 public struct SagaDeclaration: Sendable, Codable, Hashable {
     /// An event type the participant emits, and what it means for the saga.
     public struct Emission: Sendable, Codable, Hashable {
@@ -107,15 +112,58 @@ public struct SagaDeclaration: Sendable, Codable, Hashable {
         /// the saga does not wait on it.
         public var waitingOn: String?
 
-        /// A consumption of `type`; `waitingOn` as in ``waitingOn``.
-        public init(type: String, waitingOn: String? = nil) {
+        /// True when the saga waits on this participant for ``waitingOn`` only until it has an outcome: once an
+        /// outcome event was seen, an event of this type no longer keeps the saga running (e.g. orders
+        /// consuming `inventory.released` to cancel the order: after a timeout cancelled it, a late release is
+        /// a compensation, not work the saga waits on). False by default.
+        public var untilOutcome: Bool
+
+        /// A consumption of `type`; `waitingOn` and `untilOutcome` as in ``waitingOn`` and ``untilOutcome``.
+        public init(type: String, waitingOn: String? = nil, untilOutcome: Bool = false) {
             self.type = type
             self.waitingOn = waitingOn
+            self.untilOutcome = untilOutcome
         }
 
-        /// The participant handles `payload`; `waitingOn` as in ``waitingOn``.
-        public static func handles<P: EventPayload>(_ payload: P.Type, waitingOn: String? = nil) -> Consumption {
-            Consumption(type: P.eventType, waitingOn: waitingOn)
+        /// The participant handles `payload`; `waitingOn` and `untilOutcome` as in ``waitingOn`` and
+        /// ``untilOutcome``.
+        public static func handles<P: EventPayload>(
+            _ payload: P.Type, waitingOn: String? = nil, untilOutcome: Bool = false
+        ) -> Consumption {
+            Consumption(type: P.eventType, waitingOn: waitingOn, untilOutcome: untilOutcome)
+        }
+
+        private enum CodingKeys: String, CodingKey {
+            case type, waitingOn, untilOutcome
+        }
+
+        /// Decodes a consumption; `untilOutcome` is false when absent (registered by an older runtime).
+        public init(from decoder: any Decoder) throws {
+            let c = try decoder.container(keyedBy: CodingKeys.self)
+            type = try c.decode(String.self, forKey: .type)
+            waitingOn = try c.decodeIfPresent(String.self, forKey: .waitingOn)
+            untilOutcome = try c.decodeIfPresent(Bool.self, forKey: .untilOutcome) ?? false
+        }
+    }
+
+    /// A deadline the participant schedules for its sagas: its name (one deadline of that name per saga) and
+    /// the event type it delivers to the participant's own handler when it falls. That type has a schema and a
+    /// handler in the participant, but no topic: it never travels on Kafka.
+    public struct DeadlineDeclaration: Sendable, Codable, Hashable {
+        /// The deadline's name, e.g. "order".
+        public var name: String
+        /// The event type its firing delivers, e.g. "order.expired".
+        public var type: String
+
+        /// A deadline `name` delivering `type`.
+        public init(name: String, type: String) {
+            self.name = name
+            self.type = type
+        }
+
+        /// The deadline `name`, delivering `payload`'s type when it falls.
+        public static func deadline<P: EventPayload>(_ payload: P.Type, name: String) -> DeadlineDeclaration {
+            DeadlineDeclaration(name: name, type: P.eventType)
         }
     }
 
@@ -123,10 +171,25 @@ public struct SagaDeclaration: Sendable, Codable, Hashable {
     public var emits: [Emission]
     /// The event types the participant consumes.
     public var consumes: [Consumption]
+    /// The deadlines it schedules, whose event types only its own deadlines deliver (not in ``consumes``).
+    public var deadlines: [DeadlineDeclaration]
 
-    /// A declaration of what the participant emits and consumes.
-    public init(emits: [Emission] = [], consumes: [Consumption] = []) {
+    /// A declaration of what the participant emits, consumes and delivers itself through deadlines.
+    public init(emits: [Emission] = [], consumes: [Consumption] = [], deadlines: [DeadlineDeclaration] = []) {
         self.emits = emits
         self.consumes = consumes
+        self.deadlines = deadlines
+    }
+
+    private enum CodingKeys: String, CodingKey {
+        case emits, consumes, deadlines
+    }
+
+    /// Decodes a declaration; `deadlines` is empty when absent (registered by an older runtime).
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        emits = try c.decode([Emission].self, forKey: .emits)
+        consumes = try c.decode([Consumption].self, forKey: .consumes)
+        deadlines = try c.decodeIfPresent([DeadlineDeclaration].self, forKey: .deadlines) ?? []
     }
 }

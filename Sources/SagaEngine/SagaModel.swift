@@ -45,17 +45,41 @@ public struct SagaModel: Sendable, Hashable {
     public var outcomes: [String: Outcome]
     /// The participants the model was assembled from, sorted.
     public var participants: [String]
+    /// Like ``waitingOn``, once the saga has an outcome: only the consumptions that wait on their participant
+    /// after it too (``SagaDeclaration/Consumption/untilOutcome`` false).
+    public var waitingAfterOutcome: [String: String]
+    /// The deadline event types (``SagaDeclaration/deadlines``): who schedules them, under which name. They
+    /// are not in ``eventTypes`` (they have no topic).
+    public var deadlines: [String: DeadlineOwner]
 
-    /// A model from its parts (``init(declarations:)`` assembles one from the participants' declarations).
+    /// The participant that schedules a deadline, and the deadline's name.
+    public struct DeadlineOwner: Sendable, Hashable {
+        /// The participant whose deadline it is (and whose handler its event is delivered to).
+        public var participant: String
+        /// The deadline's name.
+        public var name: String
+
+        /// The deadline `name` of `participant`.
+        public init(participant: String, name: String) {
+            self.participant = participant
+            self.name = name
+        }
+    }
+
+    /// A model from its parts (``init(declarations:)`` assembles one from the participants' declarations);
+    /// `waitingAfterOutcome` nil: the same as `waitingOn`.
     public init(
         eventTypes: [String], kinds: [String: Kind], waitingOn: [String: String], outcomes: [String: Outcome],
-        participants: [String] = []
+        participants: [String] = [], waitingAfterOutcome: [String: String]? = nil,
+        deadlines: [String: DeadlineOwner] = [:]
     ) {
         self.eventTypes = eventTypes
         self.kinds = kinds
         self.waitingOn = waitingOn
         self.outcomes = outcomes
         self.participants = participants
+        self.waitingAfterOutcome = waitingAfterOutcome ?? waitingOn
+        self.deadlines = deadlines
     }
 
     /// The model of a saga whose participants declared `declarations` (participant name → its part).
@@ -65,11 +89,16 @@ public struct SagaModel: Sendable, Hashable {
     ///   the same type differently, the first by name wins. A type nobody emits is a ``Kind/step``.
     /// - Waiting: a type that participants consume with a ``SagaDeclaration/Consumption/waitingOn`` text
     ///   waits on `"<participant>: <text>"`; several such participants are listed by name, joined by `"; "`.
+    ///   ``waitingAfterOutcome`` is built the same way from the consumptions without
+    ///   ``SagaDeclaration/Consumption/untilOutcome``.
+    /// - Deadlines: each participant's ``SagaDeclaration/deadlines`` by event type (the first by name wins).
     public init(declarations: [String: SagaDeclaration]) {
         var types = Set<String>()
         var kinds: [String: Kind] = [:]
         var outcomes: [String: Outcome] = [:]
         var waiting: [String: [String]] = [:]
+        var waitingAfter: [String: [String]] = [:]
+        var deadlines: [String: DeadlineOwner] = [:]
         for name in declarations.keys.sorted() {
             let declaration = declarations[name]!
             for emitted in declaration.emits {
@@ -83,12 +112,19 @@ public struct SagaModel: Sendable, Hashable {
             }
             for consumed in declaration.consumes {
                 types.insert(consumed.type)
-                if let text = consumed.waitingOn { waiting[consumed.type, default: []].append("\(name): \(text)") }
+                if let text = consumed.waitingOn {
+                    waiting[consumed.type, default: []].append("\(name): \(text)")
+                    if !consumed.untilOutcome { waitingAfter[consumed.type, default: []].append("\(name): \(text)") }
+                }
+            }
+            for deadline in declaration.deadlines where deadlines[deadline.type] == nil {
+                deadlines[deadline.type] = DeadlineOwner(participant: name, name: deadline.name)
             }
         }
         self.init(
             eventTypes: types.sorted(), kinds: kinds, waitingOn: waiting.mapValues { $0.joined(separator: "; ") },
-            outcomes: outcomes, participants: declarations.keys.sorted())
+            outcomes: outcomes, participants: declarations.keys.sorted(),
+            waitingAfterOutcome: waitingAfter.mapValues { $0.joined(separator: "; ") }, deadlines: deadlines)
     }
 
     /// What events of `type` mean for the saga (``Kind/step`` for a type nobody declared).

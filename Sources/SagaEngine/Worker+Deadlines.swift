@@ -60,6 +60,7 @@ extension Worker {
                         limit: configuration.deadlineBatchSize, service: configuration.name,
                         topics: configuration.topics, on: connection)
                     guard !claimed.isEmpty else { return (claimed, Outcome()) }
+                    ledger.fired(claimed)
                     let messages = claimed.map(\.message)
                     let outcome =
                         isolate

@@ -107,6 +107,9 @@ public final class Worker: Service, Sendable {
     private let migrations: [PostgresMigration]
     /// The participant it runs, registered when it starts (nil: a bare worker, registered nowhere).
     private let definition: ParticipantDefinition?
+    /// The event types only the participant's own deadlines deliver (``SagaDeclaration/deadlines``): not
+    /// subscribed to, and refused from Kafka.
+    let deadlineTypes: Set<String>
     let logger: Logger
     private let state = Mutex(WorkerStats())
     private let metrics: WorkerMetrics
@@ -140,18 +143,44 @@ public final class Worker: Service, Sendable {
 
     /// The worker of a participant: `definition`'s handlers, upcasters and migrations, and a codec that
     /// validates with the schemas it supplies plus the runtime's envelope schema. ``run()`` migrates its
-    /// database and registers its part of the saga (``ServiceDatabase/prepare(_:logger:)``).
-    /// - Throws: `SchemaRegistry.LoadError` when one of `definition`'s schemas does not compile.
+    /// database and registers its part of the saga (``ServiceDatabase/prepare(_:logger:)``). It does not
+    /// subscribe to the topics of the declaration's deadline types (``SagaDeclaration/deadlines``), and
+    /// dead-letters an event of such a type that comes from Kafka: only its own deadlines deliver them.
+    /// - Throws: ``DefinitionError`` when one of `definition`'s schemas does not compile, or a deadline type
+    ///   of its declaration has no handler or no schema.
     public convenience init(
         configuration: WorkerConfiguration, definition: ParticipantDefinition,
         middleware: [HandlerMiddleware] = [tracingMiddleware, loggingMiddleware],
         batchMiddleware: [BatchHandlerMiddleware] = [batchTracingMiddleware, batchLoggingMiddleware],
         logger: Logger
-    ) throws(SchemaRegistry.LoadError) {
+    ) throws(DefinitionError) {
+        let registry: SchemaRegistry
+        do { registry = try definition.schemaRegistry() } catch { throw DefinitionError(error.description) }
+        for deadline in definition.declaration.deadlines {
+            guard let handler = definition.handlers.first(where: { $0.eventType == deadline.type }) else {
+                throw DefinitionError(
+                    "\(definition.name): deadline \(deadline.name) delivers \(deadline.type), which it has no handler for"
+                )
+            }
+            guard registry.versions(of: deadline.type).contains(handler.version) else {
+                throw DefinitionError(
+                    "\(definition.name): deadline \(deadline.name) delivers \(deadline.type) v\(handler.version), "
+                        + "which has no schema")
+            }
+        }
         self.init(
             configuration: configuration, handlers: definition.handlers, upcasters: definition.upcasters,
-            migrations: definition.migrations, registry: try definition.schemaRegistry(), definition: definition,
+            migrations: definition.migrations, registry: registry, definition: definition,
             middleware: middleware, batchMiddleware: batchMiddleware, logger: logger)
+    }
+
+    /// Why a participant's worker cannot be made from its definition.
+    public struct DefinitionError: Error, Sendable, CustomStringConvertible {
+        /// What is wrong.
+        public var reason: String
+        /// An error with `reason`.
+        public init(_ reason: String) { self.reason = reason }
+        public var description: String { reason }
     }
 
     private init(
@@ -161,6 +190,7 @@ public final class Worker: Service, Sendable {
     ) {
         self.configuration = configuration
         self.definition = definition
+        self.deadlineTypes = Set(definition?.declaration.deadlines.map(\.type) ?? [])
         self.handlers = Dictionary(
             handlers.map { ($0.eventType, $0.wrapped(in: middleware)) }, uniquingKeysWith: { a, _ in a })
         var batchHandlers: [ObjectIdentifier: BatchHandler] = [:]
@@ -181,8 +211,10 @@ public final class Worker: Service, Sendable {
     /// Its counters so far.
     public var stats: WorkerStats { state.withLock { $0 } }
 
-    /// The topics this worker consumes.
-    public var subscribedTopics: [String] { handlers.keys.sorted().map(configuration.topics.topic(for:)) }
+    /// The topics this worker consumes: those of its handlers' types, except the deadline types.
+    public var subscribedTopics: [String] {
+        handlers.keys.sorted().filter { !deadlineTypes.contains($0) }.map(configuration.topics.topic(for:))
+    }
 
     /// Runs until graceful shutdown (SIGTERM/SIGINT through a ServiceGroup) or cancellation. The batch in
     /// flight finishes (or rolls back) first, then offsets are committed and the consumer leaves its group. On
@@ -354,7 +386,25 @@ public final class Worker: Service, Sendable {
     }
 
     /// A ledger for the deadlines one transaction's handlers schedule and cancel.
-    func deadlineLedger() -> DeadlineLedger { DeadlineLedger(codec: codec, handled: Set(handlers.keys)) }
+    func deadlineLedger() -> DeadlineLedger {
+        DeadlineLedger(codec: codec, handled: Set(handlers.keys), participant: configuration.name)
+    }
+
+    /// The outbox rows of `emitted`, encoded (validated), each message of a saga with deadline marks in `ledger`
+    /// carrying them as `saga-deadline` headers (the marks are taken: they go on this transaction's messages).
+    private func outboxRows(_ emitted: [OutgoingEvent], ledger: DeadlineLedger) throws(EventEncodingError) -> [(
+        sagaId: String, eventId: UUID?, eventType: String?, message: KafkaOutgoingMessage
+    )] {
+        let marks = ledger.takeMarks(for: Set(emitted.map(\.envelope.sagaId)))
+        var rows: [(sagaId: String, eventId: UUID?, eventType: String?, message: KafkaOutgoingMessage)] = []
+        rows.reserveCapacity(emitted.count)
+        for out in emitted {
+            var message = try codec.encode(out)
+            if let marks = marks[out.envelope.sagaId] { message.headers += marks.map(\.header) }
+            rows.append((out.envelope.sagaId, out.envelope.id, out.envelope.type, message))
+        }
+        return rows
+    }
 
     /// A handler failed for good in a batch run without savepoints: run it again with them.
     struct NeedsIsolation: Error {}
@@ -455,12 +505,7 @@ public final class Worker: Service, Sendable {
                     }
                 }
             }
-            var rows: [(sagaId: String, eventId: UUID?, eventType: String?, message: KafkaOutgoingMessage)] = []
-            rows.reserveCapacity(emitted.count)
-            for out in emitted {
-                rows.append((out.envelope.sagaId, out.envelope.id, out.envelope.type, try codec.encode(out)))
-            }
-            try await Outbox.append(rows, on: connection)
+            try await Outbox.append(try outboxRows(emitted, ledger: ledger), on: connection)
         } catch {
             if case .eventFault = Failure(error) { throw NeedsIsolation() }
             throw error
@@ -557,6 +602,9 @@ public final class Worker: Service, Sendable {
         guard let type = configuration.topics.eventType(ofTopic: message.topic), let handler = handlers[type] else {
             throw EventDecodingError("no handler for topic \(message.topic)")
         }
+        guard message.partition == Deadlines.partition || !deadlineTypes.contains(type) else {
+            throw EventDecodingError("\(type) is delivered by \(configuration.name)'s deadlines only, not from Kafka")
+        }
         return (handler, try codec.decode(message, targetVersion: handler.version))
     }
 
@@ -575,11 +623,7 @@ public final class Worker: Service, Sendable {
         let started = ContinuousClock.now
         let emitted = try await handler.handle(event, context)
         let took = ContinuousClock.now - started
-        var rows: [(sagaId: String, eventId: UUID?, eventType: String?, message: KafkaOutgoingMessage)] = []
-        for out in emitted {
-            rows.append((out.envelope.sagaId, out.envelope.id, out.envelope.type, try codec.encode(out)))
-        }
-        try await Outbox.append(rows, on: connection)
+        try await Outbox.append(try outboxRows(emitted, ledger: ledger), on: connection)
         return .handled(took)
     }
 

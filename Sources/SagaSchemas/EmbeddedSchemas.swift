@@ -451,6 +451,61 @@ enum EmbeddedSchemas {
 """#
         ),
         (
+            type: "order.cancelled", version: 2,
+            json: #"""
+{
+  "$schema": "https://json-schema.org/draft/2020-12/schema",
+  "$id": "saga:order.cancelled/v2",
+  "title": "order.cancelled v2",
+  "description": "The order was cancelled; the saga ends after compensation (if any). v2 adds the reason `timeout` (no outcome before the order's deadline); a v1 payload is a valid v2 payload.",
+  "type": "object",
+  "additionalProperties": false,
+  "required": [
+    "orderId",
+    "customerId",
+    "reason",
+    "detail"
+  ],
+  "properties": {
+    "orderId": {
+      "description": "The order this saga is about; also the saga's correlation key.",
+      "type": "string",
+      "format": "uuid"
+    },
+    "customerId": {
+      "description": "Opaque identifier of the customer who placed the order.",
+      "type": "string",
+      "minLength": 1,
+      "maxLength": 200
+    },
+    "reason": {
+      "description": "Machine-readable cause: inventory rejected the order (out_of_stock), billing declined the payment (payment_declined), or the order reached its deadline without an outcome (timeout).",
+      "type": "string",
+      "enum": [
+        "out_of_stock",
+        "payment_declined",
+        "timeout"
+      ]
+    },
+    "detail": {
+      "description": "Human-readable detail; may be empty.",
+      "type": "string",
+      "minLength": 0,
+      "maxLength": 500
+    }
+  },
+  "examples": [
+    {
+      "orderId": "7d444840-9dc0-11d1-b245-5ffdce74fad2",
+      "customerId": "c-42",
+      "reason": "timeout",
+      "detail": "no outcome by 2024-05-01T12:45:00.000Z"
+    }
+  ]
+}
+"""#
+        ),
+        (
             type: "order.confirmed", version: 1,
             json: ##"""
 {
@@ -723,6 +778,57 @@ enum EmbeddedSchemas {
 """##
         ),
         (
+            type: "order.expired", version: 1,
+            json: #"""
+{
+  "$schema": "https://json-schema.org/draft/2020-12/schema",
+  "$id": "saga:order.expired/v1",
+  "title": "order.expired v1",
+  "description": "The order's deadline passed. A deadline event: orders schedules it when the order is placed and receives it from its own deadline table when it falls due; it is never published on Kafka.",
+  "type": "object",
+  "additionalProperties": false,
+  "required": [
+    "orderId",
+    "customerId",
+    "dueAt",
+    "timeoutSeconds"
+  ],
+  "properties": {
+    "orderId": {
+      "description": "The order this saga is about; also the saga's correlation key.",
+      "type": "string",
+      "format": "uuid"
+    },
+    "customerId": {
+      "description": "Opaque identifier of the customer who placed the order.",
+      "type": "string",
+      "minLength": 1,
+      "maxLength": 200
+    },
+    "dueAt": {
+      "description": "When the deadline falls due: the order's deadline_at (RFC 3339).",
+      "type": "string",
+      "format": "date-time"
+    },
+    "timeoutSeconds": {
+      "description": "The order's time limit in seconds, from its placement to dueAt.",
+      "type": "integer",
+      "minimum": 1,
+      "maximum": 604800
+    }
+  },
+  "examples": [
+    {
+      "orderId": "7d444840-9dc0-11d1-b245-5ffdce74fad2",
+      "customerId": "c-42",
+      "dueAt": "2024-05-01T12:45:00.000Z",
+      "timeoutSeconds": 900
+    }
+  ]
+}
+"""#
+        ),
+        (
             type: "payment.completed", version: 1,
             json: ##"""
 {
@@ -871,6 +977,96 @@ enum EmbeddedSchemas {
         "amount": 2500,
         "currency": "EUR"
       }
+    }
+  ]
+}
+"""##
+        ),
+        (
+            type: "payment.refunded", version: 1,
+            json: ##"""
+{
+  "$schema": "https://json-schema.org/draft/2020-12/schema",
+  "$id": "saga:payment.refunded/v1",
+  "title": "payment.refunded v1",
+  "description": "Billing refunded the charge of a cancelled order (a compensation): the amount is credited back to the customer.",
+  "type": "object",
+  "additionalProperties": false,
+  "required": [
+    "orderId",
+    "customerId",
+    "paymentId",
+    "refundId",
+    "amount",
+    "reason"
+  ],
+  "properties": {
+    "orderId": {
+      "description": "The order this saga is about; also the saga's correlation key.",
+      "type": "string",
+      "format": "uuid"
+    },
+    "customerId": {
+      "description": "Opaque identifier of the customer who placed the order.",
+      "type": "string",
+      "minLength": 1,
+      "maxLength": 200
+    },
+    "paymentId": {
+      "description": "Identifier of the payment refunded (the paymentId of its payment.completed).",
+      "type": "string",
+      "format": "uuid"
+    },
+    "refundId": {
+      "description": "Identifier of this refund.",
+      "type": "string",
+      "format": "uuid"
+    },
+    "amount": {
+      "description": "Amount refunded: the whole amount charged.",
+      "$ref": "#/$defs/Money"
+    },
+    "reason": {
+      "description": "Human-readable cause, e.g. `order cancelled: timeout`.",
+      "type": "string",
+      "minLength": 1,
+      "maxLength": 500
+    }
+  },
+  "$defs": {
+    "Money": {
+      "description": "An amount of money in integer minor units (cents for EUR) of a currency.",
+      "type": "object",
+      "additionalProperties": false,
+      "required": [
+        "amount",
+        "currency"
+      ],
+      "properties": {
+        "amount": {
+          "description": "Amount in minor units of the currency, never negative.",
+          "type": "integer",
+          "minimum": 0
+        },
+        "currency": {
+          "description": "ISO 4217 alphabetic currency code.",
+          "type": "string",
+          "pattern": "^[A-Z]{3}$"
+        }
+      }
+    }
+  },
+  "examples": [
+    {
+      "orderId": "7d444840-9dc0-11d1-b245-5ffdce74fad2",
+      "customerId": "c-42",
+      "paymentId": "9f1c3a52-8d7e-4b61-a0f4-6c2d5e8b7a19",
+      "refundId": "3c7e9b1a-5d2f-4e8a-b6c4-1f0a9d8e7b25",
+      "amount": {
+        "amount": 2500,
+        "currency": "EUR"
+      },
+      "reason": "order cancelled: timeout"
     }
   ]
 }

@@ -261,8 +261,9 @@ public struct OrderConfirmed: EventPayload, Hashable {
     }
 }
 
-/// `order.cancelled` v1: the order will not be fulfilled (the outcome "cancelled", detailed by `reason`).
-public struct OrderCancelled: EventPayload, Hashable {
+/// `order.cancelled` v1: the order will not be fulfilled. Superseded by v2 (orders emits v2); kept for the
+/// upcaster and for events written before v2.
+public struct OrderCancelledV1: EventPayload, Hashable {
     public static let eventType = "order.cancelled"
     public static let eventVersion = 1
     /// Why the order was cancelled.
@@ -289,6 +290,101 @@ public struct OrderCancelled: EventPayload, Hashable {
     }
 }
 
+/// `order.cancelled` v2: the order will not be fulfilled (the outcome "cancelled", detailed by `reason`).
+/// Inventory and billing consume it to undo what they did for the order.
+public struct OrderCancelled: EventPayload, Hashable {
+    public static let eventType = "order.cancelled"
+    public static let eventVersion = 2
+    /// Why the order was cancelled.
+    public enum Reason: String, Codable, Sendable {
+        /// Inventory rejected the order.
+        case outOfStock = "out_of_stock"
+        /// Billing declined the payment (inventory released the stock).
+        case paymentDeclined = "payment_declined"
+        /// The order had no outcome by its deadline (`order.expired`).
+        case timeout = "timeout"
+    }
+    /// The order this saga is about; also the saga's correlation key.
+    public var orderId: String
+    /// The customer who placed the order.
+    public var customerId: String
+    /// Why the order was cancelled.
+    public var reason: Reason
+    /// A human-readable detail; may be empty.
+    public var detail: String
+
+    /// v1 → v2: identity (v2 only adds the reason `timeout`).
+    public static let upcasterFromV1 = Upcaster(type: eventType, from: 1) { v1 in
+        let old = try v1.decode(OrderCancelledV1.self)
+        let reason: Reason =
+            switch old.reason {
+            case .outOfStock: .outOfStock
+            case .paymentDeclined: .paymentDeclined
+            }
+        return try JSONValue(
+            encoding: OrderCancelled(
+                orderId: old.orderId, customerId: old.customerId, reason: reason, detail: old.detail))
+    }
+
+    /// The event from its fields.
+    public init(orderId: String, customerId: String, reason: Reason, detail: String) {
+        self.orderId = orderId
+        self.customerId = customerId
+        self.reason = reason
+        self.detail = detail
+    }
+}
+
+/// `order.expired` v1: the order's deadline passed. A deadline event of orders: scheduled when the order is
+/// placed, delivered to orders' own handler when due, never published on Kafka (so not in `sagaEventTypes`).
+public struct OrderExpired: EventPayload, Hashable {
+    public static let eventType = "order.expired"
+    public static let eventVersion = 1
+    /// The order this saga is about; also the saga's correlation key.
+    public var orderId: String
+    /// The customer who placed the order.
+    public var customerId: String
+    /// When the deadline falls due (the order's `deadline_at`), RFC 3339.
+    public var dueAt: String
+    /// The order's time limit in seconds, from placement to `dueAt`.
+    public var timeoutSeconds: Int
+    /// The event from its fields.
+    public init(orderId: String, customerId: String, dueAt: String, timeoutSeconds: Int) {
+        self.orderId = orderId
+        self.customerId = customerId
+        self.dueAt = dueAt
+        self.timeoutSeconds = timeoutSeconds
+    }
+}
+
+/// `payment.refunded` v1: billing refunded the charge of a cancelled order (a compensation).
+public struct PaymentRefunded: EventPayload, Hashable {
+    public static let eventType = "payment.refunded"
+    public static let eventVersion = 1
+    /// The order this saga is about; also the saga's correlation key.
+    public var orderId: String
+    /// The customer who placed the order.
+    public var customerId: String
+    /// The refunded payment (the `paymentId` of its `payment.completed`).
+    public var paymentId: String
+    /// This refund's id.
+    public var refundId: String
+    /// The amount refunded: the whole charge.
+    public var amount: Money
+    /// Why, e.g. `order cancelled: timeout`.
+    public var reason: String
+    /// The event from its fields.
+    public init(orderId: String, customerId: String, paymentId: String, refundId: String, amount: Money, reason: String)
+    {
+        self.orderId = orderId
+        self.customerId = customerId
+        self.paymentId = paymentId
+        self.refundId = refundId
+        self.amount = amount
+        self.reason = reason
+    }
+}
+
 /// Every event type of the saga, in flow order.
 public let sagaEventTypes = [
     OrderCreatedV2.eventType, InventoryReserved.eventType, InventoryRejected.eventType, PaymentCompleted.eventType,
@@ -296,7 +392,7 @@ public let sagaEventTypes = [
 ]
 
 /// Upcasters of every event type that has more than one version.
-public let sagaUpcasters = [OrderCreatedV2.upcasterFromV1]
+public let sagaUpcasters = [OrderCreatedV2.upcasterFromV1, OrderCancelled.upcasterFromV1]
 
 /// One kind of event a service publishes: its type and version.
 public struct EmittedEvent: Sendable, Hashable {

@@ -86,7 +86,9 @@ enum AsyncAPIDocument {
                     ))
             }
             for service in services {
-                for handler in service.handlers where handler.eventType == type {
+                // A deadline type is delivered by its service's own deadlines, never read from a topic.
+                let deadlineTypes = Set(service.declaration.deadlines.map(\.type))
+                for handler in service.handlers where handler.eventType == type && !deadlineTypes.contains(type) {
                     let versions = accepted(type, upTo: handler.version)
                     operations.append(
                         (

@@ -4,12 +4,16 @@ import SagaEngine
 
 /// The CLI's configuration: every daemon setting (``DaemonEnvironment``, for orders, inventory, billing and the
 /// tracker), read through this struct as if its own, and what only the orders service reads: the port of its
-/// HTTP API and the `order.created` version it emits. Every variable is listed in the README with its default.
+/// HTTP API, the `order.created` version it emits and its orders' default deadline. Every variable is listed in the
+/// README with its default.
 @dynamicMemberLookup
 struct SagaEnvironment: Sendable {
     var daemon: DaemonEnvironment
     var httpPort: Int
     var orderCreatedVersion: Int
+    /// How long after placement an order times out (`SAGA_ORDER_DEADLINE`, default 15m); nil (`0s`): no deadline
+    /// unless a request asks for one.
+    var orderDeadline: Duration?
 
     /// The databases the commands use: the three services' and the tracker's.
     static let databases = ["orders", "inventory", "billing", "tracker"]
@@ -27,7 +31,20 @@ struct SagaEnvironment: Sendable {
             daemon: daemon,
             httpPort: try DaemonEnvironment.integer("SAGA_HTTP_PORT", in: env, default: 8080, 0...65535),
             orderCreatedVersion: try DaemonEnvironment.integer(
-                "SAGA_ORDER_CREATED_VERSION", in: env, default: 2, 1...2))
+                "SAGA_ORDER_CREATED_VERSION", in: env, default: 2, 1...2),
+            orderDeadline: try parseOrderDeadline(env["SAGA_ORDER_DEADLINE"]))
+    }
+
+    /// The default order deadline: `raw` (default `15m`), from 1s to 7d, or `0s` for none.
+    static func parseOrderDeadline(_ raw: String?) throws(ConfigurationError) -> Duration? {
+        guard let raw else { return .seconds(15 * 60) }
+        guard let duration = DurationParser.parse(raw),
+            duration == .zero || (.seconds(1)...Duration.seconds(7 * 86_400)).contains(duration)
+        else {
+            throw ConfigurationError(
+                "SAGA_ORDER_DEADLINE='\(raw)': expected a duration from 1s to 7d (e.g. 15m), or 0s for none")
+        }
+        return duration == .zero ? nil : duration
     }
 
     subscript<Value>(dynamicMember keyPath: WritableKeyPath<DaemonEnvironment, Value>) -> Value {
@@ -45,7 +62,7 @@ struct SagaEnvironment: Sendable {
 
     /// Every SAGA_* variable the commands and scripts read.
     static let knownVariables: Set<String> = DaemonEnvironment.knownVariables(databases: databases).union([
-        "SAGA_HTTP_PORT", "SAGA_ORDER_CREATED_VERSION",
+        "SAGA_HTTP_PORT", "SAGA_ORDER_CREATED_VERSION", "SAGA_ORDER_DEADLINE",
         // scripts/ and the tests
         "SAGA_PG_PORT", "SAGA_PG_FSYNC", "SAGA_PG_DB", "SAGA_PG_DIR", "SAGA_ROOT", "SAGA_LOCAL", "SAGA_PIDS",
         "SAGA_STARTED_PG",

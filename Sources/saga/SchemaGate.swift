@@ -12,6 +12,8 @@ import SagaServices
 ///   or disappeared: events already in topics and outboxes were written against it;
 /// - a version N > 1 without version N - 1, or without an upcaster from N - 1 in the code;
 /// - a consumer's handled version that has no schema, or that nothing produces or upcasts to;
+/// - a deadline type (delivered by a participant's own deadlines, never on Kafka) whose handled version has no
+///   schema;
 /// - a produced version that has no schema, or that is newer than a consumer of its type handles (the consumer
 ///   would dead-letter it).
 struct SchemaGate {
@@ -20,7 +22,11 @@ struct SchemaGate {
         /// `(type, from version)` of every upcaster.
         var upcasters: Set<SchemaKey>
         var produced: [EmittedEvent]
+        /// The handlers of event types consumed from Kafka (deadline types excluded).
         var consumers: [(service: String, type: String, version: Int)]
+        /// The handlers of deadline types (``SagaDeclaration/deadlines``): produced by their own service's
+        /// deadlines, not by an emitter.
+        var deadlines: [(service: String, type: String, version: Int)] = []
     }
 
     /// Every problem found, one sentence each; empty when the gate passes.
@@ -85,6 +91,11 @@ struct SchemaGate {
                         + "which \(consumer.service) handles: it would dead-letter them")
             }
         }
+        for deadline in code.deadlines
+        where current[SchemaKey(type: deadline.type, version: deadline.version)] == nil {
+            problems.append(
+                "\(deadline.service)'s deadline delivers \(deadline.type) v\(deadline.version), which has no schema")
+        }
         return problems
     }
 
@@ -94,7 +105,16 @@ struct SchemaGate {
             upcasters: Set(sagaUpcasters.map { SchemaKey(type: $0.type, version: $0.fromVersion) }),
             produced: sagaEmittedEvents,
             consumers: sagaServiceDefinitions.flatMap { definition in
-                definition.handlers.map { (definition.name, $0.eventType, $0.version) }
+                let deadlines = Set(definition.declaration.deadlines.map(\.type))
+                return definition.handlers.filter { !deadlines.contains($0.eventType) }.map {
+                    (definition.name, $0.eventType, $0.version)
+                }
+            },
+            deadlines: sagaServiceDefinitions.flatMap { definition in
+                let deadlines = Set(definition.declaration.deadlines.map(\.type))
+                return definition.handlers.filter { deadlines.contains($0.eventType) }.map {
+                    (definition.name, $0.eventType, $0.version)
+                }
             })
     }
 

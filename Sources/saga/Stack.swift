@@ -78,7 +78,7 @@ struct Stack: Sendable {
         let pool = PostgresPool(configuration: env.database(OrdersService.name).configuration, size: 4, logger: logger)
         let book = OrderBook(
             pool: pool, codec: EventCodec(upcasters: sagaUpcasters, topics: env.topics),
-            emitVersion: env.orderCreatedVersion)
+            emitVersion: env.orderCreatedVersion, deadline: env.orderDeadline)
         var logger = self.logger
         logger[metadataKey: "service"] = .string(OrdersService.name)
         let app = Application(

@@ -24,9 +24,26 @@ import Testing
         var absolute: Bool = false
         /// The handler schedules, then rejects the event.
         var reject: Bool = false
+        /// The handler emits an `Acked` of the saga.
+        var ack: Bool = false
     }
     struct Finished: EventPayload {
         static let eventType = "clock.finished"
+        static let eventVersion = 1
+        var deadline: String
+        /// The handler emits an `Acked` of the saga.
+        var ack: Bool = false
+    }
+    /// Handled by a batch handler that cancels the deadline it names for the whole batch at once
+    /// (`cancelDeadlines`) and acks the events whose saga had one.
+    struct Stopped: EventPayload {
+        static let eventType = "clock.stopped"
+        static let eventVersion = 1
+        var deadline: String
+    }
+    /// Emitted when a handler is asked to ack: the message that carries the transaction's deadline marks.
+    struct Acked: EventPayload {
+        static let eventType = "clock.acked"
         static let eventVersion = 1
         var deadline: String
     }
@@ -57,8 +74,17 @@ import Testing
         #"{"type": "object", "additionalProperties": false, "required": [\#(required)], "properties": {\#(properties)}}"#
     }
 
-    static func definition(gate: Gate) -> ParticipantDefinition {
+    /// The participant; with `declared`, its declaration names `timed_out` as the deadline "timeout"'s type.
+    static func definition(gate: Gate, declared: Bool = false) -> ParticipantDefinition {
         let name = #""deadline": {"type": "string", "minLength": 1}"#
+        let ack = #", "ack": {"type": "boolean"}"#
+        let stopped = BatchHandler(versions: [Stopped.eventType: 1]) { events, context in
+            let deadline = try events[0].decode(Stopped.self).deadline
+            let cancelled = try await context.cancelDeadlines(name: deadline, for: events)
+            return try events.filter { cancelled.contains($0.sagaId) }.map {
+                try context.emit(Acked(deadline: deadline), causedBy: $0)
+            }
+        }
         return ParticipantDefinition(
             name: "clock",
             migrations: [
@@ -83,11 +109,11 @@ import Testing
                             payload: TimedOut(deadline: started.deadline))
                     }
                     if started.reject { throw HandlerRejection("rejected after scheduling") }
-                    return []
+                    return started.ack ? [try context.emit(Acked(deadline: started.deadline))] : []
                 },
                 .on(Finished.self) { finished, context in
                     try await context.cancelDeadline(name: finished.deadline)
-                    return []
+                    return finished.ack ? [try context.emit(Acked(deadline: finished.deadline))] : []
                 },
                 .on(TimedOut.self) { timedOut, context in
                     try await context.connection.execute(
@@ -96,15 +122,22 @@ import Testing
                     try await gate.pass()
                     return [try context.emit(Expired(deadline: timedOut.deadline))]
                 },
-            ],
+            ] + stopped.eventHandlers,
+            declaration: SagaDeclaration(
+                emits: [.step(Acked.self), .step(Expired.self)],
+                consumes: [.handles(Started.self), .handles(Finished.self), .handles(Stopped.self)],
+                deadlines: declared ? [.deadline(TimedOut.self, name: "timeout")] : []),
             schemas: [
                 EventSchema(
                     type: Started.eventType, version: 1,
                     json: schema(
                         name
-                            + #", "dueInMs": {"type": "integer"}, "absolute": {"type": "boolean"}, "reject": {"type": "boolean"}"#,
+                            + #", "dueInMs": {"type": "integer"}, "absolute": {"type": "boolean"}, "reject": {"type": "boolean"}"#
+                            + ack,
                         required: #""deadline", "dueInMs""#)),
-                EventSchema(type: Finished.eventType, version: 1, json: schema(name, required: #""deadline""#)),
+                EventSchema(type: Finished.eventType, version: 1, json: schema(name + ack, required: #""deadline""#)),
+                EventSchema(type: Stopped.eventType, version: 1, json: schema(name, required: #""deadline""#)),
+                EventSchema(type: Acked.eventType, version: 1, json: schema(name, required: #""deadline""#)),
                 EventSchema(type: TimedOut.eventType, version: 1, json: schema(name, required: #""deadline""#)),
                 EventSchema(type: Expired.eventType, version: 1, json: schema(name, required: #""deadline""#)),
             ])
@@ -120,13 +153,13 @@ import Testing
         let codec: EventCodec
         let offsets = Mutex<Int64>(0)
 
-        init() async throws {
+        init(declared: Bool = false) async throws {
             var logger = Logger(label: "deadline-test")
             logger.logLevel = .warning
             self.logger = logger
             database = ServiceDatabase(
                 url: PostgresTestDatabase.url, schema: try await PostgresTestDatabase.freshSchema("deadline"))
-            definition = DeadlineTests.definition(gate: gate)
+            definition = DeadlineTests.definition(gate: gate, declared: declared)
             try await database.prepare(migrations: definition.migrations, logger: logger)
             pool = PostgresPool(configuration: database.configuration, size: 1, logger: logger)
             codec = EventCodec(registry: try definition.schemaRegistry(), upcasters: [], topics: topics)
@@ -176,6 +209,45 @@ import Testing
             try await pool.query(
                 "SELECT saga_id FROM saga_outbox WHERE event_type = $1 ORDER BY saga_id", [Expired.eventType]
             ).map { try $0.decode("saga_id") }
+        }
+
+        /// The deadline marks (`saga-deadline` headers) on the outbox rows of `saga` of `type`, one list per row.
+        func marks(saga: String, type: String) async throws -> [[Deadline.Mark]] {
+            let rows = try await pool.query(
+                """
+                SELECT id, coalesce((SELECT jsonb_agg(h->>'v' ORDER BY n) FROM jsonb_array_elements(o.headers)
+                    WITH ORDINALITY AS e(h, n) WHERE h->>'k' = $3), '[]')::text AS marks
+                FROM saga_outbox o WHERE saga_id = $1 AND event_type = $2 ORDER BY id
+                """, [saga, type, SagaHeader.deadline])
+            return try rows.map { row in
+                guard
+                    case .array(let values) = try JSONValue(
+                        parsing: Array(try row.decode("marks", as: String.self).utf8))
+                else { return [] }
+                return try values.map { value in
+                    guard case .string(let text) = value else { throw EventDecodingError("not a string") }
+                    return try Deadline.Mark(parsing: Array(text.utf8))
+                }
+            }
+        }
+
+        /// Every `saga-deadline` header in the outbox, of any row.
+        func markCount() async throws -> Int {
+            try await count(
+                """
+                SELECT count(*)::int AS n FROM saga_outbox o, jsonb_array_elements(o.headers) h WHERE h->>'k' = $1
+                """, [SagaHeader.deadline])
+        }
+
+        /// The saga's deadline row: due time, event id and type.
+        func deadlineRow(_ saga: String, _ name: String) async throws -> (due: Date, eventId: UUID, type: String)? {
+            guard
+                let row = try await pool.query(
+                    "SELECT due_at, event_id, event_type FROM saga_deadlines WHERE saga_id = $1 AND name = $2",
+                    [saga, name]
+                ).first
+            else { return nil }
+            return (try row.decode("due_at"), try row.decode("event_id"), try row.decode("event_type"))
         }
 
         func tearDown() async {
@@ -377,7 +449,8 @@ import Testing
 
     @Test func aRunningWorkerFiresADeadlineScheduledInThePastPromptly() async throws {
         let f = try await Fixture()
-        let topicNames = [Started.eventType, Finished.eventType, TimedOut.eventType].map(f.topics.topic(for:))
+        let topicNames = [Started.eventType, Finished.eventType, TimedOut.eventType, Stopped.eventType].map(
+            f.topics.topic(for:))
         let broker = try await KafkaTestBroker.withTopics(topicNames, partitions: 2)
         let kafka = KafkaSettings(bootstrapServers: broker.servers)
         var c = f.configuration(kafka: kafka)
@@ -422,7 +495,8 @@ import Testing
     }
     @Test func aRunningWorkerWakesForTheEarliestDeadlineAndSeesOtherInstancesWithinItsPollInterval() async throws {
         let f = try await Fixture()
-        let topicNames = [Started.eventType, Finished.eventType, TimedOut.eventType].map(f.topics.topic(for:))
+        let topicNames = [Started.eventType, Finished.eventType, TimedOut.eventType, Stopped.eventType].map(
+            f.topics.topic(for:))
         let broker = try await KafkaTestBroker.withTopics(topicNames, partitions: 2)
         let kafka = KafkaSettings(bootstrapServers: broker.servers)
         func running(poll: Duration) throws -> Task<Void, any Error> {
@@ -468,6 +542,251 @@ import Testing
         _ = await second.result
         broker.cluster?.shutdown()
         #expect(try await f.count("SELECT count(*)::int AS n FROM fired") == 2)
+        await f.tearDown()
+    }
+
+    /// `a` within a millisecond of `b` (the header carries milliseconds).
+    static func close(_ a: Date, _ b: Date) -> Bool { abs(a.timeIntervalSince(b)) < 0.001 }
+
+    /// The same mark, up to the header's millisecond precision.
+    static func same(_ a: Deadline.Mark, _ b: Deadline.Mark) -> Bool {
+        a.op == b.op && a.name == b.name && a.participant == b.participant && close(a.dueAt, b.dueAt)
+            && a.eventId == b.eventId && a.eventType == b.eventType && a.lateMs == b.lateMs && close(a.at, b.at)
+    }
+
+    @Test func deadlineMarksRideOnTheSagasMessagesOfTheTransactionThatScheduledCancelledOrFiredThem() async throws {
+        let f = try await Fixture()
+        let worker = try f.worker()
+        // Set-based path: a schedules and emits (its message carries the mark), quiet schedules and emits nothing.
+        #expect(
+            await worker.process(
+                [
+                    try f.message(Started(deadline: "t", dueInMs: 60_000, ack: true), saga: "a"),
+                    try f.message(Started(deadline: "t", dueInMs: 60_000), saga: "quiet"),
+                ], pool: f.pool))
+        let scheduledA = try #require(try await f.deadlineRow("a", "t"))
+        let onA = try await f.marks(saga: "a", type: Acked.eventType)
+        #expect(onA.count == 1 && onA[0].count == 1)
+        let scheduled = try #require(onA.first?.first)
+        #expect(scheduled.op == .scheduled && scheduled.name == "t" && scheduled.participant == "clock")
+        #expect(scheduled.eventId == scheduledA.eventId && scheduled.eventType == TimedOut.eventType)
+        #expect(Self.close(scheduled.dueAt, scheduledA.due), "\(scheduled.dueAt) vs \(scheduledA.due)")
+        #expect(scheduled.lateMs == nil)
+        #expect(try await f.markCount() == 1)
+        // One event at a time (after a rejected one): the rejected event's deadline and mark are rolled back with
+        // its savepoint; b's message carries b's mark only.
+        #expect(
+            await worker.process(
+                [
+                    try f.message(Started(deadline: "t", dueInMs: 60_000, reject: true, ack: true), saga: "r"),
+                    try f.message(Started(deadline: "t", dueInMs: 60_000, ack: true), saga: "b"),
+                ], pool: f.pool))
+        #expect(worker.stats.deadLettered == 1 && worker.stats.isolated == 1)
+        #expect(try await f.deadlines() == ["a/t", "b/t", "quiet/t"])
+        let onB = try await f.marks(saga: "b", type: Acked.eventType)
+        #expect(onB.count == 1 && onB[0].map(\.op) == [.scheduled])
+        let scheduledB = try #require(try await f.deadlineRow("b", "t"))
+        #expect(onB.first?.first?.eventId == scheduledB.eventId)
+        #expect(try await f.markCount() == 2)  // none on r's dead letter
+        // Cancelled: the mark names the deadline that was deleted.
+        #expect(await worker.process([try f.message(Finished(deadline: "t", ack: true), saga: "a")], pool: f.pool))
+        let cancelledOnA = try await f.marks(saga: "a", type: Acked.eventType)
+        #expect(cancelledOnA.count == 2)
+        let cancelled = try #require(cancelledOnA.last?.first)
+        #expect(cancelledOnA.last?.count == 1)
+        #expect(cancelled.op == .cancelled && cancelled.name == "t" && cancelled.eventId == scheduledA.eventId)
+        #expect(Self.close(cancelled.dueAt, scheduledA.due))
+        // Cancelling nothing marks nothing.
+        #expect(await worker.process([try f.message(Finished(deadline: "t", ack: true), saga: "a")], pool: f.pool))
+        #expect(try await f.marks(saga: "a", type: Acked.eventType).last == [])
+        // A transaction that rolls back as a whole: its deadline and its message are gone, and so is the mark.
+        #expect(
+            await worker.process([try f.message(Started(deadline: "late", dueInMs: -600), saga: "f")], pool: f.pool))
+        let due = try #require(try await f.deadlineRow("f", "late"))
+        f.gate.close()
+        let firingPool = PostgresPool(configuration: f.database.configuration, size: 1, logger: f.logger)
+        let firing = Task { await worker.fireDueDeadlines(pool: firingPool) }
+        let until = ContinuousClock.now + .seconds(10)
+        while f.gate.entered == 0 && ContinuousClock.now < until { try await Task.sleep(for: .milliseconds(10)) }
+        firing.cancel()
+        #expect(await firing.value == 0)
+        await firingPool.close()
+        #expect(try await f.marks(saga: "f", type: Expired.eventType) == [])
+        // Fired: the deadline event's handler emits, and its message carries the fired mark.
+        f.gate.open()
+        #expect(await worker.fireDueDeadlines(pool: f.pool) == 1)
+        let onF = try await f.marks(saga: "f", type: Expired.eventType)
+        #expect(onF.count == 1 && onF[0].count == 1)
+        let fired = try #require(onF.first?.first)
+        #expect(fired.op == .fired && fired.name == "late" && fired.participant == "clock")
+        #expect(fired.eventId == due.eventId && fired.eventType == TimedOut.eventType)
+        #expect(Self.close(fired.dueAt, due.due))
+        #expect((fired.lateMs ?? -1) >= 500, "late \(fired.lateMs ?? -1) ms")
+        #expect(fired.at >= fired.dueAt)
+        let handled: UUID = try #require(
+            try await f.pool.query("SELECT event_id FROM saga_inbox WHERE event_type = $1", [TimedOut.eventType]).first
+        ).decode("event_id")
+        #expect(handled == fired.eventId)
+        #expect(try await f.markCount() == 4)
+        await f.tearDown()
+    }
+
+    @Test func cancelDeadlinesCancelsTheDeadlinesOfABatchsSagasAtOnce() async throws {
+        let f = try await Fixture()
+        let worker = try f.worker()
+        #expect(
+            await worker.process(
+                try ["s1", "s2", "s3"].map { try f.message(Started(deadline: "t", dueInMs: 60_000), saga: $0) }
+                    + [try f.message(Started(deadline: "other", dueInMs: 60_000), saga: "s4")], pool: f.pool))
+        let s1 = try #require(try await f.deadlineRow("s1", "t"))
+        // One call for the batch: s1 and s2 had a deadline "t", s4 had none of that name, s5 none at all.
+        #expect(
+            await worker.process(
+                try ["s1", "s2", "s4", "s5"].map { try f.message(Stopped(deadline: "t"), saga: $0) }, pool: f.pool))
+        #expect(try await f.deadlines() == ["s3/t", "s4/other"])
+        #expect(worker.stats.deadlinesCancelled == 2)
+        #expect(
+            try await f.pool.query(
+                "SELECT saga_id FROM saga_outbox WHERE event_type = $1 ORDER BY saga_id", [Acked.eventType]
+            ).map { try $0.decode("saga_id", as: String.self) } == ["s1", "s2"])
+        let onS1 = try await f.marks(saga: "s1", type: Acked.eventType)
+        #expect(onS1.count == 1 && onS1[0].map(\.op) == [.cancelled])
+        #expect(onS1.first?.first?.eventId == s1.eventId)
+        #expect(onS1.first.map { Self.close($0[0].dueAt, s1.due) } == true)
+        #expect(try await f.marks(saga: "s2", type: Acked.eventType).map { $0.map(\.op) } == [[.cancelled]])
+        // Again: nothing left to cancel, nothing acked.
+        #expect(
+            await worker.process([try f.message(Stopped(deadline: "t"), saga: "s1")], pool: f.pool))
+        #expect(worker.stats.deadlinesCancelled == 2)
+        #expect(try await f.count("SELECT count(*)::int AS n FROM saga_outbox WHERE event_type = 'clock.acked'") == 2)
+        await f.tearDown()
+    }
+
+    @Test func aDeadlineInsertedByAStatementsWithFiresLikeAScheduledOne() async throws {
+        let f = try await Fixture()
+        let worker = try f.worker()
+        let cause = try OutgoingEvent(Acked(deadline: "placed"), sagaId: "w", producer: "clock", causedBy: nil)
+        func row(_ payload: TimedOut, due: Date) throws(EventEncodingError) -> Deadline.Row {
+            try Deadline.Row(
+                name: "timeout", due: due,
+                event: try OutgoingEvent(payload, sagaId: "w", producer: "clock", causedBy: cause.envelope),
+                codec: f.codec)
+        }
+        // The payload is validated like an emitted event's.
+        #expect(throws: EventEncodingError.self) { try row(TimedOut(deadline: ""), due: Date()) }
+        #expect(throws: EventEncodingError.self) {
+            try Deadline.Row(
+                name: "timeout", due: Date(),
+                event: try OutgoingEvent(
+                    Started(deadline: "x", dueInMs: 0), sagaId: "w", producer: "clock", causedBy: nil),
+                codec: EventCodec(registry: try SchemaRegistry(schemas: []), upcasters: [], topics: f.topics))
+        }
+        // In one statement with the service's row and the outbox row (carrying the scheduled mark); written only
+        // when the condition holds.
+        let due = Date(timeIntervalSince1970: (Date().timeIntervalSince1970 * 1000).rounded() / 1000 + 60)
+        let deadline = try row(TimedOut(deadline: "placed"), due: due)
+        var outboxRow = try Outbox.Row(cause, codec: f.codec)
+        let mark = deadline.scheduledMark(participant: "clock")
+        outboxRow.message.headers.append(mark.header)
+        func place(_ really: Bool, _ deadline: Deadline.Row) async throws {
+            let d = Deadline.insert(deadline, firstParameter: 2, where: "EXISTS (SELECT 1 FROM placed)")
+            let o = Outbox.insert(outboxRow, firstParameter: 2 + d.binds.count, where: "EXISTS (SELECT 1 FROM placed)")
+            try await f.pool.withTransaction { connection in
+                _ = try await connection.execute(
+                    """
+                    WITH placed AS (SELECT 1 AS x WHERE $1::bool),
+                         deadline AS (\(d.sql)),
+                         event AS (\(o.sql))
+                    SELECT 1
+                    """, [really as PostgresBind] + d.binds + o.binds)
+            }
+        }
+        try await place(false, deadline)
+        #expect(try await f.deadlines() == [])
+        #expect(try await f.count("SELECT count(*)::int AS n FROM saga_outbox") == 0)
+        try await place(true, deadline)
+        let stored = try #require(try await f.deadlineRow("w", "timeout"))
+        #expect(Self.close(stored.due, due) && stored.eventId == deadline.event.id && stored.type == TimedOut.eventType)
+        let onW = try await f.marks(saga: "w", type: Acked.eventType)
+        #expect(onW.count == 1 && onW[0].count == 1 && onW.first.map { Self.same($0[0], mark) } == true)
+        #expect(mark.dueAt == due && mark.eventId == deadline.event.id && mark.op == .scheduled)
+        // Written again: it replaces the saga's deadline of that name.
+        let sooner = try row(TimedOut(deadline: "sooner"), due: Date().addingTimeInterval(-1))
+        try await place(true, sooner)
+        #expect(try await f.deadlines() == ["w/timeout"])
+        #expect(try await f.deadlineRow("w", "timeout")?.eventId == sooner.event.id)
+        // Fired by the worker like a handler's deadline: through the inbox, caused by the placing event.
+        #expect(await worker.fireDueDeadlines(pool: f.pool) == 1)
+        #expect(try await f.deadlines() == [])
+        #expect(try await f.count("SELECT count(*)::int AS n FROM fired WHERE deadline = 'sooner'") == 1)
+        let expired = try #require(
+            try await f.pool.query("SELECT payload FROM saga_outbox WHERE event_type = $1", [Expired.eventType]).first)
+        let envelope = try EventEnvelope(
+            validated: try JSONValue(parsing: try expired.decode("payload", as: [UInt8].self)))
+        #expect(envelope.causationId == sooner.event.id)
+        #expect(sooner.event.causationId == cause.envelope.id)
+        #expect(try await f.marks(saga: "w", type: Expired.eventType).map { $0.map(\.op) } == [[.fired]])
+        // The mark's JSON reads back as it was written.
+        #expect(Self.same(try Deadline.Mark(parsing: mark.header.value), mark))
+        #expect(throws: EventDecodingError.self) { try Deadline.Mark(parsing: Array(#"{"op":"scheduled"}"#.utf8)) }
+        #expect(throws: EventDecodingError.self) { try Deadline.Mark(parsing: Array("not json".utf8)) }
+        await f.tearDown()
+    }
+
+    @Test func deadlineTypesAreNotSubscribedNorAcceptedFromKafkaAndOldDeclarationsDecode() async throws {
+        let f = try await Fixture(declared: true)
+        let worker = try f.worker()
+        #expect(!worker.subscribedTopics.contains(f.topics.topic(for: TimedOut.eventType)))
+        #expect(worker.subscribedTopics.contains(f.topics.topic(for: Started.eventType)))
+        #expect(worker.subscribedTopics.contains(f.topics.topic(for: Stopped.eventType)))
+        // A deadline event from Kafka (forged, or published by mistake) is dead-lettered, never handled.
+        #expect(await worker.process([try f.message(TimedOut(deadline: "timeout"), saga: "forged")], pool: f.pool))
+        #expect(worker.stats.deadLettered == 1)
+        #expect(try await f.count("SELECT count(*)::int AS n FROM fired") == 0)
+        let reason: String = try #require(
+            try await f.pool.query(
+                """
+                SELECT h->>'v' AS reason FROM saga_outbox o, jsonb_array_elements(o.headers) h
+                WHERE h->>'k' = $1
+                """, [SagaHeader.deadLetterReason]
+            ).first
+        ).decode("reason")
+        #expect(reason.contains("deadlines only"), "\(reason)")
+        // Its own deadline delivers it.
+        #expect(
+            await worker.process([try f.message(Started(deadline: "timeout", dueInMs: -100), saga: "s")], pool: f.pool))
+        #expect(await worker.fireDueDeadlines(pool: f.pool) == 1)
+        #expect(try await f.count("SELECT count(*)::int AS n FROM fired WHERE saga_id = 's'") == 1)
+        // A declared deadline type needs a handler (and a schema).
+        var noHandler = f.definition
+        noHandler.handlers.removeAll { $0.eventType == TimedOut.eventType }
+        #expect(throws: Worker.DefinitionError.self) {
+            try Worker(configuration: f.configuration(), definition: noHandler, logger: f.logger)
+        }
+        var noSchema = f.definition
+        noSchema.schemas.removeAll { $0.type == TimedOut.eventType }
+        #expect(throws: Worker.DefinitionError.self) {
+            try Worker(configuration: f.configuration(), definition: noSchema, logger: f.logger)
+        }
+        // The declaration round-trips through the registry's JSON, and a row an older runtime wrote (no
+        // deadlines, no untilOutcome) still decodes.
+        let declaration = SagaDeclaration(
+            emits: [.outcome(Expired.self, "expired")],
+            consumes: [.handles(Started.self, waitingOn: "start", untilOutcome: true), .handles(Finished.self)],
+            deadlines: [.deadline(TimedOut.self, name: "timeout")])
+        let json = try JSONEncoder().encode(declaration)
+        #expect(try JSONDecoder().decode(SagaDeclaration.self, from: json) == declaration)
+        let old =
+            #"{"emits": [{"type": "clock.expired", "kind": "outcome"}], "consumes": [{"type": "clock.started", "waitingOn": "start"}]}"#
+        let decoded = try JSONDecoder().decode(SagaDeclaration.self, from: Data(old.utf8))
+        #expect(decoded.deadlines == [] && decoded.consumes.map(\.untilOutcome) == [false])
+        #expect(decoded.consumes.first?.waitingOn == "start")
+        // The model knows whose deadline a type is, and what is still waited on once an outcome is known.
+        let model = SagaModel(declarations: ["clock": declaration, "old": decoded])
+        #expect(model.deadlines[TimedOut.eventType] == SagaModel.DeadlineOwner(participant: "clock", name: "timeout"))
+        #expect(!model.eventTypes.contains(TimedOut.eventType))
+        #expect(model.waitingOn[Started.eventType] == "clock: start; old: start")
+        #expect(model.waitingAfterOutcome[Started.eventType] == "old: start")
         await f.tearDown()
     }
 }

@@ -122,12 +122,14 @@ func schemaFilesOnDisk() throws -> [SchemaKey: Data] {
         #expect(
             registry.keys.map(\.description) == [
                 "inventory.rejected/v1", "inventory.released/v1", "inventory.reserved/v1",
-                "order.cancelled/v1", "order.confirmed/v1", "order.created/v1", "order.created/v2",
-                "payment.completed/v1", "payment.failed/v1",
+                "order.cancelled/v1", "order.cancelled/v2", "order.confirmed/v1", "order.created/v1",
+                "order.created/v2", "order.expired/v1", "payment.completed/v1", "payment.failed/v1",
+                "payment.refunded/v1",
             ])
         #expect(registry.versions(of: "order.created") == [1, 2])
         #expect(registry.latestVersion(of: "order.created") == 2)
         #expect(registry.latestVersion(of: "payment.failed") == 1)
+        #expect(registry.versions(of: "order.cancelled") == [1, 2])
         #expect(registry.versions(of: "nope.nope") == [])
         #expect(registry.latestVersion(of: "nope.nope") == nil)
         #expect(registry.versions(of: "envelope") == [])

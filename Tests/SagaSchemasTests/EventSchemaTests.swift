@@ -4,6 +4,7 @@ import Testing
 
 private let orderId = "7d444840-9dc0-11d1-b245-5ffdce74fad2"
 private let paymentId = "9f1c3a52-8d7e-4b61-a0f4-6c2d5e8b7a19"
+private let refundId = "3c7e9b1a-5d2f-4e8a-b6c4-1f0a9d8e7b25"
 
 private func json(_ text: String) -> JSONValue {
     do {
@@ -46,6 +47,16 @@ private let validPayloads: [SchemaKey: String] = [
     """#,
     SchemaKey(type: "order.cancelled", version: 1): #"""
     {"orderId": "\#(orderId)", "customerId": "c-42", "reason": "out_of_stock", "detail": ""}
+    """#,
+    SchemaKey(type: "order.cancelled", version: 2): #"""
+    {"orderId": "\#(orderId)", "customerId": "c-42", "reason": "timeout", "detail": "no outcome by 2024-05-01T12:45:00Z"}
+    """#,
+    SchemaKey(type: "order.expired", version: 1): #"""
+    {"orderId": "\#(orderId)", "customerId": "c-42", "dueAt": "2024-05-01T12:45:00.000Z", "timeoutSeconds": 900}
+    """#,
+    SchemaKey(type: "payment.refunded", version: 1): #"""
+    {"orderId": "\#(orderId)", "customerId": "c-42", "paymentId": "\#(paymentId)", "refundId": "\#(refundId)",
+     "amount": \#(money), "reason": "order cancelled: timeout"}
     """#,
 ]
 
@@ -246,6 +257,54 @@ private func breakages(for key: SchemaKey, _ valid: JSONValue) -> [Breakage] {
                 type: "order.cancelled", version: 1,
                 data: setting(cancelled, "/detail", to: .string(String(repeating: "é", count: 501))))?
                 .map(\.path) == ["/detail"])
+    }
+
+    @Test func orderCancelledV2AddsTimeoutToV1sReasons() {
+        let v2 = json(validPayloads[SchemaKey(type: "order.cancelled", version: 2)]!)
+        for reason in ["out_of_stock", "payment_declined", "timeout"] {
+            #expect(
+                registry.validate(
+                    type: "order.cancelled", version: 2, data: setting(v2, "/reason", to: .string(reason)))
+                    == [])
+        }
+        #expect(
+            registry.validate(type: "order.cancelled", version: 2, data: setting(v2, "/reason", to: .string("other")))?
+                .map(\.path) == ["/reason"])
+        // v1 stays as published: it does not know `timeout`; every v1 payload is a v2 payload.
+        #expect(
+            registry.validate(
+                type: "order.cancelled", version: 1, data: setting(v2, "/reason", to: .string("timeout")))?
+                .map(\.path) == ["/reason"])
+        let v1 = json(validPayloads[SchemaKey(type: "order.cancelled", version: 1)]!)
+        #expect(registry.validate(type: "order.cancelled", version: 2, data: v1) == [])
+    }
+
+    @Test func orderExpiredBoundsItsDueTimeAndTimeout() {
+        let valid = json(validPayloads[SchemaKey(type: "order.expired", version: 1)]!)
+        func paths(_ pointer: String, _ value: JSONValue?) -> [String]? {
+            registry.validate(type: "order.expired", version: 1, data: setting(valid, pointer, to: value))?.map(\.path)
+        }
+        #expect(paths("/timeoutSeconds", .integer(1)) == [])
+        #expect(paths("/timeoutSeconds", .integer(604_800)) == [])
+        #expect(paths("/timeoutSeconds", .integer(0)) == ["/timeoutSeconds"])
+        #expect(paths("/timeoutSeconds", .integer(604_801)) == ["/timeoutSeconds"])
+        #expect(paths("/timeoutSeconds", .number(1.5)) == ["/timeoutSeconds"])
+        #expect(paths("/dueAt", .string("2024-05-01 12:45:00")) == ["/dueAt"])
+        #expect(paths("/dueAt", nil) == [""])
+        #expect(paths("/timeoutSeconds", nil) == [""])
+    }
+
+    @Test func paymentRefundedNamesThePaymentAndTheRefund() {
+        let valid = json(validPayloads[SchemaKey(type: "payment.refunded", version: 1)]!)
+        func paths(_ pointer: String, _ value: JSONValue?) -> [String]? {
+            registry.validate(type: "payment.refunded", version: 1, data: setting(valid, pointer, to: value))?
+                .map(\.path)
+        }
+        #expect(paths("/refundId", .string("refund-1")) == ["/refundId"])
+        #expect(paths("/refundId", nil) == [""])
+        #expect(paths("/paymentId", nil) == [""])
+        #expect(paths("/reason", .string(String(repeating: "x", count: 500))) == [])
+        #expect(paths("/reason", .string(String(repeating: "x", count: 501))) == ["/reason"])
     }
 }
 

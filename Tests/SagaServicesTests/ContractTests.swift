@@ -100,4 +100,20 @@ import Testing
         #expect(v2.lines.allSatisfy { $0.unitPrice == nil })
         #expect(v2.v1 == v1)
     }
+
+    @Test func theOrderCancelledUpcasterKeepsEveryField() throws {
+        for reason in [OrderCancelledV1.Reason.outOfStock, .paymentDeclined] {
+            let v1 = OrderCancelledV1(
+                orderId: UUID().uuidString.lowercased(), customerId: "alice", reason: reason, detail: "widget: 0 left")
+            let v2json = try OrderCancelled.upcasterFromV1.transform(try JSONValue(encoding: v1))
+            #expect(SchemaRegistry.shared.validate(type: "order.cancelled", version: 2, data: v2json) == [])
+            #expect(v2json == (try JSONValue(encoding: v1)), "v2 only adds a reason: the payload is unchanged")
+            let v2 = try v2json.decode(OrderCancelled.self)
+            #expect(v2.orderId == v1.orderId && v2.customerId == "alice" && v2.detail == "widget: 0 left")
+            #expect(v2.reason.rawValue == reason.rawValue)
+        }
+        #expect(OrderCancelled.eventVersion == 2)
+        #expect(sagaEmittedEvents.contains(EmittedEvent(producer: "orders", type: "order.cancelled", version: 2)))
+        #expect(!sagaEmittedEvents.contains(EmittedEvent(producer: "orders", type: "order.cancelled", version: 1)))
+    }
 }

@@ -151,6 +151,15 @@ enum OpenAPIDocument {
                     path: "/orders", method: .post, uri: "/orders", headers: [.contentType: "text/plain"],
                     body: Self.order, expected: 415))
             try await run(Probe(path: "/orders/{id}", method: .get, uri: "/orders/\(orderId)", expected: 200))
+            // An order with a deadline (the request's): its view has one too.
+            let plain = orderId
+            try await run(
+                Probe(
+                    path: "/orders", method: .post, uri: "/orders", headers: Self.json,
+                    body: Self.order.replacingOccurrences(of: "}]}", with: #"}], "deadlineSeconds": 600}"#),
+                    expected: 202))
+            #expect(orderId != plain)
+            try await run(Probe(path: "/orders/{id}", method: .get, uri: "/orders/\(orderId)", expected: 200))
             try await run(Probe(path: "/orders/{id}", method: .get, uri: "/orders/nope", expected: 400))
             try await run(Probe(path: "/orders/{id}", method: .get, uri: "/orders/\(UUID().uuidString)", expected: 404))
             try await run(Probe(path: "/health", method: .get, uri: "/health", expected: 200))
@@ -215,6 +224,9 @@ enum OpenAPIDocument {
                 == .integer(Int64(OrderRequest.maxSKULength)))
         #expect(
             schemas["OrderRequestLine"]?["properties"]?["quantity"]?["maximum"] == .integer(OrderRequest.maxQuantity))
+        let deadline = schemas["OrderRequest"]?["properties"]?["deadlineSeconds"]
+        #expect(deadline?["minimum"] == .integer(OrderRequest.deadlineSecondsRange.lowerBound))
+        #expect(deadline?["maximum"] == .integer(OrderRequest.deadlineSecondsRange.upperBound))
         let key = try #require(document["components"]?["parameters"]?["IdempotencyKey"]?["schema"])
         #expect(key["maxLength"] == .integer(Int64(OrderRequest.maxIdempotencyKeyLength)))
         guard case .string(let description)? = document["info"]?["description"] else {

@@ -28,7 +28,9 @@ final class TestStack: @unchecked Sendable {
 
     static let services = [OrdersService.name, InventoryService.name, BillingService.name]
 
-    init(orderCreatedVersion: Int = 2, partitions: Int32 = 4) async throws {
+    init(orderCreatedVersion: Int = 2, partitions: Int32 = 4, orderDeadline: Duration? = .seconds(15 * 60))
+        async throws
+    {
         var logger = Logger(label: "test")
         logger.logLevel =
             ProcessInfo.processInfo.environment["SAGA_TEST_LOG_LEVEL"].flatMap { Logger.Level(rawValue: $0) }
@@ -57,7 +59,7 @@ final class TestStack: @unchecked Sendable {
         ordersPool = PostgresPool(configuration: dbs["orders"]!.configuration, size: 2, logger: logger)
         book = OrderBook(
             pool: ordersPool, codec: EventCodec(upcasters: sagaUpcasters, topics: topics),
-            emitVersion: orderCreatedVersion)
+            emitVersion: orderCreatedVersion, deadline: orderDeadline)
         try await withPools { o, i, b in try await DemoCatalogue.standard.seed(orders: o, inventory: i, billing: b) }
     }
 

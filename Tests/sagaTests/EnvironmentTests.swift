@@ -54,6 +54,27 @@ struct EnvironmentTests {
         }
     }
 
+    /// SAGA_ORDER_DEADLINE: 15 minutes by default, 1s to 7d, `0s` for none; anything else names the variable.
+    @Test func theOrderDeadlineIsADurationOrNone() throws {
+        func load(_ value: String?) throws -> Duration? {
+            try SagaEnvironment.load(value.map { ["SAGA_ORDER_DEADLINE": $0] } ?? [:], devFile: nil, brokerFile: nil)
+                .orderDeadline
+        }
+        #expect(try load(nil) == .seconds(900))
+        #expect(try load("90s") == .seconds(90))
+        #expect(try load("7d") == .seconds(7 * 86_400))
+        #expect(try load("0s") == nil)
+        for bad in ["15", "500ms", "8d", "soon", "-1s"] {
+            #expect(throws: ConfigurationError.self, "\(bad)") { try load(bad) }
+            #expect {
+                _ = try load(bad)
+            } throws: {
+                "\($0)" == "SAGA_ORDER_DEADLINE='\(bad)': expected a duration from 1s to 7d (e.g. 15m), or 0s for none"
+            }
+        }
+        #expect(SagaEnvironment.unknownVariables(["SAGA_ORDER_DEADLINE": "1m"]) == [])
+    }
+
     /// SAGA_KAFKA_GROUP_INSTANCE_ID makes the worker's and the tracker's consumers static members: `{hostname}`
     /// is expanded, unset or empty means dynamic members, and an id Kafka would refuse names the variable.
     @Test func theGroupInstanceIdReachesTheWorkerAndTrackerConsumers() throws {

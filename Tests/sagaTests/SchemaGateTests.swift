@@ -65,6 +65,19 @@ import Testing
         #expect(problems.contains { $0.hasPrefix("p produces a.b v2, newer than v1 which c handles") })
     }
 
+    @Test func aDeadlineTypeNeedsASchemaButNoProducer() {
+        var code = Self.code
+        // Delivered by c's own deadlines: nothing emits it, and that is fine.
+        code.deadlines = [(service: "c", type: "c.expired", version: 1)]
+        var files = Self.files
+        files[Self.key("c.expired", 1)] = Self.schema("c.expired v1")
+        #expect(SchemaGate.problems(current: files, published: files, reference: "r", code: code) == [])
+        #expect(
+            SchemaGate.problems(current: Self.files, published: Self.files, reference: "r", code: code) == [
+                "c's deadline delivers c.expired v1, which has no schema"
+            ])
+    }
+
     @Test func thisCodeAndTheseSchemasPass() throws {
         let onDisk = try SchemaGate.filesOnDisk(root: Self.root)
         #expect(onDisk.count == SchemaRegistry.shared.keys.count + 1)  // + the envelope

@@ -10,6 +10,9 @@ public struct OrderBook: Sendable {
     public let codec: EventCodec
     /// The `order.created` version this service emits (1 or 2).
     public let emitVersion: Int
+    /// How long after placement an order times out unless a request says otherwise
+    /// (``OrderRequest/deadlineSeconds``); nil: no deadline by default (`SAGA_ORDER_DEADLINE=0s`).
+    public let deadline: Duration?
 
     /// Fault injection for tests.
     public enum Failpoint: Sendable, Hashable {
@@ -19,11 +22,13 @@ public struct OrderBook: Sendable {
     /// The fault to inject, if any (tests only).
     public var failpoint: Failpoint?
 
-    /// An order book over `pool`, emitting `order.created` in version `emitVersion`.
-    public init(pool: PostgresPool, codec: EventCodec, emitVersion: Int) {
+    /// An order book over `pool`, emitting `order.created` in version `emitVersion`, giving each order the
+    /// deadline `deadline` by default (nil: none).
+    public init(pool: PostgresPool, codec: EventCodec, emitVersion: Int, deadline: Duration? = nil) {
         self.pool = pool
         self.codec = codec
         self.emitVersion = emitVersion
+        self.deadline = deadline
     }
 
     /// The result of ``place(_:idempotencyKey:traceparent:)``.
@@ -34,13 +39,18 @@ public struct OrderBook: Sendable {
         public var created: Bool
         /// The saga's first event, when this call placed the order.
         public var event: EventEnvelope? = nil
+        /// When the order times out, when this call placed it with a deadline.
+        public var deadline: Date? = nil
     }
 
     /// Prices the lines from the price list, stores the order as PENDING and writes `order.created` to the outbox,
     /// all in one transaction. Works whether or not inventory and billing are up.
     ///
     /// Two round trips: one read (prices and the idempotency key), then one statement that writes the order, its
-    /// lines, its history and its event (a data-modifying `WITH`, which commits as one transaction).
+    /// lines, its history, its event and its deadline (a data-modifying `WITH`, which commits as one
+    /// transaction). The deadline (``OrderRequest/deadlineSeconds``, else ``deadline``; none when both are nil)
+    /// falls at one due time stored both as the order's `deadline_at` and in `saga_deadlines` ("order",
+    /// delivering `order.expired` to orders' worker); `order.created` carries its `saga-deadline` header.
     /// - Parameters:
     ///   - request: the validated order.
     ///   - idempotencyKey: scoped to the customer: the customer's retry of the same request (same canonical
@@ -111,8 +121,27 @@ public struct OrderBook: Sendable {
                 created.v1, sagaId: sagaId, producer: OrdersService.name, causedBy: nil, traceparent: trace)
             : try OutgoingEvent(
                 created, sagaId: sagaId, producer: OrdersService.name, causedBy: nil, traceparent: trace)
-        let outbox = Outbox.insert(
-            try Outbox.Row(event, codec: codec), firstParameter: 12, where: "EXISTS (SELECT 1 FROM placed)")
+        // The deadline: one due time (milliseconds, as the header carries it) for the order and saga_deadlines.
+        let timeoutMs: Int64? =
+            request.deadlineSeconds.map { Int64($0) * 1000 } ?? deadline.map { Int64($0.milliseconds) }
+        var deadlineRow: Deadline.Row? = nil
+        var outboxRow = try Outbox.Row(event, codec: codec)
+        if let timeoutMs {
+            let now = (Date().timeIntervalSince1970 * 1000).rounded()
+            let due = Date(timeIntervalSince1970: (now + Double(timeoutMs)) / 1000)
+            let expired = try OutgoingEvent(
+                OrderExpired(
+                    orderId: sagaId, customerId: request.customerId, dueAt: Timestamp.format(due),
+                    timeoutSeconds: max(1, Int((timeoutMs + 999) / 1000))),
+                sagaId: sagaId, producer: OrdersService.name, causedBy: event.envelope)
+            let row = try Deadline.Row(name: OrdersService.deadlineName, due: due, event: expired, codec: codec)
+            outboxRow.message.headers.append(row.scheduledMark(participant: OrdersService.name).header)
+            deadlineRow = row
+        }
+        let outbox = Outbox.insert(outboxRow, firstParameter: 13, where: "EXISTS (SELECT 1 FROM placed)")
+        let deadlineMember = deadlineRow.map {
+            Deadline.insert($0, firstParameter: 13 + outbox.binds.count, where: "EXISTS (SELECT 1 FROM placed)")
+        }
         // A concurrent request with the same key may have inserted it since the read above: then this statement
         // writes nothing (every member depends on `placed`) and the first order is the answer.
         let inserted: [PostgresRow]
@@ -124,8 +153,9 @@ public struct OrderBook: Sendable {
                     """
                     WITH placed AS (
                         INSERT INTO orders (id, customer_id, currency, total_amount, status, idempotency_key,
-                            request_fingerprint)
-                        VALUES ($1, $2, $3, $4, 'PENDING', $5, $11) ON CONFLICT (customer_id, idempotency_key) DO NOTHING
+                            request_fingerprint, deadline_at)
+                        VALUES ($1, $2, $3, $4, 'PENDING', $5, $11, $12::timestamptz)
+                        ON CONFLICT (customer_id, idempotency_key) DO NOTHING
                         RETURNING id
                     ), lines AS (
                         INSERT INTO order_lines (order_id, line_no, sku, quantity, unit_price)
@@ -137,15 +167,15 @@ public struct OrderBook: Sendable {
                         SELECT placed.id, 'PENDING', $9, $10 FROM placed
                     ), event AS (
                         \(outbox.sql)
-                    )
+                    )\(deadlineMember.map { ", deadline AS (\n\($0.sql)\n)" } ?? "")
                     SELECT count(*) AS n FROM placed
                     """,
                     [
                         id, request.customerId, request.currency, total, idempotencyKey,
                         PostgresArray(lines.map(\.sku)), PostgresArray(lines.map(\.quantity)),
                         PostgresArray(lines.map { $0.unitPrice?.amount ?? 0 }), event.envelope.type, event.envelope.id,
-                        fingerprint,
-                    ] + outbox.binds)
+                        fingerprint, deadlineRow?.due,
+                    ] + outbox.binds + (deadlineMember?.binds ?? []))
                 if failpoint == .sessionLostAfterCommit {
                     throw PostgresError(kind: .connection, message: "failpoint: the session was lost after the commit")
                 }
@@ -156,7 +186,8 @@ public struct OrderBook: Sendable {
             guard let backend else { throw OrderNotStored(reason: "\(error)") }
             // The statement is its own transaction: it committed or not, and the answer was lost. Find out which.
             guard try await stored(id, lostSession: backend) else { throw OrderNotStored(reason: "\(error)") }
-            return Placed(orderId: id, created: true, event: event.envelope)
+            if deadlineRow != nil { DeadlineMetrics.recordScheduled(service: OrdersService.name) }
+            return Placed(orderId: id, created: true, event: event.envelope, deadline: deadlineRow?.due)
         }
         if try inserted.first?.decode("n", as: Int.self) != 1, let idempotencyKey {
             let first = try await pool.query(
@@ -165,7 +196,8 @@ public struct OrderBook: Sendable {
             try Self.checkSameRequest(try first[0].decode("request_fingerprint"), fingerprint)
             return Placed(orderId: try first[0].decode("id"), created: false)
         }
-        return Placed(orderId: id, created: true, event: event.envelope)
+        if deadlineRow != nil { DeadlineMetrics.recordScheduled(service: OrdersService.name) }
+        return Placed(orderId: id, created: true, event: event.envelope, deadline: deadlineRow?.due)
     }
 
     /// The database session broke (or the database is unreachable), as opposed to a statement it refused.
@@ -253,6 +285,9 @@ public struct OrderBook: Sendable {
         public var createdAt: String
         /// When its status last changed (RFC 3339).
         public var updatedAt: String
+        /// When it times out unless confirmed or cancelled before (RFC 3339); nil when it was placed without a
+        /// deadline.
+        public var deadline: String? = nil
     }
 
     /// The order with its lines and status history; nil when there is no such order.
@@ -261,7 +296,7 @@ public struct OrderBook: Sendable {
             guard
                 let o = try await connection.query(
                     """
-                    SELECT customer_id, status, reason, total_amount, currency, created_at, updated_at
+                    SELECT customer_id, status, reason, total_amount, currency, created_at, updated_at, deadline_at
                     FROM orders WHERE id = $1
                     """, [id]
                 ).first
@@ -288,7 +323,8 @@ public struct OrderBook: Sendable {
                 status: try o.decode("status"), reason: try o.decode("reason", as: String?.self),
                 total: Money(amount: try o.decode("total_amount"), currency: currency), lines: lines, history: history,
                 createdAt: Timestamp.format(try o.decode("created_at")),
-                updatedAt: Timestamp.format(try o.decode("updated_at")))
+                updatedAt: Timestamp.format(try o.decode("updated_at")),
+                deadline: try o.decode("deadline_at", as: Date?.self).map(Timestamp.format))
         }
     }
 }

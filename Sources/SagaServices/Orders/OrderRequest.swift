@@ -1,12 +1,14 @@
 import Foundation
 import SagaEngine
 
-/// A `POST /orders` body, validated: `{"customerId": "...", "currency": "EUR", "lines": [{"sku": "...", "quantity": 2}]}`.
+/// A `POST /orders` body, validated: `{"customerId": "...", "currency": "EUR", "lines": [{"sku": "...", "quantity": 2}]}`,
+/// optionally with `"deadlineSeconds": 600`.
 ///
 /// Limits (also in `schemas/openapi.yaml` and the README): `customerId` 1...200 and `sku` 1...100 Unicode code
 /// points (counted as the event schemas count them), no control characters (U+0000–U+001F, U+007F–U+009F);
 /// `currency` three upper-case letters; 1...100 lines; `quantity` an integer literal (no fraction, no exponent)
-/// in 1...1,000,000; no other members. The body itself is at most 1 MiB of JSON nested at most 512 deep.
+/// in 1...1,000,000; `deadlineSeconds` an integer literal in 1...86,400; no other members. The body itself is at
+/// most 1 MiB of JSON nested at most 512 deep.
 public struct OrderRequest: Sendable, Hashable {
     /// The customer placing the order.
     public var customerId: String
@@ -14,12 +16,16 @@ public struct OrderRequest: Sendable, Hashable {
     public var currency: String
     /// The ordered products.
     public var lines: [OrderLine]
+    /// Seconds from placement until the order times out unless confirmed or cancelled before: overrides the
+    /// service's default (`SAGA_ORDER_DEADLINE`), and applies even when that is off. nil: the default.
+    public var deadlineSeconds: Int?
 
     /// A request from its fields, not validated (``init(body:)`` validates).
-    public init(customerId: String, currency: String, lines: [OrderLine]) {
+    public init(customerId: String, currency: String, lines: [OrderLine], deadlineSeconds: Int? = nil) {
         self.customerId = customerId
         self.currency = currency
         self.lines = lines
+        self.deadlineSeconds = deadlineSeconds
     }
 
     /// Most lines in one order.
@@ -30,6 +36,8 @@ public struct OrderRequest: Sendable, Hashable {
     public static let maxSKULength = 100
     /// Largest quantity of one line.
     public static let maxQuantity: Int64 = 1_000_000
+    /// The `deadlineSeconds` accepted.
+    public static let deadlineSecondsRange: ClosedRange<Int64> = 1...86_400
 
     /// Parses and validates a request body.
     /// - Throws: `OrderRequestError` naming the first field that is wrong and why.
@@ -39,7 +47,7 @@ public struct OrderRequest: Sendable, Hashable {
             throw OrderRequestError("body is not valid JSON: \(error.message)")
         }
         guard case .object(let o) = json else { throw OrderRequestError("body must be a JSON object") }
-        try Self.refuseUnknownMembers(o, allowed: ["customerId", "currency", "lines"], at: "body")
+        try Self.refuseUnknownMembers(o, allowed: ["customerId", "currency", "lines", "deadlineSeconds"], at: "body")
         guard case .string(let customerId)? = o["customerId"],
             Self.isText(customerId, maxCodePoints: Self.maxCustomerIdLength)
         else {
@@ -76,18 +84,36 @@ public struct OrderRequest: Sendable, Hashable {
             }
             lines.append(OrderLine(sku: sku, quantity: Int(quantity)))
         }
-        self.init(customerId: customerId, currency: currency, lines: lines)
+        var deadlineSeconds: Int? = nil
+        if let value = o["deadlineSeconds"] {
+            let range = Self.deadlineSecondsRange
+            guard case .integer(let seconds) = value else {
+                throw OrderRequestError(
+                    "deadlineSeconds: an integer from \(range.lowerBound) to \(range.upperBound) (no fraction or exponent)"
+                )
+            }
+            guard seconds >= range.lowerBound else {
+                throw OrderRequestError("deadlineSeconds: must be at least \(range.lowerBound)")
+            }
+            guard seconds <= range.upperBound else {
+                throw OrderRequestError("deadlineSeconds: at most \(range.upperBound)")
+            }
+            deadlineSeconds = Int(seconds)
+        }
+        self.init(customerId: customerId, currency: currency, lines: lines, deadlineSeconds: deadlineSeconds)
     }
 
     /// The request in one canonical form (JSON, members sorted, no spaces): two bodies that place the same order
-    /// have the same canonical form, whatever their member order or spacing.
+    /// have the same canonical form, whatever their member order or spacing. `deadlineSeconds` is in it only when
+    /// given (so the forms, and fingerprints, of requests without it are what they were before it existed).
     public var canonical: String {
-        let value = JSONValue.object([
+        var members: [String: JSONValue] = [
             "customerId": .string(customerId), "currency": .string(currency),
             "lines": .array(
                 lines.map { .object(["sku": .string($0.sku), "quantity": .integer(Int64($0.quantity))]) }),
-        ])
-        return String(decoding: value.serialized(), as: UTF8.self)
+        ]
+        if let deadlineSeconds { members["deadlineSeconds"] = .integer(Int64(deadlineSeconds)) }
+        return String(decoding: JSONValue.object(members).serialized(), as: UTF8.self)
     }
 
     /// The longest `Idempotency-Key` accepted.

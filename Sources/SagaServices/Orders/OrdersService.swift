@@ -13,7 +13,7 @@ public enum OrdersService {
         case pending = "PENDING"
         /// Reserved and paid.
         case confirmed = "CONFIRMED"
-        /// Rejected by inventory or declined by billing.
+        /// Rejected by inventory, declined by billing, or not confirmed by its deadline.
         case cancelled = "CANCELLED"
     }
 
@@ -69,32 +69,51 @@ public enum OrdersService {
                 ALTER TABLE orders DROP CONSTRAINT orders_idempotency_key_key;
                 CREATE UNIQUE INDEX orders_customer_idempotency_key ON orders (customer_id, idempotency_key);
                 """),
+        // When a PENDING order times out (the due time of its deadline "order" in saga_deadlines, the same value);
+        // NULL for orders placed without a deadline or before this.
+        PostgresMigration(
+            version: 102, name: "orders: deadlines",
+            sql: """
+                ALTER TABLE orders ADD COLUMN deadline_at timestamptz;
+                """),
     ]
 
-    /// Orders' part of the saga: it starts it and decides its outcome.
+    /// The name of an order's deadline (one per saga): when it falls on a PENDING order, `order.expired` is
+    /// delivered to orders' handler, which cancels the order with reason `timeout`.
+    public static let deadlineName = "order"
+
+    /// Orders' part of the saga: it starts it and decides its outcome. What it consumes it waits on only until
+    /// the saga has an outcome (after a timeout, a late answer is a compensation's business, not orders'); its
+    /// deadline "order" delivers `order.expired` (never on Kafka).
     public static let declaration = SagaDeclaration(
         emits: [
             .step(OrderCreatedV2.self), .outcome(OrderConfirmed.self, "confirmed"),
             .outcome(OrderCancelled.self, "cancelled", detail: "reason"),
         ],
         consumes: [
-            .handles(PaymentCompleted.self, waitingOn: "confirm the order"),
-            .handles(InventoryRejected.self, waitingOn: "cancel the order"),
-            .handles(InventoryReleased.self, waitingOn: "cancel the order"),
-        ])
+            .handles(PaymentCompleted.self, waitingOn: "confirm the order", untilOutcome: true),
+            .handles(InventoryRejected.self, waitingOn: "cancel the order", untilOutcome: true),
+            .handles(InventoryReleased.self, waitingOn: "cancel the order", untilOutcome: true),
+        ],
+        deadlines: [.deadline(OrderExpired.self, name: deadlineName)])
 
-    /// Orders as a participant: its tables, its handler, its part of the saga and the schemas of its events.
+    /// Orders as a participant: its tables, its handler, its part of the saga and the schemas of its events
+    /// (those of its deadline's `order.expired` included).
     public static func definition() -> ParticipantDefinition {
-        .orderSaga(name: name, migrations: migrations, handlers: handler.eventHandlers, declaration: declaration)
+        var definition = ParticipantDefinition.orderSaga(
+            name: name, migrations: migrations, handlers: handler.eventHandlers, declaration: declaration)
+        definition.schemas += EventSchema.embedded(types: declaration.deadlines.map(\.type))
+        return definition
     }
 
     /// Orders' handler: it takes a whole batch of `payment.completed`, `inventory.rejected` and
-    /// `inventory.released` events at once.
+    /// `inventory.released` events at once, and the `order.expired` events of its fired deadlines.
     public static let handler = BatchHandler(
         versions: [
             PaymentCompleted.eventType: PaymentCompleted.eventVersion,
             InventoryRejected.eventType: InventoryRejected.eventVersion,
             InventoryReleased.eventType: InventoryReleased.eventVersion,
+            OrderExpired.eventType: OrderExpired.eventVersion,
         ]
     ) { events, context in try await finish(events, context: context) }
 
@@ -110,6 +129,8 @@ public enum OrdersService {
         var status: Status
         /// The order's reason column and the history's detail.
         var reason: String?
+        /// An `order.expired`: it cancels only an order whose deadline has passed.
+        var timeout = false
         /// The event to emit once the order is finished.
         var emit: (OrderRow) throws -> OutgoingEvent
     }
@@ -117,7 +138,13 @@ public enum OrdersService {
     /// Moves each event's PENDING order to its terminal status, records it in the history and emits
     /// `order.confirmed` / `order.cancelled`, in a constant number of statements. Per order, the first
     /// event of the batch decides; an order already terminal is left as it is (nothing emitted); an unknown
-    /// order is rejected.
+    /// order is rejected. An `order.expired` (its deadline fired) cancels a PENDING order whose deadline has
+    /// passed with reason `timeout`.
+    ///
+    /// Lock order: the orders' deadlines are deleted before the orders are updated, as the firing transaction
+    /// holds the deadline row before it updates the order. So an answer racing the firing waits for it, finds the
+    /// deadline gone and the order cancelled, and changes nothing. A `saga_deadlines` row "order" exists only
+    /// while its order is PENDING.
     static func finish(_ events: [IncomingEvent], context: BatchHandlerContext) async throws -> [OutgoingEvent] {
         var finishes: [Finish] = []
         finishes.reserveCapacity(events.count)
@@ -142,6 +169,14 @@ public enum OrdersService {
                 finishes.append(
                     try cancel(
                         event, orderId: released.orderId, reason: .paymentDeclined, detail: released.reason, context))
+            case OrderExpired.eventType:
+                let expired = try event.decode(OrderExpired.self)
+                var finish = try cancel(
+                    event, orderId: expired.orderId, reason: .timeout, detail: "no outcome by \(expired.dueAt)",
+                    context)
+                finish.reason = "timeout: not confirmed within \(expired.timeoutSeconds) s"
+                finish.timeout = true
+                finishes.append(finish)
             default:
                 throw HandlerRejection("orders does not handle \(event.type)")
             }
@@ -151,17 +186,22 @@ public enum OrdersService {
         var seen = Set<UUID>()
         for f in finishes where seen.insert(f.orderId).inserted { first.append(f) }
         let db = context.connection
+        // The answers' orders are decided now: their deadlines go first (lock order, see above). A fired
+        // deadline's row is deleted by the worker in the firing transaction.
+        let answers = events.filter { $0.type != OrderExpired.eventType }
+        if !answers.isEmpty { try await context.cancelDeadlines(name: deadlineName, for: answers) }
         var finished: [UUID: OrderRow] = [:]
         for row in try await db.query(
             """
             UPDATE orders o SET status = u.status, reason = NULLIF(u.reason, ''), updated_at = now()
-            FROM unnest($1::uuid[], $2::text[], $3::text[]) AS u(id, status, reason)
+            FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int[]) AS u(id, status, reason, timeout)
             WHERE o.id = u.id AND o.status = 'PENDING'
+                AND (u.timeout = 0 OR o.deadline_at <= clock_timestamp())
             RETURNING o.id, o.customer_id, o.total_amount, o.currency
             """,
             [
                 PostgresArray(first.map(\.orderId)), PostgresArray(first.map(\.status.rawValue)),
-                PostgresArray(first.map { $0.reason ?? "" }),
+                PostgresArray(first.map { $0.reason ?? "" }), PostgresArray(first.map { $0.timeout ? 1 : 0 }),
             ])
         {
             finished[try row.decode("id")] = OrderRow(
@@ -192,7 +232,8 @@ public enum OrdersService {
                 throw HandlerRejection("unknown order \(f.orderId.uuidString.lowercased())")
             }
             context.logger(for: f.event).info(
-                "order already terminal",
+                f.timeout && current[f.orderId] == Status.pending.rawValue
+                    ? "order deadline not due: ignored" : "order already terminal",
                 metadata: [
                     "order": .string(f.orderId.uuidString.lowercased()),
                     "status": .string(
@@ -227,7 +268,12 @@ public enum OrdersService {
         _ event: IncomingEvent, orderId: String, reason: OrderCancelled.Reason, detail: String,
         _ context: BatchHandlerContext
     ) throws -> Finish {
-        let label = reason == .outOfStock ? "out of stock" : "payment declined"
+        let label =
+            switch reason {
+            case .outOfStock: "out of stock"
+            case .paymentDeclined: "payment declined"
+            case .timeout: "timeout"
+            }
         return Finish(
             event: event, orderId: try uuid(orderId), status: .cancelled, reason: "\(label): \(detail)",
             emit: { row in

@@ -1,0 +1,160 @@
+import Foundation
+import SagaKafka
+import SagaPostgres
+
+/// Deadlines written outside a handler, and what the runtime tells the tracker about deadlines.
+///
+/// A service that starts sagas in a statement of its own (e.g. orders placing an order over HTTP) schedules
+/// the saga's deadline as one more member of that statement's data-modifying `WITH`, next to its rows and its
+/// outbox row (``Outbox/insert(_:firstParameter:where:)``): ``insert(_:firstParameter:where:)``. It is then
+/// fired by the service's worker like a deadline a handler scheduled.
+///
+/// The tracker learns of deadlines from the `saga-deadline` header (``SagaHeader/deadline``, one ``Mark``
+/// each): the worker adds it to every message of saga S written in a transaction that scheduled, cancelled or
+/// fired a deadline of S. A transaction that emits nothing for S is not seen.
+public enum Deadline {
+    /// What happened to a deadline, as carried by a `saga-deadline` header:
+    /// `{"op","name","participant","dueAt","eventId","eventType","lateMs"?,"at"}` (dates RFC 3339, UTC,
+    /// milliseconds).
+    public struct Mark: Sendable, Hashable {
+        /// What happened to it.
+        public enum Op: String, Sendable, Hashable, CaseIterable {
+            case scheduled, cancelled, fired
+        }
+
+        /// What happened.
+        public var op: Op
+        /// The deadline's name.
+        public var name: String
+        /// The participant whose deadline it is.
+        public var participant: String
+        /// When it falls (fell).
+        public var dueAt: Date
+        /// The id of the event it delivers (delivered, when fired).
+        public var eventId: UUID
+        /// The type of that event.
+        public var eventType: String
+        /// For ``Op/fired``: how late it fired, in milliseconds.
+        public var lateMs: Int64?
+        /// When it happened (by the clock of the process or database that did it).
+        public var at: Date
+
+        /// A mark from its fields.
+        public init(
+            op: Op, name: String, participant: String, dueAt: Date, eventId: UUID, eventType: String,
+            lateMs: Int64? = nil, at: Date
+        ) {
+            self.op = op
+            self.name = name
+            self.participant = participant
+            self.dueAt = dueAt
+            self.eventId = eventId
+            self.eventType = eventType
+            self.lateMs = lateMs
+            self.at = at
+        }
+
+        /// The mark as JSON.
+        public var json: JSONValue {
+            var o: [String: JSONValue] = [
+                "op": .string(op.rawValue), "name": .string(name), "participant": .string(participant),
+                "dueAt": .string(Timestamp.format(dueAt)), "eventId": .string(eventId.uuidString.lowercased()),
+                "eventType": .string(eventType), "at": .string(Timestamp.format(at)),
+            ]
+            if let lateMs { o["lateMs"] = .integer(lateMs) }
+            return .object(o)
+        }
+
+        /// The `saga-deadline` header carrying it.
+        public var header: KafkaHeader {
+            KafkaHeader(key: SagaHeader.deadline, value: json.serialized())
+        }
+
+        /// Reads a mark from a `saga-deadline` header's value.
+        /// - Throws: `EventDecodingError` when it is not such JSON.
+        public init(parsing value: [UInt8]) throws(EventDecodingError) {
+            let json: JSONValue
+            do { json = try JSONValue(parsing: value) } catch { throw EventDecodingError("saga-deadline: not JSON") }
+            guard case .object(let o) = json else { throw EventDecodingError("saga-deadline: not an object") }
+            func string(_ key: String) throws(EventDecodingError) -> String {
+                guard case .string(let s)? = o[key] else { throw EventDecodingError("saga-deadline: no '\(key)'") }
+                return s
+            }
+            func date(_ key: String) throws(EventDecodingError) -> Date {
+                guard let d = Timestamp.parse(try string(key)) else {
+                    throw EventDecodingError("saga-deadline: '\(key)' is not an RFC 3339 date-time")
+                }
+                return d
+            }
+            guard let op = Op(rawValue: try string("op")) else {
+                throw EventDecodingError("saga-deadline: unknown op")
+            }
+            guard let eventId = UUID(uuidString: try string("eventId")) else {
+                throw EventDecodingError("saga-deadline: 'eventId' is not a UUID")
+            }
+            var lateMs: Int64? = nil
+            switch o["lateMs"] {
+            case nil, .null?: break
+            case .integer(let ms)?: lateMs = ms
+            default: throw EventDecodingError("saga-deadline: 'lateMs' is not an integer")
+            }
+            self.init(
+                op: op, name: try string("name"), participant: try string("participant"), dueAt: try date("dueAt"),
+                eventId: eventId, eventType: try string("eventType"), lateMs: lateMs, at: try date("at"))
+        }
+    }
+
+    /// One deadline row, for a statement that writes it together with a service's own rows.
+    public struct Row: Sendable {
+        /// The deadline's name (one per saga: writing it again replaces it).
+        public var name: String
+        /// When it falls.
+        public var due: Date
+        /// The event it delivers to the service's handler of its type; its saga is the deadline's saga.
+        public var event: EventEnvelope
+
+        /// A deadline `name` of `event`'s saga, falling at `due`, whose payload is validated by `codec` (as a
+        /// handler's scheduled deadline is). That the service has a handler for its type is checked by its
+        /// worker when it starts (a deadline type declared in ``SagaDeclaration/deadlines`` must have one).
+        /// - Throws: `EventEncodingError` when the payload has no schema or breaks it.
+        public init(name: String, due: Date, event: OutgoingEvent, codec: EventCodec) throws(EventEncodingError) {
+            try Deadlines.validate(event.envelope, name: name, codec: codec)
+            self.name = name
+            self.due = due
+            self.event = event.envelope
+        }
+
+        /// The ``Mark`` of this row being scheduled by `participant` at `at`: add its ``Mark/header`` to the
+        /// outbox row of the saga written in the same statement, so the tracker sees the deadline.
+        public func scheduledMark(participant: String, at: Date = Date()) -> Mark {
+            Mark(
+                op: .scheduled, name: name, participant: participant, dueAt: due, eventId: event.id,
+                eventType: event.type, at: at)
+        }
+    }
+
+    /// An `INSERT INTO saga_deadlines … SELECT … WHERE <condition> ON CONFLICT (saga_id, name) DO UPDATE` of
+    /// `row`, whose bind parameters are numbered from `firstParameter`: a member of a data-modifying `WITH`
+    /// statement, like ``Outbox/insert(_:firstParameter:where:)``, so that the deadline commits with the
+    /// service's state change (or not at all). `condition` refers to the statement's other members. A deadline of
+    /// the same saga and name is replaced. The caller counts it once committed
+    /// (``DeadlineMetrics/recordScheduled(service:count:)``).
+    public static func insert(_ row: Row, firstParameter n: Int, where condition: String) -> (
+        sql: String, binds: [PostgresBind]
+    ) {
+        let sql = """
+            INSERT INTO saga_deadlines
+                (saga_id, name, due_at, event_id, event_type, event_version, data, causation_id, traceparent)
+            SELECT $\(n), $\(n + 1), $\(n + 2)::timestamptz, $\(n + 3)::uuid, $\(n + 4), $\(n + 5)::int,
+                $\(n + 6)::jsonb, $\(n + 7)::uuid, NULLIF($\(n + 8), '')
+            WHERE \(condition)
+            \(Deadlines.onConflict)
+            """
+        let binds: [PostgresBind] = [
+            row.event.sagaId, row.name, row.due, row.event.id.uuidString.lowercased(), row.event.type,
+            row.event.version, String(decoding: row.event.data.serialized(), as: UTF8.self),
+            row.event.causationId?.uuidString.lowercased(), row.event.traceparent ?? "",
+        ]
+        return (sql, binds)
+    }
+}
