@@ -385,10 +385,11 @@ public struct PaymentRefunded: EventPayload, Hashable {
     }
 }
 
-/// Every event type of the saga, in flow order.
+/// Every event type the saga publishes on Kafka, in flow order (a deadline type, `order.expired`, is not).
 public let sagaEventTypes = [
     OrderCreatedV2.eventType, InventoryReserved.eventType, InventoryRejected.eventType, PaymentCompleted.eventType,
     PaymentFailed.eventType, InventoryReleased.eventType, OrderConfirmed.eventType, OrderCancelled.eventType,
+    PaymentRefunded.eventType,
 ]
 
 /// Upcasters of every event type that has more than one version.
@@ -423,6 +424,7 @@ public let sagaEmittedEvents: [EmittedEvent] = [
     EmittedEvent(InventoryService.name, InventoryReleased.self),
     EmittedEvent(BillingService.name, PaymentCompleted.self), EmittedEvent(BillingService.name, PaymentFailed.self),
     EmittedEvent(OrdersService.name, OrderConfirmed.self), EmittedEvent(OrdersService.name, OrderCancelled.self),
+    EmittedEvent(BillingService.name, PaymentRefunded.self),
 ]
 
 extension ParticipantDefinition {

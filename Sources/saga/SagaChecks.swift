@@ -119,8 +119,9 @@ enum SagaChecks {
         ).first?.decode("n") ?? -1
     }
 
-    /// CONFIRMED, or the cancellation reason (`out_of_stock`, `payment_declined`, `timeout`) from the orders table's
-    /// status and reason (`out of stock: ...`, `payment declined: ...`, `timeout: ...`); PENDING while running.
+    /// CONFIRMED, or the cancellation reason (`out_of_stock`, `payment_declined`, `timeout`) from the orders
+    /// table's status and reason (`out of stock: ...`, `payment declined: ...`, `timeout: ...`); PENDING while
+    /// running.
     static func outcome(status: String, reason: String?) -> String {
         guard status == "CANCELLED" else { return status }
         guard let reason else { return "cancelled" }

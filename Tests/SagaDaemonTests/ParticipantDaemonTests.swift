@@ -92,7 +92,7 @@ struct ParticipantDaemonTests {
         #expect(
             env.topics(of: InventoryService.definition()) == [
                 "t1.deadletter.inventory", "t1.inventory.rejected", "t1.inventory.released", "t1.inventory.reserved",
-                "t1.order.created", "t1.payment.completed", "t1.payment.failed",
+                "t1.order.cancelled", "t1.order.created", "t1.payment.completed", "t1.payment.failed",
             ])
         #expect(env.topicPartitions == 3)
         #expect(env.topicReplicationFactor == 2)

@@ -166,7 +166,7 @@ enum ShippingParticipant {
             model.kinds == [
                 "order.created": .step, "inventory.reserved": .step, "payment.completed": .step,
                 "inventory.rejected": .failure, "payment.failed": .failure, "inventory.released": .compensation,
-                "order.confirmed": .outcome, "order.cancelled": .outcome,
+                "order.confirmed": .outcome, "order.cancelled": .outcome, "payment.refunded": .compensation,
             ])
         #expect(
             model.waitingOn == [

@@ -22,6 +22,7 @@ import Testing
         #expect(try await stack.waitForTerminal(confirmed).status == "CONFIRMED")
         #expect(try await stack.waitForTerminal(declined).status == "CANCELLED")
         try await stack.waitForOutboxesPublished()
+        try await stack.waitUntilConsumed(OrderCancelled.eventType, count: 1, by: ["inventory", "billing"])
         let before = try await stack.stateSnapshot()
         let replayer = stack.replayer()
         let created = stack.topics.topic(for: "order.created")

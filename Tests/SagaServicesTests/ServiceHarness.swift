@@ -87,3 +87,19 @@ final class ServiceHarness: Sendable {
         try? await PostgresTestDatabase.dropSchema(database.schema)
     }
 }
+
+extension TestStack {
+    /// Waits until each of `services` has handled (its inbox holds) at least `count` events of `type`: e.g. the
+    /// `order.cancelled` inventory and billing consume after orders committed the outcome a test waited for.
+    func waitUntilConsumed(_ type: String, count: Int, by services: [String]) async throws {
+        try await eventually("\(services) consumed \(count) \(type)") {
+            for service in services {
+                let n: Int = try await query(
+                    service, "SELECT count(*)::int AS n FROM saga_inbox WHERE event_type = $1", [type]
+                ).first!.decode("n")
+                if n < count { return false }
+            }
+            return true
+        }
+    }
+}

@@ -3,7 +3,10 @@ import SagaEngine
 
 /// Inventory: stock per SKU. Reserves every line of an order atomically or none (`inventory.reserved` /
 /// `inventory.rejected`), releases the reservation when the payment fails (`inventory.released`, the
-/// compensation) and turns it into a sale when the payment completes.
+/// compensation) and turns it into a sale when the payment completes. When the order is cancelled
+/// (`order.cancelled`, e.g. on timeout) it releases what it reserved or sold for it (`inventory.released`),
+/// and a cancellation that arrives before the order leaves a tombstone (status `CANCELLED`), so the late order
+/// reserves nothing.
 ///
 /// Stock is conserved: for every SKU, `available + reserved + sold` only changes by restocking.
 /// An order naming a SKU inventory does not know is dead-lettered (catalogues out of sync), not rejected.
@@ -11,7 +14,8 @@ public enum InventoryService {
     /// The participant's name: its schema, consumer group and producer name.
     public static let name = "inventory"
 
-    /// Inventory's tables: stock per SKU and the reservations of orders.
+    /// Inventory's tables: stock per SKU and the reservations of orders (an order cancelled before inventory saw
+    /// it is a reservation `CANCELLED` without lines or total: its tombstone).
     public static let migrations = [
         PostgresMigration(
             version: 100, name: "inventory: stock and reservations",
@@ -37,11 +41,22 @@ public enum InventoryService {
                     quantity int  NOT NULL CHECK (quantity > 0),
                     PRIMARY KEY (order_id, sku)
                 );
-                """)
+                """),
+        PostgresMigration(
+            version: 101, name: "inventory: tombstones of orders cancelled before they arrived",
+            sql: """
+                ALTER TABLE reservations
+                    DROP CONSTRAINT reservations_status_check,
+                    ADD CONSTRAINT reservations_status_check
+                        CHECK (status IN ('RESERVED', 'REJECTED', 'RELEASED', 'SOLD', 'CANCELLED')),
+                    ALTER COLUMN total_amount DROP NOT NULL,
+                    ALTER COLUMN currency DROP NOT NULL;
+                """),
     ]
 
     /// Inventory's part of the saga: the reservation, and its release (the compensation). A completed payment
-    /// turns the reservation into a sale, which emits nothing the saga waits for.
+    /// turns the reservation into a sale, which emits nothing the saga waits for; a cancelled order may have
+    /// nothing to release, so the saga does not wait on inventory after `order.cancelled`.
     public static let declaration = SagaDeclaration(
         emits: [
             .step(InventoryReserved.self), .failure(InventoryRejected.self), .compensation(InventoryReleased.self),
@@ -49,6 +64,7 @@ public enum InventoryService {
         consumes: [
             .handles(OrderCreatedV2.self, waitingOn: "reserve the stock"),
             .handles(PaymentFailed.self, waitingOn: "release the reservation"), .handles(PaymentCompleted.self),
+            .handles(OrderCancelled.self),
         ])
 
     /// Inventory as a participant: its tables, its handler, its part of the saga and the schemas of its events.
@@ -56,12 +72,13 @@ public enum InventoryService {
         .orderSaga(name: name, migrations: migrations, handlers: handler.eventHandlers, declaration: declaration)
     }
 
-    /// Inventory's handler: it takes a whole batch of `order.created`, `payment.failed` and
-    /// `payment.completed` events at once.
+    /// Inventory's handler: it takes a whole batch of `order.created`, `payment.failed`, `payment.completed`
+    /// and `order.cancelled` events at once.
     public static let handler = BatchHandler(
         versions: [
             OrderCreatedV2.eventType: OrderCreatedV2.eventVersion, PaymentFailed.eventType: PaymentFailed.eventVersion,
             PaymentCompleted.eventType: PaymentCompleted.eventVersion,
+            OrderCancelled.eventType: OrderCancelled.eventVersion,
         ]
     ) { events, context in try await handle(events, context: context) }
 
@@ -71,6 +88,8 @@ public enum InventoryService {
         case reserve(OrderCreatedV2, orderId: UUID, wanted: [String: Int])
         /// Release (payment failed) or sell (payment completed) a RESERVED reservation.
         case settle(orderId: UUID, to: String, failed: PaymentFailed?)
+        /// The order is cancelled: release a RESERVED or SOLD reservation, or leave a tombstone if there is none.
+        case cancel(orderId: UUID, OrderCancelled)
     }
 
     /// A reservation as the batch sees it: read (locked) from the table or made earlier in the batch.
@@ -80,7 +99,8 @@ public enum InventoryService {
         /// Made in this batch (inserted at the end, with its final status).
         var isNew: Bool
         var customerId = ""
-        var total = Money(amount: 0, currency: "")
+        /// Nil on a tombstone.
+        var total: Money? = nil
     }
 
     /// Stock of one SKU (locked), and how the batch changes it.
@@ -89,10 +109,15 @@ public enum InventoryService {
         var delta = (available: 0, reserved: 0, sold: 0)
     }
 
-    /// Handles a batch in a constant number of statements: it locks the batch's reservations (in order id
-    /// order), then every SKU they and the new orders name (in SKU order), decides each event in the order
-    /// given against that state, and writes the new reservations, their lines, the status changes and the
-    /// stock changes with one statement each.
+    /// Handles a batch in a constant number of statements: it takes the batch's per-order advisory locks, locks
+    /// the batch's reservations (in order id order), then every SKU they and the new orders name (in SKU order),
+    /// decides each event in the order given against that state, and writes the new reservations, their lines,
+    /// the status changes and the stock changes with one statement each.
+    ///
+    /// The advisory locks (`inventory:<order id>`, in order id order, held until commit) serialize the
+    /// transactions of one order across instances: its events come from different topics, in no order between
+    /// them, possibly to two instances at once, and row locks cannot serialize an order that has no reservation
+    /// row yet (its `order.cancelled` and its `order.created` handled at the same time).
     static func handle(_ events: [IncomingEvent], context: BatchHandlerContext) async throws -> [OutgoingEvent] {
         var steps: [(event: IncomingEvent, step: Step)] = []
         steps.reserveCapacity(events.count)
@@ -119,19 +144,24 @@ public enum InventoryService {
             case PaymentCompleted.eventType:
                 let payment = try event.decode(PaymentCompleted.self)
                 steps.append((event, .settle(orderId: try uuid(payment.orderId), to: "SOLD", failed: nil)))
+            case OrderCancelled.eventType:
+                let cancelled = try event.decode(OrderCancelled.self)
+                steps.append((event, .cancel(orderId: try uuid(cancelled.orderId), cancelled)))
             default:
                 throw HandlerRejection("inventory does not handle \(event.type)")
             }
         }
         let db = context.connection
 
-        // The reservations the batch names, locked in order id order, with their lines.
+        // The orders' advisory locks, then the reservations the batch names, locked in order id order, with
+        // their lines.
         var orderIds = Set<UUID>()
         for (_, step) in steps {
             switch step {
-            case .reserve(_, let id, _), .settle(let id, _, _): orderIds.insert(id)
+            case .reserve(_, let id, _), .settle(let id, _, _), .cancel(let id, _): orderIds.insert(id)
             }
         }
+        try await OrderLocks.lock(orderIds, service: name, on: db)
         var reservations: [UUID: Reservation] = [:]
         for row in try await db.query(
             """
@@ -155,7 +185,8 @@ public enum InventoryService {
         for (_, step) in steps {
             switch step {
             case .reserve(_, _, let wanted): skus.formUnion(wanted.keys)
-            case .settle(let id, _, _): for line in reservations[id]?.lines ?? [] { skus.insert(line.sku) }
+            case .settle(let id, _, _), .cancel(let id, _):
+                for line in reservations[id]?.lines ?? [] { skus.insert(line.sku) }
             }
         }
         var stock: [String: Stock] = [:]
@@ -245,6 +276,37 @@ public enum InventoryService {
                                 reason: "payment failed: \(failed.reason.rawValue)", lines: reservation.lines),
                             causedBy: event))
                 }
+            case .cancel(let orderId, let cancelled):
+                guard var reservation = reservations[orderId] else {
+                    // Cancelled before inventory saw the order: a tombstone, so the late order.created reserves
+                    // nothing ("already decided").
+                    created.append(orderId)
+                    reservations[orderId] = Reservation(
+                        status: "CANCELLED", lines: [], isNew: true, customerId: cancelled.customerId, total: nil)
+                    continue
+                }
+                // Reserved, or sold (the payment completed before the order was cancelled; billing refunds it):
+                // the stock goes back to available. Anything else (rejected, released, a tombstone) holds nothing.
+                let wasSold = reservation.status == "SOLD"
+                guard wasSold || reservation.status == "RESERVED" else { continue }
+                reservation.status = "RELEASED"
+                reservations[orderId] = reservation
+                if !reservation.isNew { settled[orderId] = "RELEASED" }
+                for line in reservation.lines where stock[line.sku] != nil {
+                    if wasSold {
+                        stock[line.sku]!.delta.sold -= line.quantity
+                    } else {
+                        stock[line.sku]!.delta.reserved -= line.quantity
+                    }
+                    stock[line.sku]!.available += line.quantity
+                    stock[line.sku]!.delta.available += line.quantity
+                }
+                out.append(
+                    try context.emit(
+                        InventoryReleased(
+                            orderId: cancelled.orderId, customerId: cancelled.customerId,
+                            reason: "order cancelled: \(cancelled.reason.rawValue)", lines: reservation.lines),
+                        causedBy: event))
             }
         }
 
@@ -254,12 +316,15 @@ public enum InventoryService {
             try await db.execute(
                 """
                 INSERT INTO reservations (order_id, customer_id, status, total_amount, currency)
-                SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::text[])
+                SELECT r.order_id, r.customer_id, r.status,
+                       CASE WHEN r.status = 'CANCELLED' THEN NULL ELSE r.total_amount END, NULLIF(r.currency, '')
+                FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::text[])
+                     AS r(order_id, customer_id, status, total_amount, currency)
                 """,
                 [
                     PostgresArray(rows.map { $0.0 }), PostgresArray(rows.map { $0.1.customerId }),
-                    PostgresArray(rows.map { $0.1.status }), PostgresArray(rows.map { $0.1.total.amount }),
-                    PostgresArray(rows.map { $0.1.total.currency }),
+                    PostgresArray(rows.map { $0.1.status }), PostgresArray(rows.map { $0.1.total?.amount ?? 0 }),
+                    PostgresArray(rows.map { $0.1.total?.currency ?? "" }),
                 ])
             let lines = rows.flatMap { id, r in r.lines.map { (id, $0) } }
             if !lines.isEmpty {
