@@ -84,7 +84,12 @@ public final class HealthMonitor: Service, Sendable {
                     return r[name]
                 }
                 gauges[name]?.record(outcome == "ok" ? 1 : 0)
-                if previous != outcome {
+                if previous != outcome, name.hasPrefix("paused:") {
+                    // Not a dependency: an operator's pause (`Check.paused`).
+                    let state = outcome == "ok" ? "running" : outcome
+                    logger.notice(
+                        "worker readiness changed", metadata: ["check": .string(name), "state": .string(state)])
+                } else if previous != outcome {
                     if outcome == "ok" {
                         logger.info("dependency reachable", metadata: ["check": .string(name)])
                     } else {
