@@ -54,7 +54,8 @@ public struct ParticipantDaemon: Sendable {
 
     /// Migrates the participant's schema, creates its missing topics
     /// (``DaemonEnvironment/ensureTopics(_:logger:)``), then runs its relay and worker (as ``roles`` says), the ops server
-    /// checking its database and the broker, and `alongside` (e.g. an HTTP API, which stops first) on
+    /// checking its database and the broker (and pausing and resuming its worker: ``OpsServer``), and `alongside`
+    /// (e.g. an HTTP API, which stops first) on
     /// `daemon` until SIGTERM or SIGINT.
     /// - Throws: ``ConfigurationError`` when no Kafka broker is configured; what migrating or a service throws.
     public func run(on daemon: Daemon, alongside: [any Service]) async throws {
