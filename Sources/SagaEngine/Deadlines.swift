@@ -156,11 +156,16 @@ final class DeadlineLedger: Sendable {
         }
     }
 
-    /// The marks of `sagaIds`, removed: they go onto those sagas' messages about to be written.
-    func takeMarks(for sagaIds: Set<String>) -> [String: [Deadline.Mark]] {
+    /// The marks of the sagas of `emitted`, removed: they go onto those sagas' messages about to be written.
+    func takeMarks(for emitted: [OutgoingEvent]) -> [String: [Deadline.Mark]] {
         state.withLock { counts in
+            guard !counts.marks.isEmpty else { return [:] }  // the common case: no deadline in this transaction
             var taken: [String: [Deadline.Mark]] = [:]
-            for id in sagaIds { if let marks = counts.marks.removeValue(forKey: id) { taken[id] = marks } }
+            for event in emitted {
+                if let marks = counts.marks.removeValue(forKey: event.envelope.sagaId) {
+                    taken[event.envelope.sagaId] = marks
+                }
+            }
             return taken
         }
     }

@@ -395,7 +395,7 @@ public final class Worker: Service, Sendable {
     private func outboxRows(_ emitted: [OutgoingEvent], ledger: DeadlineLedger) throws(EventEncodingError) -> [(
         sagaId: String, eventId: UUID?, eventType: String?, message: KafkaOutgoingMessage
     )] {
-        let marks = ledger.takeMarks(for: Set(emitted.map(\.envelope.sagaId)))
+        let marks = ledger.takeMarks(for: emitted)
         var rows: [(sagaId: String, eventId: UUID?, eventType: String?, message: KafkaOutgoingMessage)] = []
         rows.reserveCapacity(emitted.count)
         for out in emitted {

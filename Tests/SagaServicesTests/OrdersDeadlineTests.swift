@@ -3,6 +3,7 @@ import Logging
 import SagaKafka
 import SagaServices
 import SagaTestSupport
+import Synchronization
 import Testing
 
 @testable import SagaEngine
@@ -387,6 +388,64 @@ import Testing
         #expect(try await f.status(id).status == "PENDING")
         #expect(try await f.harness.outbox(OrderCancelled.eventType).isEmpty)
         #expect(worker.stats.deadLettered == 1)
+        await f.tearDown()
+    }
+
+    /// Holds a batch of `order.expired` (after orders' handler wrote, before the commit) while closed.
+    final class Gate: Sendable {
+        private let state = Mutex((closed: false, entered: 0))
+        var entered: Int { state.withLock { $0.entered } }
+        func close() { state.withLock { $0.closed = true } }
+        func open() { state.withLock { $0.closed = false } }
+        func pass() async throws {
+            state.withLock { $0.entered += 1 }
+            while state.withLock({ $0.closed }) { try await Task.sleep(for: .milliseconds(10)) }
+        }
+    }
+
+    @Test func aDeadlineSurvivesAnOrdersWorkerCrashAndFiresOnce() async throws {
+        let f = try await Fixture()
+        let id = try await f.place(deadlineSeconds: 60).orderId
+        try await f.makeDue(id)
+        let gate = Gate()
+        gate.close()
+        let gated: BatchHandlerMiddleware = { next in
+            { events, context in
+                let out = try await next(events, context)
+                if events.contains(where: { $0.type == OrderExpired.eventType }) { try await gate.pass() }
+                return out
+            }
+        }
+        var configuration = WorkerConfiguration(
+            name: OrdersService.name, kafka: KafkaSettings(bootstrapServers: "127.0.0.1:9"),
+            database: f.harness.database, topics: f.harness.topics)
+        configuration.retry = RetryPolicy(initialDelay: .milliseconds(20), maxDelay: .milliseconds(200))
+        let first = try Worker(
+            configuration: configuration, definition: OrdersService.definition(), middleware: [],
+            batchMiddleware: [gated], logger: f.harness.logger)
+        let firingPool = f.harness.newPool()
+        let firing = Task { await first.fireDueDeadlines(pool: firingPool) }
+        let until = ContinuousClock.now + .seconds(10)
+        while gate.entered == 0 && ContinuousClock.now < until { try await Task.sleep(for: .milliseconds(10)) }
+        #expect(gate.entered == 1)
+        // The order is cancelled inside the firing transaction; the worker dies before the commit.
+        firing.cancel()
+        #expect(await firing.value == 0)
+        await firingPool.close()
+        #expect(try await f.status(id).status == "PENDING")
+        #expect(try await f.deadlineCount(id) == 1)
+        #expect(try await f.harness.outbox(OrderCancelled.eventType).isEmpty)
+        // A new worker fires it, once.
+        gate.open()
+        let restarted = try Worker(
+            configuration: configuration, definition: OrdersService.definition(), middleware: [],
+            batchMiddleware: [gated], logger: f.harness.logger)
+        #expect(await restarted.fireDueDeadlines(pool: f.harness.pool) == 1)
+        #expect(await restarted.fireDueDeadlines(pool: f.harness.pool) == 0)
+        #expect(gate.entered == 2)
+        #expect(try await f.status(id).status == "CANCELLED")
+        #expect(try await f.deadlineCount() == 0)
+        #expect(try await f.harness.outbox(OrderCancelled.eventType).count == 1)
         await f.tearDown()
     }
 

@@ -184,14 +184,20 @@ enum ShippingParticipant {
         for definition in sagaServiceDefinitions {
             let consumed = Set(definition.declaration.consumes.map(\.type))
             let emitted = Set(definition.declaration.emits.map(\.type))
-            // It declares what its handlers consume and what it emits, and supplies every version's schema.
-            #expect(consumed == Set(definition.handlers.map(\.eventType)), "\(definition.name)")
+            // Delivered by its own deadlines: handled and with schemas, but not consumed from Kafka.
+            let deadlines = Set(definition.declaration.deadlines.map(\.type))
+            #expect(consumed.isDisjoint(with: deadlines), "\(definition.name)")
+            // It declares what its handlers consume (or its deadlines deliver) and what it emits, and supplies
+            // every version's schema.
+            #expect(consumed.union(deadlines) == Set(definition.handlers.map(\.eventType)), "\(definition.name)")
             #expect(
                 emitted == Set(sagaEmittedEvents.filter { $0.producer == definition.name }.map(\.type)),
                 "\(definition.name)")
             #expect(
                 Set(definition.schemas.map(\.key))
-                    == Set(SchemaRegistry.shared.keys.filter { consumed.union(emitted).contains($0.type) }),
+                    == Set(
+                        SchemaRegistry.shared.keys.filter { consumed.union(emitted).union(deadlines).contains($0.type) }
+                    ),
                 "\(definition.name)")
         }
     }

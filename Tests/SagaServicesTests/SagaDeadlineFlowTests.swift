@@ -4,10 +4,147 @@ import SagaKafka
 import SagaServices
 import Testing
 
-/// Order deadlines end to end (issue 13), across real workers and relays: an order that gets no outcome in time is
-/// cancelled with reason timeout, and whatever inventory and billing did for it is undone, whichever of them was
-/// down; a deadline fires once, never after the saga ended normally, also across a stopped orders worker.
+/// Orders' deadline end to end, across real workers and relays on a mock cluster (issue 13's tests).
 @Suite(.serialized) struct SagaDeadlineFlowTests {
+    /// available + reserved + sold of every SKU.
+    static func stockTotals(_ stack: TestStack) async throws -> [String: Int] {
+        var totals: [String: Int] = [:]
+        for r in try await stack.query("inventory", "SELECT sku, available + reserved + sold AS total FROM stock") {
+            totals[try r.decode("sku")] = try r.decode("total")
+        }
+        return totals
+    }
+
+    /// Billing is stopped: the deadline passes, the order is cancelled with reason timeout and its stock released;
+    /// billing comes back and handles the stale `inventory.reserved` and the `order.cancelled`: no charge stays.
+    /// (An order whose `order.cancelled` inventory reads before its `order.created` — they are on two topics — is
+    /// left a tombstone instead: nothing reserved, nothing for billing to charge.)
+    @Test func billingStoppedTheDeadlinePassesAndNoChargeStays() async throws {
+        let stack = try await TestStack(orderDeadline: .seconds(6))
+        for s in TestStack.services { stack.startRelay(s) }
+        try stack.startWorker("orders")
+        try stack.startWorker("inventory")
+        let stockBefore = try await Self.stockTotals(stack)
+        let usedBefore: Int64 = try await stack.query(
+            "billing", "SELECT used FROM accounts WHERE customer_id = 'alice'"
+        )
+        .first!.decode("used")
+        var ids: [String] = []
+        for _ in 0..<6 { ids.append(try await stack.place("alice", [("widget", 1)])) }
+        let uuids = ids.map { UUID(uuidString: $0)! }
+        for id in ids {
+            let view = try await stack.waitForTerminal(id, timeout: .seconds(30))
+            #expect(view.status == "CANCELLED" && view.reason?.hasPrefix("timeout") == true, "\(view)")
+            #expect(view.history.map(\.event) == ["order.created", "order.expired"])
+        }
+        try await stack.eventually("every reservation released (or a tombstone)") {
+            try await stack.query(
+                "inventory",
+                """
+                SELECT count(*)::int AS n FROM reservations
+                WHERE order_id = ANY($1::uuid[]) AND status IN ('RELEASED', 'CANCELLED')
+                """, [PostgresArray(uuids)]
+            ).first!.decode("n", as: Int.self) == ids.count
+        }
+        let released = try await stack.query(
+            "inventory", "SELECT order_id FROM reservations WHERE order_id = ANY($1::uuid[]) AND status = 'RELEASED'",
+            [PostgresArray(uuids)]
+        ).map { try $0.decode("order_id", as: UUID.self) }
+        try stack.startWorker("billing")
+        // Billing sees every order.cancelled and every inventory.reserved, in whichever order: no charge stays.
+        try await stack.eventually("billing saw every cancellation") {
+            try await stack.query(
+                "billing", "SELECT count(*)::int AS n FROM order_cancellations WHERE order_id = ANY($1::uuid[])",
+                [PostgresArray(uuids)]
+            ).first!.decode("n", as: Int.self) == ids.count
+        }
+        // Every order inventory reserved for has its inventory.reserved handled by billing.
+        try await stack.eventually("billing handled every reservation") {
+            try await stack.query(
+                "billing", "SELECT count(*)::int AS n FROM charges WHERE order_id = ANY($1::uuid[])",
+                [PostgresArray(released)]
+            ).first!.decode("n", as: Int.self) == released.count
+        }
+        try await stack.eventually("every outbox drained") {
+            var rows = 0
+            for s in TestStack.services {
+                rows += try await stack.query(s, "SELECT count(*)::int AS n FROM saga_outbox").first!.decode(
+                    "n", as: Int.self)
+            }
+            return rows == 0
+        }
+        let charges = try await stack.query(
+            "billing", "SELECT status FROM charges WHERE order_id = ANY($1::uuid[])", [PostgresArray(uuids)])
+        let stockAfter = try await Self.stockTotals(stack)
+        let reserved = try await stack.query("inventory", "SELECT sum(reserved)::int AS n FROM stock")
+        let usedAfter: Int64 = try await stack.query("billing", "SELECT used FROM accounts WHERE customer_id = 'alice'")
+            .first!.decode("used")
+        let charged: Int64 = try await stack.query(
+            "billing",
+            "SELECT coalesce(sum(amount), 0)::bigint AS n FROM charges WHERE customer_id = 'alice' AND status = 'CHARGED'"
+        ).first!.decode("n")
+        let statuses = try await stack.query(
+            "orders", "SELECT status FROM orders WHERE id = ANY($1::uuid[])", [PostgresArray(uuids)])
+        await stack.stop()
+
+        #expect(!released.isEmpty)  // the case the issue asks for happened (6 s leaves inventory time to reserve)
+        #expect(charges.count == released.count)
+        #expect(try charges.allSatisfy { ["VOIDED", "REFUNDED"].contains(try $0.decode("status", as: String.self)) })
+        #expect(stockAfter == stockBefore)
+        #expect(try reserved.first?.decode("n", as: Int.self) == 0)
+        #expect(usedAfter == usedBefore + charged && charged == 0)
+        #expect(try statuses.allSatisfy { try $0.decode("status", as: String.self) == "CANCELLED" })
+    }
+
+    /// The orders worker is stopped before the deadlines fall and started after: they fire once, on the new worker.
+    @Test func aDeadlineFiresOnceAcrossAStoppedOrdersWorker() async throws {
+        let stack = try await TestStack(orderDeadline: .seconds(3))
+        stack.startRelay("orders")
+        try stack.startWorker("orders")  // inventory and billing stay down: nothing but the deadline ends these
+        var ids: [String] = []
+        for _ in 0..<3 { ids.append(try await stack.place("alice", [("widget", 1)])) }
+        await stack.stopWorker("orders")
+        try await Task.sleep(for: .seconds(4))
+        for id in ids { #expect(try await stack.book.view(UUID(uuidString: id)!)?.status == "PENDING") }
+        let restarted = try stack.startWorker("orders")
+        for id in ids {
+            let view = try await stack.waitForTerminal(id, timeout: .seconds(30))
+            #expect(view.status == "CANCELLED" && view.reason?.hasPrefix("timeout") == true)
+        }
+        let cancelled = try await stack.consumeAll([stack.topics.topic(for: OrderCancelled.eventType)], atLeast: 3)
+        try await Task.sleep(for: .seconds(2))  // a second firing would have happened by now
+        let expired = try await stack.query(
+            "orders", "SELECT count(*)::int AS n FROM order_history WHERE event_type = 'order.expired'")
+        let left = try await stack.query("orders", "SELECT count(*)::int AS n FROM saga_deadlines")
+        let fired = restarted.stats.deadlinesFired
+        await stack.stop()
+        #expect(cancelled.count == 3)
+        #expect(Set(cancelled.compactMap { String(bytes: $0.key ?? [], encoding: .utf8) }) == Set(ids))
+        #expect(try expired.first?.decode("n", as: Int.self) == 3)
+        #expect(try left.first?.decode("n", as: Int.self) == 0)
+        #expect(fired == 3)
+    }
+
+    /// The saga ends normally before its deadline: the deadline is cancelled and never fires.
+    @Test func aDeadlineCancelledByTheNormalEndNeverFires() async throws {
+        let stack = try await TestStack(orderDeadline: .seconds(10))
+        try stack.startAll()
+        let id = try await stack.place("alice", [("widget", 1)])
+        let view = try await stack.waitForTerminal(id)
+        #expect(view.status == "CONFIRMED")
+        // Past the deadline, and past the deadline task's poll interval.
+        let due = try #require(view.deadline.flatMap(Timestamp.parse))
+        try await Task.sleep(for: .milliseconds(Int64(max(0, due.timeIntervalSinceNow) * 1000) + 1500))
+        let orders = try #require(stack.worker("orders"))
+        let after = try #require(try await stack.book.view(UUID(uuidString: id)!))
+        let deadlines = try await stack.query("orders", "SELECT count(*)::int AS n FROM saga_deadlines")
+        await stack.stop()
+        #expect(after.status == "CONFIRMED")
+        #expect(orders.stats.deadlinesFired == 0)
+        #expect(orders.stats.deadlinesCancelled == 1)
+        #expect(try deadlines.first?.decode("n", as: Int.self) == 0)
+    }
+
     /// Places `count` orders of one widget for alice, each with a deadline of `seconds`.
     static func place(_ stack: TestStack, _ count: Int, deadlineSeconds seconds: Int) async throws -> [String] {
         var ids: [String] = []
@@ -81,48 +218,6 @@ import Testing
         }
     }
 
-    /// The issue's test: billing is down while the deadlines pass; the orders are cancelled with reason timeout and
-    /// their stock released; billing, started, never leaves a charge of them.
-    @Test func billingStoppedTheDeadlinePassesAndNoChargeStays() async throws {
-        let stack = try await TestStack()
-        for service in TestStack.services { stack.startRelay(service) }
-        try stack.startWorker("orders")
-        try stack.startWorker("inventory")
-        let ids = try await Self.place(stack, 6, deadlineSeconds: 2)
-        for id in ids {
-            let view = try await stack.waitForTerminal(id, timeout: .seconds(30))
-            #expect(view.status == "CANCELLED")
-            #expect(view.reason?.hasPrefix("timeout") == true, "\(view.reason ?? "")")
-            #expect(view.history.map(\.event) == ["order.created", "order.expired"])
-        }
-        try await stack.eventually("inventory released every reservation") {
-            let reservations = try await Self.statuses(stack, "inventory", "reservations", ids)
-            return reservations.count == ids.count
-                && reservations.values.allSatisfy { $0 == "RELEASED" || $0 == "CANCELLED" }
-        }
-        #expect(stack.worker("orders")?.stats.deadlinesFired == 6)
-
-        try stack.startWorker("billing")
-        try await stack.eventually("billing handled every cancellation and voided or refunded every charge") {
-            let cancellations = try await Self.int(
-                stack, "billing",
-                "SELECT count(*) AS n FROM saga_inbox WHERE event_type = 'order.cancelled' AND saga_id = ANY($1::text[])",
-                ids)
-            let reserved = try await Self.int(
-                stack, "billing",
-                "SELECT count(*) AS n FROM saga_inbox WHERE event_type = 'inventory.reserved' AND saga_id = ANY($1::text[])",
-                ids)
-            let charges = try await Self.statuses(stack, "billing", "charges", ids)
-            let released = try await Self.statuses(stack, "inventory", "reservations", ids).values.filter {
-                $0 == "RELEASED"
-            }.count
-            return cancellations == ids.count && reserved == released && charges.count == released
-                && charges.values.allSatisfy { $0 == "VOIDED" || $0 == "REFUNDED" }
-        }
-        try await Self.expectNothingStays(stack, ids)
-        await stack.stop()
-    }
-
     /// Inventory is down past the deadline: when it starts it finds order.created and order.cancelled in either
     /// order, and either never reserves (a tombstone) or reserves and releases; billing voids or refunds.
     @Test func inventoryStoppedTheOrderTimesOutAndTheLateReservationIsUndone() async throws {
@@ -151,65 +246,6 @@ import Testing
             return charges.count == released && charges.values.allSatisfy { $0 == "VOIDED" || $0 == "REFUNDED" }
         }
         try await Self.expectNothingStays(stack, ids)
-        await stack.stop()
-    }
-
-    /// A saga that ends normally cancels its deadline: it never fires, later either.
-    @Test func aDeadlineCancelledByTheNormalEndNeverFires() async throws {
-        let stack = try await TestStack()
-        try stack.startAll()
-        // Every consumer has its partitions first (the first group join takes seconds on the mock cluster).
-        let warm = try #require(try await Self.place(stack, 1, deadlineSeconds: 60).first)
-        #expect(try await stack.waitForTerminal(warm).status == "CONFIRMED")
-        let id = try #require(try await Self.place(stack, 1, deadlineSeconds: 3).first)
-        #expect(try await stack.waitForTerminal(id).status == "CONFIRMED")
-        try await Task.sleep(for: .seconds(4))  // past the deadline
-        let orders = try #require(stack.worker("orders"))
-        #expect(orders.stats.deadlinesFired == 0)
-        #expect(orders.stats.deadlinesCancelled == 2)
-        #expect(
-            try await Self.int(
-                stack, "orders", "SELECT count(*) AS n FROM saga_deadlines WHERE saga_id = ANY($1::text[])", [id]) == 0)
-        let view = try await Self.view(stack, id)
-        #expect(view.status == "CONFIRMED")
-        #expect(view.history.map(\.event) == ["order.created", "payment.completed"])
-        await stack.stop()
-    }
-
-    /// The orders worker is stopped before the deadline falls and started after: the deadline fires once.
-    @Test func aDeadlineFiresOnceAcrossAKilledOrdersWorker() async throws {
-        let stack = try await TestStack()
-        for service in TestStack.services { stack.startRelay(service) }
-        try stack.startWorker("orders")
-        try stack.startWorker("inventory")  // billing is not running: no outcome comes
-        let id = try #require(try await Self.place(stack, 1, deadlineSeconds: 2).first)
-        await stack.stopWorker("orders")
-        try await Task.sleep(for: .seconds(3))
-        #expect(try await Self.view(stack, id).status == "PENDING")
-
-        let orders = try stack.startWorker("orders")
-        let view = try await stack.waitForTerminal(id, timeout: .seconds(30))
-        #expect(view.status == "CANCELLED" && view.reason?.hasPrefix("timeout") == true)
-        try await stack.eventually("inventory settled the reservation as cancelled") {
-            let status = try await Self.statuses(stack, "inventory", "reservations", [id])[id]
-            return status == "RELEASED" || status == "CANCELLED"  // reserved then released, or a tombstone
-        }
-        try await Task.sleep(for: .seconds(1))
-        #expect(orders.stats.deadlinesFired == 1)
-        #expect(
-            try await Self.int(
-                stack, "orders",
-                "SELECT count(*) AS n FROM saga_inbox WHERE event_type = 'order.expired' AND saga_id = ANY($1::text[])",
-                [id]) == 1)
-        #expect(
-            try await Self.int(
-                stack, "inventory",
-                "SELECT count(*) AS n FROM saga_inbox WHERE event_type = 'order.cancelled' AND saga_id = ANY($1::text[])",
-                [id]) == 1)
-        #expect(
-            try await Self.int(
-                stack, "orders", "SELECT count(*) AS n FROM saga_deadlines WHERE saga_id = ANY($1::text[])", [id]) == 0)
-        #expect(view.history.map(\.event) == ["order.created", "order.expired"])
         await stack.stop()
     }
 }
