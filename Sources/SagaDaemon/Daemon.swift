@@ -79,9 +79,10 @@ public struct Daemon: Sendable {
     }
 
     /// The ops server (health, readiness, metrics) checking the databases of `names` (participants, or
-    /// "tracker") and the broker. - Throws: ``ConfigurationError`` when no Kafka broker is configured.
-    public func ops(_ names: [String]) throws(ConfigurationError) -> OpsServer {
-        try environment.ops(names, logger: logger)
+    /// "tracker") and the broker, and controlling `workers` (pause, resume; see ``OpsServer``).
+    /// - Throws: ``ConfigurationError`` when no Kafka broker is configured.
+    public func ops(_ names: [String], workers: [Worker] = []) throws(ConfigurationError) -> OpsServer {
+        try environment.ops(names, workers: workers, logger: logger)
     }
 
     /// Runs `services` (after the span exporter, when tracing is on) until SIGTERM or SIGINT, or until one
@@ -134,13 +135,15 @@ extension DaemonEnvironment {
         return OutboxRelay(configuration: configuration, logger: logger)
     }
 
-    /// Health (the databases of `names`: participants or "tracker", and the broker) and metrics over HTTP
-    /// on `SAGA_HTTP_HOST:SAGA_OPS_PORT`. - Throws: ``ConfigurationError`` when no Kafka broker is configured.
-    public func ops(_ names: [String], logger: Logger) throws(ConfigurationError) -> OpsServer {
+    /// Health (the databases of `names`: participants or "tracker", and the broker; whether each of `workers` is
+    /// paused) and metrics over HTTP on `SAGA_HTTP_HOST:SAGA_OPS_PORT`, and pause/resume of `workers`.
+    /// - Throws: ``ConfigurationError`` when no Kafka broker is configured.
+    public func ops(_ names: [String], workers: [Worker] = [], logger: Logger) throws(ConfigurationError) -> OpsServer {
         var checks = names.map { HealthMonitor.Check.database($0, database($0), logger: logger) }
         checks.append(.broker(try kafka(), timeout: healthTimeout, logger: logger))
+        checks += workers.map { HealthMonitor.Check.paused($0) }
         let monitor = HealthMonitor(checks: checks, interval: healthInterval, timeout: healthTimeout, logger: logger)
-        return OpsServer(host: httpHost, port: opsPort, health: monitor, logger: logger)
+        return OpsServer(host: httpHost, port: opsPort, health: monitor, workers: workers, logger: logger)
     }
 
     /// The topics `definition` needs before it runs: one per event type it emits or consumes (as its declaration

@@ -326,6 +326,9 @@ public struct DevStackFile: Codable, Sendable {
     public var schemas: [String: String]
     /// The `saga dev` process.
     public var pid: Int32
+    /// The ops server's base URL (health, metrics, `POST /participants/{name}/pause|resume`); absent in files of
+    /// older versions, and when it listens on a port chosen at random (SAGA_OPS_PORT=0).
+    public var ops: String?
 
     /// Where `saga dev` writes it, relative to the working directory.
     public static let path = ".saga/dev.json"
@@ -333,8 +336,9 @@ public struct DevStackFile: Codable, Sendable {
     /// The file's contents, as `saga dev` writes them.
     public init(
         http: String, kafkaBootstrap: String, kafkaEmbedded: Bool?, databaseURL: String, schemas: [String: String],
-        pid: Int32
+        pid: Int32, ops: String? = nil
     ) {
+        self.ops = ops
         self.http = http
         self.kafkaBootstrap = kafkaBootstrap
         self.kafkaEmbedded = kafkaEmbedded

@@ -1,3 +1,4 @@
+import Foundation
 import Logging
 import Metrics
 import SagaEngine
@@ -5,7 +6,8 @@ import SagaKafka
 import ServiceLifecycle
 import Synchronization
 
-/// Readiness: whether what a daemon depends on (its databases, the Kafka broker) answers now.
+/// Readiness: whether what a daemon depends on (its databases, the Kafka broker) answers now, and whether its
+/// workers run (not paused by an operator).
 ///
 /// The checks run in the background every `interval`, each bounded by `timeout`, so `/health/ready` answers
 /// at once from the last results (a probe never waits on a hung dependency) and `saga_ready{check}` shows
@@ -82,7 +84,12 @@ public final class HealthMonitor: Service, Sendable {
                     return r[name]
                 }
                 gauges[name]?.record(outcome == "ok" ? 1 : 0)
-                if previous != outcome {
+                if previous != outcome, name.hasPrefix("paused:") {
+                    // Not a dependency: an operator's pause (`Check.paused`).
+                    let state = outcome == "ok" ? "running" : outcome
+                    logger.notice(
+                        "worker readiness changed", metadata: ["check": .string(name), "state": .string(state)])
+                } else if previous != outcome {
                     if outcome == "ok" {
                         logger.info("dependency reachable", metadata: ["check": .string(name)])
                     } else {
@@ -123,6 +130,16 @@ extension HealthMonitor.Check {
     public static func database(_ name: String, _ database: ServiceDatabase, logger: Logger) -> Self {
         let probe = DatabaseProbe(database: database, logger: logger)
         return Self(name: "database:\(name)") { await probe.check() }
+    }
+
+    /// `paused:<name>`: fails while an operator has paused the worker (``Worker/pause(waitingAtMost:)``), so the
+    /// daemon reports not ready: it handles no events until it is resumed.
+    public static func paused(_ worker: Worker) -> Self {
+        Self(name: "paused:\(worker.configuration.name)") {
+            guard worker.isPaused else { return nil }
+            let since = worker.pausedSince.map { " since \($0.formatted(.iso8601))" } ?? ""
+            return "paused by an operator\(since) (POST /participants/\(worker.configuration.name)/resume)"
+        }
     }
 
     /// A broker answers a metadata request.

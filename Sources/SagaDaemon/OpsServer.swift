@@ -10,7 +10,11 @@ import ServiceLifecycle
 /// - `GET /health/live`: 200 while the process serves requests;
 /// - `GET /health/ready` (and `/health`): 200 while every dependency answers, else 503; the JSON body names
 ///   each check (`database:<service>`, `kafka`) with "ok" or what is wrong;
-/// - `GET /metrics`: Prometheus text format.
+/// - `GET /metrics`: Prometheus text format;
+/// - `POST /participants/{name}/pause` and `POST /participants/{name}/resume`: pause (``Worker/pause(waitingAtMost:)``)
+///   or resume the worker of participant `name` running in this process. 204 once done; 202 when a pause is in force
+///   but a batch was still in flight after ``pauseWait``; 404 (JSON `error`) for a participant whose worker does not
+///   run here.
 ///
 /// It is auxiliary: when its port cannot be bound, it logs an error and the daemon keeps running.
 public struct OpsServer: Service {
@@ -30,12 +34,18 @@ public struct OpsServer: Service {
     public let health: HealthMonitor
     /// Where it logs its address, and a port it cannot bind.
     public let logger: Logger
+    /// The workers that `/participants/{name}/pause|resume` control, by participant name.
+    public let workers: [String: Worker]
+    /// How long a pause request waits for the batch in flight before it answers 202.
+    public var pauseWait: Duration = .seconds(10)
 
-    /// A server on `host:port` (0 for any free port) reporting `health`.
-    public init(host: String, port: Int, health: HealthMonitor, logger: Logger) {
+    /// A server on `host:port` (0 for any free port) reporting `health`, controlling `workers` (the workers of
+    /// this process).
+    public init(host: String, port: Int, health: HealthMonitor, workers: [Worker] = [], logger: Logger) {
         self.host = host
         self.port = port
         self.health = health
+        self.workers = Dictionary(workers.map { ($0.configuration.name, $0) }, uniquingKeysWith: { a, _ in a })
         self.logger = logger
     }
 
@@ -61,6 +71,36 @@ public struct OpsServer: Service {
             Response(
                 status: .ok, headers: [.contentType: "text/plain; version=0.0.4"],
                 body: ResponseBody(byteBuffer: ByteBuffer(bytes: Self.registry.emitToBuffer())))
+        }
+        let workers = self.workers
+        let pauseWait = self.pauseWait
+        for action in ["pause", "resume"] {
+            router.post("/participants/:name/\(action)") { [logger] _, context -> Response in
+                guard let name = context.parameters.get("name"), let worker = workers[name] else {
+                    let known = workers.keys.sorted().joined(separator: ", ")
+                    return Self.json(
+                        .notFound,
+                        .object([
+                            "error": .string(
+                                "no worker of participant '\(context.parameters.get("name") ?? "")' runs here"
+                                    + (known.isEmpty ? "" : " (it runs: \(known))"))
+                        ]))
+                }
+                logger.notice("operator request", metadata: ["participant": .string(name), "action": .string(action)])
+                if action == "resume" {
+                    await worker.resume()
+                    return Response(status: .noContent)
+                }
+                guard await worker.pause(waitingAtMost: pauseWait) else {
+                    return Self.json(
+                        .accepted,
+                        .object([
+                            "status": .string("pausing"),
+                            "detail": .string("paused; a batch or deadline firing still in flight finishes first"),
+                        ]))
+                }
+                return Response(status: .noContent)
+            }
         }
         let app = Application(
             router: router, configuration: .init(address: .hostname(host, port: port), serverName: "saga-ops"),

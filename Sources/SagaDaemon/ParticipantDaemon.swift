@@ -54,15 +54,17 @@ public struct ParticipantDaemon: Sendable {
 
     /// Migrates the participant's schema, creates its missing topics
     /// (``DaemonEnvironment/ensureTopics(_:logger:)``), then runs its relay and worker (as ``roles`` says), the ops server
-    /// checking its database and the broker, and `alongside` (e.g. an HTTP API, which stops first) on
+    /// checking its database and the broker (and pausing and resuming its worker: ``OpsServer``), and `alongside`
+    /// (e.g. an HTTP API, which stops first) on
     /// `daemon` until SIGTERM or SIGINT.
     /// - Throws: ``ConfigurationError`` when no Kafka broker is configured; what migrating or a service throws.
     public func run(on daemon: Daemon, alongside: [any Service]) async throws {
         var services: [any Service] = []
         // The relay first: services stop in reverse order, so it publishes what the worker committed.
         if roles.contains(.relay) { services.append(try daemon.relay(definition.name)) }
-        if roles.contains(.worker) { services.append(try daemon.worker(definition)) }
-        services.append(try daemon.ops([definition.name]))
+        let worker = roles.contains(.worker) ? try daemon.worker(definition) : nil
+        if let worker { services.append(worker) }
+        services.append(try daemon.ops([definition.name], workers: worker.map { [$0] } ?? []))
         // The database first: an unreachable one is reported as such, before any broker request.
         try await daemon.migrate([definition])
         try await daemon.ensureTopics([definition])

@@ -9,11 +9,17 @@ extension Worker {
 
     /// The deadline task: fires due deadlines, then sleeps until the earliest one falls, at most
     /// ``WorkerConfiguration/deadlinePollInterval`` (so it sees deadlines other instances schedule), and less
-    /// when this worker commits one that falls sooner. Runs until cancelled.
+    /// when this worker commits one that falls sooner. Idles while the worker is paused. Runs until cancelled.
     func runDeadlines(pool: PostgresPool) async {
         var failures = 0
         while !Task.isCancelled {
+            // Idle while the worker is paused (`pause()`): the deadlines wait in their table.
+            guard pauseControl.startFiring() else {
+                try? await Task.sleep(for: .milliseconds(100))
+                continue
+            }
             let fired = await fireDueDeadlines(pool: pool)
+            pauseControl.finished()
             if Task.isCancelled { break }
             if fired == configuration.deadlineBatchSize { continue }  // more may be due
             var wait = configuration.deadlinePollInterval

@@ -96,6 +96,7 @@ public struct WorkerStats: Sendable, Hashable {
 /// - Deadlines that handlers scheduled (``HandlerContext/scheduleDeadline(name:at:payload:)``) are fired on a
 ///   task and connection of their own, in transactions of their own, through the same inbox, handler and
 ///   outbox path as consumed events.
+/// - An operator can pause a worker (``pause()``) and resume it: it stays in its group but handles nothing.
 public final class Worker: Service, Sendable {
     /// How it runs.
     public let configuration: WorkerConfiguration
@@ -114,6 +115,7 @@ public final class Worker: Service, Sendable {
     private let metrics: WorkerMetrics
     let deadlineMetrics: DeadlineMetrics
     let deadlineAlarm = DeadlineAlarm()
+    let pauseControl: PauseControl
 
     /// A worker of `handlers`, validating with the schemas of this repository (`SchemaRegistry.shared`). It
     /// registers nothing in the ``ParticipantRegistry``: a participant's daemon uses
@@ -200,6 +202,7 @@ public final class Worker: Service, Sendable {
         self.migrations = migrations
         self.metrics = WorkerMetrics(service: configuration.name)
         self.deadlineMetrics = DeadlineMetrics(service: configuration.name)
+        self.pauseControl = PauseControl(service: configuration.name)
         var logger = logger
         logger[metadataKey: "service"] = .string(configuration.name)
         self.logger = logger
@@ -231,6 +234,8 @@ public final class Worker: Service, Sendable {
         consumerConfiguration.groupInstanceId = configuration.groupInstanceId
         let consumer = try KafkaConsumer(configuration: consumerConfiguration, logger: logger)
         try consumer.subscribe(topics: subscribedTopics)
+        await pauseControl.attach(consumer, logger: logger)
+        defer { pauseControl.detach() }
         logger.info("worker started", metadata: ["topics": "\(subscribedTopics)"])
         defer { logger.info("worker stopped", metadata: ["stats": "\(stats)"]) }
         // The lag gauge is refreshed apart from the loop, so it keeps moving while a batch is being retried.
@@ -265,13 +270,7 @@ public final class Worker: Service, Sendable {
         let maxMessages = configuration.batchSize
         let timeout = configuration.pollTimeout
         func startPoll() -> Task<Result<[KafkaMessage], KafkaError>, Never> {
-            Task {
-                do throws(KafkaError) {
-                    return .success(try await consumer.poll(maxMessages: maxMessages, timeout: timeout))
-                } catch {
-                    return .failure(error)
-                }
-            }
+            Task { await self.pollUnlessPaused(consumer, maxMessages: maxMessages, timeout: timeout) }
         }
         var prefetched: Task<Result<[KafkaMessage], KafkaError>, Never>? = nil
         var pollFailures = 0
@@ -297,6 +296,8 @@ public final class Worker: Service, Sendable {
                 continue loop
             }
             if batch.isEmpty { continue }
+            pauseControl.batchStarted()  // polled before a pause held: a pause waits for it
+            defer { pauseControl.finished() }
             if overlapped && batch.count < maxMessages {
                 batch += await consumer.pollAvailable(maxMessages: maxMessages - batch.count)
             }

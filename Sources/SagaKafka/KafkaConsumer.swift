@@ -21,8 +21,9 @@ public final class KafkaConsumer: Sendable {
     private let groupId: String
     private let groupInstanceId: String?
     private let state = Mutex(State())
-    /// Polls and close: serial, so close never overlaps a blocking poll.
-    private let pollLane: BlockingLane
+    /// Polls, close, pause and resume: serial, so close never overlaps a blocking poll, and pausing never
+    /// overlaps a rebalance (whose callback runs within a poll).
+    let pollLane: BlockingLane  // internal: KafkaConsumer+Pause.swift
     /// Commits and committed-offset queries, so they do not wait behind a poll.
     let controlLane: BlockingLane  // internal: KafkaConsumer+Offsets.swift
 

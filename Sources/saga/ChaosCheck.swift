@@ -169,7 +169,7 @@ struct ChaosCheckCommand: AsyncParsableCommand {
             // Inventory: every reservation settled, stock conserved, units sold = units confirmed.
             let reservations = try await SagaChecks.reservations(inventory, ids: ids)
             let unsettled = ids.filter { id in
-                reservations[id] != SagaChecks.settledReservation(outcome: expected[id]?.expected ?? "")
+                !SagaChecks.isSettled(reservation: reservations[id], outcome: expected[id]?.expected ?? "")
             }
             checks.append(
                 Check(

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Logging
+import SagaDaemon
 import SagaEngine
 import SagaServices
 
@@ -11,12 +12,22 @@ struct DemoCommand: AsyncParsableCommand {
         discussion: """
             Needs a running stack (saga dev, or the daemons with the same configuration). Places orders that end
             confirmed, cancelled for lack of stock, and cancelled after a declined payment (reservation
-            released), waits until every saga is finished, prints the outcomes and checks: every saga terminal
-            with the expected outcome, stock conserved, no order charged twice, balances match the charges,
-            outbox drained. Exits non-zero when a check fails.
+            released), waits until every saga is finished. Then, through the ops server of the process running
+            billing's worker, pauses billing, places an order with a 3 s deadline, waits until it is cancelled by
+            its timeout and its stock released, resumes billing and waits until its charge is voided or refunded
+            (skipped, not failed, when that ops server does not answer). Prints the outcomes and checks: every saga
+            terminal with the expected outcome, stock conserved, no order charged twice and no cancelled order
+            charged, balances match the charges, outbox drained. Exits non-zero when a check fails.
             """)
 
     @Option(help: "Seconds to wait for the sagas to finish.") var timeout = 120
+
+    @Option(
+        help: ArgumentHelp(
+            "The ops server of the process running billing's worker, e.g. http://127.0.0.1:9090.",
+            discussion:
+                "Default: saga dev's (the `ops` of .saga/dev.json). Unreachable: the timeout scenario is skipped."))
+    var billingOps: String?
 
     struct Scenario {
         var customer: String
@@ -31,12 +42,14 @@ struct DemoCommand: AsyncParsableCommand {
         let client = try await OrdersClient.runningStack(env)
         let run = String(UUID().uuidString.prefix(6)).lowercased()
         let (alice, bob, carol, dave) = ("alice-\(run)", "bob-\(run)", "carol-\(run)", "dave-\(run)")
+        let erin = "erin-\(run)"
         let catalogue = DemoCatalogue(
             products: DemoCatalogue.standard.products,
             customers: [
                 .init(id: alice, creditLimit: Money(amount: 1_000_000, currency: "EUR")),
                 .init(id: bob, creditLimit: Money(amount: 5_000, currency: "EUR")),
                 .init(id: carol, creditLimit: Money(amount: 0, currency: "EUR")),
+                .init(id: erin, creditLimit: Money(amount: 1_000_000, currency: "EUR")),
             ])
         let pools = Stack.services.map {
             PostgresPool(configuration: env.database($0).configuration, size: 1, logger: runtime.logger)
@@ -72,6 +85,21 @@ struct DemoCommand: AsyncParsableCommand {
             try await Task.sleep(for: .milliseconds(200))
         }
 
+        // Scenario 9: an order times out while billing is paused; billing, resumed, undoes what it did for it.
+        let timeoutScenario = Scenario(
+            customer: erin, lines: [("widget", 1)], expected: "timeout", why: "billing paused past a 3 s deadline")
+        var compensation: String? = nil
+        var undone = true
+        switch try await runTimeoutScenario(timeoutScenario, client: client, pools: pools, until: deadline) {
+        case .skipped(let why):
+            print("scenario 9 (order deadline, billing paused) skipped: \(why)")
+        case .ran(let id, let view, let done, let billingUndid):
+            placed.append((timeoutScenario, id))
+            views[id] = view
+            compensation = done
+            undone = billingUndid
+        }
+
         var rows: [[String]] = []
         var checks: [(String, Bool)] = []
         var allAsExpected = true
@@ -93,18 +121,23 @@ struct DemoCommand: AsyncParsableCommand {
         }
         print(
             Table.render(["order", "customer", "lines", "total", "status", "reason", "order history", "check"], rows))
+        if let compensation { print("compensation (\(erin.split(separator: "-")[0])): \(compensation)") }
 
         let terminal = views.count == placed.count && views.values.allSatisfy(SagaChecks.isTerminal)
         checks.append(("every saga reached a terminal state", terminal))
         checks.append(("every saga ended as expected", allAsExpected))
+        if compensation != nil {
+            checks.append(("billing, resumed, voided or refunded the timed-out order's charge", undone))
+        }
         // Orders ends a saga; inventory settles the reservation on the same payment event, in parallel.
         // Wait for it: every reservation of these orders must end as its saga did.
-        let wanted = Dictionary(
-            uniqueKeysWithValues: placed.map { s, id in (id, SagaChecks.settledReservation(outcome: s.expected)) })
+        func settled(_ reservations: [String: String]) -> Bool {
+            placed.allSatisfy { s, id in SagaChecks.isSettled(reservation: reservations[id], outcome: s.expected) }
+        }
         var reservations: [String: String] = [:]
         while ContinuousClock.now < deadline {
             reservations = try await SagaChecks.reservations(inventory, ids: placed.map(\.1))
-            if reservations == wanted { break }
+            if settled(reservations) { break }
             try await Task.sleep(for: .milliseconds(200))
         }
         let stockAfter = try await SagaChecks.stock(inventory)
@@ -112,7 +145,7 @@ struct DemoCommand: AsyncParsableCommand {
         let conserved = SagaChecks.unconserved(stockAfter, seeded: seeded).isEmpty
         checks.append(("stock conserved (available + reserved + sold = seeded, per SKU)", conserved))
         checks.append(
-            ("every reservation settled as its saga ended (sold, rejected or released)", reservations == wanted))
+            ("every reservation settled as its saga ended (sold, rejected or released)", settled(reservations)))
         let soldDelta = stockAfter.reduce(0) { $0 + $1.value.sold - (stockBefore[$1.key]?.sold ?? 0) }
         let soldExpected = placed.filter { $0.0.expected == "CONFIRMED" }.reduce(0) {
             $0 + $1.0.lines.reduce(0) { $0 + $1.1 }
@@ -121,17 +154,26 @@ struct DemoCommand: AsyncParsableCommand {
         let ids = placed.map(\.1)
         let charged = try await SagaChecks.charged(billing, ids: ids)
         let chargedOnce = placed.allSatisfy { s, id in (charged[id] ?? 0) == (s.expected == "CONFIRMED" ? 1 : 0) }
-        checks.append(("each confirmed order charged exactly once, no other order charged", chargedOnce))
-        // Billing's outbox rows are deleted once published: count the distinct events orders received.
-        let completionEvents = try await SagaChecks.handled(orders, type: PaymentCompleted.eventType, ids: ids)
         checks.append(
-            (
-                "one payment.completed per confirmed order",
-                completionEvents == placed.filter { $0.0.expected == "CONFIRMED" }.count
-            ))
-        let balances = try await SagaChecks.balances(billing, customers: [alice, bob, carol])
+            ("each confirmed order charged exactly once, no other order charged (none left CHARGED)", chargedOnce))
+        // Billing's outbox rows are deleted once published: count the distinct events orders received.
+        let confirmedIds = placed.filter { $0.0.expected == "CONFIRMED" }.map(\.1)
+        let completionEvents = try await SagaChecks.handled(
+            orders, type: PaymentCompleted.eventType, ids: confirmedIds)
+        checks.append(("one payment.completed per confirmed order", completionEvents == confirmedIds.count))
+        // A cancelled order may have been charged before billing learnt of the cancellation: then it was refunded.
+        let cancelledIds = placed.filter { $0.0.expected != "CONFIRMED" }.map(\.1)
+        let lateCompletions = try await SagaChecks.handled(
+            orders, type: PaymentCompleted.eventType, ids: cancelledIds)
+        let refunded = try await SagaChecks.charges(billing, ids: cancelledIds).values.reduce(0) {
+            $0 + $1.filter { $0 == "REFUNDED" }.count
+        }
+        checks.append(
+            ("each payment.completed of a cancelled order refunded (\(lateCompletions))", lateCompletions == refunded))
+        let customers = [alice, bob, carol] + (compensation == nil ? [] : [erin])
+        let balances = try await SagaChecks.balances(billing, customers: customers)
         let balanced = balances.allSatisfy { $0.used == $0.charged }
-        checks.append(("credit used = sum of charges, per customer", balanced && balances.count == 3))
+        checks.append(("credit used = sum of charges, per customer", balanced && balances.count == customers.count))
         // The last events (order.confirmed / order.cancelled) are published just after orders committed them.
         var pending = -1
         while pending != 0 && ContinuousClock.now < deadline {
@@ -144,6 +186,72 @@ struct DemoCommand: AsyncParsableCommand {
         for (name, ok) in checks { print("\(ok ? "✓" : "✗") \(name)") }
         guard checks.allSatisfy(\.1) else { throw ExitCode(1) }
         print("\nall \(checks.count) invariants hold")
+    }
+
+    enum TimeoutRun {
+        case skipped(String)
+        /// The order's id, its final view, and what billing and inventory did to undo their part.
+        case ran(String, JSONValue, String, undone: Bool)
+    }
+
+    /// Scenario 9: pauses billing (`POST {ops}/participants/billing/pause`), places `scenario`'s order with a 3 s
+    /// deadline, waits until orders cancels it by its timeout and inventory gives its stock back, resumes billing and
+    /// waits until billing has handled the cancellation and its charge, if any, is VOIDED or REFUNDED. Billing is
+    /// resumed whatever happens. Skipped when billing's ops server does not answer.
+    func runTimeoutScenario(
+        _ scenario: Scenario, client: OrdersClient, pools: [PostgresPool], until deadline: ContinuousClock.Instant
+    ) async throws -> TimeoutRun {
+        guard let ops = billingOps ?? DevStackFile.read()?.ops else {
+            return .skipped("no ops server for billing (pass --billing-ops, or run saga dev with SAGA_OPS_PORT set)")
+        }
+        let (inventory, billing) = (pools[1], pools[2])
+        func control(_ action: String) async throws -> Int {
+            try await LocalHTTP.send(.POST, "\(ops)/participants/billing/\(action)", timeout: .seconds(20)).status
+        }
+        let paused: Int
+        do { paused = try await control("pause") } catch { return .skipped("\(ops) does not answer (\(error))") }
+        guard paused == 204 || paused == 202 else {
+            return .skipped("POST \(ops)/participants/billing/pause answered \(paused)")
+        }
+        print("billing paused; placing an order with deadlineSeconds 3 ...")
+        do {
+            let id = try await client.place(customerId: scenario.customer, lines: scenario.lines, deadlineSeconds: 3)
+            let limit = min(deadline, ContinuousClock.now + .seconds(30))
+            var view = JSONValue.null
+            var reservation: String? = nil
+            while ContinuousClock.now < limit {
+                view = try await client.order(id)
+                if SagaChecks.isTerminal(view) {
+                    reservation = try await SagaChecks.reservations(inventory, ids: [id])[id]
+                    if SagaChecks.isSettled(reservation: reservation, outcome: scenario.expected) { break }
+                }
+                try await Task.sleep(for: .milliseconds(200))
+            }
+            let resumed = try await control("resume")
+            guard resumed == 204 else {
+                throw OrdersClient.Failure(description: "resuming billing answered \(resumed)")
+            }
+            print(
+                "order \(id.prefix(8)) is \(SagaChecks.outcome(view)), reservation \(reservation ?? "none"); billing resumed"
+            )
+            var charges: [String] = []
+            var undone = false
+            while ContinuousClock.now < deadline {
+                let seen = try await SagaChecks.handled(billing, type: "order.cancelled", ids: [id])
+                charges = try await SagaChecks.charges(billing, ids: [id])[id] ?? []
+                undone = seen == 1 && !charges.isEmpty && charges.allSatisfy { $0 == "VOIDED" || $0 == "REFUNDED" }
+                if undone { break }
+                try await Task.sleep(for: .milliseconds(200))
+            }
+            let stock =
+                reservation == "RELEASED" ? "inventory.released (stock back)" : "reservation \(reservation ?? "none")"
+            return .ran(
+                id, view, "\(stock); charge \(charges.isEmpty ? "none" : charges.joined(separator: ", "))",
+                undone: undone)
+        } catch {
+            _ = try? await control("resume")
+            throw error
+        }
     }
 
     static func money(_ v: JSONValue?) -> String {

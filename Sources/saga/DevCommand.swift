@@ -65,9 +65,11 @@ struct DevCommand: AsyncParsableCommand {
             try await stack.seed()
             var services: [any Service] = tracing.map { [$0] } ?? []
             for s in Stack.services { services.append(try stack.relay(s)) }
-            for s in Stack.services { services.append(try stack.worker(s)) }
+            var workers: [Worker] = []
+            for s in Stack.services { workers.append(try stack.worker(s)) }
+            services += workers
             services.append(try stack.tracker())
-            services.append(try stack.ops(Stack.services + ["tracker"]))
+            services.append(try stack.ops(Stack.services + ["tracker"], workers: workers))
             let participantLines = participants.map { "\n  participant \($0)   (SAGA_OPS_PORT=0)" }.joined()
             let (http, pool) = stack.ordersHTTP(port: env.httpPort) { port in
                 let file = DevStackFile(
@@ -75,13 +77,13 @@ struct DevCommand: AsyncParsableCommand {
                     kafkaEmbedded: embedded,
                     databaseURL: env.databaseURL,
                     schemas: Dictionary(uniqueKeysWithValues: Stack.services.map { ($0, env.database($0).schema) }),
-                    pid: getpid())
+                    pid: getpid(), ops: env.opsPort == 0 ? nil : "http://\(env.httpHost):\(env.opsPort)")
                 do { try file.write() } catch { logger.error("cannot write \(DevStackFile.path): \(error)") }
                 say(
                     """
                     saga dev: the local stack is up (Ctrl-C stops it)
                       HTTP API    \(file.http)   (POST /orders, GET /orders/{id})
-                      ops         http://\(env.httpHost):\(env.opsPort)   (GET /health/live, /health/ready, /metrics)
+                      ops         http://\(env.httpHost):\(env.opsPort)   (GET /health/live, /health/ready, /metrics; POST /participants/{name}/pause|resume)
                       Kafka       \(file.kafkaBootstrap)\(embedded ? "   (embedded mock cluster)" : "")
                       PostgreSQL  \(PostgresConfiguration(url: file.databaseURL).redactedURL)   (schemas: \(Stack.services.map { env.database($0).schema }.joined(separator: ", ")))
                       wrote \(DevStackFile.path)\(participantLines)

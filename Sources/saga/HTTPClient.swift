@@ -58,12 +58,17 @@ struct OrdersClient: Sendable {
         var description: String
     }
 
-    /// Places an order; returns its id. - Throws: `Failure` with the API's reason on a non-2xx answer.
-    func place(customerId: String, currency: String = "EUR", lines: [(String, Int)]) async throws -> String {
-        let body = JSONValue.object([
+    /// Places an order (with its own deadline in seconds when `deadlineSeconds` is given); returns its id.
+    /// - Throws: `Failure` with the API's reason on a non-2xx answer.
+    func place(
+        customerId: String, currency: String = "EUR", lines: [(String, Int)], deadlineSeconds: Int? = nil
+    ) async throws -> String {
+        var members: [String: JSONValue] = [
             "customerId": .string(customerId), "currency": .string(currency),
             "lines": .array(lines.map { .object(["sku": .string($0.0), "quantity": .integer(Int64($0.1))]) }),
-        ])
+        ]
+        if let deadlineSeconds { members["deadlineSeconds"] = .integer(Int64(deadlineSeconds)) }
+        let body = JSONValue.object(members)
         let (status, json) = try await send(.POST, "/orders", body: body.serialized())
         guard status == 202 || status == 200, case .string(let id)? = json["orderId"] else {
             throw Failure(

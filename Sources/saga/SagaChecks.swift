@@ -37,9 +37,19 @@ enum SagaChecks {
         return out
     }
 
-    /// The reservation status an order's saga must leave behind, by the order's outcome.
+    /// The reservation status an order's saga must leave behind, by the order's outcome (after a timeout:
+    /// RELEASED when inventory had reserved the stock; see ``isSettled(reservation:outcome:)``).
     static func settledReservation(outcome: String) -> String {
         ["CONFIRMED": "SOLD", "out_of_stock": "REJECTED"][outcome] ?? "RELEASED"
+    }
+
+    /// Whether `reservation` (nil: no row) is what an order's saga with `outcome` leaves behind. A saga cancelled by
+    /// its deadline leaves RELEASED (stock reserved, then given back), CANCELLED (inventory saw the cancellation
+    /// first: a tombstone) or REJECTED (out of stock anyway); any other outcome exactly ``settledReservation(outcome:)``.
+    static func isSettled(reservation: String?, outcome: String) -> Bool {
+        guard let reservation else { return false }
+        if outcome == "timeout" { return ["RELEASED", "CANCELLED", "REJECTED"].contains(reservation) }
+        return reservation == settledReservation(outcome: outcome)
     }
 
     /// How many CHARGED rows each of `ids` has (billing); orders without a charge are absent.
@@ -52,6 +62,19 @@ enum SagaChecks {
             """, [PostgresArray(ids)])
         {
             out[try r.decode("id")] = try r.decode("charged")
+        }
+        return out
+    }
+
+    /// The status of every charges row (CHARGED, DECLINED, VOIDED, REFUNDED) of each of `ids` (billing); orders
+    /// without a row are absent.
+    static func charges(_ billing: PostgresPool, ids: [String]) async throws -> [String: [String]] {
+        var out: [String: [String]] = [:]
+        for r in try await billing.query(
+            "SELECT order_id::text AS id, status FROM charges WHERE order_id::text = ANY($1::text[]) ORDER BY status",
+            [PostgresArray(ids)])
+        {
+            out[try r.decode("id"), default: []].append(try r.decode("status"))
         }
         return out
     }

@@ -43,9 +43,10 @@ struct Stack: Sendable {
         return SagaTracker(configuration: configuration, logger: logger)
     }
 
-    /// Health (the databases of `names`: services or "tracker", and the broker) and metrics over HTTP.
-    func ops(_ names: [String]) throws(ConfigurationError) -> OpsServer {
-        try env.daemon.ops(names, logger: logger)
+    /// Health (the databases of `names`: services or "tracker", and the broker) and metrics over HTTP, and
+    /// pause/resume of `workers`.
+    func ops(_ names: [String], workers: [Worker] = []) throws(ConfigurationError) -> OpsServer {
+        try env.daemon.ops(names, workers: workers, logger: logger)
     }
 
     /// Applies every service's migrations (engine tables + the service's own) and registers its part of the

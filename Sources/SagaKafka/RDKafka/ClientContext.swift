@@ -9,6 +9,9 @@ final class ClientContext: Sendable {
     let logger: Logger
     /// The first fatal error librdkafka raised on this client, if any.
     let fatalError = Mutex<KafkaError?>(nil)
+    /// Whether the consumer is paused (``KafkaConsumer/pause()``): the rebalance callback then pauses the
+    /// partitions it assigns, so a rebalance does not resume consumption.
+    let paused = Atomic<Bool>(false)
 
     init(logger: Logger) {
         self.logger = logger
