@@ -26,10 +26,12 @@ struct OrdersOutcomeTests {
         try await blocker.query("SELECT pg_advisory_lock(hashtext($1), 0)", [lock])
         let killer = Task { () throws -> Bool in
             for _ in 0..<500 {
+                // Only the placement this lock holds up: other tests' placements may wait on their own schema's
+                // lock at the same moment (a relay checking for inserts in flight takes it briefly).
                 let waiting = try await blocker.query(
                     """
                     SELECT pid FROM pg_stat_activity
-                    WHERE wait_event_type = 'Lock' AND wait_event = 'advisory' AND query LIKE '%WITH placed AS%'
+                    WHERE pg_backend_pid() = ANY(pg_blocking_pids(pid)) AND query LIKE '%WITH placed AS%'
                     """)
                 if let pid: Int32 = try waiting.first?.decode("pid") {
                     try await blocker.query("SELECT pg_terminate_backend($1)", [pid])

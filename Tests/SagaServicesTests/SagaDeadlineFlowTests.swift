@@ -96,68 +96,6 @@ import Testing
         #expect(try statuses.allSatisfy { try $0.decode("status", as: String.self) == "CANCELLED" })
     }
 
-    /// Inventory is down past the deadline: the orders time out; when inventory comes back it reads order.created
-    /// and order.cancelled (two topics, either first): a tombstone, or a reservation made and released at once.
-    /// Billing, running all along, never keeps a charge.
-    @Test func inventoryStoppedTheOrderTimesOutAndTheLateReservationIsUndone() async throws {
-        let stack = try await TestStack(orderDeadline: .seconds(2))
-        for s in TestStack.services { stack.startRelay(s) }
-        try stack.startWorker("orders")
-        try stack.startWorker("billing")
-        let stockBefore = try await Self.stockTotals(stack)
-        let usedBefore: Int64 = try await stack.query(
-            "billing", "SELECT used FROM accounts WHERE customer_id = 'alice'"
-        )
-        .first!.decode("used")
-        var ids: [String] = []
-        for _ in 0..<6 { ids.append(try await stack.place("alice", [("widget", 1)])) }
-        let uuids = ids.map { UUID(uuidString: $0)! }
-        for id in ids {
-            let view = try await stack.waitForTerminal(id, timeout: .seconds(30))
-            #expect(view.status == "CANCELLED" && view.reason?.hasPrefix("timeout") == true, "\(view)")
-        }
-        try stack.startWorker("inventory")
-        try await stack.eventually("inventory decided every order") {
-            try await stack.query(
-                "inventory",
-                """
-                SELECT count(*)::int AS n FROM reservations
-                WHERE order_id = ANY($1::uuid[]) AND status IN ('RELEASED', 'CANCELLED')
-                """, [PostgresArray(uuids)]
-            ).first!.decode("n", as: Int.self) == ids.count
-        }
-        try await stack.eventually("billing saw every cancellation") {
-            try await stack.query(
-                "billing", "SELECT count(*)::int AS n FROM order_cancellations WHERE order_id = ANY($1::uuid[])",
-                [PostgresArray(uuids)]
-            ).first!.decode("n", as: Int.self) == ids.count
-        }
-        try await stack.eventually("every outbox drained") {
-            var rows = 0
-            for s in TestStack.services {
-                rows += try await stack.query(s, "SELECT count(*)::int AS n FROM saga_outbox").first!.decode(
-                    "n", as: Int.self)
-            }
-            return rows == 0
-        }
-        // A reservation released may still have its inventory.reserved on the way to billing: let it land.
-        try await Task.sleep(for: .seconds(1))
-        let charges = try await stack.query(
-            "billing", "SELECT status FROM charges WHERE order_id = ANY($1::uuid[])", [PostgresArray(uuids)])
-        let stockAfter = try await Self.stockTotals(stack)
-        let reserved = try await stack.query("inventory", "SELECT sum(reserved)::int AS n FROM stock")
-        let usedAfter: Int64 = try await stack.query("billing", "SELECT used FROM accounts WHERE customer_id = 'alice'")
-            .first!.decode("used")
-        let statuses = try await stack.query(
-            "orders", "SELECT status FROM orders WHERE id = ANY($1::uuid[])", [PostgresArray(uuids)])
-        await stack.stop()
-        #expect(try charges.allSatisfy { ["VOIDED", "REFUNDED"].contains(try $0.decode("status", as: String.self)) })
-        #expect(stockAfter == stockBefore)
-        #expect(try reserved.first?.decode("n", as: Int.self) == 0)
-        #expect(usedAfter == usedBefore)
-        #expect(try statuses.allSatisfy { try $0.decode("status", as: String.self) == "CANCELLED" })
-    }
-
     /// The orders worker is stopped before the deadlines fall and started after: they fire once, on the new worker.
     @Test func aDeadlineFiresOnceAcrossAStoppedOrdersWorker() async throws {
         let stack = try await TestStack(orderDeadline: .seconds(3))
