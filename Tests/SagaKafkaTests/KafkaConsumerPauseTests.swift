@@ -4,7 +4,8 @@ import SagaTestSupport
 import Testing
 
 /// `KafkaConsumer.pause()` / `resume()`: a paused member stays in its group and gets nothing, also after a
-/// rebalance, and resumes exactly where it stopped (mock cluster or SAGA_KAFKA_BOOTSTRAP).
+/// rebalance, and resumes exactly where it stopped. On a mock cluster of its own, whatever SAGA_KAFKA_BOOTSTRAP says:
+/// the tests count partitions, and a shared broker that creates topics on first use gives them its own count.
 @Suite("Consumer pause and resume") struct KafkaConsumerPauseTests {
     /// Polls for `duration` and returns everything that arrived.
     static func pollFor(_ consumer: KafkaConsumer, _ duration: Duration) async throws -> [KafkaMessage] {
@@ -23,7 +24,8 @@ import Testing
     }
 
     @Test func aPausedConsumerGetsNothingThenResumesWithoutGapOrDuplicate() async throws {
-        let broker = try KafkaTestBroker.bootstrap()
+        let cluster = try KafkaMockCluster(brokers: 1, logger: testLogger("mock"))
+        let broker = (servers: cluster.bootstrapServers, cluster: Optional(cluster))
         let topic = KafkaTestBroker.uniqueName("pause")
         try await createTopic(topic, partitions: 2, servers: broker.servers, cluster: broker.cluster)
         let producer = try KafkaProducer(
@@ -62,7 +64,8 @@ import Testing
     }
 
     @Test func partitionsAssignedWhilePausedStayPausedUntilResume() async throws {
-        let broker = try KafkaTestBroker.bootstrap()
+        let cluster = try KafkaMockCluster(brokers: 1, logger: testLogger("mock"))
+        let broker = (servers: cluster.bootstrapServers, cluster: Optional(cluster))
         let topic = KafkaTestBroker.uniqueName("pause-a")
         let added = KafkaTestBroker.uniqueName("pause-b")
         try await createTopic(topic, partitions: 2, servers: broker.servers, cluster: broker.cluster)
