@@ -7,7 +7,7 @@ import ServiceLifecycle
 /// A daemon process: its configuration, its logger, its span exporter, and how it runs its services.
 ///
 /// Start-up is ``bootstrap()`` once per process, then a `Daemon` from the loaded ``DaemonEnvironment``;
-/// ``worker(_:)``, ``relay(_:)`` and ``ops(_:)`` build the runtime's services from it, and ``run(_:)`` runs
+/// ``worker(_:)``, ``relay(_:)`` and ``ops(_:workers:)`` build the runtime's services from it, and ``run(_:)`` runs
 /// them until SIGTERM or SIGINT. ``ParticipantDaemon`` does all of it in one call.
 public struct Daemon: Sendable {
     /// The configuration the services are built from.

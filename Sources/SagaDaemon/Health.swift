@@ -132,7 +132,7 @@ extension HealthMonitor.Check {
         return Self(name: "database:\(name)") { await probe.check() }
     }
 
-    /// `paused:<name>`: fails while an operator has paused the worker (``Worker/pause(waitingAtMost:)``), so the
+    /// `paused:<name>`: fails while an operator has paused the worker (`Worker.pause(waitingAtMost:)`), so the
     /// daemon reports not ready: it handles no events until it is resumed.
     public static func paused(_ worker: Worker) -> Self {
         Self(name: "paused:\(worker.configuration.name)") {

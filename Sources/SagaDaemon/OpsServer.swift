@@ -11,7 +11,7 @@ import ServiceLifecycle
 /// - `GET /health/ready` (and `/health`): 200 while every dependency answers, else 503; the JSON body names
 ///   each check (`database:<service>`, `kafka`) with "ok" or what is wrong;
 /// - `GET /metrics`: Prometheus text format;
-/// - `POST /participants/{name}/pause` and `POST /participants/{name}/resume`: pause (``Worker/pause(waitingAtMost:)``)
+/// - `POST /participants/{name}/pause` and `POST /participants/{name}/resume`: pause (`Worker.pause(waitingAtMost:)`)
 ///   or resume the worker of participant `name` running in this process. 204 once done; 202 when a pause is in force
 ///   but a batch was still in flight after ``pauseWait``; 404 (JSON `error`) for a participant whose worker does not
 ///   run here.

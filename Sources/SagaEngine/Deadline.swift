@@ -19,7 +19,12 @@ public enum Deadline {
     public struct Mark: Sendable, Hashable {
         /// What happened to it.
         public enum Op: String, Sendable, Hashable, CaseIterable {
-            case scheduled, cancelled, fired
+            /// A transaction scheduled it (or scheduled it again, replacing it).
+            case scheduled
+            /// A transaction cancelled it before it fell.
+            case cancelled
+            /// The worker fired it: its event was handled.
+            case fired
         }
 
         /// What happened.

@@ -5,7 +5,7 @@ import SagaKafka
 import Synchronization
 
 extension Worker {
-    /// Whether an operator paused this worker (``pause()``) and did not resume it since.
+    /// Whether an operator paused this worker (``pause(waitingAtMost:)``) and did not resume it since.
     public var isPaused: Bool { pauseControl.isPaused }
 
     /// When the worker was paused, while it is.
@@ -26,12 +26,12 @@ extension Worker {
         await pauseControl.pause(waitingAtMost: limit, logger: logger)
     }
 
-    /// Handles events and fires deadlines again after ``pause()``, from where it stopped. Idempotent.
+    /// Handles events and fires deadlines again after ``pause(waitingAtMost:)``, from where it stopped. Idempotent.
     public func resume() async {
         await pauseControl.resume(logger: logger)
     }
 
-    /// The main loop's poll: a poll that started after the pause held and found nothing tells ``pause()`` so.
+    /// The main loop's poll: a poll that started after the pause held and found nothing tells ``pause(waitingAtMost:)`` so.
     func pollUnlessPaused(_ consumer: KafkaConsumer, maxMessages: Int, timeout: Duration) async -> Result<
         [KafkaMessage], KafkaError
     > {
