@@ -42,7 +42,10 @@ struct ChaosPoisonCommand: AsyncParsableCommand {
         let env = runtime.env
         var consumers: [String: [String]] = [:]
         for service in Stack.services {
-            for handler in try Stack.definition(service).handlers {
+            let definition = try Stack.definition(service)
+            // A deadline type has no consumer on Kafka (its worker does not subscribe to it): nothing to poison.
+            let deadlineTypes = Set(definition.declaration.deadlines.map(\.type))
+            for handler in definition.handlers where !deadlineTypes.contains(handler.eventType) {
                 consumers[handler.eventType, default: []].append(service)
             }
         }
