@@ -160,9 +160,11 @@ public struct SagaInspector: Sendable {
             ORDER BY due_at LIMIT 1) d ON true
         """
 
-    /// The saga's timeline; nil when the tracker has seen neither an event nor a dead letter of it.
+    /// The saga's timeline, read from one snapshot (its summary, steps, dead letters and deadlines agree); nil when
+    /// the tracker has seen neither an event nor a dead letter of it.
     public func timeline(_ sagaId: String) async throws -> Timeline? {
-        try await pool.withConnection { c in
+        // One snapshot for all its statements: the tracker writes events and summaries together, as it goes.
+        try await pool.withTransaction(isolation: .repeatableRead) { c in
             let summary = try await c.query(
                 "SELECT \(Self.summaryColumns) FROM tracker_sagas s \(Self.earliestScheduled) WHERE s.saga_id = $1",
                 [sagaId]
@@ -314,7 +316,8 @@ public struct SagaInspector: Sendable {
 
     /// Counts by outcome and latency percentiles per step for sagas started since `since`.
     public func stats(since: Date) async throws -> Stats {
-        try await pool.withConnection { c in
+        // One snapshot for all its statements: the tracker writes events and summaries together, as it goes.
+        try await pool.withTransaction(isolation: .repeatableRead) { c in
             let outcomes = try await c.query(
                 """
                 SELECT coalesce(outcome, 'running') AS outcome, count(*) AS sagas,
