@@ -100,13 +100,22 @@ public struct EventDecodingError: Error, Sendable, CustomStringConvertible {
     public var description: String { reason }
 }
 
-/// RFC 3339 timestamps with microseconds, UTC, as the envelope and the read models use them.
+/// RFC 3339 timestamps with milliseconds, UTC, as the envelope and the read models use them.
 public enum Timestamp {
     private static let withFraction = Date.ISO8601FormatStyle(includingFractionalSeconds: true)
     private static let plain = Date.ISO8601FormatStyle()
 
-    /// `date` as RFC 3339 in UTC, with fractional seconds.
-    public static func format(_ date: Date) -> String { withFraction.format(date) }
+    /// `date` as RFC 3339 in UTC, to the nearest millisecond (`2026-12-01T10:11:05.681Z`): a time at a whole
+    /// millisecond reads back as itself. (Foundation's fractional style truncates, and a double just below its
+    /// millisecond, as about half of them are, came out one millisecond early.)
+    public static func format(_ date: Date) -> String {
+        let ms = (date.timeIntervalSince1970 * 1000).rounded()
+        let seconds = (ms / 1000).rounded(.down)
+        let fraction = Int(ms - seconds * 1000)
+        let whole = plain.format(Date(timeIntervalSince1970: seconds))  // exact: a whole second, "…:05Z"
+        let digits = String(fraction)
+        return whole.dropLast() + "." + String(repeating: "0", count: 3 - digits.count) + digits + "Z"
+    }
 
     /// The date of an RFC 3339 timestamp, with or without fractional seconds; `nil` if `text` is not one.
     public static func parse(_ text: String) -> Date? {
