@@ -75,7 +75,7 @@ public struct EventEncodingError: Error, Sendable, CustomStringConvertible {
 }
 
 extension JSONValue {
-    /// Encodes any `Encodable` as a JSON value (dates as RFC 3339 with microseconds).
+    /// Encodes any `Encodable` as a JSON value (dates as RFC 3339 with milliseconds, `Timestamp`).
     public init<T: Encodable>(encoding value: T) throws {
         if let direct = try? JSONValueEncoder.encode(value) {
             self = direct
