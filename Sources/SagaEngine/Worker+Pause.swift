@@ -31,7 +31,8 @@ extension Worker {
         await pauseControl.resume(logger: logger)
     }
 
-    /// The main loop's poll: a poll that started after the pause held and found nothing tells ``pause(waitingAtMost:)`` so.
+    /// The main loop's poll: a poll that started after the pause held and found nothing tells
+    /// ``pause(waitingAtMost:)`` so.
     func pollUnlessPaused(_ consumer: KafkaConsumer, maxMessages: Int, timeout: Duration) async -> Result<
         [KafkaMessage], KafkaError
     > {

@@ -96,7 +96,8 @@ public struct WorkerStats: Sendable, Hashable {
 /// - Deadlines that handlers scheduled (``HandlerContext/scheduleDeadline(name:at:payload:)``) are fired on a
 ///   task and connection of their own, in transactions of their own, through the same inbox, handler and
 ///   outbox path as consumed events.
-/// - An operator can pause a worker (``pause(waitingAtMost:)``) and resume it: it stays in its group but handles nothing.
+/// - An operator can pause a worker (``pause(waitingAtMost:)``) and resume it: it stays in its group but handles
+///   nothing.
 public final class Worker: Service, Sendable {
     /// How it runs.
     public let configuration: WorkerConfiguration

@@ -235,8 +235,8 @@ public struct SagaInspector: Sendable {
                 topic: "(deadline)", partition: -1, offset: -1)
         }
         guard !fired.isEmpty else { return steps }
-        // A deadline fired at the very time of an event comes before it; and before the events it caused in
-        // any case (its time is to the millisecond, theirs to the microsecond).
+        // A deadline fired at the very time of an event comes before it (both times are to the millisecond); and
+        // before the events it caused in any case.
         var merged = (fired + steps).enumerated().sorted {
             ($0.element.occurredAt, $0.offset) < ($1.element.occurredAt, $1.offset)
         }.map(\.element)

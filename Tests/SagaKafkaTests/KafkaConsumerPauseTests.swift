@@ -7,6 +7,12 @@ import Testing
 /// rebalance, and resumes exactly where it stopped. On a mock cluster of its own, whatever SAGA_KAFKA_BOOTSTRAP says:
 /// the tests count partitions, and a shared broker that creates topics on first use gives them its own count.
 @Suite("Consumer pause and resume") struct KafkaConsumerPauseTests {
+    /// A mock cluster of the test's own, as `KafkaTestBroker.bootstrap()` shapes a broker.
+    static func ownCluster() throws -> (servers: String, cluster: KafkaMockCluster?) {
+        let cluster = try KafkaMockCluster(brokers: 1, logger: testLogger("mock"))
+        return (cluster.bootstrapServers, cluster)
+    }
+
     /// Polls for `duration` and returns everything that arrived.
     static func pollFor(_ consumer: KafkaConsumer, _ duration: Duration) async throws -> [KafkaMessage] {
         var messages: [KafkaMessage] = []
@@ -24,8 +30,7 @@ import Testing
     }
 
     @Test func aPausedConsumerGetsNothingThenResumesWithoutGapOrDuplicate() async throws {
-        let cluster = try KafkaMockCluster(brokers: 1, logger: testLogger("mock"))
-        let broker = (servers: cluster.bootstrapServers, cluster: Optional(cluster))
+        let broker = try Self.ownCluster()
         let topic = KafkaTestBroker.uniqueName("pause")
         try await createTopic(topic, partitions: 2, servers: broker.servers, cluster: broker.cluster)
         let producer = try KafkaProducer(
@@ -64,8 +69,7 @@ import Testing
     }
 
     @Test func partitionsAssignedWhilePausedStayPausedUntilResume() async throws {
-        let cluster = try KafkaMockCluster(brokers: 1, logger: testLogger("mock"))
-        let broker = (servers: cluster.bootstrapServers, cluster: Optional(cluster))
+        let broker = try Self.ownCluster()
         let topic = KafkaTestBroker.uniqueName("pause-a")
         let added = KafkaTestBroker.uniqueName("pause-b")
         try await createTopic(topic, partitions: 2, servers: broker.servers, cluster: broker.cluster)
