@@ -19,7 +19,27 @@ public enum Outbox {
         on connection: PostgresConnection
     ) async throws(PostgresError) {
         guard !messages.isEmpty else { return }
-        try await connection.execute(
+        let (sql, binds) = appendStatement(messages)
+        try await connection.execute(sql, binds)
+    }
+
+    /// Like ``append(_:on:)``, but the statement is sent with the session's next one, in its round trip
+    /// (`PostgresConnection.executeDeferred(_:_:)`): for the last write before a transaction's `COMMIT`. Its
+    /// failure fails the statement that carried it, and nothing of the transaction is kept.
+    /// - Throws: `PostgresError` (SQLSTATE 25P01) outside a transaction.
+    public static func appendDeferred(
+        _ messages: [(sagaId: String, eventId: UUID?, eventType: String?, message: KafkaOutgoingMessage)],
+        on connection: PostgresConnection
+    ) throws(PostgresError) {
+        guard !messages.isEmpty else { return }
+        let (sql, binds) = appendStatement(messages)
+        try connection.executeDeferred(sql, binds)
+    }
+
+    private static func appendStatement(
+        _ messages: [(sagaId: String, eventId: UUID?, eventType: String?, message: KafkaOutgoingMessage)]
+    ) -> (sql: String, binds: [PostgresBind]) {
+        (
             """
             INSERT INTO saga_outbox (shard, saga_id, event_id, event_type, topic, key, headers, payload)
             SELECT \(shard(of: "m.saga_id")), m.saga_id,
@@ -38,7 +58,8 @@ public enum Outbox {
                 TextArray(messages.map { hex($0.message.key ?? []) }),
                 TextArray(messages.map { String(decoding: encodeHeaders($0.message.headers), as: UTF8.self) }),
                 TextArray(messages.map { hex($0.message.value) }),
-            ])
+            ]
+        )
     }
 
     /// The SQL expression of a row's shard, from the SQL expression of its saga id: one saga's rows share a shard.

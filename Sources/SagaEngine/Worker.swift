@@ -344,6 +344,10 @@ public final class Worker: Service, Sendable {
                 return true
             } catch is NeedsIsolation {
                 isolate = true
+            } catch let error where !isolate && Self.permanentReason(error) != nil {
+                // A write of the fast path deferred to the COMMIT (its outbox rows, a handler's) was refused as
+                // data: find the event one at a time.
+                isolate = true
             } catch {
                 attempt += 1
                 state.withLock { $0.retries += 1 }
@@ -486,7 +490,8 @@ public final class Worker: Service, Sendable {
                     let batch = batchHandlers[ObjectIdentifier(identity)]
                 {
                     var context = BatchHandlerContext(
-                        connection: connection, service: configuration.name, logger: logger)
+                        transaction: PostgresTransaction(connection, defersWrites: true),
+                        service: configuration.name, logger: logger)
                     context.deadlineLedger = ledger
                     let started = ContinuousClock.now
                     emitted += try await batch.handle(group.map(\.event), context)
@@ -498,7 +503,8 @@ public final class Worker: Service, Sendable {
                 } else {
                     for d in group {
                         let context = HandlerContext(
-                            connection: PostgresTransaction(connection), service: configuration.name, event: d.event,
+                            connection: PostgresTransaction(connection, defersWrites: true),
+                            service: configuration.name, event: d.event,
                             logger: EventLog.logger(logger, for: d.event.envelope), deadlineLedger: ledger)
                         let started = ContinuousClock.now
                         emitted += try await d.handler.handle(d.event, context)
@@ -508,7 +514,8 @@ public final class Worker: Service, Sendable {
                     }
                 }
             }
-            try await Outbox.append(try outboxRows(emitted, ledger: ledger), on: connection)
+            // Sent with the COMMIT, in its round trip; a failure of it fails the commit (see `process`).
+            try Outbox.appendDeferred(try outboxRows(emitted, ledger: ledger), on: connection)
         } catch {
             if case .eventFault = Failure(error) { throw NeedsIsolation() }
             throw error

@@ -43,6 +43,7 @@ extension PostgresConnection {
         do {
             value = try await body(self)
         } catch {
+            deferredWrites.withLock { $0 = [] }
             if !takeUnsentBegin() {
                 do {
                     try await execute("ROLLBACK")
@@ -54,12 +55,22 @@ extension PostgresConnection {
             }
             throw error
         }
-        // The body ran no statement: there is no transaction to commit.
-        if takeUnsentBegin() { return value }
+        // The body ran no statement and deferred none: there is no transaction to commit.
+        if deferredWrites.withLock({ $0.isEmpty }), takeUnsentBegin() { return value }
         let tag: String
         do {
             tag = try await command("COMMIT")
         } catch {
+            // A deferred write sent with the COMMIT failed: the transaction is aborted, not ended.
+            if transactionState == .failed || transactionState == .inTransaction {
+                do {
+                    try await execute("ROLLBACK")
+                } catch let rollbackError {
+                    logger.error(
+                        "ROLLBACK failed after COMMIT failed",
+                        metadata: ["error": "\(rollbackError)", "commitError": "\(error)"])
+                }
+            }
             throw error.prefixed("COMMIT failed")
         }
         guard tag == "COMMIT" else {
@@ -69,6 +80,26 @@ extension PostgresConnection {
                 sqlState: "25P02")
         }
         return value
+    }
+
+    /// Defers a write whose result nobody reads: it is sent with the session's next statement (or the
+    /// transaction's `COMMIT`), before it, in the same round trip (libpq pipeline mode). Statements run in the
+    /// order they were issued, so later statements see what it wrote.
+    ///
+    /// - Only inside a transaction: ``withTransaction(isolation:_:)``'s `COMMIT` sends whatever is still
+    ///   deferred, and a body that throws drops it with the transaction.
+    /// - Its failure is reported by the statement that carried it, its message prefixed
+    ///   `deferred write 1 of 2:`, with its SQLSTATE (`COMMIT failed: deferred write …` at the commit; the
+    ///   transaction is then rolled back). The statements after it do not run.
+    /// - Throws: SQLSTATE `25P01` outside a transaction (nothing would be sure to carry it).
+    public func executeDeferred(_ sql: String, _ binds: [PostgresBind] = []) throws(PostgresError) {
+        let inTransaction = deferredBegin.withLock { $0 != nil } || transactionState == .inTransaction
+        guard inTransaction else {
+            throw PostgresError(
+                kind: .query, message: "executeDeferred outside a transaction: no COMMIT is sure to carry it",
+                sqlState: "25P01")
+        }
+        deferredWrites.withLock { $0.append(PQConnection.Statement(sql: sql, binds: binds, wantRows: false)) }
     }
 
     /// Removes a deferred BEGIN that no statement carried yet; `true` if there was one.

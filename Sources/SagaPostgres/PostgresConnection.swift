@@ -15,6 +15,8 @@ public final class PostgresConnection: Sendable {
     /// A `BEGIN` deferred by ``withTransaction(isolation:_:)`` until the first statement, which carries it to
     /// the connection's queue (one hand-off and one round trip for both).
     let deferredBegin = Mutex<String?>(nil)
+    /// Writes deferred by ``executeDeferred(_:_:)`` until the next statement, which carries them to the queue.
+    let deferredWrites = Mutex<[PQConnection.Statement]>([])
     let logger: Logger
     /// The server process id of this session (for `pg_terminate_backend`, `pg_stat_activity`).
     public let backendPID: Int32
@@ -61,14 +63,22 @@ public final class PostgresConnection: Sendable {
         return connection
     }
 
-    /// Runs `operation` on the connection's queue and records the session's health afterwards.
-    func run<R: Sendable>(_ operation: @escaping @Sendable (PQConnection) throws(PostgresError) -> R)
+    /// Runs `operation` on the connection's queue and records the session's health afterwards. A deferred
+    /// `BEGIN` and deferred writes go with it (a statement sends them first, in its pipeline), unless
+    /// `carryingDeferred` is false (an operation that sends no statement).
+    func run<R: Sendable>(
+        carryingDeferred: Bool = true, _ operation: @escaping @Sendable (PQConnection) throws(PostgresError) -> R
+    )
         async throws(PostgresError) -> R
     {
-        let begin = deferredBegin.withLock { pending in
+        let begin = carryingDeferred ? deferredBegin.withLock { pending in
             defer { pending = nil }
             return pending
-        }
+        } : nil
+        let writes = SendableStatements(carryingDeferred ? deferredWrites.withLock { pending in
+            defer { pending = [] }
+            return pending
+        } : [])
         let result: Result<R, PostgresError> = await withCheckedContinuation { continuation in
             queue.async { [self] in
                 guard let connection = confined.connection, connection.isOpen else {
@@ -76,6 +86,7 @@ public final class PostgresConnection: Sendable {
                     return
                 }
                 if let begin { connection.pendingBegin = begin }
+                connection.pendingWrites += writes.values
                 let result = Result { () throws(PostgresError) in try operation(connection) }
                 let state = connection.health
                 health.withLock { $0 = state }
@@ -160,7 +171,9 @@ public final class PostgresConnection: Sendable {
     /// Returns ``isHealthy`` afterwards.
     func probe() async -> Bool {
         do {
-            try await run { connection throws(PostgresError) in _ = connection.consumeAvailableInput() }
+            try await run(carryingDeferred: false) { connection throws(PostgresError) in
+                _ = connection.consumeAvailableInput()
+            }
         } catch {
             return false
         }

@@ -15,10 +15,17 @@
 /// - The check reads only the statement's first word (after blanks and comments): no extra round trip.
 public struct PostgresTransaction: Sendable {
     private let connection: PostgresConnection
+    /// Whether ``executeDeferred(_:_:)`` defers its statement to the next one or runs it at once.
+    public let defersWrites: Bool
 
     /// For the owner of the transaction: a view of `connection` to hand to code that must not end it.
-    public init(_ connection: PostgresConnection) {
+    /// - Parameter defersWrites: whether ``executeDeferred(_:_:)`` may send its statement with the next one,
+    ///   perhaps the owner's own (`RELEASE SAVEPOINT`, `COMMIT`), which then fails for it; false runs it at once,
+    ///   where its failure is thrown from it (e.g. for an owner that puts each unit of work in a savepoint and
+    ///   must know which one failed).
+    public init(_ connection: PostgresConnection, defersWrites: Bool = false) {
         self.connection = connection
+        self.defersWrites = defersWrites
     }
 
     /// The server process id of the session (for logs and `pg_stat_activity`).
@@ -39,6 +46,24 @@ public struct PostgresTransaction: Sendable {
     public func execute(_ sql: String, _ binds: [PostgresBind] = []) async throws(PostgresError) -> Int {
         try Self.refuseTransactionControl(sql)
         return try await connection.execute(sql, binds)
+    }
+
+    /// A write whose result the caller does not read. When ``defersWrites`` is set, it is sent with the
+    /// session's next statement, in its round trip (``PostgresConnection/executeDeferred(_:_:)``): the handler's
+    /// own next statement, or the owner's next one, such as its `COMMIT`; else it runs at once. Statements run in
+    /// the order they were issued either way, so later ones see what it wrote.
+    ///
+    /// A deferred write that fails fails the statement that carried it (with its own SQLSTATE), and with it the
+    /// transaction.
+    /// - Throws: `.query` with SQLSTATE `2D000` for a transaction-control statement (not sent); when run at
+    ///   once, like ``execute(_:_:)``.
+    public func executeDeferred(_ sql: String, _ binds: [PostgresBind] = []) async throws(PostgresError) {
+        try Self.refuseTransactionControl(sql)
+        if defersWrites {
+            try connection.executeDeferred(sql, binds)
+        } else {
+            try await connection.execute(sql, binds)
+        }
     }
 
     /// Like ``PostgresConnection/pipeline(_:)``: the statements in one round trip, in the transaction.

@@ -646,3 +646,49 @@ import Testing
         return offsets.map(\.offset)
     }
 }
+
+extension WorkerBatchTests {
+    /// The batch's outbox rows travel with its COMMIT: when the database refuses one of them as data, the batch is
+    /// run again one event at a time at once (not retried as a failure), and only that event is dead-lettered.
+    @Test func anOutboxRowRefusedAtCommitDeadLettersOnlyItsEvent() async throws {
+        let stack = try await TestStack()
+        let inventory = Inventory(stack)
+        let poison = try Self.orderCreated(stack, [("widget", 3)])
+        // 22023 (class 22, a data exception): the event's fault, as a value PostgreSQL cannot hold would be.
+        try await stack.query(
+            "inventory",
+            """
+            CREATE FUNCTION refuse_one_row() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF NEW.saga_id = '\(poison.orderId)' AND NEW.topic NOT LIKE '%dead%' THEN
+                    RAISE EXCEPTION 'outbox row refused' USING ERRCODE = '22023';
+                END IF;
+                RETURN NEW;
+            END $$
+            """)
+        try await stack.query(
+            "inventory",
+            "CREATE TRIGGER refuse_one_row BEFORE INSERT ON saga_outbox FOR EACH ROW EXECUTE FUNCTION refuse_one_row()")
+        let before = try Self.orderCreated(stack, [("widget", 1)])
+        let after = try Self.orderCreated(stack, [("widget", 2)])
+        let batch = try await Self.throughBroker(stack, [before.message, poison.message, after.message])
+        let processed = await Self.process(batch, with: inventory.worker, pool: inventory.pool, within: .seconds(20))
+        let stats = inventory.worker.stats
+        let letters = try await stack.query("inventory", "SELECT saga_id, reason FROM saga_dead_letters")
+        let emitted = try await stack.query(
+            "inventory", "SELECT saga_id FROM saga_outbox WHERE event_type = 'inventory.reserved' ORDER BY id")
+        let reservations = try await Self.reservations(stack)
+        await inventory.pool.close()
+        await stack.stop()
+
+        #expect(processed)
+        #expect(stats.retries == 0)
+        #expect(stats.handled == 2)
+        #expect(stats.deadLettered == 1)
+        #expect(reservations == [before.orderId: "RESERVED", after.orderId: "RESERVED"])
+        #expect(try emitted.map { try $0.decode("saga_id", as: String.self) } == [before.orderId, after.orderId])
+        #expect(try letters.map { try $0.decode("saga_id", as: String.self) } == [poison.orderId])
+        let reason = try letters.first?.decode("reason", as: String.self) ?? ""
+        #expect(reason.contains("22023") && reason.contains("outbox row refused"), "\(reason)")
+    }
+}

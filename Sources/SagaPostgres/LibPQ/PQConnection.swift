@@ -125,6 +125,9 @@ final class PQConnection {
     /// A `BEGIN` the owner deferred: it is sent together with the next statement (same hand-off, same
     /// round trip), or never if no statement follows before `COMMIT`/`ROLLBACK`.
     var pendingBegin: String?
+    /// Writes the owner deferred (``PostgresConnection/executeDeferred(_:_:)``): sent before the next statement,
+    /// in its pipeline, after a deferred `BEGIN`.
+    var pendingWrites: [Statement] = []
 
     /// How many statements this session has prepared (for tests).
     var preparedStatementCount: Int { prepared.count }
@@ -139,7 +142,7 @@ final class PQConnection {
     /// its SQL text) and then executed with `PQexecPrepared`; `[UInt8]`/`Data` parameters travel in binary
     /// format, every other one as text. A deferred `BEGIN` goes in the same pipeline.
     func execute(_ sql: String, _ binds: [PostgresBind], wantRows: Bool) throws(PostgresError) -> QueryResult {
-        if pendingBegin != nil {
+        if pendingBegin != nil || !pendingWrites.isEmpty {
             return try pipeline([Statement(sql: sql, binds: binds, wantRows: wantRows)])[0]
         }
         guard let conn else { throw PostgresError.closed }
@@ -165,16 +168,19 @@ final class PQConnection {
         }
     }
 
-    /// Sends `statements` (after a deferred `BEGIN`, if any) in one round trip in libpq pipeline mode and
-    /// returns their results in order. Outside a transaction block they form one implicit transaction.
+    /// Sends `statements` (after a deferred `BEGIN` and deferred writes, if any) in one round trip in libpq
+    /// pipeline mode and returns their results in order. Outside a transaction block they form one implicit
+    /// transaction.
     /// - Throws: the first failure, its message prefixed with the statement's position (`statement 2 of 3:`);
-    ///   the statements after it did not run. A failing deferred `BEGIN` is reported as `BEGIN failed: ...`.
+    ///   the statements after it did not run. A failing deferred `BEGIN` is reported as `BEGIN failed: ...`, a
+    ///   failing deferred write as `deferred write 1 of 2: ...`.
     func pipeline(_ statements: [Statement]) throws(PostgresError) -> [QueryResult] {
         guard let conn else { throw PostgresError.closed }
-        var all = statements
-        let begin = pendingBegin
-        if let begin { all.insert(Statement(sql: begin, binds: [], wantRows: false), at: 0) }
+        let begin = pendingBegin.map { [Statement(sql: $0, binds: [], wantRows: false)] } ?? []
+        let writes = pendingWrites
+        let all = begin + writes + statements
         pendingBegin = nil
+        pendingWrites = []
         if all.isEmpty { return [] }
         let encoded = try all.map { (statement) throws(PostgresError) in try EncodedParameters(statement.binds) }
         var names: [String?] = []
@@ -243,13 +249,16 @@ final class PQConnection {
         }
 
         var results: [QueryResult] = []
-        let offset = begin == nil ? 0 : 1
+        let offset = begin.count + writes.count
         for (index, outcome) in outcomes.enumerated() {
             switch outcome {
             case .success(let result): results.append(result)
             case .failure(let error):
                 forgetIfPlanChanged(all[index].sql, error)
-                if index < offset { throw error.prefixed("BEGIN failed") }
+                if index < begin.count { throw error.prefixed("BEGIN failed") }
+                if index < offset {
+                    throw error.prefixed("deferred write \(index - begin.count + 1) of \(writes.count)")
+                }
                 throw error.prefixed("statement \(index - offset + 1) of \(statements.count)")
             }
         }
@@ -281,14 +290,7 @@ final class PQConnection {
     /// Runs a parameterless, possibly multi-statement script (`PQexec`).
     func executeScript(_ sql: String) throws(PostgresError) {
         guard let conn else { throw PostgresError.closed }
-        if let begin = pendingBegin {
-            pendingBegin = nil
-            do {
-                _ = try consume(PQexec(conn, begin), wantRows: false)
-            } catch {
-                throw error.prefixed("BEGIN failed")
-            }
-        }
+        if pendingBegin != nil || !pendingWrites.isEmpty { _ = try pipeline([]) }
         _ = try consume(PQexec(conn, sql), wantRows: false)
     }
 

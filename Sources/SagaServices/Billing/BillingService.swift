@@ -248,10 +248,11 @@ public enum BillingService {
             }
         }
 
-        // Write what was decided: one statement per kind of change.
+        // Write what was decided: one statement per kind of change, deferred to go with the worker's next
+        // statement (its COMMIT) in one round trip.
         if !created.isEmpty {
             let rows = created.map { ($0, charges[$0]!) }
-            try await db.execute(
+            try await db.executeDeferred(
                 """
                 INSERT INTO charges
                     (order_id, customer_id, payment_id, amount, currency, status, reason, refund_id, refunded_at)
@@ -271,7 +272,7 @@ public enum BillingService {
         }
         if !refunded.isEmpty {
             let rows = refunded.map { ($0, charges[$0]!) }
-            try await db.execute(
+            try await db.executeDeferred(
                 """
                 UPDATE charges c SET status = 'REFUNDED', reason = u.reason, refund_id = u.refund_id, refunded_at = now()
                 FROM unnest($1::uuid[], $2::uuid[], $3::text[]) AS u(order_id, refund_id, reason)
@@ -283,7 +284,7 @@ public enum BillingService {
                 ])
         }
         if !cancellations.isEmpty {
-            try await db.execute(
+            try await db.executeDeferred(
                 """
                 INSERT INTO order_cancellations (order_id, customer_id, reason, event_id)
                 SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::uuid[])
@@ -296,7 +297,7 @@ public enum BillingService {
         }
         let changed = accounts.filter { $0.value.delta != 0 }.sorted { $0.key < $1.key }
         if !changed.isEmpty {
-            try await db.execute(
+            try await db.executeDeferred(
                 """
                 UPDATE accounts a SET used = a.used + d.delta
                 FROM unnest($1::text[], $2::bigint[]) AS d(customer_id, delta)

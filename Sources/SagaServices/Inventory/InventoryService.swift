@@ -310,10 +310,11 @@ public enum InventoryService {
             }
         }
 
-        // Write what was decided: one statement per kind of change.
+        // Write what was decided: one statement per kind of change, deferred to go with the worker's next
+        // statement (its COMMIT) in one round trip.
         if !created.isEmpty {
             let rows = created.map { ($0, reservations[$0]!) }
-            try await db.execute(
+            try await db.executeDeferred(
                 """
                 INSERT INTO reservations (order_id, customer_id, status, total_amount, currency)
                 SELECT r.order_id, r.customer_id, r.status,
@@ -328,7 +329,7 @@ public enum InventoryService {
                 ])
             let lines = rows.flatMap { id, r in r.lines.map { (id, $0) } }
             if !lines.isEmpty {
-                try await db.execute(
+                try await db.executeDeferred(
                     """
                     INSERT INTO reservation_lines (order_id, sku, quantity)
                     SELECT * FROM unnest($1::uuid[], $2::text[], $3::int[])
@@ -341,7 +342,7 @@ public enum InventoryService {
         }
         if !settled.isEmpty {
             let changes = settled.sorted { $0.key.uuidString < $1.key.uuidString }
-            try await db.execute(
+            try await db.executeDeferred(
                 """
                 UPDATE reservations r SET status = u.status, updated_at = now()
                 FROM unnest($1::uuid[], $2::text[]) AS u(order_id, status)
@@ -350,7 +351,7 @@ public enum InventoryService {
         }
         let changed = stock.filter { $0.value.delta != (0, 0, 0) }.sorted { $0.key < $1.key }
         if !changed.isEmpty {
-            try await db.execute(
+            try await db.executeDeferred(
                 """
                 UPDATE stock s SET available = s.available + d.available, reserved = s.reserved + d.reserved,
                     sold = s.sold + d.sold

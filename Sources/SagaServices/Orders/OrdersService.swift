@@ -240,8 +240,9 @@ public enum OrdersService {
                         finished[f.orderId] != nil ? decidingStatus[f.orderId] ?? "" : current[f.orderId] ?? ""),
                 ])
         }
+        // Deferred: it goes with the worker's next statement (its COMMIT), in one round trip.
         if !history.isEmpty {
-            try await db.execute(
+            try await db.executeDeferred(
                 """
                 INSERT INTO order_history (order_id, status, event_type, event_id, detail)
                 SELECT h.order_id, h.status, h.event_type, h.event_id, NULLIF(h.detail, '')
