@@ -71,14 +71,8 @@ public final class PostgresConnection: Sendable {
     )
         async throws(PostgresError) -> R
     {
-        let begin = carryingDeferred ? deferredBegin.withLock { pending in
-            defer { pending = nil }
-            return pending
-        } : nil
-        let writes = SendableStatements(carryingDeferred ? deferredWrites.withLock { pending in
-            defer { pending = [] }
-            return pending
-        } : [])
+        let (begin, writes) = carryingDeferred ? takeDeferred() : (nil, [])
+        let carried = SendableStatements(writes)
         let result: Result<R, PostgresError> = await withCheckedContinuation { continuation in
             queue.async { [self] in
                 guard let connection = confined.connection, connection.isOpen else {
@@ -86,7 +80,7 @@ public final class PostgresConnection: Sendable {
                     return
                 }
                 if let begin { connection.pendingBegin = begin }
-                connection.pendingWrites += writes.values
+                connection.pendingWrites += carried.values
                 let result = Result { () throws(PostgresError) in try operation(connection) }
                 let state = connection.health
                 health.withLock { $0 = state }
@@ -94,6 +88,19 @@ public final class PostgresConnection: Sendable {
             }
         }
         return try result.get()
+    }
+
+    /// Takes the deferred `BEGIN` and writes for the next operation to send.
+    private func takeDeferred() -> (String?, [PQConnection.Statement]) {
+        let begin = deferredBegin.withLock { pending in
+            defer { pending = nil }
+            return pending
+        }
+        let writes = deferredWrites.withLock { pending in
+            defer { pending = [] }
+            return pending
+        }
+        return (begin, writes)
     }
 
     /// Runs one statement with bind parameters and returns its rows.

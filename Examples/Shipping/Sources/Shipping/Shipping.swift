@@ -29,7 +29,9 @@ public enum ShippingService {
     /// redelivered one), in the transaction that also records the event and stores what it emits.
     public static let scheduleShipment = EventHandler.on(OrderConfirmed.self) { confirmed, context in
         let shipmentId = UUID().uuidString.lowercased()
-        try await context.connection.execute(
+        // Deferred: its result is not read, so it goes with the runtime's next statement (the COMMIT), in one
+        // round trip.
+        try await context.connection.executeDeferred(
             "INSERT INTO shipments (order_id, shipment_id, customer_id, carrier) VALUES ($1, $2::uuid, $3, $4)",
             [confirmed.orderId, shipmentId, confirmed.customerId, carrier])
         return [
