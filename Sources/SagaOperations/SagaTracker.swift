@@ -297,14 +297,20 @@ public final class SagaTracker: Service, Sendable {
     func record(_ batch: [KafkaMessage], on connection: PostgresConnection, isolate: Bool = false) async throws {
         var touched = Set<String>()
         var recorded = TrackerStats()
+        // Writes go deferred, each with the next statement (a saga's read, at last the COMMIT), so a batch takes
+        // about one round trip per saga and its transaction stays short: an open writing transaction holds back
+        // the server's horizon, and with it the pruning of the services' outbox rows their relays scan past.
+        // One at a time (isolated), they run at once, so that a refused one is known.
+        let db = PostgresTransaction(connection, defersWrites: !isolate)
+        var events: [(EventEnvelope, KafkaMessage)]? = isolate ? nil : []
         for message in batch {
             guard isolate else {
-                try await recordOne(message, on: connection, touched: &touched, recorded: &recorded)
+                try await recordOne(message, on: db, touched: &touched, recorded: &recorded, events: &events)
                 continue
             }
             try await connection.execute("SAVEPOINT tracker_message")
             do {
-                try await recordOne(message, on: connection, touched: &touched, recorded: &recorded)
+                try await recordOne(message, on: db, touched: &touched, recorded: &recorded, events: &events)
             } catch let error as PostgresError where Self.isDataError(error) {
                 try await connection.execute("ROLLBACK TO SAVEPOINT tracker_message")
                 recorded.skipped += 1
@@ -317,7 +323,8 @@ public final class SagaTracker: Service, Sendable {
             }
             try await connection.execute("RELEASE SAVEPOINT tracker_message")
         }
-        for saga in touched.sorted() { try await refresh(saga, on: connection) }
+        try await insertEvents(events ?? [], on: db)
+        try await refresh(Array(touched), on: db)
         state.withLock {
             $0.events += recorded.events
             $0.deadLetters += recorded.deadLetters
@@ -326,9 +333,11 @@ public final class SagaTracker: Service, Sendable {
         }
     }
 
+    /// Records one message; an event's row is added to `events` when given (the batch writes them in one
+    /// statement), else written now.
     private func recordOne(
-        _ message: KafkaMessage, on connection: PostgresConnection, touched: inout Set<String>,
-        recorded: inout TrackerStats
+        _ message: KafkaMessage, on connection: PostgresTransaction, touched: inout Set<String>,
+        recorded: inout TrackerStats, events: inout [(EventEnvelope, KafkaMessage)]?
     ) async throws {
         if configuration.topics.eventType(ofTopic: message.topic) == nil {
             if let saga = try await recordDeadLetter(message, on: connection) { touched.insert(saga) }
@@ -340,19 +349,12 @@ public final class SagaTracker: Service, Sendable {
             recorded.skipped += 1  // not an event: the consumers dead-letter it, and we record that dead letter
             return
         }
-        try await connection.execute(
-            """
-            INSERT INTO tracker_events (event_id, saga_id, event_type, version, producer, occurred_at, causation_id,
-                traceparent, data, topic, partition, "offset")
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10, $11, $12) ON CONFLICT (event_id) DO NOTHING
-            """,
-            [
-                envelope.id, envelope.sagaId, envelope.type, envelope.version, envelope.producer,
-                envelope.occurredAt,
-                envelope.causationId, envelope.traceparent,
-                String(decoding: envelope.data.serialized(), as: UTF8.self),
-                message.topic, Int(message.partition), message.offset,
-            ])
+        if var pending = events {
+            pending.append((envelope, message))
+            events = pending
+        } else {
+            try await insertEvents([(envelope, message)], on: connection)
+        }
         for header in message.headers where header.key == SagaHeader.deadline {
             let mark: Deadline.Mark
             do { mark = try Deadline.Mark(parsing: header.value) } catch {
@@ -370,15 +372,46 @@ public final class SagaTracker: Service, Sendable {
         recorded.events += 1
     }
 
+    /// Inserts the `tracker_events` rows of `events` in one statement (deferred when the transaction defers
+    /// writes); an event recorded before is left as it is.
+    private func insertEvents(_ events: [(EventEnvelope, KafkaMessage)], on connection: PostgresTransaction)
+        async throws
+    {
+        guard !events.isEmpty else { return }
+        try await connection.executeDeferred(
+            """
+            INSERT INTO tracker_events (event_id, saga_id, event_type, version, producer, occurred_at, causation_id,
+                traceparent, data, topic, partition, "offset")
+            SELECT e.event_id, e.saga_id, e.event_type, e.version, e.producer, e.occurred_at::timestamptz,
+                NULLIF(e.causation_id, '')::uuid, NULLIF(e.traceparent, ''), e.data::jsonb, e.topic, e.partition,
+                e."offset"
+            FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int[], $5::text[], $6::text[], $7::text[], $8::text[],
+                        $9::text[], $10::text[], $11::int[], $12::bigint[])
+                AS e(event_id, saga_id, event_type, version, producer, occurred_at, causation_id, traceparent, data,
+                     topic, partition, "offset")
+            ON CONFLICT (event_id) DO NOTHING
+            """,
+            [
+                PostgresArray(events.map(\.0.id)), PostgresArray(events.map(\.0.sagaId)),
+                PostgresArray(events.map(\.0.type)), PostgresArray(events.map(\.0.version)),
+                PostgresArray(events.map(\.0.producer)), PostgresArray(events.map(\.0.occurredAt.postgresText)),
+                PostgresArray(events.map { $0.0.causationId?.uuidString.lowercased() ?? "" }),
+                PostgresArray(events.map { $0.0.traceparent ?? "" }),
+                PostgresArray(events.map { String(decoding: $0.0.data.serialized(), as: UTF8.self) }),
+                PostgresArray(events.map(\.1.topic)), PostgresArray(events.map { Int($0.1.partition) }),
+                PostgresArray(events.map(\.1.offset)),
+            ])
+    }
+
     /// Upserts one deadline's state from a mark carried by an event of `saga` that occurred at `observedAt`.
     /// The newest mark wins whatever order they are read in (events of one saga come on several topics): a
     /// row changes only for a mark observed later, or at the same time and settling it (a schedule never
     /// overwrites a cancellation or a firing of the same moment). A redelivered mark changes nothing.
     private func recordDeadline(
-        _ mark: Deadline.Mark, saga: String, observedAt: Date, on connection: PostgresConnection
+        _ mark: Deadline.Mark, saga: String, observedAt: Date, on connection: PostgresTransaction
     ) async throws {
         let settled = mark.op == .scheduled ? nil : mark.at
-        try await connection.execute(
+        try await connection.executeDeferred(
             """
             INSERT INTO tracker_deadlines AS t (saga_id, participant, name, due_at, state, deadline_event_id,
                 deadline_event_type, settled_at, late_ms, observed_at)
@@ -395,13 +428,13 @@ public final class SagaTracker: Service, Sendable {
             ])
     }
 
-    private func recordDeadLetter(_ message: KafkaMessage, on connection: PostgresConnection) async throws -> String? {
+    private func recordDeadLetter(_ message: KafkaMessage, on connection: PostgresTransaction) async throws -> String? {
         let envelope = (try? JSONValue(parsing: message.value)).flatMap { try? EventEnvelope(validated: $0) }
         // Bounded as the worker bounds it, so that the saga id is the one the worker wrote, and always fits.
         let saga = Bounded.sagaId(
             envelope?.sagaId ?? message.key.map { String(decoding: $0, as: UTF8.self) } ?? "unknown")
         let at = message.header(SagaHeader.deadLetteredAt).flatMap(Timestamp.parse) ?? message.timestamp ?? Date()
-        try await connection.execute(
+        try await connection.executeDeferred(
             """
             INSERT INTO tracker_dead_letters (topic, partition, "offset", saga_id, event_id, event_type, consumer, reason,
                 source_topic, source_partition, source_offset, dead_lettered_at)
@@ -419,49 +452,94 @@ public final class SagaTracker: Service, Sendable {
         return saga
     }
 
-    /// Recomputes one saga's state from its recorded events and dead letters.
-    private func refresh(_ saga: String, on connection: PostgresConnection) async throws {
-        // Serialise refreshes of one saga, should two trackers ever overlap (e.g. a lock connection lost).
-        try await connection.execute("SELECT pg_advisory_xact_lock(hashtext($1))", ["saga_tracker_saga:" + saga])
-        let events = try await connection.query(
+    /// Recomputes the state of `sagas` from their recorded events and dead letters: two reads and one deferred
+    /// write for the whole batch (a saga with dead letters but no event yet gets no row).
+    private func refresh(_ sagas: [String], on connection: PostgresTransaction) async throws {
+        guard !sagas.isEmpty else { return }
+        let ids = PostgresArray(sagas.sorted())
+        // Serialise refreshes of one saga, should two trackers ever overlap (e.g. a lock connection lost): the
+        // locks, in saga order (no deadlock between two trackers), go with the read, before it.
+        try await connection.executeDeferred(
+            "SELECT pg_advisory_xact_lock(hashtext('saga_tracker_saga:' || s)) FROM unnest($1::text[]) AS s", [ids])
+        let rows = try await connection.query(
             """
-            SELECT event_type, occurred_at, data::text AS data FROM tracker_events WHERE saga_id = $1
-            ORDER BY occurred_at, event_id
-            """, [saga])
-        guard let first = events.first, let last = events.last else { return }
+            SELECT saga_id, event_type, occurred_at, data::text AS data FROM tracker_events
+            WHERE saga_id = ANY($1::text[]) ORDER BY saga_id, occurred_at, event_id
+            """, [ids])
+        var letters: [String: Int] = [:]
+        for row in try await connection.query(
+            "SELECT saga_id, count(*) AS n FROM tracker_dead_letters WHERE saga_id = ANY($1::text[]) GROUP BY saga_id",
+            [ids])
+        {
+            letters[try row.decode("saga_id")] = try row.decode("n")
+        }
+        struct Summary {
+            var saga: String
+            var status: String
+            var outcome: String
+            var startedAt: Date
+            var updatedAt: Date
+            var finishedAt: Date?
+            var lastType: String
+            var events: Int
+            var compensations: Int
+        }
         let model = self.model
-        var outcome: String?
-        var finishedAt: Date?
-        var compensations = 0
-        for e in events {
-            let type: String = try e.decode("event_type")
-            if model.kind(of: type) == .compensation { compensations += 1 }
-            if model.kind(of: type) == .outcome, outcome == nil {
-                let data = (try? JSONValue(parsing: Array(try e.decode("data", as: String.self).utf8))) ?? .null
-                outcome = model.outcome(of: type, data: data) ?? type
-                finishedAt = try e.decode("occurred_at", as: Date.self)
+        var summaries: [Summary] = []
+        var current: Summary?
+        var decided = false
+        for row in rows {
+            let saga: String = try row.decode("saga_id")
+            let type: String = try row.decode("event_type")
+            let at: Date = try row.decode("occurred_at")
+            if current?.saga != saga {
+                if let done = current { summaries.append(done) }
+                current = Summary(
+                    saga: saga, status: "running", outcome: "", startedAt: at, updatedAt: at, finishedAt: nil,
+                    lastType: type, events: 0, compensations: 0)
+                decided = false
+            }
+            current!.events += 1
+            current!.updatedAt = at
+            current!.lastType = type
+            if model.kind(of: type) == .compensation { current!.compensations += 1 }
+            if model.kind(of: type) == .outcome, !decided {
+                let data = (try? JSONValue(parsing: Array(try row.decode("data", as: String.self).utf8))) ?? .null
+                current!.outcome = model.outcome(of: type, data: data) ?? type
+                current!.finishedAt = at
+                decided = true
             }
         }
-        let lastType: String = try last.decode("event_type")
+        if let done = current { summaries.append(done) }
+        guard !summaries.isEmpty else { return }
         // Finished once decided and nobody registered waits on the latest event after an outcome (see the type's
         // comment).
-        let finished = outcome != nil && model.waitingAfterOutcome[lastType] == nil
-        let letters: Int =
-            try await connection.query(
-                "SELECT count(*) AS n FROM tracker_dead_letters WHERE saga_id = $1", [saga]
-            ).first?.decode("n") ?? 0
-        try await connection.execute(
+        for i in summaries.indices where summaries[i].finishedAt != nil {
+            if model.waitingAfterOutcome[summaries[i].lastType] == nil { summaries[i].status = "finished" }
+        }
+        try await connection.executeDeferred(
             """
-            INSERT INTO tracker_sagas (saga_id, status, outcome, started_at, updated_at, finished_at, last_event_type,
-                events, compensations, dead_letters)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-            ON CONFLICT (saga_id) DO UPDATE SET status = $2, outcome = $3, started_at = $4, updated_at = $5,
-                finished_at = $6, last_event_type = $7, events = $8, compensations = $9, dead_letters = $10
+            INSERT INTO tracker_sagas AS t (saga_id, status, outcome, started_at, updated_at, finished_at,
+                last_event_type, events, compensations, dead_letters)
+            SELECT u.saga_id, u.status, NULLIF(u.outcome, ''), u.started_at::timestamptz, u.updated_at::timestamptz,
+                NULLIF(u.finished_at, '')::timestamptz, u.last_event_type, u.events, u.compensations, u.dead_letters
+            FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::int[],
+                        $9::int[], $10::int[])
+                AS u(saga_id, status, outcome, started_at, updated_at, finished_at, last_event_type, events,
+                     compensations, dead_letters)
+            ON CONFLICT (saga_id) DO UPDATE SET status = excluded.status, outcome = excluded.outcome,
+                started_at = excluded.started_at, updated_at = excluded.updated_at, finished_at = excluded.finished_at,
+                last_event_type = excluded.last_event_type, events = excluded.events,
+                compensations = excluded.compensations, dead_letters = excluded.dead_letters
             """,
             [
-                saga, finished ? "finished" : "running", outcome, try first.decode("occurred_at", as: Date.self),
-                try last.decode("occurred_at", as: Date.self), finishedAt, lastType,
-                events.count, compensations, letters,
+                PostgresArray(summaries.map(\.saga)), PostgresArray(summaries.map(\.status)),
+                PostgresArray(summaries.map(\.outcome)), PostgresArray(summaries.map(\.startedAt.postgresText)),
+                PostgresArray(summaries.map(\.updatedAt.postgresText)),
+                PostgresArray(summaries.map { $0.finishedAt?.postgresText ?? "" }),
+                PostgresArray(summaries.map(\.lastType)), PostgresArray(summaries.map(\.events)),
+                PostgresArray(summaries.map(\.compensations)),
+                PostgresArray(summaries.map { letters[$0.saga] ?? 0 }),
             ])
     }
 }
