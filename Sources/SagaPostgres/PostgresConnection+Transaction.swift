@@ -45,13 +45,7 @@ extension PostgresConnection {
         } catch {
             deferredWrites.withLock { $0 = [] }
             if !takeUnsentBegin() {
-                do {
-                    try await execute("ROLLBACK")
-                } catch let rollbackError {
-                    logger.error(
-                        "ROLLBACK failed after the transaction body threw",
-                        metadata: ["error": "\(rollbackError)", "bodyError": "\(String(reflecting: type(of: error)))"])
-                }
+                await rollBack(after: "the transaction body threw", "\(String(reflecting: type(of: error)))")
             }
             throw error
         }
@@ -63,13 +57,7 @@ extension PostgresConnection {
         } catch {
             // A deferred write sent with the COMMIT failed: the transaction is aborted, not ended.
             if transactionState == .failed || transactionState == .inTransaction {
-                do {
-                    try await execute("ROLLBACK")
-                } catch let rollbackError {
-                    logger.error(
-                        "ROLLBACK failed after COMMIT failed",
-                        metadata: ["error": "\(rollbackError)", "commitError": "\(error)"])
-                }
+                await rollBack(after: "COMMIT failed", "\(error)")
             }
             throw error.prefixed("COMMIT failed")
         }
@@ -100,6 +88,15 @@ extension PostgresConnection {
                 sqlState: "25P01")
         }
         deferredWrites.withLock { $0.append(PQConnection.Statement(sql: sql, binds: binds, wantRows: false)) }
+    }
+
+    /// Rolls the transaction back; a failure is logged (the session is then unhealthy), with `cause`.
+    private func rollBack(after what: String, _ cause: String) async {
+        do {
+            try await execute("ROLLBACK")
+        } catch {
+            logger.error("ROLLBACK failed after \(what)", metadata: ["error": "\(error)", "cause": .string(cause)])
+        }
     }
 
     /// Removes a deferred BEGIN that no statement carried yet; `true` if there was one.
