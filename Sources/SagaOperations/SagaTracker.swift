@@ -297,10 +297,10 @@ public final class SagaTracker: Service, Sendable {
     func record(_ batch: [KafkaMessage], on connection: PostgresConnection, isolate: Bool = false) async throws {
         var touched = Set<String>()
         var recorded = TrackerStats()
-        // Writes go deferred, each with the next statement (a saga's read, at last the COMMIT), so a batch takes
-        // about one round trip per saga and its transaction stays short: an open writing transaction holds back
+        // Set-based, and writes go deferred with the next statement (the sagas' reads, at last the COMMIT), so a
+        // batch takes a few round trips and its transaction stays short: an open writing transaction holds back
         // the server's horizon, and with it the pruning of the services' outbox rows their relays scan past.
-        // One at a time (isolated), they run at once, so that a refused one is known.
+        // One message at a time (isolated), they run at once, so that a refused one is known.
         let db = PostgresTransaction(connection, defersWrites: !isolate)
         var events: [(EventEnvelope, KafkaMessage)]? = isolate ? nil : []
         for message in batch {
@@ -349,9 +349,8 @@ public final class SagaTracker: Service, Sendable {
             recorded.skipped += 1  // not an event: the consumers dead-letter it, and we record that dead letter
             return
         }
-        if var pending = events {
-            pending.append((envelope, message))
-            events = pending
+        if events != nil {
+            events?.append((envelope, message))
         } else {
             try await insertEvents([(envelope, message)], on: connection)
         }
