@@ -19,10 +19,12 @@ public struct PostgresTransaction: Sendable {
     public let defersWrites: Bool
 
     /// For the owner of the transaction: a view of `connection` to hand to code that must not end it.
-    /// - Parameter defersWrites: whether ``executeDeferred(_:_:)`` may send its statement with the next one,
-    ///   perhaps the owner's own (`RELEASE SAVEPOINT`, `COMMIT`), which then fails for it; false runs it at once,
-    ///   where its failure is thrown from it (e.g. for an owner that puts each unit of work in a savepoint and
-    ///   must know which one failed).
+    /// - Parameters:
+    ///   - connection: the session of the transaction the caller owns.
+    ///   - defersWrites: whether ``executeDeferred(_:_:)`` may send its statement with the next one, perhaps the
+    ///     owner's own (`RELEASE SAVEPOINT`, `COMMIT`), which then fails for it; false runs it at once, where its
+    ///     failure is thrown from it (e.g. for an owner that puts each unit of work in a savepoint and must know
+    ///     which one failed).
     public init(_ connection: PostgresConnection, defersWrites: Bool = false) {
         self.connection = connection
         self.defersWrites = defersWrites
