@@ -36,6 +36,14 @@ public struct RelayConfiguration: Sendable {
     public var maxShards: Int = EngineMigrations.shardCount
     /// How often the outbox gauges (backlog, age of the oldest unpublished row, parked rows) are refreshed.
     public var gaugeInterval: Duration = .seconds(5)
+    /// How often the relay vacuums its outbox table while it deletes rows (`VACUUM (SKIP_LOCKED)`, on a session
+    /// of its own, off the publishing loop); nil leaves the table to autovacuum. The relay deletes each row it
+    /// published, from the low end of its shard, and every read of a shard starts there: until a vacuum prunes
+    /// them, it steps over the index entries of every row deleted since the last one. Autovacuum visits a table
+    /// at most once per `autovacuum_naptime` (a minute by default), while under load the relays delete
+    /// thousands of rows a second. Needs the table's owner (or a superuser); otherwise it is skipped, with one
+    /// log line.
+    public var vacuumInterval: Duration? = .seconds(1)
     /// The backoff after a failed round (database or broker unavailable) and of the sagas of failed rows.
     public var retry = RetryPolicy()
     /// The server ends the session holding this relay's shard locks once it has been idle this long (see
@@ -113,6 +121,8 @@ public final class OutboxRelay: Service, Sendable {
     private let state = Mutex(RelayStats())
     private let wake = WakeSignal()
     private let metrics: RelayMetrics
+    /// Rows deleted since the last vacuum of the outbox table.
+    private let deletedSinceVacuum = Mutex(0)
 
     /// A relay configured by `configuration`; nothing happens until ``run()``.
     public init(configuration: RelayConfiguration, logger: Logger) {
@@ -186,16 +196,19 @@ public final class OutboxRelay: Service, Sendable {
                 try? await Task.sleep(for: interval)
             }
         }
+        let vacuum = Task { await self.vacuumWhileDeleting(on: gaugePool) }
         do {
             try await loop(connection: connection, producer: producer)
         } catch {
             gauges.cancel()
+            vacuum.cancel()
             await listener.close()
             await connection.close()
             await gaugePool.close()
             throw error
         }
         gauges.cancel()
+        vacuum.cancel()
         await listener.close()
         await connection.close()
         await gaugePool.close()
@@ -409,6 +422,40 @@ public final class OutboxRelay: Service, Sendable {
 
     private func delete(_ ids: [Int64], on connection: PostgresConnection) async throws {
         try await connection.execute("DELETE FROM saga_outbox WHERE id = ANY($1::bigint[])", [PostgresArray(ids)])
+        deletedSinceVacuum.withLock { $0 += ids.count }
+    }
+
+    /// Every `vacuumInterval` in which rows were deleted, vacuums the outbox table (see
+    /// ``RelayConfiguration/vacuumInterval``), until cancelled. `SKIP_LOCKED`: a vacuum already running (another
+    /// relay's, autovacuum) is not waited for. A failure is logged and tried again next time.
+    private func vacuumWhileDeleting(on pool: PostgresPool) async {
+        guard let interval = configuration.vacuumInterval else { return }
+        do {
+            let rows = try await pool.query(
+                """
+                SELECT pg_has_role(c.relowner, 'USAGE') OR r.rolsuper AS allowed
+                FROM pg_class c, pg_roles r WHERE c.oid = 'saga_outbox'::regclass AND r.rolname = current_user
+                """)
+            guard try rows.first?.decode("allowed", as: Bool.self) == true else {
+                logger.notice("the relay does not vacuum the outbox table (its role does not own it): autovacuum only")
+                return
+            }
+        } catch {
+            logger.debug("outbox vacuum: ownership check failed", metadata: ["error": "\(error)"])
+        }
+        while !Task.isCancelled {
+            try? await Task.sleep(for: interval)
+            let deleted = deletedSinceVacuum.withLock { count in
+                defer { count = 0 }
+                return count
+            }
+            guard deleted > 0, !Task.isCancelled else { continue }
+            do {
+                try await pool.execute("VACUUM (SKIP_LOCKED) saga_outbox")
+            } catch {
+                logger.debug("outbox vacuum failed", metadata: ["error": "\(error)"])
+            }
+        }
     }
 
     /// Sends `batch`; while the acknowledgements are pending, deletes `previous` (the last batch's acknowledged

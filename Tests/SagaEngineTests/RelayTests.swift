@@ -31,9 +31,11 @@ import Testing
 
         func relay(
             maxShards: Int = EngineMigrations.shardCount, pollInterval: Duration = .milliseconds(200),
-            idleGrace: Duration? = nil, gracePollInterval: Duration? = nil, kafka: KafkaSettings? = nil
+            idleGrace: Duration? = nil, gracePollInterval: Duration? = nil, kafka: KafkaSettings? = nil,
+            vacuumInterval: Duration? = .seconds(1)
         ) -> (OutboxRelay, Task<Void, any Error>) {
             var c = RelayConfiguration(name: "test", kafka: kafka ?? self.kafka, database: database)
+            c.vacuumInterval = vacuumInterval
             c.maxShards = maxShards
             c.pollInterval = pollInterval
             if let idleGrace { c.idleGrace = idleGrace }
@@ -492,6 +494,48 @@ import Testing
         #expect(again != nil && again != old)
         #expect(published == 2)
         #expect(woken < .seconds(2), "\(woken)")
+    }
+
+    /// The relay vacuums the outbox while it deletes rows (autovacuum comes at most once a minute), and not
+    /// when told not to.
+    @Test func theRelayVacuumsItsOutboxWhileItDeletes() async throws {
+        let f = try await Fixture()
+        let pool = PostgresPool(configuration: f.database.configuration, size: 1, logger: f.logger)
+        func vacuums() async throws -> Int {
+            try await pool.query(
+                "SELECT vacuum_count AS n FROM pg_stat_user_tables WHERE schemaname = $1 AND relname = 'saga_outbox'",
+                [f.database.schema]
+            ).first!.decode("n")
+        }
+        func publish(_ count: Int, by relay: OutboxRelay) async throws {
+            let before = relay.stats.published
+            try await pool.withTransaction {
+                try await Outbox.append((1...count).map { f.message(saga: "v\($0)", seq: $0) }, on: $0)
+            }
+            let deadline = ContinuousClock.now + .seconds(30)
+            while relay.stats.published < before + count && ContinuousClock.now < deadline {
+                try await Task.sleep(for: .milliseconds(20))
+            }
+            #expect(relay.stats.published == before + count)
+        }
+        let (unvacuumed, first) = f.relay(vacuumInterval: nil)
+        try await publish(50, by: unvacuumed)
+        try await Task.sleep(for: .milliseconds(500))
+        first.cancel()
+        _ = await first.result
+        let withoutVacuum = try await vacuums()
+
+        let (relay, task) = f.relay(vacuumInterval: .milliseconds(100))
+        try await publish(50, by: relay)
+        let deadline = ContinuousClock.now + .seconds(30)
+        while try await vacuums() == withoutVacuum && ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        let withVacuum = try await vacuums()
+        await pool.close()
+        await f.tearDown([task])
+        #expect(withoutVacuum == 0)
+        #expect(withVacuum > withoutVacuum)
     }
 
     /// Writers pay for a NOTIFY only while the relay idles (notifying commits serialise cluster-wide): a relay that
