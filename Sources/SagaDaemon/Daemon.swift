@@ -132,6 +132,7 @@ extension DaemonEnvironment {
         var configuration = RelayConfiguration(name: name, kafka: try kafka(), database: database(name))
         configuration.batchSize = relayBatchSize
         configuration.maxShards = relayMaxShards
+        configuration.vacuumInterval = relayVacuumInterval
         return OutboxRelay(configuration: configuration, logger: logger)
     }
 

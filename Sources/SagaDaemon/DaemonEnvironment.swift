@@ -25,6 +25,9 @@ public struct DaemonEnvironment: Sendable {
     public var relayBatchSize: Int
     /// Most outbox shards one relay instance takes (`SAGA_RELAY_MAX_SHARDS`).
     public var relayMaxShards: Int
+    /// How often a relay vacuums its outbox table while it deletes rows (`SAGA_RELAY_VACUUM_INTERVAL`, `0s`: never,
+    /// autovacuum only); see ``RelayConfiguration/vacuumInterval``.
+    public var relayVacuumInterval: Duration? = .seconds(1)
     /// How long a worker keeps inbox rows (`SAGA_INBOX_RETENTION`).
     public var inboxRetention: Duration
     /// librdkafka's `fetch.wait.max.ms` (`SAGA_KAFKA_FETCH_WAIT_MAX_MS`).
@@ -127,6 +130,8 @@ public struct DaemonEnvironment: Sendable {
             healthTimeout: try duration("SAGA_HEALTH_TIMEOUT", .seconds(2), positive: true))
         loaded.statementTimeout = try timeout("SAGA_STATEMENT_TIMEOUT")
         loaded.lockTimeout = try timeout("SAGA_LOCK_TIMEOUT")
+        let vacuum = try duration("SAGA_RELAY_VACUUM_INTERVAL", .seconds(1))
+        loaded.relayVacuumInterval = vacuum > .zero ? vacuum : nil
         loaded.groupInstanceId = try groupInstanceId(env["SAGA_KAFKA_GROUP_INSTANCE_ID"] ?? "")
         loaded.topicPartitions = Int32(try int("SAGA_TOPIC_PARTITIONS", 8, 1...10_000))
         if let raw = env["SAGA_TOPIC_REPLICATION_FACTOR"], !raw.isEmpty {
@@ -213,7 +218,7 @@ public struct DaemonEnvironment: Sendable {
             "SAGA_KAFKA_BOOTSTRAP", "SAGA_KAFKA_PROPERTIES", "SAGA_KAFKA_FETCH_WAIT_MAX_MS", "SAGA_KAFKA_EMBEDDED",
             "SAGA_KAFKA_GROUP_INSTANCE_ID", "SAGA_DATABASE_URL", "SAGA_TOPIC_PREFIX", "SAGA_HTTP_HOST", "SAGA_OPS_PORT",
             "SAGA_WORKER_BATCH_SIZE",
-            "SAGA_RELAY_BATCH_SIZE", "SAGA_RELAY_MAX_SHARDS", "SAGA_INBOX_RETENTION", "SAGA_LOG_FORMAT",
+            "SAGA_RELAY_BATCH_SIZE", "SAGA_RELAY_MAX_SHARDS", "SAGA_RELAY_VACUUM_INTERVAL", "SAGA_INBOX_RETENTION", "SAGA_LOG_FORMAT",
             "SAGA_LOG_LEVEL", "SAGA_HEALTH_INTERVAL", "SAGA_HEALTH_TIMEOUT", "SAGA_STATEMENT_TIMEOUT",
             "SAGA_LOCK_TIMEOUT", "SAGA_TOPIC_PARTITIONS", "SAGA_TOPIC_REPLICATION_FACTOR",
         ])

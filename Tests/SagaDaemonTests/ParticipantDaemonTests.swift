@@ -38,6 +38,7 @@ struct ParticipantDaemonTests {
             [
                 "SAGA_KAFKA_BOOTSTRAP": "kafka:9092", "SAGA_TOPIC_PREFIX": "t1.", "SAGA_WORKER_BATCH_SIZE": "17",
                 "SAGA_RELAY_BATCH_SIZE": "33", "SAGA_RELAY_MAX_SHARDS": "3", "SAGA_INBOX_RETENTION": "2h",
+                "SAGA_RELAY_VACUUM_INTERVAL": "5s",
             ], databases: ["inventory"], devFile: nil, brokerFile: nil)
         let logger = Logger(label: "test")
         let worker = try env.worker(InventoryService.definition(), logger: logger)
@@ -49,6 +50,18 @@ struct ParticipantDaemonTests {
         let relay = try env.relay("inventory", logger: logger)
         #expect(relay.configuration.batchSize == 33)
         #expect(relay.configuration.maxShards == 3)
+        #expect(relay.configuration.vacuumInterval == .seconds(5))
+        let defaults = try DaemonEnvironment.load(
+            ["SAGA_KAFKA_BOOTSTRAP": "kafka:9092"], databases: [], devFile: nil, brokerFile: nil)
+        #expect(try defaults.relay("inventory", logger: logger).configuration.vacuumInterval == .seconds(1))
+        let off = try DaemonEnvironment.load(
+            ["SAGA_KAFKA_BOOTSTRAP": "kafka:9092", "SAGA_RELAY_VACUUM_INTERVAL": "0s"], databases: [], devFile: nil,
+            brokerFile: nil)
+        #expect(try off.relay("inventory", logger: logger).configuration.vacuumInterval == nil)
+        #expect {
+            _ = try DaemonEnvironment.load(
+                ["SAGA_RELAY_VACUUM_INTERVAL": "often"], databases: [], devFile: nil, brokerFile: nil)
+        } throws: { "\($0)".contains("SAGA_RELAY_VACUUM_INTERVAL='often'") }
         let ops = try env.ops(["inventory"], logger: logger)
         #expect(ops.health.checks.map(\.name) == ["database:inventory", "kafka"])
         #expect {
