@@ -8,12 +8,23 @@ public struct PostgresArray: PostgresEncodable, Hashable {
 
     /// An array of strings, each quoted and escaped (`$1::text[]`).
     public init(_ values: [String]) {
-        postgresText =
-            "{"
-            + values.map {
-                "\"" + $0.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"")
-                    + "\""
-            }.joined(separator: ",") + "}"
+        // Byte by byte: Foundation's `replacingOccurrences` (through NSString) cost ~7 % of `saga dev`'s CPU in
+        // the closed loop, for arrays of ids that hardly ever hold a quote or a backslash.
+        let quote = UInt8(ascii: "\""), backslash = UInt8(ascii: "\\")
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(values.reduce(2) { $0 + $1.utf8.count + 3 })
+        bytes.append(UInt8(ascii: "{"))
+        for (index, value) in values.enumerated() {
+            if index > 0 { bytes.append(UInt8(ascii: ",")) }
+            bytes.append(quote)
+            for byte in value.utf8 {
+                if byte == quote || byte == backslash { bytes.append(backslash) }
+                bytes.append(byte)
+            }
+            bytes.append(quote)
+        }
+        bytes.append(UInt8(ascii: "}"))
+        postgresText = String(decoding: bytes, as: UTF8.self)
     }
 
     /// An array of integers (`$1::bigint[]`, `$1::int[]`).
