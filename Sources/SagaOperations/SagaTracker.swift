@@ -302,15 +302,15 @@ public final class SagaTracker: Service, Sendable {
         // the server's horizon, and with it the pruning of the services' outbox rows their relays scan past.
         // One message at a time (isolated), they run at once, so that a refused one is known.
         let db = PostgresTransaction(connection, defersWrites: !isolate)
-        var events: [(EventEnvelope, KafkaMessage)]? = isolate ? nil : []
+        var rows: BatchRows? = isolate ? nil : BatchRows()
         for message in batch {
             guard isolate else {
-                try await recordOne(message, on: db, touched: &touched, recorded: &recorded, events: &events)
+                try await recordOne(message, on: db, touched: &touched, recorded: &recorded, rows: &rows)
                 continue
             }
             try await connection.execute("SAVEPOINT tracker_message")
             do {
-                try await recordOne(message, on: db, touched: &touched, recorded: &recorded, events: &events)
+                try await recordOne(message, on: db, touched: &touched, recorded: &recorded, rows: &rows)
             } catch let error as PostgresError where Self.isDataError(error) {
                 try await connection.execute("ROLLBACK TO SAVEPOINT tracker_message")
                 recorded.skipped += 1
@@ -323,7 +323,8 @@ public final class SagaTracker: Service, Sendable {
             }
             try await connection.execute("RELEASE SAVEPOINT tracker_message")
         }
-        try await insertEvents(events ?? [], on: db)
+        try await insertEvents(rows?.events ?? [], on: db)
+        try await upsertDeadlines(rows?.deadlines ?? [], on: db)
         try await refresh(Array(touched), on: db)
         state.withLock {
             $0.events += recorded.events
@@ -333,11 +334,17 @@ public final class SagaTracker: Service, Sendable {
         }
     }
 
-    /// Records one message; an event's row is added to `events` when given (the batch writes them in one
-    /// statement), else written now.
+    /// The rows a batch writes set-based, after its messages were read.
+    private struct BatchRows {
+        var events: [(EventEnvelope, KafkaMessage)] = []
+        var deadlines: [DeadlineRow] = []
+    }
+
+    /// Records one message; its event's row and deadline marks are added to `rows` when given (the batch writes
+    /// them set-based), else written now.
     private func recordOne(
         _ message: KafkaMessage, on connection: PostgresTransaction, touched: inout Set<String>,
-        recorded: inout TrackerStats, events: inout [(EventEnvelope, KafkaMessage)]?
+        recorded: inout TrackerStats, rows: inout BatchRows?
     ) async throws {
         if configuration.topics.eventType(ofTopic: message.topic) == nil {
             if let saga = try await recordDeadLetter(message, on: connection) { touched.insert(saga) }
@@ -349,11 +356,12 @@ public final class SagaTracker: Service, Sendable {
             recorded.skipped += 1  // not an event: the consumers dead-letter it, and we record that dead letter
             return
         }
-        if events != nil {
-            events?.append((envelope, message))
+        if rows != nil {
+            rows?.events.append((envelope, message))
         } else {
             try await insertEvents([(envelope, message)], on: connection)
         }
+        var deadlines: [DeadlineRow] = []
         for header in message.headers where header.key == SagaHeader.deadline {
             let mark: Deadline.Mark
             do { mark = try Deadline.Mark(parsing: header.value) } catch {
@@ -365,7 +373,12 @@ public final class SagaTracker: Service, Sendable {
                     ])
                 continue
             }
-            try await recordDeadline(mark, saga: envelope.sagaId, observedAt: envelope.occurredAt, on: connection)
+            deadlines.append(DeadlineRow(mark: mark, saga: envelope.sagaId, observedAt: envelope.occurredAt))
+        }
+        if rows != nil {
+            rows?.deadlines += deadlines
+        } else {
+            try await upsertDeadlines(deadlines, on: connection)
         }
         touched.insert(envelope.sagaId)
         recorded.events += 1
@@ -402,19 +415,50 @@ public final class SagaTracker: Service, Sendable {
             ])
     }
 
-    /// Upserts one deadline's state from a mark carried by an event of `saga` that occurred at `observedAt`.
-    /// The newest mark wins whatever order they are read in (events of one saga come on several topics): a
-    /// row changes only for a mark observed later, or at the same time and settling it (a schedule never
-    /// overwrites a cancellation or a firing of the same moment). A redelivered mark changes nothing.
-    private func recordDeadline(
-        _ mark: Deadline.Mark, saga: String, observedAt: Date, on connection: PostgresTransaction
-    ) async throws {
-        let settled = mark.op == .scheduled ? nil : mark.at
+    /// A deadline mark carried by an event of `saga` that occurred at `observedAt`.
+    struct DeadlineRow {
+        var mark: Deadline.Mark
+        var saga: String
+        var observedAt: Date
+
+        /// The row's key in `tracker_deadlines`.
+        var key: [String] { [saga, mark.participant, mark.name] }
+
+        /// Whether this mark replaces `other`'s state: the upsert's condition, in Swift.
+        func supersedes(_ other: DeadlineRow) -> Bool {
+            func rank(_ row: DeadlineRow) -> Int { row.mark.op == .scheduled ? 0 : 1 }
+            return (observedAt, rank(self)) > (other.observedAt, rank(other))
+        }
+
+        /// The marks that change `tracker_deadlines` when applied in this order, one per row, in key order: of
+        /// several marks of one deadline, the one that supersedes the others (the first of equals), as upserting
+        /// them one after the other would leave it. (One statement may not update a row twice.)
+        static func reduced(_ rows: [DeadlineRow]) -> [DeadlineRow] {
+            var latest: [[String]: DeadlineRow] = [:]
+            for row in rows {
+                if let kept = latest[row.key], !row.supersedes(kept) { continue }
+                latest[row.key] = row
+            }
+            return latest.values.sorted { $0.key.lexicographicallyPrecedes($1.key) }
+        }
+    }
+
+    /// Upserts the deadlines' states from `rows`, in one statement (deferred when the transaction defers writes).
+    /// The newest mark wins whatever order they are read in (events of one saga come on several topics): a row
+    /// changes only for a mark observed later, or at the same time and settling it (a schedule never overwrites
+    /// a cancellation or a firing of the same moment). A redelivered mark changes nothing.
+    private func upsertDeadlines(_ rows: [DeadlineRow], on connection: PostgresTransaction) async throws {
+        let rows = DeadlineRow.reduced(rows)
+        guard !rows.isEmpty else { return }
         try await connection.executeDeferred(
             """
             INSERT INTO tracker_deadlines AS t (saga_id, participant, name, due_at, state, deadline_event_id,
                 deadline_event_type, settled_at, late_ms, observed_at)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+            SELECT d.saga_id, d.participant, d.name, d.due_at::timestamptz, d.state, d.event_id, d.event_type,
+                NULLIF(d.settled_at, '')::timestamptz, NULLIF(d.late_ms, '')::bigint, d.observed_at::timestamptz
+            FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::uuid[], $7::text[], $8::text[],
+                        $9::text[], $10::text[])
+                AS d(saga_id, participant, name, due_at, state, event_id, event_type, settled_at, late_ms, observed_at)
             ON CONFLICT (saga_id, participant, name) DO UPDATE SET due_at = excluded.due_at, state = excluded.state,
                 deadline_event_id = excluded.deadline_event_id, deadline_event_type = excluded.deadline_event_type,
                 settled_at = excluded.settled_at, late_ms = excluded.late_ms, observed_at = excluded.observed_at
@@ -422,8 +466,13 @@ public final class SagaTracker: Service, Sendable {
                 > (t.observed_at, CASE t.state WHEN 'scheduled' THEN 0 ELSE 1 END)
             """,
             [
-                saga, mark.participant, mark.name, mark.dueAt, mark.op.rawValue, mark.eventId, mark.eventType,
-                settled, mark.lateMs, observedAt,
+                PostgresArray(rows.map(\.saga)), PostgresArray(rows.map(\.mark.participant)),
+                PostgresArray(rows.map(\.mark.name)), PostgresArray(rows.map(\.mark.dueAt.postgresText)),
+                PostgresArray(rows.map(\.mark.op.rawValue)), PostgresArray(rows.map(\.mark.eventId)),
+                PostgresArray(rows.map(\.mark.eventType)),
+                PostgresArray(rows.map { $0.mark.op == .scheduled ? "" : $0.mark.at.postgresText }),
+                PostgresArray(rows.map { $0.mark.lateMs.map(String.init) ?? "" }),
+                PostgresArray(rows.map(\.observedAt.postgresText)),
             ])
     }
 

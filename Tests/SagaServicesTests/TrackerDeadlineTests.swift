@@ -210,6 +210,72 @@ extension TrackerTests {
         #expect(tracker.stats.skipped == 0)
     }
 
+    /// Marks of one deadline that come in one batch, in any order, leave the state applying them one after the
+    /// other would (the batch upserts them in one statement, which may not change a row twice).
+    @Test func marksOfOneDeadlineInOneBatchKeepTheLatestState() async throws {
+        let stack = try await TestStack()
+        let (tracker, task) = try await tracker(stack)
+        task.cancel()
+        _ = await task.result
+        let t0 = Date(timeIntervalSince1970: (Date().timeIntervalSince1970 * 1000).rounded() / 1000 - 10)
+        let due = t0.addingTimeInterval(30)
+        let expiry = UUID()
+        func at(_ seconds: Double) -> Date { t0.addingTimeInterval(seconds) }
+        let read = UUID().uuidString.lowercased()  // cancelled, read before the schedule, which comes twice
+        let fired = UUID().uuidString.lowercased()  // scheduled, fired, and a stale cancellation read last
+        let tie = UUID().uuidString.lowercased()  // scheduled and cancelled at one moment, in two events
+        let moved = UUID().uuidString.lowercased()  // scheduled, then scheduled again for later
+        let outgoing = [
+            try Self.confirmed(
+                read, at: at(1), headers: [Self.mark("cancelled", due: due, event: expiry, at: at(1))], stack: stack),
+            try Self.created(read, at: at(0), headers: [Self.mark("scheduled", due: due, event: expiry, at: at(0))],
+                stack: stack),
+            try Self.created(read, at: at(0), headers: [Self.mark("scheduled", due: due, event: expiry, at: at(0))],
+                stack: stack),
+            try Self.created(fired, at: at(0), headers: [Self.mark("scheduled", due: due, event: expiry, at: at(0))],
+                stack: stack),
+            try Self.confirmed(
+                fired, at: at(2),
+                headers: [Self.mark("fired", due: due, event: expiry, at: at(2), lateMs: 7)], stack: stack),
+            try Self.confirmed(
+                fired, at: at(1), headers: [Self.mark("cancelled", due: due, event: expiry, at: at(1))], stack: stack),
+            try Self.created(tie, at: at(0), headers: [Self.mark("scheduled", due: due, event: expiry, at: at(0))],
+                stack: stack),
+            try Self.confirmed(
+                tie, at: at(0), headers: [Self.mark("cancelled", due: due, event: expiry, at: at(0))], stack: stack),
+            try Self.created(moved, at: at(0), headers: [Self.mark("scheduled", due: due, event: expiry, at: at(0))],
+                stack: stack),
+            try Self.created(
+                moved, at: at(3), headers: [Self.mark("scheduled", due: at(60), event: expiry, at: at(3))],
+                stack: stack),
+        ].map(\.message)
+        let batch = outgoing.enumerated().map { offset, m in
+            KafkaMessage(
+                topic: m.topic, partition: 0, offset: Int64(offset), key: m.key, value: m.value, headers: m.headers,
+                timestamp: nil)
+        }
+        let pool = PostgresPool(configuration: stack.trackerDatabase.configuration, size: 1, logger: stack.logger)
+        try await pool.withTransaction { connection in try await tracker.record(batch, on: connection) }
+        await pool.close()
+        var state: [String: (state: String, due: Date, lateMs: Int64?)] = [:]
+        for row in try await stack.query("tracker", "SELECT saga_id, state, due_at, late_ms FROM tracker_deadlines") {
+            state[try row.decode("saga_id", as: String.self)] = (
+                try row.decode("state", as: String.self), try row.decode("due_at", as: Date.self),
+                try row.decode("late_ms", as: Int64?.self)
+            )
+        }
+        await stack.stop()
+
+        #expect(state.count == 4)
+        #expect(state[read]?.state == "cancelled")
+        #expect(state[fired]?.state == "fired")
+        #expect(state[fired]?.lateMs == 7)
+        #expect(state[tie]?.state == "cancelled")
+        #expect(state[moved]?.state == "scheduled")
+        #expect(Self.ms(state[moved]?.due) == Self.ms(at(60)))
+        #expect(tracker.stats.skipped == 0)
+    }
+
     /// A saga whose deadline fell without firing (its participant is down, say) is listed by `--stuck`
     /// once it is `grace` overdue, whatever its age, and leaves the list when the firing is recorded.
     @Test func stuckListsASagaPastItsDeadlineOnlyAfterTheGrace() async throws {
