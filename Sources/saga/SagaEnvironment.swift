@@ -10,6 +10,9 @@ import SagaEngine
 struct SagaEnvironment: Sendable {
     var daemon: DaemonEnvironment
     var httpPort: Int
+    /// Database sessions of the orders HTTP API (`SAGA_HTTP_DB_CONNECTIONS`, default 16): placing an order holds
+    /// one for two statements, so this bounds how many placements run at once.
+    var httpDatabaseConnections: Int
     var orderCreatedVersion: Int
     /// How long after placement an order times out (`SAGA_ORDER_DEADLINE`, default 15m); nil (`0s`): no deadline
     /// unless a request asks for one.
@@ -30,6 +33,8 @@ struct SagaEnvironment: Sendable {
         return SagaEnvironment(
             daemon: daemon,
             httpPort: try DaemonEnvironment.integer("SAGA_HTTP_PORT", in: env, default: 8080, 0...65535),
+            httpDatabaseConnections: try DaemonEnvironment.integer(
+                "SAGA_HTTP_DB_CONNECTIONS", in: env, default: 16, 1...500),
             orderCreatedVersion: try DaemonEnvironment.integer(
                 "SAGA_ORDER_CREATED_VERSION", in: env, default: 2, 1...2),
             orderDeadline: try parseOrderDeadline(env["SAGA_ORDER_DEADLINE"]))
@@ -62,7 +67,7 @@ struct SagaEnvironment: Sendable {
 
     /// Every SAGA_* variable the commands and scripts read.
     static let knownVariables: Set<String> = DaemonEnvironment.knownVariables(databases: databases).union([
-        "SAGA_HTTP_PORT", "SAGA_ORDER_CREATED_VERSION", "SAGA_ORDER_DEADLINE",
+        "SAGA_HTTP_PORT", "SAGA_HTTP_DB_CONNECTIONS", "SAGA_ORDER_CREATED_VERSION", "SAGA_ORDER_DEADLINE",
         // scripts/ and the tests
         "SAGA_PG_PORT", "SAGA_PG_FSYNC", "SAGA_PG_DB", "SAGA_PG_DIR", "SAGA_ROOT", "SAGA_LOCAL", "SAGA_PIDS",
         "SAGA_STARTED_PG",

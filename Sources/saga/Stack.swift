@@ -75,7 +75,9 @@ struct Stack: Sendable {
     func ordersHTTP(port: Int, onRunning: @escaping @Sendable (Int) async -> Void = { _ in }) -> (
         any Service, PostgresPool
     ) {
-        let pool = PostgresPool(configuration: env.database(OrdersService.name).configuration, size: 4, logger: logger)
+        let pool = PostgresPool(
+            configuration: env.database(OrdersService.name).configuration, size: env.httpDatabaseConnections,
+            logger: logger)
         var book = OrderBook(
             pool: pool, codec: EventCodec(upcasters: sagaUpcasters, topics: env.topics),
             emitVersion: env.orderCreatedVersion, deadline: env.orderDeadline)

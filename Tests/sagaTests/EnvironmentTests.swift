@@ -77,6 +77,20 @@ struct EnvironmentTests {
 
     /// SAGA_KAFKA_GROUP_INSTANCE_ID makes the worker's and the tracker's consumers static members: `{hostname}`
     /// is expanded, unset or empty means dynamic members, and an id Kafka would refuse names the variable.
+    /// SAGA_HTTP_DB_CONNECTIONS: the orders API's database sessions, 16 by default, 1 to 500.
+    @Test func theOrdersAPIsDatabaseSessionsAreConfigurable() throws {
+        #expect(try SagaEnvironment.load([:], devFile: nil, brokerFile: nil).httpDatabaseConnections == 16)
+        #expect(
+            try SagaEnvironment.load(["SAGA_HTTP_DB_CONNECTIONS": "3"], devFile: nil, brokerFile: nil)
+                .httpDatabaseConnections == 3)
+        for bad in ["0", "501", "many"] {
+            #expect {
+                try SagaEnvironment.load(["SAGA_HTTP_DB_CONNECTIONS": bad], devFile: nil, brokerFile: nil)
+            } throws: { "\($0)".hasPrefix("SAGA_HTTP_DB_CONNECTIONS='\(bad)'") }
+        }
+        #expect(SagaEnvironment.unknownVariables(["SAGA_HTTP_DB_CONNECTIONS": "8"]) == [])
+    }
+
     @Test func theGroupInstanceIdReachesTheWorkerAndTrackerConsumers() throws {
         let kafka = ["SAGA_KAFKA_BOOTSTRAP": "kafka:9092"]
         let none = try SagaEnvironment.load(kafka, devFile: nil, brokerFile: nil)
