@@ -26,7 +26,7 @@ public struct DaemonEnvironment: Sendable {
     /// Most outbox shards one relay instance takes (`SAGA_RELAY_MAX_SHARDS`).
     public var relayMaxShards: Int
     /// How often a relay vacuums its outbox table while it deletes rows (`SAGA_RELAY_VACUUM_INTERVAL`, `0s`: never,
-    /// autovacuum only); see ``RelayConfiguration/vacuumInterval``.
+    /// autovacuum only); see `RelayConfiguration.vacuumInterval`.
     public var relayVacuumInterval: Duration? = .seconds(1)
     /// How long a worker keeps inbox rows (`SAGA_INBOX_RETENTION`).
     public var inboxRetention: Duration
