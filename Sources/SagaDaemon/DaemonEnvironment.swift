@@ -105,9 +105,9 @@ public struct DaemonEnvironment: Sendable {
         let embedded =
             env["SAGA_KAFKA_EMBEDDED"] == "1"
             || (bootstrap == nil && (devFile.map { $0.kafkaEmbedded == true } ?? (brokerFile != nil)))
-        /// A timeout: unset or 0 (`0s`) for none.
-        func timeout(_ name: String) throws(ConfigurationError) -> Duration? {
-            let d = try duration(name, .zero)
+        /// A duration that `0s` turns off (nil); `fallback` when unset (none, for a timeout).
+        func durationOrNone(_ name: String, _ fallback: Duration = .zero) throws(ConfigurationError) -> Duration? {
+            let d = try duration(name, fallback)
             return d > .zero ? d : nil
         }
         var loaded = DaemonEnvironment(
@@ -128,10 +128,9 @@ public struct DaemonEnvironment: Sendable {
                 "SAGA_KAFKA_FETCH_WAIT_MAX_MS", embedded ? embeddedFetchWaitMaxMs : 10, 1...10_000),
             healthInterval: try duration("SAGA_HEALTH_INTERVAL", .seconds(2), positive: true),
             healthTimeout: try duration("SAGA_HEALTH_TIMEOUT", .seconds(2), positive: true))
-        loaded.statementTimeout = try timeout("SAGA_STATEMENT_TIMEOUT")
-        loaded.lockTimeout = try timeout("SAGA_LOCK_TIMEOUT")
-        let vacuum = try duration("SAGA_RELAY_VACUUM_INTERVAL", .seconds(1))
-        loaded.relayVacuumInterval = vacuum > .zero ? vacuum : nil
+        loaded.statementTimeout = try durationOrNone("SAGA_STATEMENT_TIMEOUT")
+        loaded.lockTimeout = try durationOrNone("SAGA_LOCK_TIMEOUT")
+        loaded.relayVacuumInterval = try durationOrNone("SAGA_RELAY_VACUUM_INTERVAL", .seconds(1))
         loaded.groupInstanceId = try groupInstanceId(env["SAGA_KAFKA_GROUP_INSTANCE_ID"] ?? "")
         loaded.topicPartitions = Int32(try int("SAGA_TOPIC_PARTITIONS", 8, 1...10_000))
         if let raw = env["SAGA_TOPIC_REPLICATION_FACTOR"], !raw.isEmpty {
@@ -218,7 +217,8 @@ public struct DaemonEnvironment: Sendable {
             "SAGA_KAFKA_BOOTSTRAP", "SAGA_KAFKA_PROPERTIES", "SAGA_KAFKA_FETCH_WAIT_MAX_MS", "SAGA_KAFKA_EMBEDDED",
             "SAGA_KAFKA_GROUP_INSTANCE_ID", "SAGA_DATABASE_URL", "SAGA_TOPIC_PREFIX", "SAGA_HTTP_HOST", "SAGA_OPS_PORT",
             "SAGA_WORKER_BATCH_SIZE",
-            "SAGA_RELAY_BATCH_SIZE", "SAGA_RELAY_MAX_SHARDS", "SAGA_RELAY_VACUUM_INTERVAL", "SAGA_INBOX_RETENTION", "SAGA_LOG_FORMAT",
+            "SAGA_RELAY_BATCH_SIZE", "SAGA_RELAY_MAX_SHARDS", "SAGA_RELAY_VACUUM_INTERVAL", "SAGA_INBOX_RETENTION",
+            "SAGA_LOG_FORMAT",
             "SAGA_LOG_LEVEL", "SAGA_HEALTH_INTERVAL", "SAGA_HEALTH_TIMEOUT", "SAGA_STATEMENT_TIMEOUT",
             "SAGA_LOCK_TIMEOUT", "SAGA_TOPIC_PARTITIONS", "SAGA_TOPIC_REPLICATION_FACTOR",
         ])

@@ -439,7 +439,9 @@ public final class SagaTracker: Service, Sendable {
                 if let kept = latest[row.key], !row.supersedes(kept) { continue }
                 latest[row.key] = row
             }
-            return latest.values.sorted { $0.key.lexicographicallyPrecedes($1.key) }
+            return latest.values.sorted {
+                ($0.saga, $0.mark.participant, $0.mark.name) < ($1.saga, $1.mark.participant, $1.mark.name)
+            }
         }
     }
 

@@ -10,7 +10,8 @@ public struct PostgresArray: PostgresEncodable, Hashable {
     public init(_ values: [String]) {
         // Byte by byte: Foundation's `replacingOccurrences` (through NSString) cost ~7 % of `saga dev`'s CPU in
         // the closed loop, for arrays of ids that hardly ever hold a quote or a backslash.
-        let quote = UInt8(ascii: "\""), backslash = UInt8(ascii: "\\")
+        let quote = UInt8(ascii: "\"")
+        let backslash = UInt8(ascii: "\\")
         var bytes: [UInt8] = []
         bytes.reserveCapacity(values.reduce(2) { $0 + $1.utf8.count + 3 })
         bytes.append(UInt8(ascii: "{"))

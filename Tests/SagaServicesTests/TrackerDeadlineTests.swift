@@ -228,22 +228,27 @@ extension TrackerTests {
         let outgoing = [
             try Self.confirmed(
                 read, at: at(1), headers: [Self.mark("cancelled", due: due, event: expiry, at: at(1))], stack: stack),
-            try Self.created(read, at: at(0), headers: [Self.mark("scheduled", due: due, event: expiry, at: at(0))],
+            try Self.created(
+                read, at: at(0), headers: [Self.mark("scheduled", due: due, event: expiry, at: at(0))],
                 stack: stack),
-            try Self.created(read, at: at(0), headers: [Self.mark("scheduled", due: due, event: expiry, at: at(0))],
+            try Self.created(
+                read, at: at(0), headers: [Self.mark("scheduled", due: due, event: expiry, at: at(0))],
                 stack: stack),
-            try Self.created(fired, at: at(0), headers: [Self.mark("scheduled", due: due, event: expiry, at: at(0))],
+            try Self.created(
+                fired, at: at(0), headers: [Self.mark("scheduled", due: due, event: expiry, at: at(0))],
                 stack: stack),
             try Self.confirmed(
                 fired, at: at(2),
                 headers: [Self.mark("fired", due: due, event: expiry, at: at(2), lateMs: 7)], stack: stack),
             try Self.confirmed(
                 fired, at: at(1), headers: [Self.mark("cancelled", due: due, event: expiry, at: at(1))], stack: stack),
-            try Self.created(tie, at: at(0), headers: [Self.mark("scheduled", due: due, event: expiry, at: at(0))],
+            try Self.created(
+                tie, at: at(0), headers: [Self.mark("scheduled", due: due, event: expiry, at: at(0))],
                 stack: stack),
             try Self.confirmed(
                 tie, at: at(0), headers: [Self.mark("cancelled", due: due, event: expiry, at: at(0))], stack: stack),
-            try Self.created(moved, at: at(0), headers: [Self.mark("scheduled", due: due, event: expiry, at: at(0))],
+            try Self.created(
+                moved, at: at(0), headers: [Self.mark("scheduled", due: due, event: expiry, at: at(0))],
                 stack: stack),
             try Self.created(
                 moved, at: at(3), headers: [Self.mark("scheduled", due: at(60), event: expiry, at: at(3))],
