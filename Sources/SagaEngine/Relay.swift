@@ -15,12 +15,13 @@ public struct RelayConfiguration: Sendable {
     public var database: ServiceDatabase
     /// Most rows published per round trip.
     public var batchSize: Int = 500
-    /// Fallback poll while idle. An idle relay is normally woken by a NOTIFY from the first commit that adds
-    /// rows to one of its shards; the poll only covers a commit that raced the relay going idle.
+    /// Fallback poll while idle. An idle relay is normally woken by a NOTIFY from each commit that adds rows to one
+    /// of its shards; the poll only covers a commit that raced the relay going idle.
     public var pollInterval: Duration = .seconds(1)
-    /// How long a relay that found nothing keeps looking (every `gracePollInterval`) before it flags itself idle.
-    /// Under load rows come again within milliseconds; a relay that flagged itself idle between them would make
-    /// every writer's commit send a NOTIFY, and PostgreSQL serialises notifying commits cluster-wide.
+    /// How long a relay that is looking for rows itself (it lowered its flag when rows queued) keeps looking after it
+    /// last found some (every `gracePollInterval`) before it flags itself idle again. Under load rows come again
+    /// within milliseconds; a relay that flagged itself idle between them would make every writer's commit send a
+    /// NOTIFY, and PostgreSQL serialises notifying commits cluster-wide.
     public var idleGrace: Duration = .milliseconds(100)
     /// How often it looks for rows during ``idleGrace``.
     public var gracePollInterval: Duration = .milliseconds(2)
@@ -112,6 +113,11 @@ public struct RelayStats: Sendable, Hashable {
 ///   and reads once more; an insert into a flagged shard notifies at commit, which wakes it. `pollInterval` is
 ///   only a fallback (a writer transaction open for long, a REPEATABLE READ writer). A lost listening session
 ///   is re-established (`WakeListener`).
+/// - Flagged, it stays flagged while rows come one batch at a time: each commit wakes it, and it looks for nothing
+///   in between (a relay that polled for `idleGrace` after every row of a saga arriving every few milliseconds would
+///   read its outbox hundreds of times a second for nothing). Once rows queue behind the batch it is publishing
+///   (the read made while the broker acknowledges it found rows), it lowers the flag and looks for rows itself, so
+///   that writers under load never notify.
 /// - Several instances: each owns outbox shards through session advisory locks held on its connection;
 ///   a saga's rows are all in one shard, so one saga is only ever published by one instance, in order.
 public final class OutboxRelay: Service, Sendable {
@@ -250,6 +256,8 @@ public final class OutboxRelay: Service, Sendable {
             metrics.heldSagas.record(holds.heldSagaCount)
             round += 1
             var batch: OutboxBatch
+            // Rows that were already there when the last batch went out: they queue behind the publishing.
+            let queued = prefetched.map { !$0.isEmpty } ?? false
             if let prefetched { batch = prefetched } else { batch = try await read(owned, round, holds, connection) }
             prefetched = nil
             if batch.isEmpty {
@@ -282,9 +290,11 @@ public final class OutboxRelay: Service, Sendable {
                     continue
                 }
             }
-            // The flag is lowered while the broker acknowledges the batch, not before sending it.
-            let lowerFlag = flagged
-            flagged = false
+            // A flagged relay stays flagged while rows come one batch at a time, each woken by its commit; once
+            // rows queue behind the publishing, it lowers the flag (while the broker acknowledges the batch, not
+            // before sending it) and looks for them itself, so that writers under load never notify.
+            let lowerFlag = flagged && queued
+            if lowerFlag { flagged = false }
             let previous = acknowledged
             acknowledged = []
             let outcome = try await publish(

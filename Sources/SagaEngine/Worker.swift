@@ -270,16 +270,20 @@ public final class Worker: Service, Sendable {
 
         let maxMessages = configuration.batchSize
         let timeout = configuration.pollTimeout
-        func startPoll() -> Task<Result<[KafkaMessage], KafkaError>, Never> {
-            Task { await self.pollUnlessPaused(consumer, maxMessages: maxMessages, timeout: timeout) }
+        /// A poll, and when it returned.
+        func startPoll() -> Task<(Result<[KafkaMessage], KafkaError>, ContinuousClock.Instant), Never> {
+            Task { (await self.pollUnlessPaused(consumer, maxMessages: maxMessages, timeout: timeout), .now) }
         }
-        var prefetched: Task<Result<[KafkaMessage], KafkaError>, Never>? = nil
+        var prefetched: Task<(Result<[KafkaMessage], KafkaError>, ContinuousClock.Instant), Never>? = nil
         var pollFailures = 0
         var failure: (any Error)? = nil
         loop: while !Task.isShuttingDownGracefully && !Task.isCancelled {
-            // A poll started while the last transaction ran has collected only what was there then.
-            let overlapped = prefetched != nil
-            let polled = await (prefetched ?? startPoll()).value
+            // A poll that returned before this wait (it ran while the last transaction did) has collected only what
+            // was there then, so what came since is added below; one that returned while the loop waited for it holds
+            // all there was, and looking again would only cost a hand-off to the poll lane.
+            let awaited = ContinuousClock.now
+            let (polled, returned) = await (prefetched ?? startPoll()).value
+            let stale = returned < awaited
             prefetched = nil
             var batch: [KafkaMessage]
             switch polled {
@@ -299,7 +303,7 @@ public final class Worker: Service, Sendable {
             if batch.isEmpty { continue }
             pauseControl.batchStarted()  // polled before a pause held: a pause waits for it
             defer { pauseControl.finished() }
-            if overlapped && batch.count < maxMessages {
+            if stale && batch.count < maxMessages {
                 batch += await consumer.pollAvailable(maxMessages: maxMessages - batch.count)
             }
             for message in batch { metrics.type(eventType(of: message)).consumed.increment() }

@@ -32,9 +32,10 @@ import Testing
         func relay(
             maxShards: Int = EngineMigrations.shardCount, pollInterval: Duration = .milliseconds(200),
             idleGrace: Duration? = nil, gracePollInterval: Duration? = nil, kafka: KafkaSettings? = nil,
-            vacuumInterval: Duration? = .seconds(1)
+            vacuumInterval: Duration? = .seconds(1), batchSize: Int? = nil
         ) -> (OutboxRelay, Task<Void, any Error>) {
             var c = RelayConfiguration(name: "test", kafka: kafka ?? self.kafka, database: database)
+            if let batchSize { c.batchSize = batchSize }
             c.vacuumInterval = vacuumInterval
             c.maxShards = maxShards
             c.pollInterval = pollInterval
@@ -565,5 +566,50 @@ import Testing
         #expect(published == 20)
         #expect(raisedWhileBusy.allSatisfy { $0 == 0 }, "flags raised while rows kept coming: \(raisedWhileBusy)")
         #expect(raisedAfter == EngineMigrations.shardCount, "an idle relay flags every shard it owns")
+    }
+
+    /// A flagged relay stays flagged while rows come one at a time: each commit notifies and wakes it, and it does
+    /// not poll between them. Once rows queue behind the batch it publishes, it lowers its flags and looks for them
+    /// itself, so that writers under load do not notify.
+    @Test func aFlaggedRelayStaysFlaggedForRowsOneAtATimeAndLowersItsFlagsWhenRowsQueue() async throws {
+        let f = try await Fixture()
+        // The fallback poll is an hour: only the NOTIFYs (or its own looking) can bring it the rows.
+        let (relay, task) = f.relay(pollInterval: .seconds(3600), idleGrace: .seconds(3), batchSize: 2)
+        let pool = PostgresPool(configuration: f.database.configuration, size: 1, logger: f.logger)
+        func raisedFlags() async throws -> Int {
+            try await pool.query("SELECT count(*) AS n FROM saga_outbox_wake WHERE idle").first!.decode("n")
+        }
+        func waitFor(published count: Int) async throws {
+            let deadline = ContinuousClock.now + .seconds(30)
+            while relay.stats.published < count && ContinuousClock.now < deadline {
+                try await Task.sleep(for: .milliseconds(5))
+            }
+        }
+        let deadline = ContinuousClock.now + .seconds(30)
+        while try await raisedFlags() < EngineMigrations.shardCount && ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        // Five rows, one at a time: each is published, and the flags stay raised (the relay lowered them while it
+        // published before, and kept them lowered for its 3 s grace).
+        var raisedAfterEach: [Int] = []
+        for seq in 1...5 {
+            try await pool.withTransaction { try await Outbox.append([f.message(saga: "one\(seq)", seq: seq)], on: $0) }
+            try await waitFor(published: seq)
+            raisedAfterEach.append(try await raisedFlags())
+        }
+        // Forty rows at once, batches of two: rows queue behind each batch.
+        try await pool.withTransaction { connection in
+            try await Outbox.append((1...40).map { f.message(saga: "burst\($0)", seq: $0) }, on: connection)
+        }
+        try await waitFor(published: 45)
+        let raisedAfterBurst = try await raisedFlags()
+        let published = relay.stats.published
+        await pool.close()
+        await f.tearDown([task])
+        #expect(published == 45)
+        #expect(
+            raisedAfterEach == Array(repeating: EngineMigrations.shardCount, count: 5),
+            "flags lowered by rows that came one at a time: \(raisedAfterEach)")
+        #expect(raisedAfterBurst == 0, "rows queued, yet writers are still asked to notify")
     }
 }
