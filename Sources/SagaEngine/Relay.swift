@@ -117,7 +117,8 @@ public struct RelayStats: Sendable, Hashable {
 ///   in between (a relay that polled for `idleGrace` after every row of a saga arriving every few milliseconds would
 ///   read its outbox hundreds of times a second for nothing). Once rows queue behind the batch it is publishing
 ///   (the read made while the broker acknowledges it found rows), it lowers the flag and looks for rows itself, so
-///   that writers under load never notify.
+///   that writers committing faster than it publishes do not notify (one writer committing a batch at a time, like
+///   a worker the relay keeps up with, does: one NOTIFY per batch).
 /// - Several instances: each owns outbox shards through session advisory locks held on its connection;
 ///   a saga's rows are all in one shard, so one saga is only ever published by one instance, in order.
 public final class OutboxRelay: Service, Sendable {
@@ -292,7 +293,8 @@ public final class OutboxRelay: Service, Sendable {
             }
             // A flagged relay stays flagged while rows come one batch at a time, each woken by its commit; once
             // rows queue behind the publishing, it lowers the flag (while the broker acknowledges the batch, not
-            // before sending it) and looks for them itself, so that writers under load never notify.
+            // before sending it) and looks for them itself, so that writers committing faster than it publishes do
+            // not notify.
             let lowerFlag = flagged && queued
             if lowerFlag { flagged = false }
             let previous = acknowledged
