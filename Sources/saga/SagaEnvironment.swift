@@ -1,6 +1,7 @@
 import Foundation
 import SagaDaemon
 import SagaEngine
+import SagaOperations
 
 /// The CLI's configuration: every daemon setting (``DaemonEnvironment``, for orders, inventory, billing and the
 /// tracker), read through this struct as if its own, and what only the orders service reads: the port of its
@@ -17,6 +18,9 @@ struct SagaEnvironment: Sendable {
     /// How long after placement an order times out (`SAGA_ORDER_DEADLINE`, default 15m); nil (`0s`): no deadline
     /// unless a request asks for one.
     var orderDeadline: Duration?
+    /// How long the tracker goes on collecting messages after the first of a batch (`SAGA_TRACKER_BATCH_WAIT`,
+    /// default 50ms); nil (`0s`): it records what one poll returns. See `TrackerConfiguration.batchWait`.
+    var trackerBatchWait: Duration?
 
     /// The databases the commands use: the three services' and the tracker's.
     static let databases = ["orders", "inventory", "billing", "tracker"]
@@ -37,7 +41,18 @@ struct SagaEnvironment: Sendable {
                 "SAGA_HTTP_DB_CONNECTIONS", in: env, default: 16, 1...500),
             orderCreatedVersion: try DaemonEnvironment.integer(
                 "SAGA_ORDER_CREATED_VERSION", in: env, default: 2, 1...2),
-            orderDeadline: try parseOrderDeadline(env["SAGA_ORDER_DEADLINE"]))
+            orderDeadline: try parseOrderDeadline(env["SAGA_ORDER_DEADLINE"]),
+            trackerBatchWait: try parseTrackerBatchWait(env["SAGA_TRACKER_BATCH_WAIT"]))
+    }
+
+    /// The tracker's batch wait: `raw` (default 50ms), up to 10s, or `0s` for none.
+    static func parseTrackerBatchWait(_ raw: String?) throws(ConfigurationError) -> Duration? {
+        guard let raw, !raw.isEmpty else { return TrackerConfiguration.defaultBatchWait }
+        guard let duration = DurationParser.parse(raw), duration <= .seconds(10) else {
+            throw ConfigurationError(
+                "SAGA_TRACKER_BATCH_WAIT='\(raw)': expected a duration up to 10s (e.g. 50ms), or 0s for none")
+        }
+        return duration == .zero ? nil : duration
     }
 
     /// The default order deadline: `raw` (default `15m`), from 1s to 7d, or `0s` for none.
@@ -67,7 +82,8 @@ struct SagaEnvironment: Sendable {
 
     /// Every SAGA_* variable the commands and scripts read.
     static let knownVariables: Set<String> = DaemonEnvironment.knownVariables(databases: databases).union([
-        "SAGA_HTTP_PORT", "SAGA_HTTP_DB_CONNECTIONS", "SAGA_ORDER_CREATED_VERSION", "SAGA_ORDER_DEADLINE",
+        "SAGA_HTTP_PORT", "SAGA_HTTP_DB_CONNECTIONS", "SAGA_TRACKER_BATCH_WAIT", "SAGA_ORDER_CREATED_VERSION",
+        "SAGA_ORDER_DEADLINE",
         // scripts/ and the tests
         "SAGA_PG_PORT", "SAGA_PG_FSYNC", "SAGA_PG_DB", "SAGA_PG_DIR", "SAGA_ROOT", "SAGA_LOCAL", "SAGA_PIDS",
         "SAGA_STARTED_PG",

@@ -40,6 +40,7 @@ struct Stack: Sendable {
             kafka: try env.kafka(), database: env.database("tracker"), topics: env.topics, services: Self.services)
         configuration.rebuild = rebuild
         configuration.groupInstanceId = env.groupInstanceId
+        configuration.batchWait = env.trackerBatchWait
         return SagaTracker(configuration: configuration, logger: logger)
     }
 

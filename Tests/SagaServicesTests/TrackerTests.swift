@@ -9,9 +9,10 @@ import Testing
 
 /// The saga tracker and its read model, on real workers, relays and broker.
 @Suite(.serialized) struct TrackerTests {
-    func tracker(_ stack: TestStack, rebuild: Bool = false, groupInstanceId: String? = nil) async throws -> (
-        SagaTracker, Task<Void, any Error>
-    ) {
+    func tracker(
+        _ stack: TestStack, rebuild: Bool = false, groupInstanceId: String? = nil,
+        batchWait: Duration? = TrackerConfiguration.defaultBatchWait
+    ) async throws -> (SagaTracker, Task<Void, any Error>) {
         try await SagaTracker.prepare(stack.trackerDatabase, logger: stack.logger)
         var c = TrackerConfiguration(
             kafka: stack.kafka, database: stack.trackerDatabase, topics: stack.topics, services: TestStack.services)
@@ -19,6 +20,7 @@ import Testing
         c.rebuild = rebuild
         c.registryRefreshInterval = .milliseconds(200)
         c.groupInstanceId = groupInstanceId
+        c.batchWait = batchWait
         let tracker = SagaTracker(configuration: c, logger: stack.logger)
         return (tracker, Task { try await tracker.run() })
     }
@@ -155,6 +157,29 @@ import Testing
         await stack.stop()
         #expect(ended.count == 1, "the lock session was not found")
         #expect(stillRunning)
+    }
+
+    /// Events that trickle in within the tracker's batch wait are recorded in one transaction, not one each.
+    @Test func eventsArrivingWithinTheBatchWaitAreRecordedInOneTransaction() async throws {
+        let stack = try await TestStack()
+        let (tracker, task) = try await tracker(stack, batchWait: .seconds(2))
+        // A first event, recorded on its own: the tracker's consumer is assigned and reading.
+        let (_, first) = try stack.orderCreated(customer: "alice")
+        try await stack.produce([first])
+        try await stack.eventually("the first event recorded") { tracker.stats.events == 1 }
+        let batchesBefore = tracker.stats.batches
+        // Two more, 300 ms apart: both within the 2 s wait that the first of them starts.
+        let (_, second) = try stack.orderCreated(customer: "bob")
+        try await stack.produce([second])
+        try await Task.sleep(for: .milliseconds(300))
+        let (_, third) = try stack.orderCreated(customer: "carol")
+        try await stack.produce([third])
+        try await stack.eventually("both recorded") { tracker.stats.events == 3 }
+        let batches = tracker.stats.batches - batchesBefore
+        task.cancel()
+        _ = await task.result
+        await stack.stop()
+        #expect(batches == 1, "the two events took \(batches) transactions")
     }
 
     @Test func aMessageTheDatabaseRefusesIsSkippedAndTheRestIsRecorded() async throws {

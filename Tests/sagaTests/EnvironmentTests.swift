@@ -91,6 +91,27 @@ struct EnvironmentTests {
         #expect(SagaEnvironment.unknownVariables(["SAGA_HTTP_DB_CONNECTIONS": "8"]) == [])
     }
 
+    /// SAGA_TRACKER_BATCH_WAIT: how long the tracker collects a batch, 50ms by default, `0s` for none, at most 10s;
+    /// it reaches the tracker the commands build.
+    @Test func theTrackersBatchWaitIsConfigurable() throws {
+        let kafka = ["SAGA_KAFKA_BOOTSTRAP": "kafka:9092"]
+        func wait(_ raw: String?) throws -> Duration? {
+            let env = try SagaEnvironment.load(
+                kafka.merging(raw.map { ["SAGA_TRACKER_BATCH_WAIT": $0] } ?? [:]) { $1 }, devFile: nil,
+                brokerFile: nil)
+            return try Stack(env: env, logger: Logger(label: "test")).tracker().configuration.batchWait
+        }
+        #expect(try wait(nil) == .milliseconds(50))
+        #expect(try wait("200ms") == .milliseconds(200))
+        #expect(try wait("0s") == nil)
+        for bad in ["11s", "soon", "-1s"] {
+            #expect {
+                try SagaEnvironment.load(["SAGA_TRACKER_BATCH_WAIT": bad], devFile: nil, brokerFile: nil)
+            } throws: { "\($0)".hasPrefix("SAGA_TRACKER_BATCH_WAIT='\(bad)'") }
+        }
+        #expect(SagaEnvironment.unknownVariables(["SAGA_TRACKER_BATCH_WAIT": "1s"]) == [])
+    }
+
     @Test func theGroupInstanceIdReachesTheWorkerAndTrackerConsumers() throws {
         let kafka = ["SAGA_KAFKA_BOOTSTRAP": "kafka:9092"]
         let none = try SagaEnvironment.load(kafka, devFile: nil, brokerFile: nil)
