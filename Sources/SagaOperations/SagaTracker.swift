@@ -23,8 +23,8 @@ public struct TrackerConfiguration: Sendable {
     public var pollTimeout: Duration = .milliseconds(200)
     /// How long the tracker goes on collecting messages after the first of a batch arrived, before it records them
     /// (unless ``batchSize`` is reached first); nil records what one poll returns. The read model lags by up to this
-    /// much more, and in exchange the events of sagas that trickle in (a lone saga's four, each on its own) are
-    /// recorded in one transaction of four statements instead of four, which leaves the cores to the sagas.
+    /// much more, and in exchange events that trickle in (a lone saga's four, each on its own) share one transaction
+    /// (four statements) instead of taking one each, which leaves the cores to the sagas.
     public var batchWait: Duration? = TrackerConfiguration.defaultBatchWait
     /// ``batchWait``'s default: 50 ms.
     public static let defaultBatchWait: Duration? = .milliseconds(50)
