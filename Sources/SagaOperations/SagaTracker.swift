@@ -24,7 +24,8 @@ public struct TrackerConfiguration: Sendable {
     /// How long the tracker goes on collecting messages after the first of a batch arrived, before it records them
     /// (unless ``batchSize`` is reached first); nil records what one poll returns. The read model lags by up to this
     /// much more, and in exchange events that trickle in (a lone saga's four, each on its own) share one transaction
-    /// (four statements) instead of taking one each, which leaves the cores to the sagas.
+    /// (four statements) instead of taking one each, which leaves the cores to the sagas. The consumer's fetches
+    /// wait half of it (`fetch.wait.max.ms`, unless ``kafka``'s is longer).
     public var batchWait: Duration? = TrackerConfiguration.defaultBatchWait
     /// ``batchWait``'s default: 50 ms.
     public static let defaultBatchWait: Duration? = .milliseconds(50)
@@ -195,12 +196,9 @@ public final class SagaTracker: Service, Sendable {
         defer { heartbeat?.cancel() }
         let pool = PostgresPool(configuration: configuration.database.configuration, size: 1, logger: logger)
         let group = try await consumerGroup(pool: pool, rebuild: configuration.rebuild)
-        var consumerConfiguration = configuration.kafka.consumer(groupId: group, clientId: "saga-tracker")
-        consumerConfiguration.autoOffsetReset = "earliest"
         var topics = try await refreshModel()
         var nextRefresh = ContinuousClock.now + configuration.registryRefreshInterval
-        consumerConfiguration.groupInstanceId = configuration.groupInstanceId
-        let consumer = try KafkaConsumer(configuration: consumerConfiguration, logger: logger)
+        let consumer = try KafkaConsumer(configuration: consumerConfiguration(group: group), logger: logger)
         try consumer.subscribe(topics: topics)
         logger.info("tracker started", metadata: ["group": .string(group), "rebuild": "\(configuration.rebuild)"])
         while !Task.isShuttingDownGracefully && !Task.isCancelled {
@@ -262,6 +260,20 @@ public final class SagaTracker: Service, Sendable {
         }
         await consumer.close()
         await pool.close()
+    }
+
+    /// The configuration of the tracker's consumer in `group`. Its fetches wait at least half the batch wait
+    /// (`fetch.wait.max.ms`; ``TrackerConfiguration/batchWait``): the tracker holds a batch open that long anyway,
+    /// and the embedded broker answers a fetch that finds nothing only when that wait ends, so a short wait made
+    /// the tracker ask it ~500 times a second while idle, on the cores the sagas run on.
+    func consumerConfiguration(group: String) -> KafkaConsumerConfiguration {
+        var consumer = configuration.kafka.consumer(groupId: group, clientId: "saga-tracker")
+        consumer.autoOffsetReset = "earliest"
+        consumer.groupInstanceId = configuration.groupInstanceId
+        if let wait = configuration.batchWait {
+            consumer.fetchWaitMaxMs = max(consumer.fetchWaitMaxMs, Int(wait.milliseconds / 2))
+        }
+        return consumer
     }
 
     /// What else arrives within `wait` (whole milliseconds), up to the batch size after the `collected` messages

@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 import SagaKafka
 import SagaServices
 import SagaTestSupport
@@ -23,6 +24,23 @@ import Testing
         c.batchWait = batchWait
         let tracker = SagaTracker(configuration: c, logger: stack.logger)
         return (tracker, Task { try await tracker.run() })
+    }
+
+    @Test func theTrackersFetchesWaitHalfItsBatchWaitAndNeverLessThanConfigured() {
+        func fetchWait(broker: Int, batchWait: Duration?) -> Int {
+            var c = TrackerConfiguration(
+                kafka: KafkaSettings(bootstrapServers: "127.0.0.1:9", fetchWaitMaxMs: broker),
+                database: ServiceDatabase(url: "postgresql://127.0.0.1:9/x", schema: "tracker"), topics: TopicNaming(),
+                services: [])
+            c.batchWait = batchWait
+            return SagaTracker(configuration: c, logger: Logger(label: "test")).consumerConfiguration(group: "g")
+                .fetchWaitMaxMs
+        }
+        // The embedded broker's 2 ms: the tracker asks it every 25 ms instead, since it holds a batch 50 ms anyway.
+        #expect(fetchWait(broker: 2, batchWait: .milliseconds(50)) == 25)
+        #expect(fetchWait(broker: 2, batchWait: .milliseconds(3)) == 2)
+        #expect(fetchWait(broker: 2, batchWait: nil) == 2)
+        #expect(fetchWait(broker: 100, batchWait: .milliseconds(50)) == 100)
     }
 
     func inspector(_ stack: TestStack) async throws -> (SagaInspector, PostgresPool) {
