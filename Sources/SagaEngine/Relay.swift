@@ -83,6 +83,8 @@ public struct RelayStats: Sendable, Hashable {
     public var failed = 0
     /// Batches settled.
     public var batches = 0
+    /// Reads of the outbox (one statement each), those that found nothing included.
+    public var reads = 0
     /// The outbox shards this instance owns now.
     public var ownedShards: [Int] = []
 }
@@ -118,7 +120,9 @@ public struct RelayStats: Sendable, Hashable {
 ///   read its outbox hundreds of times a second for nothing). Once rows queue behind the batch it is publishing
 ///   (the read made while the broker acknowledges it found rows), it lowers the flag and looks for rows itself, so
 ///   that writers committing faster than it publishes do not notify (one writer committing a batch at a time, like
-///   a worker the relay keeps up with, does: one NOTIFY per batch).
+///   a worker the relay keeps up with, does: one NOTIFY per batch). A wake signalled before its last read started
+///   (the NOTIFY of a commit that woke it directly too) is dropped, and the broker's acknowledgement wakes it only
+///   for a batch it stopped waiting for.
 /// - Several instances: each owns outbox shards through session advisory locks held on its connection;
 ///   a saga's rows are all in one shard, so one saga is only ever published by one instance, in order.
 public final class OutboxRelay: Service, Sendable {
@@ -127,6 +131,9 @@ public final class OutboxRelay: Service, Sendable {
     private let logger: Logger
     private let state = Mutex(RelayStats())
     private let wake = WakeSignal()
+    /// `wake.count` when the last read of the outbox started: a wake signalled before then announced rows that read
+    /// saw already.
+    private let lastRead = Mutex<UInt64>(0)
     private let metrics: RelayMetrics
     /// Rows deleted since the last vacuum of the outbox table.
     private let deletedSinceVacuum = Mutex(0)
@@ -286,8 +293,12 @@ public final class OutboxRelay: Service, Sendable {
                     batch = try await read(owned, round, holds, connection)
                 }
                 if batch.isEmpty {
-                    // Woken by a commit, a straggler's reports, or the end of a held saga's backoff.
-                    await wake.wait(timeout: holds.wait(atMost: configuration.pollInterval))
+                    // Woken by a commit, a straggler's reports, or the end of a held saga's backoff. A wake from
+                    // before the last read started is dropped: that read saw what it announced (the NOTIFY of a
+                    // commit that woke the relay directly as well, the acknowledgement the relay waited for).
+                    // Not while stragglers are out: their reports may have come in after they were last looked at.
+                    let seen = holds.stragglers.isEmpty ? lastRead.withLock { $0 } : nil
+                    await wake.wait(timeout: holds.wait(atMost: configuration.pollInterval), ignoringUpTo: seen)
                     continue
                 }
             }
@@ -323,6 +334,8 @@ public final class OutboxRelay: Service, Sendable {
     ) async throws -> OutboxBatch {
         let offset = round % shards.count
         let rotated = Array(shards[offset...] + shards[..<offset])
+        state.withLock { $0.reads += 1 }
+        lastRead.withLock { $0 = wake.count }
         let rows = try await connection.query(
             """
             SELECT o.id, o.saga_id, o.topic, o.key, o.headers::text AS headers, o.payload,
@@ -605,21 +618,27 @@ final class PendingDelivery: Sendable {
     private struct State {
         var deliveries: KafkaDeliveries?
         var results: [Result<KafkaDeliveryReport, KafkaError>]?
+        /// The relay stopped waiting for the reports (``results(within:)`` timed out): it wants a wake when they are in.
+        var straggling = false
     }
     private let state = Mutex(State())
     private let arrived = WakeSignal()
     private let count: Int
 
-    /// Sends `messages`; once every report is in, wakes `wake` (the relay, which may wait for a straggler).
+    /// Sends `messages`; once every report is in, wakes `wake` if the relay stopped waiting for them (a straggler).
+    /// Otherwise the relay has them from ``results(within:)``, and a wake would only make it read again for nothing.
     init(_ messages: [KafkaOutgoingMessage], producer: KafkaProducer, wake: WakeSignal) {
         count = messages.count
         Task { [self] in
             let deliveries = await producer.enqueue(messages)
             state.withLock { $0.deliveries = deliveries }
             let results = await deliveries.results()
-            state.withLock { $0.results = results }
+            let straggling = state.withLock { s in
+                s.results = results
+                return s.straggling
+            }
             arrived.signal()
-            wake.signal()
+            if straggling { wake.signal() }
         }
     }
 
@@ -638,7 +657,10 @@ final class PendingDelivery: Sendable {
     func results(within timeout: Duration) async -> [Result<KafkaDeliveryReport, KafkaError>]? {
         if let results { return results }
         await arrived.wait(timeout: timeout)
-        return results
+        return state.withLock { s in
+            if s.results == nil { s.straggling = true }
+            return s.results
+        }
     }
 }
 

@@ -1,6 +1,6 @@
 import Foundation
 import Logging
-import SagaEngine
+@testable import SagaEngine
 import SagaKafka
 import SagaTestSupport
 import Synchronization
@@ -571,6 +571,59 @@ import Testing
     /// A flagged relay stays flagged while rows come one at a time: each commit notifies and wakes it, and it does
     /// not poll between them. Once rows queue behind the batch it publishes, it lowers its flags and looks for them
     /// itself, so that writers under load do not notify.
+    @Test func aFlaggedRelayReadsTwiceForARowCommittedAlone() async throws {
+        let f = try await Fixture()
+        // The fallback poll is an hour: only the NOTIFYs (or its own looking) can bring it the rows.
+        let (relay, task) = f.relay(pollInterval: .seconds(3600), idleGrace: .milliseconds(50))
+        let pool = PostgresPool(configuration: f.database.configuration, size: 1, logger: f.logger)
+        func raisedFlags() async throws -> Int {
+            try await pool.query("SELECT count(*) AS n FROM saga_outbox_wake WHERE idle").first!.decode("n")
+        }
+        var deadline = ContinuousClock.now + .seconds(30)
+        while try await raisedFlags() < EngineMigrations.shardCount && ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        // Rows one at a time, each woken by its commit's NOTIFY.
+        let before = relay.stats.reads
+        let rows = 8
+        for seq in 1...rows {
+            try await pool.withTransaction { try await Outbox.append([f.message(saga: "lone\(seq)", seq: seq)], on: $0) }
+            deadline = ContinuousClock.now + .seconds(30)
+            while relay.stats.published < seq && ContinuousClock.now < deadline {
+                try await Task.sleep(for: .milliseconds(5))
+            }
+            // Whatever wakes are left from this row show up as reads before the next one.
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        let reads = relay.stats.reads - before
+        let published = relay.stats.published
+        await pool.close()
+        await f.tearDown([task])
+        #expect(published == rows)
+        // Each row: the read that finds it and the one made while the broker acknowledges it. The acknowledgement,
+        // which the relay waits for, must not wake it to read once more.
+        #expect(reads == 2 * rows, "\(reads) reads for \(rows) rows")
+    }
+
+    @Test func aWakeSignalledBeforeTheCallersLastLookIsDropped() async {
+        let wake = WakeSignal()
+        func waited(_ timeout: Duration, ignoringUpTo seen: UInt64?) async -> Duration {
+            let started = ContinuousClock.now
+            await wake.wait(timeout: timeout, ignoringUpTo: seen)
+            return ContinuousClock.now - started
+        }
+        // A signal from before `seen` (the NOTIFY of a commit the caller read already): the wait runs its course.
+        wake.signal()
+        let seen = wake.count
+        #expect(await waited(.milliseconds(100), ignoringUpTo: seen) >= .milliseconds(100))
+        // A signal after it wakes the caller at once, as does any signal when nothing is ignored.
+        let seenAgain = wake.count
+        wake.signal()
+        #expect(await waited(.seconds(20), ignoringUpTo: seenAgain) < .seconds(20))
+        wake.signal()
+        #expect(await waited(.seconds(20), ignoringUpTo: nil) < .seconds(20))
+    }
+
     @Test func aFlaggedRelayStaysFlaggedForRowsOneAtATimeAndLowersItsFlagsWhenRowsQueue() async throws {
         let f = try await Fixture()
         // The fallback poll is an hour: only the NOTIFYs (or its own looking) can bring it the rows.
