@@ -29,6 +29,19 @@ import Testing
             try cluster?.createTopic(topic, partitions: 4)
         }
 
+        /// How many outbox shards are flagged idle (`saga_outbox_wake`).
+        static func raisedFlags(_ pool: PostgresPool) async throws -> Int {
+            try await pool.query("SELECT count(*) AS n FROM saga_outbox_wake WHERE idle").first!.decode("n")
+        }
+
+        /// Waits (up to 30 s) until every outbox shard is flagged idle: the relay found nothing and asked for NOTIFYs.
+        static func untilEveryShardIsFlagged(_ pool: PostgresPool) async throws {
+            let deadline = ContinuousClock.now + .seconds(30)
+            while try await raisedFlags(pool) < EngineMigrations.shardCount && ContinuousClock.now < deadline {
+                try await Task.sleep(for: .milliseconds(50))
+            }
+        }
+
         func relay(
             maxShards: Int = EngineMigrations.shardCount, pollInterval: Duration = .milliseconds(200),
             idleGrace: Duration? = nil, gracePollInterval: Duration? = nil, kafka: KafkaSettings? = nil,
@@ -545,9 +558,7 @@ import Testing
         let f = try await Fixture()
         let (relay, task) = f.relay(pollInterval: .seconds(60), idleGrace: .seconds(3))
         let pool = PostgresPool(configuration: f.database.configuration, size: 1, logger: f.logger)
-        func raisedFlags() async throws -> Int {
-            try await pool.query("SELECT count(*) AS n FROM saga_outbox_wake WHERE idle").first!.decode("n")
-        }
+        func raisedFlags() async throws -> Int { try await Fixture.raisedFlags(pool) }
         var raisedWhileBusy: [Int] = []
         // Rows every 100 ms for 2 s: always within the grace.
         for seq in 1...20 {
@@ -568,27 +579,20 @@ import Testing
         #expect(raisedAfter == EngineMigrations.shardCount, "an idle relay flags every shard it owns")
     }
 
-    /// A flagged relay stays flagged while rows come one at a time: each commit notifies and wakes it, and it does
-    /// not poll between them. Once rows queue behind the batch it publishes, it lowers its flags and looks for them
-    /// itself, so that writers under load do not notify.
+    /// A flagged relay woken for a row reads twice: once to find it, once while the broker acknowledges it; the
+    /// acknowledgement it waited for does not wake it again.
     @Test func aFlaggedRelayReadsTwiceForARowCommittedAlone() async throws {
         let f = try await Fixture()
         // The fallback poll is an hour: only the NOTIFYs (or its own looking) can bring it the rows.
         let (relay, task) = f.relay(pollInterval: .seconds(3600), idleGrace: .milliseconds(50))
         let pool = PostgresPool(configuration: f.database.configuration, size: 1, logger: f.logger)
-        func raisedFlags() async throws -> Int {
-            try await pool.query("SELECT count(*) AS n FROM saga_outbox_wake WHERE idle").first!.decode("n")
-        }
-        var deadline = ContinuousClock.now + .seconds(30)
-        while try await raisedFlags() < EngineMigrations.shardCount && ContinuousClock.now < deadline {
-            try await Task.sleep(for: .milliseconds(50))
-        }
+        try await Fixture.untilEveryShardIsFlagged(pool)
         // Rows one at a time, each woken by its commit's NOTIFY.
         let before = relay.stats.reads
         let rows = 8
         for seq in 1...rows {
             try await pool.withTransaction { try await Outbox.append([f.message(saga: "lone\(seq)", seq: seq)], on: $0) }
-            deadline = ContinuousClock.now + .seconds(30)
+            let deadline = ContinuousClock.now + .seconds(30)
             while relay.stats.published < seq && ContinuousClock.now < deadline {
                 try await Task.sleep(for: .milliseconds(5))
             }
@@ -624,24 +628,22 @@ import Testing
         #expect(await waited(.seconds(20), ignoringUpTo: nil) < .seconds(20))
     }
 
+    /// A flagged relay stays flagged while rows come one at a time: each commit notifies and wakes it, and it does
+    /// not poll between them. Once rows queue behind the batch it publishes, it lowers its flags and looks for them
+    /// itself, so that writers under load do not notify.
     @Test func aFlaggedRelayStaysFlaggedForRowsOneAtATimeAndLowersItsFlagsWhenRowsQueue() async throws {
         let f = try await Fixture()
         // The fallback poll is an hour: only the NOTIFYs (or its own looking) can bring it the rows.
         let (relay, task) = f.relay(pollInterval: .seconds(3600), idleGrace: .seconds(3), batchSize: 2)
         let pool = PostgresPool(configuration: f.database.configuration, size: 1, logger: f.logger)
-        func raisedFlags() async throws -> Int {
-            try await pool.query("SELECT count(*) AS n FROM saga_outbox_wake WHERE idle").first!.decode("n")
-        }
+        func raisedFlags() async throws -> Int { try await Fixture.raisedFlags(pool) }
         func waitFor(published count: Int) async throws {
             let deadline = ContinuousClock.now + .seconds(30)
             while relay.stats.published < count && ContinuousClock.now < deadline {
                 try await Task.sleep(for: .milliseconds(5))
             }
         }
-        let deadline = ContinuousClock.now + .seconds(30)
-        while try await raisedFlags() < EngineMigrations.shardCount && ContinuousClock.now < deadline {
-            try await Task.sleep(for: .milliseconds(50))
-        }
+        try await Fixture.untilEveryShardIsFlagged(pool)
         // Five rows, one at a time: each is published, and the flags stay raised (the relay lowered them while it
         // published before, and kept them lowered for its 3 s grace).
         var raisedAfterEach: [Int] = []
