@@ -18,7 +18,10 @@ import Testing
         let checkout = outer.appendingPathComponent("checkout")
         try fm.createDirectory(at: checkout, withIntermediateDirectories: false)
         try fm.copyItem(at: Self.root.appendingPathComponent("scripts"), to: checkout.appendingPathComponent("scripts"))
-        let port = 55_400 + Int.random(in: 0..<90)
+        // Below the kernel's ephemeral ports (32768–60999 on Linux by default): a port in that range, as 55450 was,
+        // can be handed meanwhile to a socket of a test running in parallel (a mock broker's listener, a client's
+        // end of a connection), and PostgreSQL then fails to bind it.
+        let port = 25_400 + Int.random(in: 0..<500)
         let environment = ["SAGA_PG_PORT": String(port)]
         let url = "postgresql://postgres@127.0.0.1:\(port)/saga"
 
