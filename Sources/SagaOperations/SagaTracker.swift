@@ -199,6 +199,16 @@ public final class SagaTracker: Service, Sendable {
         var topics = try await refreshModel()
         var nextRefresh = ContinuousClock.now + configuration.registryRefreshInterval
         let consumer = try KafkaConsumer(configuration: consumerConfiguration(group: group), logger: logger)
+        /// Stops the tracker: closes the consumer and the pool, then throws `error`.
+        func stop(_ error: any Error) async throws -> Never {
+            await consumer.close()
+            await pool.close()
+            throw error
+        }
+        func failedForGood(_ error: KafkaError) async throws -> Never {
+            logger.critical("the consumer failed for good: the tracker stops", metadata: ["error": "\(error)"])
+            try await stop(error)
+        }
         try consumer.subscribe(topics: topics)
         logger.info("tracker started", metadata: ["group": .string(group), "rebuild": "\(configuration.rebuild)"])
         while !Task.isShuttingDownGracefully && !Task.isCancelled {
@@ -222,12 +232,7 @@ public final class SagaTracker: Service, Sendable {
                 batch = try await consumer.poll(
                     maxMessages: configuration.batchSize, timeout: configuration.pollTimeout)
             } catch {
-                if error.isFatal {
-                    logger.critical("the consumer failed for good: the tracker stops", metadata: ["error": "\(error)"])
-                    await consumer.close()
-                    await pool.close()
-                    throw error
-                }
+                if error.isFatal { try await failedForGood(error) }
                 logger.warning("poll failed", metadata: ["error": "\(error)"])
                 try? await Task.sleep(for: configuration.retry.delay(attempt: 1))
                 continue
@@ -242,21 +247,14 @@ public final class SagaTracker: Service, Sendable {
             if heartbeat != nil && !lock.isHealthy {
                 // The server ended the lock session (this tracker was frozen or cut off): another may be active.
                 logger.error("the tracker lost its lock session: it stops recording (another may be active)")
-                await consumer.close()
-                await pool.close()
-                throw TrackerLockLost()
+                try await stop(TrackerLockLost())
             }
             // The same batch until it is recorded: offsets must never move past an unrecorded message.
             guard await recordUntilDone(batch, pool: pool) else { break }
             do { try await consumer.commit(after: batch) } catch {
                 logger.warning("offset commit failed", metadata: ["error": "\(error)"])
             }
-            if let failed, failed.isFatal {
-                logger.critical("the consumer failed for good: the tracker stops", metadata: ["error": "\(failed)"])
-                await consumer.close()
-                await pool.close()
-                throw failed
-            }
+            if let failed, failed.isFatal { try await failedForGood(failed) }
         }
         await consumer.close()
         await pool.close()

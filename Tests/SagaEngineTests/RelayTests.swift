@@ -1,10 +1,11 @@
 import Foundation
 import Logging
-@testable import SagaEngine
 import SagaKafka
 import SagaTestSupport
 import Synchronization
 import Testing
+
+@testable import SagaEngine
 
 /// The outbox relay against a real PostgreSQL and broker.
 @Suite(.serialized) struct RelayTests {
@@ -591,7 +592,9 @@ import Testing
         let before = relay.stats.reads
         let rows = 8
         for seq in 1...rows {
-            try await pool.withTransaction { try await Outbox.append([f.message(saga: "lone\(seq)", seq: seq)], on: $0) }
+            try await pool.withTransaction {
+                try await Outbox.append([f.message(saga: "lone\(seq)", seq: seq)], on: $0)
+            }
             let deadline = ContinuousClock.now + .seconds(30)
             while relay.stats.published < seq && ContinuousClock.now < deadline {
                 try await Task.sleep(for: .milliseconds(5))
