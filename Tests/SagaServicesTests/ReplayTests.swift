@@ -71,7 +71,15 @@ import Testing
         // The messages are on the topics again, marked as replays.
         let endsAfter = try await stack.endOffsets([created, reserved])
         #expect(endsAfter[created] == endsBefore[created]! + 1)
-        #expect(endsAfter[reserved] == endsBefore[reserved]! + 2)
+        if KafkaTestBroker.isTansu {
+            // The two replayed records may travel as one batch to one partition, and Tansu then moves the high
+            // watermark by 1 (see recordsPastALowHighWatermarkAreReportedNotSilentlySkipped); billing saw both above.
+            withKnownIssue("Tansu's high watermark is the last batch's base offset + 1", isIntermittent: true) {
+                #expect(endsAfter[reserved] == endsBefore[reserved]! + 2)
+            }
+        } else {
+            #expect(endsAfter[reserved] == endsBefore[reserved]! + 2)
+        }
         let again = try await stack.consumeAll([created], atLeast: 3)
         let replayed = again.filter { $0.header(SagaHeader.replayedFrom) != nil }
         #expect(replayed.count == 1)
