@@ -57,9 +57,9 @@ public struct DaemonEnvironment: Sendable {
 
     /// `fetch.wait.max.ms` against the embedded broker: each hop of a saga waits up to this long for its fetch.
     /// 1 ms, measured on the 2-core VM (2026-12-01): the broker's produce → consume p50 1.3 ms against 2.3–2.5 ms
-    /// with 2 ms, a lone saga's p50 14–16 ms against 18–21 ms in both layouts (10 ms made hops ~3× slower); it
-    /// costs `saga dev` ~20–25 % of a core while idle against ~15 % with 2 ms, the closed loop's throughput moved
-    /// within that day's noise.
+    /// with 2 ms, a lone saga's p50 2–4 ms lower in both layouts (10 ms made hops ~3× slower). It costs `saga dev`
+    /// ~20–25 % of a core while idle against ~15 % with 2 ms, and the closed loop ran ~10 % slower in pairs: set
+    /// `SAGA_KAFKA_FETCH_WAIT_MAX_MS=2` to prefer throughput.
     public static let embeddedFetchWaitMaxMs = 1
 
     /// Where `saga broker` writes its bootstrap servers by default (it removes the file when it stops).
