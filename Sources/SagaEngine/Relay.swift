@@ -212,7 +212,10 @@ public final class OutboxRelay: Service, Sendable {
         }
         let vacuum = Task { await self.vacuumWhileDeleting(on: gaugePool) }
         do {
-            try await loop(connection: connection, producer: producer)
+            // On the lock session's executor: the loop's statements are plain calls on the session's thread.
+            try await withTaskExecutorPreference(connection.executor) {
+                try await loop(connection: connection, producer: producer)
+            }
         } catch {
             gauges.cancel()
             vacuum.cancel()

@@ -48,12 +48,37 @@ public final class PostgresPool: Sendable {
 
     /// Lends a connection to `body` and takes it back afterwards, also when `body` throws.
     ///
+    /// `body` runs on the connection's ``PostgresConnection/executor`` (a task executor preference), so its
+    /// statements are plain calls on the session's thread, without a hand-off there and back.
     /// - Throws: `body`'s error; a ``PostgresError`` (`.connection`, `.invalidConfiguration`)
     ///   when no session could be opened; `.closed` after ``close()``; `CancellationError` when
     ///   the task is cancelled while waiting for a connection.
     @discardableResult
     public func withConnection<T: Sendable>(_ body: (PostgresConnection) async throws -> T) async throws -> T {
-        let connection = try await acquire()
+        if case .connection(let connection) = try await lease() {
+            // One hop to the session's thread for the liveness probe and the body both.
+            let value: T? = try await withTaskExecutorPreference(connection.executor) {
+                guard await connection.probe() else { return nil }
+                return try await lend(connection, to: body)
+            }
+            if let value { return value }
+            logger.info("discarding a pooled PostgreSQL connection the server ended")
+            await connection.close()
+        }
+        let connection: PostgresConnection
+        do {
+            connection = try await PostgresConnection.connect(configuration, logger: logger)
+        } catch {
+            returnPermit()
+            throw error
+        }
+        return try await withTaskExecutorPreference(connection.executor) { try await lend(connection, to: body) }
+    }
+
+    /// Runs `body` with `connection` and gives the connection back afterwards, also when `body` throws.
+    private func lend<T: Sendable>(_ connection: PostgresConnection, to body: (PostgresConnection) async throws -> T)
+        async throws -> T
+    {
         let value: T
         do {
             value = try await body(connection)
@@ -102,20 +127,6 @@ public final class PostgresPool: Sendable {
         }
         for waiter in waiters { waiter.continuation.resume(throwing: PostgresError.closedPool) }
         for connection in idle { await connection.close() }
-    }
-
-    private func acquire() async throws -> PostgresConnection {
-        if case .connection(let connection) = try await lease() {
-            if await connection.probe() { return connection }
-            logger.info("discarding a pooled PostgreSQL connection the server ended")
-            await connection.close()
-        }
-        do {
-            return try await PostgresConnection.connect(configuration, logger: logger)
-        } catch {
-            returnPermit()
-            throw error
-        }
     }
 
     private func lease() async throws -> Lease {

@@ -4,6 +4,33 @@ import SagaTestSupport
 import Testing
 
 @Suite struct PostgresConnectionTests {
+    @Test func aTaskOnTheConnectionsExecutorRunsStatementsThereAndOthersStillShareTheSession() async throws {
+        try await withConnection(PostgresTestDatabase.configuration()) { connection in
+            #expect(!connection.isCurrentExecutor)
+            let pid = try await connection.query("SELECT pg_backend_pid() AS pid")[0].decode("pid", as: Int32.self)
+            try await withTaskExecutorPreference(connection.executor) {
+                #expect(connection.isCurrentExecutor)
+                try await connection.execute("CREATE TEMP TABLE seen (n int)")
+                // A task that is not on the executor hands its statement over while the preferring one runs its own.
+                let other = Task.detached {
+                    #expect(!connection.isCurrentExecutor)
+                    for n in 0..<20 { try await connection.execute("INSERT INTO seen VALUES ($1)", [n]) }
+                }
+                for n in 20..<40 {
+                    try await connection.execute("INSERT INTO seen VALUES ($1)", [n])
+                    #expect(connection.isCurrentExecutor)
+                }
+                try await other.value
+                // Child tasks keep the preference.
+                async let child = connection.query("SELECT count(*)::int AS n, pg_backend_pid() AS pid FROM seen")
+                let rows = try await child
+                #expect(try rows[0].decode("n", as: Int32.self) == 40)
+                #expect(try rows[0].decode("pid", as: Int32.self) == pid)
+            }
+            #expect(!connection.isCurrentExecutor)
+        }
+    }
+
     @Test func everySupportedTypeRoundTripsAsBindParameters() async throws {
         try await withTestSchema("conn_types") { configuration in
             try await withConnection(configuration) { connection in

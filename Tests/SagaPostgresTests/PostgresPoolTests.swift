@@ -21,6 +21,19 @@ import Testing
         }
     }
 
+    @Test func aLentConnectionRunsItsBorrowersCodeOnItsExecutor() async throws {
+        try await withPool(PostgresTestDatabase.configuration(), size: 1) { pool in
+            for _ in 0..<2 {  // a new session, then the same one from the pool
+                try await pool.withTransaction { connection in
+                    #expect(connection.isCurrentExecutor)
+                    try await connection.execute("SELECT 1")
+                    try await Task.sleep(for: .milliseconds(1))
+                    #expect(connection.isCurrentExecutor)
+                }
+            }
+        }
+    }
+
     @Test func recoversAfterAnIdleConnectionIsKilledServerSide() async throws {
         try await withPool(PostgresTestDatabase.configuration(), size: 1) { pool in
             let pid = try await pool.query("SELECT pg_backend_pid() AS pid")[0].decode("pid", as: Int32.self)
