@@ -122,7 +122,7 @@ public struct DaemonEnvironment: Sendable {
             httpHost: env["SAGA_HTTP_HOST"].flatMap { $0.isEmpty ? nil : $0 } ?? "127.0.0.1",
             opsPort: try int("SAGA_OPS_PORT", 9090, 0...65535),
             workerBatchSize: try int("SAGA_WORKER_BATCH_SIZE", 200, 1...10_000),
-            relayBatchSize: try int("SAGA_RELAY_BATCH_SIZE", 500, 1...10_000),
+            relayBatchSize: try int("SAGA_RELAY_BATCH_SIZE", 250, 1...10_000),
             relayMaxShards: try int(
                 "SAGA_RELAY_MAX_SHARDS", EngineMigrations.shardCount, 1...EngineMigrations.shardCount),
             inboxRetention: try duration("SAGA_INBOX_RETENTION", .seconds(7 * 86400)),
