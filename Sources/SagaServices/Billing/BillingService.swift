@@ -188,7 +188,7 @@ public enum BillingService {
                     // The order was cancelled before its reservation reached billing: never charged. Nothing is
                     // emitted (inventory releases the reservation on order.cancelled, and the saga has ended).
                     charges[orderId] = Charge(
-                        customerId: reserved.customerId, paymentId: UUID(), amount: amount, status: "VOIDED",
+                        customerId: reserved.customerId, paymentId: UUID.timeOrdered(), amount: amount, status: "VOIDED",
                         reason: "order_cancelled", isNew: true)
                     continue
                 }
@@ -202,7 +202,7 @@ public enum BillingService {
                 } else {
                     decline = .unknownCustomer
                 }
-                let paymentId = UUID()
+                let paymentId = UUID.timeOrdered()
                 charges[orderId] = Charge(
                     customerId: reserved.customerId, paymentId: paymentId, amount: amount,
                     status: decline == nil ? "CHARGED" : "DECLINED", reason: decline?.rawValue, isNew: true)
@@ -230,7 +230,7 @@ public enum BillingService {
                 }
                 // Only a standing charge is refunded (declined, voided and refunded ones hold nothing), once.
                 guard var charge = charges[orderId], charge.status == "CHARGED" else { continue }
-                let refundId = UUID()
+                let refundId = UUID.timeOrdered()
                 charge.status = "REFUNDED"
                 charge.reason = reason
                 charge.refundId = refundId

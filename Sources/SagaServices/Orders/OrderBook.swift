@@ -112,7 +112,7 @@ public struct OrderBook: Sendable {
                     sku: line.sku, quantity: line.quantity, unitPrice: Money(amount: price, currency: request.currency))
             )
         }
-        let id = UUID()
+        let id = UUID.timeOrdered()
         let created = OrderCreatedV2(
             orderId: id.uuidString.lowercased(), customerId: request.customerId,
             total: Money(amount: total, currency: request.currency), lines: lines)
