@@ -137,5 +137,13 @@ public enum EngineMigrations {
                 );
                 CREATE INDEX saga_deadlines_due ON saga_deadlines (due_at);
                 """),
+        PostgresMigration(
+            version: 6, name: "engine: vacuum never truncates the outbox",
+            sql: """
+                -- Truncating the empty pages at the end of the table takes an ACCESS EXCLUSIVE lock, which blocks
+                -- every writer's outbox insert and the relay's reads meanwhile, and a vacuum that cannot get it at
+                -- once retries every 50 ms. A queue table fills those pages again within seconds anyway.
+                ALTER TABLE saga_outbox SET (vacuum_truncate = false);
+                """),
     ]
 }

@@ -40,7 +40,8 @@ public struct RelayConfiguration: Sendable {
     public var maxShards: Int = EngineMigrations.shardCount
     /// How often the outbox gauges (backlog, age of the oldest unpublished row, parked rows) are refreshed.
     public var gaugeInterval: Duration = .seconds(5)
-    /// How often the relay vacuums its outbox table while it deletes rows (`VACUUM (SKIP_LOCKED)`, on a session
+    /// How often the relay vacuums its outbox table while it deletes rows (`VACUUM (SKIP_LOCKED, TRUNCATE false)`: it
+    /// never takes the lock that would block writers to give the table's empty end pages back; on a session
     /// of its own, off the publishing loop); nil leaves the table to autovacuum. The relay deletes each row it
     /// published, from the low end of its shard, and every read of a shard starts there: until a vacuum prunes
     /// them, it steps over the index entries of every row deleted since the last one. Autovacuum visits a table
@@ -482,7 +483,7 @@ public final class OutboxRelay: Service, Sendable {
             }
             guard deleted > 0, !Task.isCancelled else { continue }
             do {
-                try await pool.execute("VACUUM (SKIP_LOCKED) saga_outbox")
+                try await pool.execute("VACUUM (SKIP_LOCKED, TRUNCATE false) saga_outbox")
             } catch {
                 logger.debug("outbox vacuum failed", metadata: ["error": "\(error)"])
             }

@@ -39,4 +39,20 @@ import Testing
             #expect(applied == EngineMigrations.all.count)
         }
     }
+
+    /// A vacuum of the outbox (the relay's, autovacuum's) never truncates it: that takes a lock that blocks every
+    /// writer's outbox insert.
+    @Test func vacuumNeverTruncatesTheOutbox() async throws {
+        var logger = Logger(label: "service-database-test")
+        logger.logLevel = .critical
+        let schema = "prep_" + UUID().uuidString.replacingOccurrences(of: "-", with: "").prefix(10).lowercased()
+        try await ServiceDatabase(url: PostgresTestDatabase.url, schema: schema).prepare(migrations: [], logger: logger)
+        let pool = PostgresPool(configuration: PostgresTestDatabase.configuration(schema: schema), size: 1, logger: logger)
+        let options = try await pool.query(
+            "SELECT coalesce(array_to_string(reloptions, ','), '') AS o FROM pg_class WHERE oid = 'saga_outbox'::regclass"
+        ).first?.decode("o", as: String.self)
+        await pool.close()
+        try await PostgresTestDatabase.dropSchema(schema)
+        #expect(options == "vacuum_truncate=false")
+    }
 }
