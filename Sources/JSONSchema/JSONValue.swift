@@ -266,7 +266,22 @@ struct JSONParser {
 
     private mutating func parseString() throws(JSONSchemaError) -> String {
         index += 1  // opening quote
-        var buffer: [UInt8] = []
+        let start = index
+        // Most strings hold no escape: make the String from the input's bytes at once, without a buffer.
+        while index < bytes.count {
+            let b = bytes[index]
+            if b == UInt8(ascii: "\"") {
+                index += 1
+                guard let s = String(validating: bytes[start..<index - 1], as: UTF8.self) else {
+                    throw fail("string is not valid UTF-8")
+                }
+                return s
+            }
+            if b == UInt8(ascii: "\\") || b < 0x20 { break }
+            index += 1
+        }
+        // An escape (or an error) follows: go on byte by byte from here.
+        var buffer = Array(bytes[start..<index])
         while true {
             guard index < bytes.count else { throw fail("unterminated string") }
             let b = bytes[index]

@@ -55,6 +55,22 @@ private func rejects(_ text: String) -> Bool {
         #expect(throws: JSONSchemaError.self) { try JSONValue(parsing: [0x22, 0xFF, 0x22]) }  // invalid UTF-8
     }
 
+    /// Strings without an escape are taken from the input as they are; an escape anywhere (first, after plain
+    /// text, last) switches to decoding byte by byte, keeping what came before it.
+    @Test func stringsWithAndWithoutEscapesDecode() throws {
+        let cases: [(String, String)] = [
+            (#""plain""#, "plain"), (#""""#, ""), (#""Grüße 日本 🌍""#, "Grüße 日本 🌍"),
+            (#""a \"quoted\" word""#, #"a "quoted" word"#), (#""\\start""#, #"\start"#), (#""end\n""#, "end\n"),
+            (#""caf\u00e9 \ud83c\udf0d ok""#, "café 🌍 ok"), (#""tab\tand/slash\/""#, "tab\tand/slash/"),
+        ]
+        for (json, expected) in cases {
+            #expect(try parse(json) == .string(expected), "\(json)")
+        }
+        #expect(throws: JSONSchemaError.self) { try JSONValue(parsing: Array("\"ok\u{01}\"".utf8)) }  // control char
+        #expect(throws: JSONSchemaError.self) { try JSONValue(parsing: [0x22, 0x61, 0xC3, 0x22]) }  // cut UTF-8
+        #expect(throws: JSONSchemaError.self) { try JSONValue(parsing: [0x22, 0x61, 0x5C, 0x6E, 0xFF, 0x22]) }
+    }
+
     @Test func rejectsExcessiveNesting() throws {
         #expect(rejects(String(repeating: "[", count: 600) + String(repeating: "]", count: 600)))
         _ = try parse(String(repeating: "[", count: 500) + String(repeating: "]", count: 500))
