@@ -25,7 +25,8 @@ public struct EventEnvelope: Sendable, Hashable {
     /// The event's body, valid against the schema of `type` and `version`.
     public var data: JSONValue
 
-    /// An envelope from its fields; `id` and `occurredAt` default to a new time-ordered id (``Foundation/UUID/timeOrdered(at:)``) and now.
+    /// An envelope from its fields; `id` and `occurredAt` default to a new time-ordered id (`UUID.timeOrdered()`)
+    /// and now.
     public init(
         id: UUID = .timeOrdered(), type: String, version: Int, sagaId: String, causationId: UUID?,
         occurredAt: Date = Date(), producer: String, traceparent: String?, data: JSONValue

@@ -46,10 +46,15 @@ import Testing
         var logger = Logger(label: "service-database-test")
         logger.logLevel = .critical
         let schema = "prep_" + UUID().uuidString.replacingOccurrences(of: "-", with: "").prefix(10).lowercased()
-        try await ServiceDatabase(url: PostgresTestDatabase.url, schema: schema).prepare(migrations: [], logger: logger)
-        let pool = PostgresPool(configuration: PostgresTestDatabase.configuration(schema: schema), size: 1, logger: logger)
+        let database = ServiceDatabase(url: PostgresTestDatabase.url, schema: schema)
+        try await database.prepare(migrations: [], logger: logger)
+        let pool = PostgresPool(
+            configuration: PostgresTestDatabase.configuration(schema: schema), size: 1, logger: logger)
         let options = try await pool.query(
-            "SELECT coalesce(array_to_string(reloptions, ','), '') AS o FROM pg_class WHERE oid = 'saga_outbox'::regclass"
+            """
+            SELECT coalesce(array_to_string(reloptions, ','), '') AS o FROM pg_class
+            WHERE oid = 'saga_outbox'::regclass
+            """
         ).first?.decode("o", as: String.self)
         await pool.close()
         try await PostgresTestDatabase.dropSchema(schema)

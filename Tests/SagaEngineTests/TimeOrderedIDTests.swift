@@ -19,7 +19,9 @@ import Testing
     /// of one millisecond differ.
     @Test func laterIdsSortAfterEarlierOnesAndNoneRepeat() {
         // Mid-millisecond times, so that binary fractions cannot round a time into the millisecond before.
-        func millisecond(_ step: Int) -> Date { Date(timeIntervalSince1970: (1_796_083_200_000.5 + Double(step)) / 1000) }
+        func millisecond(_ step: Int) -> Date {
+            Date(timeIntervalSince1970: (1_796_083_200_000.5 + Double(step)) / 1000)
+        }
         let start = millisecond(0)
         var previous = UUID.timeOrdered(at: start).uuidString.lowercased()
         for step in 1...2_000 {

@@ -188,8 +188,8 @@ public enum BillingService {
                     // The order was cancelled before its reservation reached billing: never charged. Nothing is
                     // emitted (inventory releases the reservation on order.cancelled, and the saga has ended).
                     charges[orderId] = Charge(
-                        customerId: reserved.customerId, paymentId: UUID.timeOrdered(), amount: amount, status: "VOIDED",
-                        reason: "order_cancelled", isNew: true)
+                        customerId: reserved.customerId, paymentId: UUID.timeOrdered(), amount: amount,
+                        status: "VOIDED", reason: "order_cancelled", isNew: true)
                     continue
                 }
                 var decline: PaymentFailed.Reason? = nil
