@@ -63,7 +63,7 @@ public enum Deadline {
         public var json: JSONValue {
             var o: [String: JSONValue] = [
                 "op": .string(op.rawValue), "name": .string(name), "participant": .string(participant),
-                "dueAt": .string(Timestamp.format(dueAt)), "eventId": .string(eventId.uuidString.lowercased()),
+                "dueAt": .string(Timestamp.format(dueAt)), "eventId": .string(eventId.lowercasedString),
                 "eventType": .string(eventType), "at": .string(Timestamp.format(at)),
             ]
             if let lateMs { o["lateMs"] = .integer(lateMs) }
@@ -94,7 +94,7 @@ public enum Deadline {
             guard let op = Op(rawValue: try string("op")) else {
                 throw EventDecodingError("saga-deadline: unknown op")
             }
-            guard let eventId = UUID(uuidString: try string("eventId")) else {
+            guard let eventId = UUID(parsing: try string("eventId")) else {
                 throw EventDecodingError("saga-deadline: 'eventId' is not a UUID")
             }
             var lateMs: Int64? = nil
@@ -156,9 +156,9 @@ public enum Deadline {
             \(Deadlines.onConflict)
             """
         let binds: [PostgresBind] = [
-            row.event.sagaId, row.name, row.due, row.event.id.uuidString.lowercased(), row.event.type,
+            row.event.sagaId, row.name, row.due, row.event.id.lowercasedString, row.event.type,
             row.event.version, String(decoding: row.event.data.serialized(), as: UTF8.self),
-            row.event.causationId?.uuidString.lowercased(), row.event.traceparent ?? "",
+            row.event.causationId?.lowercasedString, row.event.traceparent ?? "",
         ]
         return (sql, binds)
     }

@@ -212,8 +212,8 @@ enum Deadlines {
             RETURNING due_at
             """,
             [
-                cause.sagaId, name, dueBind, event.id.uuidString.lowercased(), event.type, event.version,
-                String(decoding: event.data.serialized(), as: UTF8.self), cause.id.uuidString.lowercased(),
+                cause.sagaId, name, dueBind, event.id.lowercasedString, event.type, event.version,
+                String(decoding: event.data.serialized(), as: UTF8.self), cause.id.lowercasedString,
                 event.traceparent ?? "",
             ])
         let dueAt: Date = try rows[0].decode("due_at")
@@ -323,7 +323,7 @@ enum Deadlines {
             var headers = [
                 KafkaHeader(key: SagaHeader.eventType, string: type),
                 KafkaHeader(key: SagaHeader.eventVersion, string: String(version)),
-                KafkaHeader(key: SagaHeader.eventId, string: envelope.id.uuidString.lowercased()),
+                KafkaHeader(key: SagaHeader.eventId, string: envelope.id.lowercasedString),
             ]
             if let t = envelope.traceparent { headers.append(KafkaHeader(key: SagaHeader.traceparent, string: t)) }
             claimed.append(

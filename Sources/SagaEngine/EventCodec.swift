@@ -102,7 +102,7 @@ public struct EventCodec: Sendable {
         var headers = [
             KafkaHeader(key: SagaHeader.eventType, string: e.type),
             KafkaHeader(key: SagaHeader.eventVersion, string: String(e.version)),
-            KafkaHeader(key: SagaHeader.eventId, string: e.id.uuidString.lowercased()),
+            KafkaHeader(key: SagaHeader.eventId, string: e.id.lowercasedString),
         ]
         if let t = e.traceparent { headers.append(KafkaHeader(key: SagaHeader.traceparent, string: t)) }
         return KafkaOutgoingMessage(

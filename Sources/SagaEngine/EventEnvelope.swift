@@ -45,7 +45,7 @@ public struct EventEnvelope: Sendable, Hashable {
     /// The envelope as a JSON value, keys in the schema's vocabulary.
     public var json: JSONValue {
         var object: [String: JSONValue] = [
-            "id": .string(id.uuidString.lowercased()),
+            "id": .string(id.lowercasedString),
             "type": .string(type),
             "version": .integer(Int64(version)),
             "sagaId": .string(sagaId),
@@ -53,7 +53,7 @@ public struct EventEnvelope: Sendable, Hashable {
             "producer": .string(producer),
             "data": data,
         ]
-        object["causationId"] = causationId.map { .string($0.uuidString.lowercased()) } ?? .null
+        object["causationId"] = causationId.map { .string($0.lowercasedString) } ?? .null
         object["traceparent"] = traceparent.map { .string($0) } ?? .null
         return .object(object)
     }
@@ -70,7 +70,7 @@ public struct EventEnvelope: Sendable, Hashable {
             return s
         }
         func uuid(_ key: String) throws(EventDecodingError) -> UUID {
-            guard let u = UUID(uuidString: try string(key)) else {
+            guard let u = UUID(parsing: try string(key)) else {
                 throw EventDecodingError("envelope field '\(key)' is not a UUID")
             }
             return u

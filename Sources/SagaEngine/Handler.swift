@@ -112,7 +112,7 @@ public let tracingMiddleware: HandlerMiddleware = { next in
             span.attributes["messaging.destination.name"] = event.topic
             span.attributes["messaging.destination.partition.id"] = String(event.partition)
             span.attributes["messaging.kafka.message.offset"] = Int(event.offset)
-            span.attributes["messaging.message.id"] = event.id.uuidString.lowercased()
+            span.attributes["messaging.message.id"] = event.id.lowercasedString
             span.attributes["saga.id"] = event.sagaId
             span.attributes["saga.service"] = context.service
             return try await next(event, context)

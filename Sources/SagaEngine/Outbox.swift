@@ -51,7 +51,7 @@ public enum Outbox {
             """,
             [
                 TextArray(messages.map(\.sagaId)),
-                TextArray(messages.map { $0.eventId.map { $0.uuidString.lowercased() } ?? "" }),
+                TextArray(messages.map { $0.eventId.map { $0.lowercasedString } ?? "" }),
                 TextArray(messages.map { $0.eventType ?? "" }),
                 TextArray(messages.map(\.message.topic)),
                 PostgresArray(messages.map { $0.message.key == nil ? 0 : 1 }),

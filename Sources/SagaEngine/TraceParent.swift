@@ -113,7 +113,7 @@ public enum EventLog {
     public static func logger(_ base: Logger, for envelope: EventEnvelope) -> Logger {
         var logger = base
         logger[metadataKey: sagaId] = .string(envelope.sagaId)
-        logger[metadataKey: eventId] = .string(envelope.id.uuidString.lowercased())
+        logger[metadataKey: eventId] = .string(envelope.id.lowercasedString)
         logger[metadataKey: eventType] = .string(envelope.type)
         if let trace = envelope.traceparent.flatMap(TraceParent.traceId) {
             logger[metadataKey: traceId] = .string(trace)

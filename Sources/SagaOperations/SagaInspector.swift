@@ -180,11 +180,11 @@ public struct SagaInspector: Sendable {
                 defer { previous = at }
                 let type: String = try r.decode("event_type")
                 return Step(
-                    eventId: try r.decode("event_id", as: UUID.self).uuidString.lowercased(), type: type,
+                    eventId: try r.decode("event_id", as: UUID.self).lowercasedString, type: type,
                     version: try r.decode("version"), producer: try r.decode("producer"),
                     kind: model.kind(of: type).rawValue, occurredAt: at,
                     sincePreviousMs: previous.map { at.timeIntervalSince($0) * 1000 },
-                    causationId: try r.decode("causation_id", as: UUID?.self)?.uuidString.lowercased(),
+                    causationId: try r.decode("causation_id", as: UUID?.self)?.lowercasedString,
                     topic: try r.decode("topic"), partition: try r.decode("partition"), offset: try r.decode("offset"))
             }
             let letters = try await c.query(
@@ -193,7 +193,7 @@ public struct SagaInspector: Sendable {
                 DeadLetter(
                     consumer: try r.decode("consumer", as: String?.self), reason: try r.decode("reason"),
                     eventType: try r.decode("event_type", as: String?.self),
-                    eventId: try r.decode("event_id", as: UUID?.self)?.uuidString.lowercased(),
+                    eventId: try r.decode("event_id", as: UUID?.self)?.lowercasedString,
                     sourceTopic: try r.decode("source_topic", as: String?.self),
                     sourcePartition: try r.decode("source_partition", as: Int?.self),
                     sourceOffset: try r.decode("source_offset", as: Int64?.self), topic: try r.decode("topic"),
@@ -213,7 +213,7 @@ public struct SagaInspector: Sendable {
                     participant: try r.decode("participant"), name: try r.decode("name"),
                     dueAt: try r.decode("due_at"), state: state,
                     timeLeftMs: try r.decode("left_ms", as: Double?.self),
-                    eventId: try r.decode("deadline_event_id", as: UUID?.self)?.uuidString.lowercased(),
+                    eventId: try r.decode("deadline_event_id", as: UUID?.self)?.lowercasedString,
                     eventType: try r.decode("deadline_event_type", as: String?.self),
                     firedAt: state == "fired" ? settled : nil, cancelledAt: state == "cancelled" ? settled : nil,
                     lateMs: try r.decode("late_ms", as: Int64?.self))
@@ -376,7 +376,7 @@ public struct SagaInspector: Sendable {
                     participant: participant, name: try r.decode("deadline_name"),
                     dueAt: try r.decode("deadline_due_at"), state: "scheduled",
                     timeLeftMs: try r.decode("deadline_time_left_ms", as: Double?.self),
-                    eventId: try r.decode("deadline_event_id", as: UUID?.self)?.uuidString.lowercased(),
+                    eventId: try r.decode("deadline_event_id", as: UUID?.self)?.lowercasedString,
                     eventType: try r.decode("deadline_event_type", as: String?.self))
             })
     }

@@ -35,6 +35,6 @@ public struct PostgresArray: PostgresEncodable, Hashable {
 
     /// An array of UUIDs in their lowercase form (`$1::uuid[]`).
     public init(_ values: [UUID]) {
-        postgresText = "{" + values.map { $0.uuidString.lowercased() }.joined(separator: ",") + "}"
+        postgresText = "{" + values.map { $0.lowercasedString }.joined(separator: ",") + "}"
     }
 }

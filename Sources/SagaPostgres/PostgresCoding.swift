@@ -95,9 +95,9 @@ extension Double: PostgresEncodable, PostgresDecodable {
 }
 
 extension UUID: PostgresEncodable, PostgresDecodable {
-    public var postgresText: String { uuidString.lowercased() }
+    public var postgresText: String { lowercasedString }
     public init(postgresText: String) throws(PostgresError) {
-        guard let value = UUID(uuidString: postgresText) else { throw .decoding(UUID.self, postgresText) }
+        guard let value = UUID(parsing: postgresText) else { throw .decoding(UUID.self, postgresText) }
         self = value
     }
 }

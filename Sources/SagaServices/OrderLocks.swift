@@ -13,7 +13,7 @@ enum OrderLocks {
     /// statement, in its round trip, so the locks are held before that statement reads anything.
     static func lock(_ orderIds: Set<UUID>, service: String, on db: PostgresTransaction) async throws {
         guard !orderIds.isEmpty else { return }
-        let sorted = orderIds.map { $0.uuidString.lowercased() }.sorted()
+        let sorted = orderIds.map { $0.lowercasedString }.sorted()
         try await db.executeDeferred(
             """
             SELECT pg_advisory_xact_lock(hashtextextended($1 || ':' || o.id, 0)) FROM unnest($2::text[]) AS o(id)

@@ -271,7 +271,7 @@ struct ChaosProbeCommand: AsyncParsableCommand {
         let deadline = start + .seconds(timeout)
         let p = ChaosPlan.probe
         let entry = await client.place(
-            key: "probe-\(UUID().uuidString.lowercased())", customer: p.customer, lines: p.lines, expected: p.expected,
+            key: "probe-\(UUID().lowercasedString)", customer: p.customer, lines: p.lines, expected: p.expected,
             probe: true, giveUp: .seconds(timeout))
         try LedgerWriter(path: ledger).append(entry)
         guard let id = entry.orderId else {

@@ -240,7 +240,7 @@ struct InspectCommand: AsyncParsableCommand {
     }
 
     private func orderStatus(_ sagaId: String, runtime: Runtime) async throws -> OrderBook.View? {
-        guard let id = UUID(uuidString: sagaId) else { return nil }
+        guard let id = UUID(parsing: sagaId) else { return nil }
         let pool = PostgresPool(
             configuration: runtime.env.database("orders").configuration, size: 1, logger: runtime.logger)
         defer { Task { await pool.close() } }

@@ -221,7 +221,7 @@ public enum BillingService {
                     try context.emit(
                         PaymentCompleted(
                             orderId: reserved.orderId, customerId: reserved.customerId,
-                            paymentId: paymentId.uuidString.lowercased(), amount: amount),
+                            paymentId: paymentId.lowercasedString, amount: amount),
                         causedBy: event))
             case .cancel(let cancellation):
                 let reason = "order cancelled: \(cancellation.reason.rawValue)"
@@ -242,8 +242,8 @@ public enum BillingService {
                     try context.emit(
                         PaymentRefunded(
                             orderId: cancellation.orderId, customerId: charge.customerId,
-                            paymentId: charge.paymentId.uuidString.lowercased(),
-                            refundId: refundId.uuidString.lowercased(), amount: charge.amount, reason: reason),
+                            paymentId: charge.paymentId.lowercasedString,
+                            refundId: refundId.lowercasedString, amount: charge.amount, reason: reason),
                         causedBy: event))
             }
         }
@@ -267,7 +267,7 @@ public enum BillingService {
                     PostgresArray(rows.map(\.1.paymentId)), PostgresArray(rows.map(\.1.amount.amount)),
                     PostgresArray(rows.map(\.1.amount.currency)), PostgresArray(rows.map(\.1.status)),
                     PostgresArray(rows.map { $0.1.reason ?? "" }),
-                    PostgresArray(rows.map { $0.1.refundId?.uuidString.lowercased() ?? "" }),
+                    PostgresArray(rows.map { $0.1.refundId?.lowercasedString ?? "" }),
                 ])
         }
         if !refunded.isEmpty {
@@ -308,7 +308,7 @@ public enum BillingService {
     }
 
     private static func uuid(_ orderId: String) throws -> UUID {
-        guard let id = UUID(uuidString: orderId) else { throw HandlerRejection("order id \(orderId) is not a UUID") }
+        guard let id = UUID(parsing: orderId) else { throw HandlerRejection("order id \(orderId) is not a UUID") }
         return id
     }
 }

@@ -125,7 +125,7 @@ public enum InventoryService {
             switch event.type {
             case OrderCreatedV2.eventType:
                 let order = try event.decode(OrderCreatedV2.self)
-                guard let orderId = UUID(uuidString: order.orderId) else {
+                guard let orderId = UUID(parsing: order.orderId) else {
                     throw HandlerRejection("order id \(order.orderId) is not a UUID")
                 }
                 // Several lines may name one SKU.
@@ -251,7 +251,7 @@ public enum InventoryService {
                         causedBy: event))
             case .settle(let orderId, let status, let failed):
                 guard var reservation = reservations[orderId] else {
-                    throw HandlerRejection("no reservation for order \(orderId.uuidString.lowercased())")
+                    throw HandlerRejection("no reservation for order \(orderId.lowercasedString)")
                 }
                 // Anything but RESERVED (rejected, already settled) is left alone and emits nothing.
                 guard reservation.status == "RESERVED" else { continue }
@@ -341,7 +341,7 @@ public enum InventoryService {
             }
         }
         if !settled.isEmpty {
-            let changes = settled.sorted { $0.key.uuidString < $1.key.uuidString }
+            let changes = settled.sorted { $0.key.lowercasedString < $1.key.lowercasedString }
             try await db.executeDeferred(
                 """
                 UPDATE reservations r SET status = u.status, updated_at = now()
@@ -367,7 +367,7 @@ public enum InventoryService {
     }
 
     private static func uuid(_ orderId: String) throws -> UUID {
-        guard let id = UUID(uuidString: orderId) else { throw HandlerRejection("order id \(orderId) is not a UUID") }
+        guard let id = UUID(parsing: orderId) else { throw HandlerRejection("order id \(orderId) is not a UUID") }
         return id
     }
 }

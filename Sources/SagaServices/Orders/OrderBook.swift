@@ -114,7 +114,7 @@ public struct OrderBook: Sendable {
         }
         let id = UUID.timeOrdered()
         let created = OrderCreatedV2(
-            orderId: id.uuidString.lowercased(), customerId: request.customerId,
+            orderId: id.lowercasedString, customerId: request.customerId,
             total: Money(amount: total, currency: request.currency), lines: lines)
         let sagaId = created.orderId
         let trace = TraceParent.forEmitting(after: traceparent)
@@ -319,11 +319,11 @@ public struct OrderBook: Sendable {
             ).map { r in
                 View.Step(
                     status: try r.decode("status"), event: try r.decode("event_type"),
-                    eventId: try r.decode("event_id", as: UUID?.self)?.uuidString.lowercased(),
+                    eventId: try r.decode("event_id", as: UUID?.self)?.lowercasedString,
                     detail: try r.decode("detail", as: String?.self), at: Timestamp.format(try r.decode("at")))
             }
             return View(
-                orderId: id.uuidString.lowercased(), customerId: try o.decode("customer_id"),
+                orderId: id.lowercasedString, customerId: try o.decode("customer_id"),
                 status: try o.decode("status"), reason: try o.decode("reason", as: String?.self),
                 total: Money(amount: try o.decode("total_amount"), currency: currency), lines: lines, history: history,
                 createdAt: Timestamp.format(try o.decode("created_at")),

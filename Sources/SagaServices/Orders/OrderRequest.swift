@@ -189,7 +189,7 @@ public struct OrderOutcomeUnknown: Error, Sendable, CustomStringConvertible {
     /// The database error.
     public var reason: String
     public var description: String {
-        "the outcome of order \(orderId.uuidString.lowercased()) is unknown: the database connection broke while it "
+        "the outcome of order \(orderId.lowercasedString) is unknown: the database connection broke while it "
             + "was being stored (\(reason))"
     }
 }

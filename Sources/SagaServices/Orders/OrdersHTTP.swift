@@ -90,8 +90,8 @@ public enum OrdersHTTP {
                 }
                 var response = json(
                     placed.created ? .accepted : .ok,
-                    ["orderId": .string(placed.orderId.uuidString.lowercased()), "status": .string("PENDING")])
-                response.headers[.location] = "/orders/\(placed.orderId.uuidString.lowercased())"
+                    ["orderId": .string(placed.orderId.lowercasedString), "status": .string("PENDING")])
+                response.headers[.location] = "/orders/\(placed.orderId.lowercasedString)"
                 return response
             } catch let error as OrderRequestError {
                 throw Refusal(.badRequest, error.reason)
@@ -102,14 +102,14 @@ public enum OrdersHTTP {
                     .serviceUnavailable, error.description, headers: [.retryAfter: "1"],
                     body: ["error": .string(error.description), "outcome": .string("not_stored")])
             } catch let error as OrderOutcomeUnknown {
-                let id = error.orderId.uuidString.lowercased()
+                let id = error.orderId.lowercasedString
                 throw Refusal(
                     .serviceUnavailable, error.description, headers: [.location: "/orders/\(id)"],
                     body: ["error": .string(error.description), "outcome": .string("unknown"), "orderId": .string(id)])
             }
         }
         router.get("/orders/:id") { _, context -> Response in
-            guard let raw = context.parameters.get("id"), let id = UUID(uuidString: raw) else {
+            guard let raw = context.parameters.get("id"), let id = UUID(parsing: raw) else {
                 throw Refusal(.badRequest, "order id must be a UUID")
             }
             guard let view = try await book.view(id) else { throw Refusal(.notFound, "no order \(raw)") }

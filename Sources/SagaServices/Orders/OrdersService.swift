@@ -229,13 +229,13 @@ public enum OrdersService {
                 continue
             }
             guard finished[f.orderId] != nil || current[f.orderId] != nil else {
-                throw HandlerRejection("unknown order \(f.orderId.uuidString.lowercased())")
+                throw HandlerRejection("unknown order \(f.orderId.lowercasedString)")
             }
             context.logger(for: f.event).info(
                 f.timeout && current[f.orderId] == Status.pending.rawValue
                     ? "order deadline not due: ignored" : "order already terminal",
                 metadata: [
-                    "order": .string(f.orderId.uuidString.lowercased()),
+                    "order": .string(f.orderId.lowercasedString),
                     "status": .string(
                         finished[f.orderId] != nil ? decidingStatus[f.orderId] ?? "" : current[f.orderId] ?? ""),
                 ])
@@ -260,7 +260,7 @@ public enum OrdersService {
     }
 
     private static func uuid(_ orderId: String) throws -> UUID {
-        guard let id = UUID(uuidString: orderId) else { throw HandlerRejection("order id \(orderId) is not a UUID") }
+        guard let id = UUID(parsing: orderId) else { throw HandlerRejection("order id \(orderId) is not a UUID") }
         return id
     }
 
