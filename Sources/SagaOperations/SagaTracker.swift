@@ -17,8 +17,11 @@ public struct TrackerConfiguration: Sendable {
     public var topics: TopicNaming
     /// The services whose dead-letter topics to read, besides those of every registered participant.
     public var services: [String]
-    /// Most messages recorded in one transaction.
-    public var batchSize: Int = 500
+    /// Most messages recorded in one transaction. Under a light load a batch holds what arrived within
+    /// ``batchWait``; a tracker that fell behind catches up in batches this large, where each saga's events more
+    /// often share one batch and its state is recomputed once for them: 2,000 instead of 500 took a fifth off the
+    /// tracker's CPU and a sixth off the server's in a rebuild of 24,000 events.
+    public var batchSize: Int = 2000
     /// How long one poll waits for the first message.
     public var pollTimeout: Duration = .milliseconds(200)
     /// How long the tracker goes on collecting messages after the first of a batch arrived, before it records them
@@ -456,7 +459,7 @@ public final class SagaTracker: Service, Sendable {
                 PostgresArray(events.map(\.0.id)), PostgresArray(events.map(\.0.sagaId)),
                 PostgresArray(events.map(\.0.type)), PostgresArray(events.map(\.0.version)),
                 PostgresArray(events.map(\.0.producer)), PostgresArray(events.map(\.0.occurredAt.postgresText)),
-                PostgresArray(events.map { $0.0.causationId?.uuidString.lowercased() ?? "" }),
+                PostgresArray(events.map { $0.0.causationId?.lowercasedString ?? "" }),
                 PostgresArray(events.map { $0.0.traceparent ?? "" }),
                 PostgresArray(events.map { String(decoding: $0.0.data.serialized(), as: UTF8.self) }),
                 PostgresArray(events.map(\.1.topic)), PostgresArray(events.map { Int($0.1.partition) }),
@@ -541,7 +544,7 @@ public final class SagaTracker: Service, Sendable {
             """,
             [
                 message.topic, Int(message.partition), message.offset, saga,
-                envelope?.id ?? message.header(SagaHeader.eventId).flatMap(UUID.init(uuidString:)),
+                envelope?.id ?? message.header(SagaHeader.eventId).flatMap(UUID.init(parsing:)),
                 envelope?.type ?? message.header(SagaHeader.eventType), message.header(SagaHeader.deadLetterConsumer),
                 message.header(SagaHeader.deadLetterReason) ?? "unknown",
                 message.header(SagaHeader.deadLetterSourceTopic),
@@ -560,11 +563,17 @@ public final class SagaTracker: Service, Sendable {
         // locks, in saga order (no deadlock between two trackers), go with the read, before it.
         try await connection.executeDeferred(
             "SELECT pg_advisory_xact_lock(hashtext('saga_tracker_saga:' || s)) FROM unnest($1::text[]) AS s", [ids])
+        let model = self.model
+        // The payload only where an outcome's label reads a field of it: the rest are never parsed, and printing
+        // every event's jsonb as text was a tenth of the tracker's work in the server.
+        let detailed = model.outcomes.filter { $0.value.detail != nil }.keys.sorted()
         let rows = try await connection.query(
             """
-            SELECT saga_id, event_type, occurred_at, data::text AS data FROM tracker_events
+            SELECT saga_id, event_type, occurred_at,
+                CASE WHEN event_type = ANY($2::text[]) THEN data::text END AS data
+            FROM tracker_events
             WHERE saga_id = ANY($1::text[]) ORDER BY saga_id, occurred_at, event_id
-            """, [ids])
+            """, [ids, PostgresArray(detailed)])
         var letters: [String: Int] = [:]
         for row in try await connection.query(
             "SELECT saga_id, count(*) AS n FROM tracker_dead_letters WHERE saga_id = ANY($1::text[]) GROUP BY saga_id",
@@ -583,7 +592,6 @@ public final class SagaTracker: Service, Sendable {
             var events: Int
             var compensations: Int
         }
-        let model = self.model
         var summaries: [Summary] = []
         var current: Summary?
         var decided = false
@@ -603,7 +611,8 @@ public final class SagaTracker: Service, Sendable {
             current!.lastType = type
             if model.kind(of: type) == .compensation { current!.compensations += 1 }
             if model.kind(of: type) == .outcome, !decided {
-                let data = (try? JSONValue(parsing: Array(try row.decode("data", as: String.self).utf8))) ?? .null
+                let text = try row.decode("data", as: String?.self)
+                let data = text.flatMap { try? JSONValue(parsing: Array($0.utf8)) } ?? .null
                 current!.outcome = model.outcome(of: type, data: data) ?? type
                 current!.finishedAt = at
                 decided = true
