@@ -264,7 +264,7 @@ enum Deadlines {
             """
             DELETE FROM saga_deadlines WHERE name = $1 AND saga_id = ANY($2::text[])
             RETURNING saga_id, due_at, event_id, event_type
-            """, [name, TextArray(sagaIds.sorted())])
+            """, [name, PostgresArray(sagaIds.sorted())])
         var cancelled: [Cancelled] = []
         cancelled.reserveCapacity(rows.count)
         for row in rows {

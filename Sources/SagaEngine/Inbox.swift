@@ -20,8 +20,8 @@ enum Inbox {
             RETURNING event_id
             """,
             [
-                PostgresArray(events.map(\.event.id)), TextArray(events.map(\.event.type)),
-                TextArray(events.map(\.event.sagaId)), TextArray(events.map(\.message.topic)),
+                PostgresArray(events.map(\.event.id)), PostgresArray(events.map(\.event.type)),
+                PostgresArray(events.map(\.event.sagaId)), PostgresArray(events.map(\.message.topic)),
                 PostgresArray(events.map { Int($0.message.partition) }), PostgresArray(events.map(\.message.offset)),
             ])
         var inserted = Set<UUID>(minimumCapacity: rows.count)

@@ -50,14 +50,14 @@ public enum Outbox {
             ORDER BY m.n
             """,
             [
-                TextArray(messages.map(\.sagaId)),
-                TextArray(messages.map { $0.eventId.map { $0.lowercasedString } ?? "" }),
-                TextArray(messages.map { $0.eventType ?? "" }),
-                TextArray(messages.map(\.message.topic)),
+                PostgresArray(messages.map(\.sagaId)),
+                PostgresArray(messages.map { $0.eventId.map { $0.lowercasedString } ?? "" }),
+                PostgresArray(messages.map { $0.eventType ?? "" }),
+                PostgresArray(messages.map(\.message.topic)),
                 PostgresArray(messages.map { $0.message.key == nil ? 0 : 1 }),
-                TextArray(messages.map { hex($0.message.key ?? []) }),
-                TextArray(messages.map { String(decoding: encodeHeaders($0.message.headers), as: UTF8.self) }),
-                TextArray(messages.map { hex($0.message.value) }),
+                PostgresArray(messages.map { hex($0.message.key ?? []) }),
+                PostgresArray(messages.map { String(decoding: encodeHeaders($0.message.headers), as: UTF8.self) }),
+                PostgresArray(messages.map { hex($0.message.value) }),
             ]
         )
     }

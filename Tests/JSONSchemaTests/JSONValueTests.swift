@@ -93,6 +93,19 @@ private func rejects(_ text: String) -> Bool {
         #expect(try JSONValue(parsing: value.serialized()) == value)
     }
 
+    /// Plain runs are copied whole between escapes: escapes first, last, next to each other, or none at all.
+    @Test func serializesStringsWithEscapesAnywhere() throws {
+        let cases: [(String, String)] = [
+            ("", #""""#), ("plain text, no escape at all", #""plain text, no escape at all""#),
+            ("\"first", #""\"first""#), ("last\\", #""last\\""#), ("\t\n\r", #""\t\n\r""#),
+            ("a\u{1F}b\u{0}c\u{8}\u{C}", #""a\u001fb\u0000c\b\f""#), ("é \"🌍\" ok", #""é \"🌍\" ok""#),
+        ]
+        for (string, json) in cases {
+            #expect(String(decoding: JSONValue.string(string).serialized(), as: UTF8.self) == json)
+            #expect(try JSONValue(parsing: Array(json.utf8)) == .string(string))
+        }
+    }
+
     @Test func serializationIsIndependentOfInsertionOrder() {
         var a: [String: JSONValue] = [:]
         a["x"] = .integer(1)

@@ -6,7 +6,10 @@ import Testing
 @Suite struct PostgresArrayTests {
     @Test func arrayParametersRoundTripAnyValue() async throws {
         let connection = try await PostgresConnection.connect(PostgresTestDatabase.configuration(), logger: testLogger)
-        let strings = ["plain", "with \"quotes\"", "back\\slash", "comma,brace}{", "NULL", "", "ünïcødé ✓"]
+        let strings = [
+            "plain", "with \"quotes\"", "back\\slash", "comma,brace}{", "NULL", "", "ünïcødé ✓", "\"\\\"",
+            "\\both ends\"",
+        ]
         let texts = try await connection.query(
             "SELECT s FROM unnest($1::text[]) WITH ORDINALITY AS u(s, n) ORDER BY n", [PostgresArray(strings)])
         #expect(try texts.map { try $0.decode("s", as: String.self) } == strings)
