@@ -1,4 +1,5 @@
 import Foundation
+import SagaEngine
 import SagaPostgres
 import SagaServices
 import Testing
@@ -13,54 +14,48 @@ struct StatusUpdateTests {
     /// its rows. (In a running service the versions a status change leaves behind are pruned as the next
     /// transactions come by, and more changes find room.) With full pages, or with an index on status, hardly any
     /// change would be HOT. Counted by the server for this transaction.
-    static func hotUpdates(_ harness: ServiceHarness, table: String, insert: String, update: String) async throws
-        -> (updated: Int, hot: Int)
+    static func hotUpdates(_ definition: ParticipantDefinition, table: String, insert: String, update: String)
+        async throws -> (updated: Int, hot: Int)
     {
-        try await harness.pool.withTransaction { c in
-            for _ in 0..<400 { try await c.execute(insert, [UUID()]) }
-            let updated = try await c.execute(update)
-            let hot: Int = try await c.query(
-                "SELECT pg_stat_get_xact_tuples_hot_updated($1::regclass)::int AS n", [table]
-            ).first!.decode("n")
-            return (updated, hot)
+        let harness = try await ServiceHarness(definition)
+        do {
+            let counts = try await harness.pool.withTransaction { c in
+                for _ in 0..<400 { try await c.execute(insert, [UUID()]) }
+                let updated = try await c.execute(update)
+                let hot: Int = try await c.query(
+                    "SELECT pg_stat_get_xact_tuples_hot_updated($1::regclass)::int AS n", [table]
+                ).first!.decode("n")
+                return (updated, hot)
+            }
+            await harness.tearDown()
+            return counts
+        } catch {
+            await harness.tearDown()
+            throw error
         }
     }
 
     @Test func anOrdersStatusChangeIsAHOTUpdate() async throws {
-        let harness = try await ServiceHarness(OrdersService.definition())
-        do {
-            let (updated, hot) = try await Self.hotUpdates(
-                harness, table: "orders",
-                insert: """
-                    INSERT INTO orders (id, customer_id, currency, total_amount, status, deadline_at)
-                    VALUES ($1, 'c-1', 'EUR', 1000, 'PENDING', now() + interval '1 minute')
-                    """,
-                update: "UPDATE orders SET status = 'CONFIRMED', updated_at = now() WHERE status = 'PENDING'")
-            #expect(updated == 400)
-            #expect(hot * 5 >= updated, "\(hot) of \(updated) status changes were HOT updates")
-        } catch {
-            await harness.tearDown()
-            throw error
-        }
-        await harness.tearDown()
+        let (updated, hot) = try await Self.hotUpdates(
+            OrdersService.definition(), table: "orders",
+            insert: """
+                INSERT INTO orders (id, customer_id, currency, total_amount, status, deadline_at)
+                VALUES ($1, 'c-1', 'EUR', 1000, 'PENDING', now() + interval '1 minute')
+                """,
+            update: "UPDATE orders SET status = 'CONFIRMED', updated_at = now() WHERE status = 'PENDING'")
+        #expect(updated == 400)
+        #expect(hot * 5 >= updated, "\(hot) of \(updated) status changes were HOT updates")
     }
 
     @Test func aReservationsStatusChangeIsAHOTUpdate() async throws {
-        let harness = try await ServiceHarness(InventoryService.definition())
-        do {
-            let (updated, hot) = try await Self.hotUpdates(
-                harness, table: "reservations",
-                insert: """
-                    INSERT INTO reservations (order_id, customer_id, status, total_amount, currency)
-                    VALUES ($1, 'c-1', 'RESERVED', 1000, 'EUR')
-                    """,
-                update: "UPDATE reservations SET status = 'SOLD', updated_at = now() WHERE status = 'RESERVED'")
-            #expect(updated == 400)
-            #expect(hot * 5 >= updated, "\(hot) of \(updated) status changes were HOT updates")
-        } catch {
-            await harness.tearDown()
-            throw error
-        }
-        await harness.tearDown()
+        let (updated, hot) = try await Self.hotUpdates(
+            InventoryService.definition(), table: "reservations",
+            insert: """
+                INSERT INTO reservations (order_id, customer_id, status, total_amount, currency)
+                VALUES ($1, 'c-1', 'RESERVED', 1000, 'EUR')
+                """,
+            update: "UPDATE reservations SET status = 'SOLD', updated_at = now() WHERE status = 'RESERVED'")
+        #expect(updated == 400)
+        #expect(hot * 5 >= updated, "\(hot) of \(updated) status changes were HOT updates")
     }
 }
