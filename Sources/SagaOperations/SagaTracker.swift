@@ -566,8 +566,8 @@ public final class SagaTracker: Service, Sendable {
         try await connection.executeDeferred(
             "SELECT pg_advisory_xact_lock(hashtext('saga_tracker_saga:' || s)) FROM unnest($1::text[]) AS s", [ids])
         let model = self.model
-        // The payload only where an outcome's label reads a field of it: the rest are never parsed, and printing
-        // every event's jsonb as text was a tenth of the tracker's work in the server.
+        // The payload only where an outcome's label reads a field of it: the others were printed from jsonb to
+        // text and sent over only to be skipped.
         let detailed = model.outcomes.filter { $0.value.detail != nil }.keys.sorted()
         let rows = try await connection.query(
             """

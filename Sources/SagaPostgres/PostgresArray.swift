@@ -7,13 +7,13 @@ public struct PostgresArray: PostgresEncodable, Hashable {
     public let postgresText: String
 
     /// An array of strings, each quoted and escaped (`$1::text[]`).
-    public init<Values: Sequence<String>>(_ values: Values) {
+    public init<Values: Collection<String>>(_ values: Values) {
         // The runs between a quote or a backslash are copied whole: the values (ids, types, hex payloads) hardly
         // ever hold one. (Foundation's `replacingOccurrences`, through NSString, was ~7 % of `saga dev`'s CPU.)
         let quote = UInt8(ascii: "\"")
         let backslash = UInt8(ascii: "\\")
         var bytes: [UInt8] = [UInt8(ascii: "{")]
-        bytes.reserveCapacity(values.underestimatedCount * 40)
+        bytes.reserveCapacity(values.reduce(2) { $0 + $1.utf8.count + 3 })
         for var value in values {
             if bytes.count > 1 { bytes.append(UInt8(ascii: ",")) }
             bytes.append(quote)
