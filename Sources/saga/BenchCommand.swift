@@ -26,17 +26,17 @@ struct BenchSagasCommand: AsyncParsableCommand {
         commandName: "sagas",
         abstract: "Drive sagas through the running stack; report throughput, latency and the limits.",
         discussion: """
-            Needs a running stack (saga dev, or the workers and relays with the orders API on SAGA_HTTP_PORT).
-            Places orders over HTTP (each walks order.created → inventory.reserved → payment.completed →
-            order.confirmed) and reads those topics from their current end, counting only the orders it placed.
-            Modes: closed loop (--concurrency N orders in flight), a fixed arrival rate (--rate R orders/s,
-            placed on schedule whether or not earlier ones finished), one at a time (--lone: place one, wait
-            for its order.confirmed, place the next), or --suite (lone, then closed loop, then a fixed rate of
-            half the closed loop's throughput).
-            Before the load it measures the limits on this machine: PostgreSQL single-row commits on one
-            connection and a produce → consume round trip on the broker. Reports sagas/s; latency (order
-            accepted → order.confirmed seen); per-hop latency from the events' occurredAt and record timestamps;
-            outbox lag; the relays' rows/s from their /metrics; CPU seconds and RSS of the stack's processes.
+            Needs a running stack (saga dev, or the workers and relays with the orders API on SAGA_HTTP_PORT). \
+            Places orders over HTTP (each walks order.created → inventory.reserved → payment.completed → \
+            order.confirmed) and reads those topics from their current end, counting only the orders it placed. \
+            Modes: closed loop (--concurrency N orders in flight), a fixed arrival rate (--rate R orders/s, \
+            placed on schedule whether or not earlier ones finished), one at a time (--lone: place one, wait \
+            for its order.confirmed, place the next), or --suite (lone, then closed loop, then a fixed rate of \
+            half the closed loop's throughput). \
+            Before the load it measures the limits on this machine: PostgreSQL single-row commits on one \
+            connection and a produce → consume round trip on the broker. Reports sagas/s; latency (order \
+            accepted → order.confirmed seen); per-hop latency from the events' occurredAt and record timestamps; \
+            outbox lag; the relays' rows/s from their /metrics; CPU seconds and RSS of the stack's processes. \
             Exits 1 when a saga it placed does not finish within --timeout (nothing may be lost).
             """)
 

@@ -11,10 +11,10 @@ struct BenchRelayCommand: AsyncParsableCommand {
         commandName: "relay",
         abstract: "Time an outbox relay draining a backlog of outbox rows to the broker.",
         discussion: """
-            Creates a scratch schema with the engine's migrations (saga_bench_relay_<random>), starts an outbox
-            relay on it in this process (SAGA_RELAY_BATCH_SIZE as configured) against the stack's broker, inserts
-            --rows rows for a bench topic in one statement, and times the relay from that commit until it has
-            published every row and the broker acknowledged them. Then stops the relay and drops the schema.
+            Creates a scratch schema with the engine's migrations (saga_bench_relay_<random>), starts an outbox \
+            relay on it in this process (SAGA_RELAY_BATCH_SIZE as configured) against the stack's broker, inserts \
+            --rows rows for a bench topic in one statement, and times the relay from that commit until it has \
+            published every row and the broker acknowledged them. Then stops the relay and drops the schema. \
             Target: >= 50,000 rows/s. Exits 1 when the backlog is not drained within --timeout.
             """)
 

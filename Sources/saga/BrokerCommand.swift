@@ -10,14 +10,14 @@ struct BrokerCommand: AsyncParsableCommand {
         commandName: "broker",
         abstract: "Host librdkafka's mock Kafka cluster on loopback, for development and tests.",
         discussion: """
-            Creates the saga's topics itself (the mock cluster does not answer CreateTopics), prints the
-            bootstrap servers and writes them to --bootstrap-file; runs until SIGINT/SIGTERM. Limits: data
-            lives in memory, 5 MB per partition (older data is dropped), slow group rebalances.
-            Production uses Apache Kafka (set SAGA_KAFKA_BOOTSTRAP instead).
-            --control-port P serves fault injection on 127.0.0.1:P (HTTP, for scripts/chaos): POST
-            /brokers/{id|all}/down and /brokers/{id|all}/up take brokers down and up; POST
-            /errors/{apiKey}?codes=6,7 makes the next requests of that Kafka API (0 Produce, 1 Fetch, 3 Metadata,
-            8 OffsetCommit, ...) fail with those error codes in order (-195: disconnect). 204 when done, 400 for
+            Creates the saga's topics itself (the mock cluster does not answer CreateTopics), prints the \
+            bootstrap servers and writes them to --bootstrap-file; runs until SIGINT/SIGTERM. Limits: data \
+            lives in memory, 5 MB per partition (older data is dropped), slow group rebalances. \
+            Production uses Apache Kafka (set SAGA_KAFKA_BOOTSTRAP instead). \
+            --control-port P serves fault injection on 127.0.0.1:P (HTTP, for scripts/chaos): POST \
+            /brokers/{id|all}/down and /brokers/{id|all}/up take brokers down and up; POST \
+            /errors/{apiKey}?codes=6,7 makes the next requests of that Kafka API (0 Produce, 1 Fetch, 3 Metadata, \
+            8 OffsetCommit, ...) fail with those error codes in order (-195: disconnect). 204 when done, 400 for \
             a malformed request, 409 when the mock cluster refuses.
             """)
 

@@ -8,13 +8,13 @@ struct ChaosCheckCommand: AsyncParsableCommand {
         commandName: "check",
         abstract: "Wait for every accepted saga of a chaos run, then check every invariant; exit 1 on a violation.",
         discussion: """
-            Reads the orders (--ledger) and poison records (--poison) of the run and the whole database of the
-            run's schemas (SAGA_TOPIC_PREFIX): every order there must be the run's. Checks, again and again until
-            all hold or --timeout: every accepted order terminal and as expected; no refused order stored and no
-            order the clients did not place; every reservation settled as its saga ended; stock conserved and
-            units sold = units confirmed; each confirmed order charged once and no other; credit used = charges;
-            one payment.completed per confirmed order; every outbox drained, nothing parked; the tracker agrees
-            with the orders table; every poison record dead-lettered once by each consumer, nothing else
+            Reads the orders (--ledger) and poison records (--poison) of the run and the whole database of the \
+            run's schemas (SAGA_TOPIC_PREFIX): every order there must be the run's. Checks, again and again until \
+            all hold or --timeout: every accepted order terminal and as expected; no refused order stored and no \
+            order the clients did not place; every reservation settled as its saga ended; stock conserved and \
+            units sold = units confirmed; each confirmed order charged once and no other; credit used = charges; \
+            one payment.completed per confirmed order; every outbox drained, nothing parked; the tracker agrees \
+            with the orders table; every poison record dead-lettered once by each consumer, nothing else \
             dead-lettered; every order answered, no ambiguous 5xx.
             """)
 

@@ -12,8 +12,8 @@ struct ChaosCommand: AsyncParsableCommand {
         commandName: "chaos",
         abstract: "The chaos test's load, probes, poison, broker faults and checks (driven by scripts/chaos).",
         discussion: """
-            Meant for a database and topic prefix of its own (scripts/chaos uses SAGA_TOPIC_PREFIX=chaos. on its own
-            PostgreSQL server): `check` treats every order, outbox row and dead letter there as the run's.
+            Meant for a database and topic prefix of its own (scripts/chaos uses SAGA_TOPIC_PREFIX=chaos. on its own \
+            PostgreSQL server): `check` treats every order, outbox row and dead letter there as the run's. \
             Orders and poison records are written to ledger files (JSON lines) that `check` reads.
             """,
         subcommands: [
@@ -192,8 +192,8 @@ struct ChaosLoadCommand: AsyncParsableCommand {
         commandName: "load",
         abstract: "Place orders of every outcome from concurrent clients at a steady rate; write them to a ledger.",
         discussion: """
-            Every order carries an Idempotency-Key; a client retries it through refused connections and 5xx
-            answers (a daemon killed, PostgreSQL down) until it is accepted, refused (4xx), or --give-up seconds
+            Every order carries an Idempotency-Key; a client retries it through refused connections and 5xx \
+            answers (a daemon killed, PostgreSQL down) until it is accepted, refused (4xx), or --give-up seconds \
             passed. One JSON line per order in --ledger.
             """)
 

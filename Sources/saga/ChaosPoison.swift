@@ -18,8 +18,8 @@ struct ChaosPoisonCommand: AsyncParsableCommand {
         commandName: "poison",
         abstract: "Produce poison records of every kind straight to every consumed topic; write where they landed.",
         discussion: """
-            Kinds: \(ChaosPoison.kinds.joined(separator: ", ")). Each consuming service must dead-letter each
-            record exactly once (its saga_dead_letters table and its dead-letter topic) and go on with the others.
+            Kinds: \(ChaosPoison.kinds.joined(separator: ", ")). Each consuming service must dead-letter each \
+            record exactly once (its saga_dead_letters table and its dead-letter topic) and go on with the others. \
             One JSON line per record (topic, partition, offset, the consumers) in --out.
             """)
 

@@ -10,13 +10,13 @@ struct DemoCommand: AsyncParsableCommand {
         commandName: "demo",
         abstract: "Place a mix of orders on the running stack and check the saga's invariants.",
         discussion: """
-            Needs a running stack (saga dev, or the daemons with the same configuration). Places orders that end
-            confirmed, cancelled for lack of stock, and cancelled after a declined payment (reservation
-            released), waits until every saga is finished. Then, through the ops server of the process running
-            billing's worker, pauses billing, places an order with a 3 s deadline, waits until it is cancelled by
-            its timeout and its stock released, resumes billing and waits until its charge is voided or refunded
-            (skipped, not failed, when that ops server does not answer). Prints the outcomes and checks: every saga
-            terminal with the expected outcome, stock conserved, no order charged twice and no cancelled order
+            Needs a running stack (saga dev, or the daemons with the same configuration). Places orders that end \
+            confirmed, cancelled for lack of stock, and cancelled after a declined payment (reservation \
+            released), waits until every saga is finished. Then, through the ops server of the process running \
+            billing's worker, pauses billing, places an order with a 3 s deadline, waits until it is cancelled by \
+            its timeout and its stock released, resumes billing and waits until its charge is voided or refunded \
+            (skipped, not failed, when that ops server does not answer). Prints the outcomes and checks: every saga \
+            terminal with the expected outcome, stock conserved, no order charged twice and no cancelled order \
             charged, balances match the charges, outbox drained. Exits non-zero when a check fails.
             """)
 

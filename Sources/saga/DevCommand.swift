@@ -12,9 +12,9 @@ struct DevCommand: AsyncParsableCommand {
         commandName: "dev",
         abstract: "Run the whole stack locally: embedded broker, local PostgreSQL, workers, relays, tracker, HTTP API.",
         discussion: """
-            Uses SAGA_KAFKA_BOOTSTRAP / SAGA_DATABASE_URL when set; otherwise hosts librdkafka's mock cluster
-            in-process and uses the checkout's local PostgreSQL (starting it with scripts/pg when it is not
-            running). Seeds the demo catalogue, prints the addresses and writes them to .saga/dev.json so
+            Uses SAGA_KAFKA_BOOTSTRAP / SAGA_DATABASE_URL when set; otherwise hosts librdkafka's mock cluster \
+            in-process and uses the checkout's local PostgreSQL (starting it with scripts/pg when it is not \
+            running). Seeds the demo catalogue, prints the addresses and writes them to .saga/dev.json so \
             other saga commands find the stack. Runs until SIGINT/SIGTERM, then stops everything it started.
             """)
 

@@ -7,7 +7,7 @@ struct HealthCommand: AsyncParsableCommand {
         commandName: "health",
         abstract: "Ask a running daemon whether it is ready (exit 0) or not (exit 1): the container health check.",
         discussion: """
-            GETs /health/ready (or /health/live with --live) from the daemon's ops port on this machine
+            GETs /health/ready (or /health/live with --live) from the daemon's ops port on this machine \
             (SAGA_OPS_PORT, default 9090) and prints the answer. Exit status 0 when it answers 200, 1 otherwise.
             """)
 

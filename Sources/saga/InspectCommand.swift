@@ -21,7 +21,7 @@ struct InspectCommand: AsyncParsableCommand {
                          one waits on, and sagas whose deadline fell more than
                          --grace ago without firing
               --stats    counts by outcome and latency percentiles per step
-            Tables for people, --json for scripts. Exits 1 for an unknown saga or
+            Tables for people, --json for scripts. Exits 1 for an unknown saga or \
             an unreachable database.
             """)
 

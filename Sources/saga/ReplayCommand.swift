@@ -8,9 +8,9 @@ struct ReplayCommand: AsyncParsableCommand {
         commandName: "replay",
         abstract: "Re-publish a slice of a topic, redrive dead letters, reset a consumer group's offsets.",
         discussion: """
-            Replayed events keep their event ids, so the consumers' inboxes skip what they already handled —
-            within the inbox retention (SAGA_INBOX_RETENTION, default 7d). A slice holding older messages is
-            refused unless --force. Dry-run first: --dry-run lists what would be sent and sends nothing.
+            Replayed events keep their event ids, so the consumers' inboxes skip what they already handled — \
+            within the inbox retention (SAGA_INBOX_RETENTION, default 7d). A slice holding older messages is \
+            refused unless --force. Dry-run first: --dry-run lists what would be sent and sends nothing. \
             Topic and group names get SAGA_TOPIC_PREFIX when they do not start with it already.
             """,
         subcommands: [ReplayTopicCommand.self, ReplayDeadLettersCommand.self, ReplayResetGroupCommand.self])
@@ -57,8 +57,8 @@ struct ReplayTopicCommand: AsyncParsableCommand {
         commandName: "topic",
         abstract: "Re-publish a slice of a topic (to the same topic or --to another).",
         discussion: """
-            Reads without joining a consumer group, up to --to-offset or the end of each partition as it was at
-            start, so it always ends. Re-published messages keep key, value and headers and get
+            Reads without joining a consumer group, up to --to-offset or the end of each partition as it was at \
+            start, so it always ends. Re-published messages keep key, value and headers and get \
             saga-replayed-from (topic/partition/offset) and saga-replayed-at.
             """)
 
@@ -89,8 +89,8 @@ struct ReplayDeadLettersCommand: AsyncParsableCommand {
         commandName: "dead-letters",
         abstract: "Redrive dead letters to the topic they came from (header dlq-source-topic).",
         discussion: """
-            Reads deadletter.<service> for every service, or --service. Redriven messages keep their dlq-* headers
-            and get saga-redriven-from (topic/partition/offset) and saga-redriven-at. Fix the cause first (e.g.
+            Reads deadletter.<service> for every service, or --service. Redriven messages keep their dlq-* headers \
+            and get saga-redriven-from (topic/partition/offset) and saga-redriven-at. Fix the cause first (e.g. \
             add the missing SKU), then redrive.
             """)
 
@@ -118,10 +118,10 @@ struct ReplayResetGroupCommand: AsyncParsableCommand {
         commandName: "reset-group",
         abstract: "Move a consumer group's committed offsets (dry run unless --execute).",
         discussion: """
-            Shows current -> new offsets per partition. Refuses while the group has active members: stop its
-            workers first. Exactly one of --to-earliest, --to-latest, --to-time, --to-offset. Moving a group back
-            delivers its records again: records older than the inbox horizon (SAGA_INBOX_RETENTION) plus
-            --lag-margin (the time the restarted consumers need to reach them) are counted (PAST HORIZON) and
+            Shows current -> new offsets per partition. Refuses while the group has active members: stop its \
+            workers first. Exactly one of --to-earliest, --to-latest, --to-time, --to-offset. Moving a group back \
+            delivers its records again: records older than the inbox horizon (SAGA_INBOX_RETENTION) plus \
+            --lag-margin (the time the restarted consumers need to reach them) are counted (PAST HORIZON) and \
             refused unless --force.
             """)
 

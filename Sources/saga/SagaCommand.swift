@@ -11,12 +11,12 @@ struct SagaCommand: AsyncParsableCommand {
         commandName: "saga",
         abstract: "A choreography saga engine: orders, inventory and billing over Kafka and PostgreSQL.",
         discussion: """
-            Configuration comes from the environment (SAGA_KAFKA_BOOTSTRAP, SAGA_DATABASE_URL, ...; see the README).
-            Without it, commands find the local stack that `saga dev` started through .saga/dev.json.
-            Every PostgreSQL connection has TCP keepalives and tcp_user_timeout on (a dead peer is noticed in about
-            11 s; the database URL's keepalives_* and tcp_user_timeout parameters tune them); SAGA_STATEMENT_TIMEOUT
-            and SAGA_LOCK_TIMEOUT (e.g. 30s, 5s; default none) set statement_timeout and lock_timeout of the
-            daemons' sessions (not of migrations). SAGA_KAFKA_GROUP_INSTANCE_ID (default unset) makes the worker's
+            Configuration comes from the environment (SAGA_KAFKA_BOOTSTRAP, SAGA_DATABASE_URL, ...; see the README). \
+            Without it, commands find the local stack that `saga dev` started through .saga/dev.json. \
+            Every PostgreSQL connection has TCP keepalives and tcp_user_timeout on (a dead peer is noticed in about \
+            11 s; the database URL's keepalives_* and tcp_user_timeout parameters tune them); SAGA_STATEMENT_TIMEOUT \
+            and SAGA_LOCK_TIMEOUT (e.g. 30s, 5s; default none) set statement_timeout and lock_timeout of the \
+            daemons' sessions (not of migrations). SAGA_KAFKA_GROUP_INSTANCE_ID (default unset) makes the worker's \
             and the tracker's consumers static members of their groups, for Apache Kafka (`saga worker --help`).
             """,
         subcommands: [

@@ -16,9 +16,9 @@ struct SchemasCheckCommand: ParsableCommand {
         abstract:
             "Refuse schema changes that would break a producer or a consumer (exit 1), compared with a git revision.",
         discussion: """
-            Compares schemas/<type>/v<N>.schema.json of the working tree with the
-            same files at REF (default: the last tag reachable from HEAD, else the
-            merge base with origin/main, else with main) and with what this
+            Compares schemas/<type>/v<N>.schema.json of the working tree with the \
+            same files at REF (default: the last tag reachable from HEAD, else the \
+            merge base with origin/main, else with main) and with what this \
             binary's code produces, upcasts and consumes. It refuses:
               - a version published at REF changed in place (as JSON) or removed;
               - a version N > 1 without version N - 1, or without an upcaster
@@ -67,9 +67,9 @@ struct SchemasAsyncAPICommand: ParsableCommand {
         commandName: "asyncapi",
         abstract: "Print the AsyncAPI 3.0 document of the events (schemas/asyncapi.yaml is its output).",
         discussion: """
-            Generated from the schemas compiled into this binary (schemas/), the
-            topics (one per event type, and deadletter.<service>), what each
-            service produces and consumes, and the Kafka key and headers. After
+            Generated from the schemas compiled into this binary (schemas/), the \
+            topics (one per event type, and deadletter.<service>), what each \
+            service produces and consumes, and the Kafka key and headers. After \
             changing any of them:
                 saga schemas asyncapi > schemas/asyncapi.yaml
             (AsyncAPIDocumentTests fails while the committed file is stale).

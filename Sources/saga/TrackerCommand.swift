@@ -6,10 +6,10 @@ struct TrackerCommand: AsyncParsableCommand {
         commandName: "tracker",
         abstract: "Keep the saga read model: every saga's timeline and state, for `saga inspect`.",
         discussion: """
-            Reads every saga topic and the dead-letter topics in its own consumer group and writes the read
-            model to the `tracker` schema (SAGA_TRACKER_DATABASE_URL or SAGA_DATABASE_URL). Idempotent; one
-            instance is active at a time (others wait as standbys). --rebuild empties the read model and
-            reads the log again from the beginning (as far as the broker still retains it).
+            Reads every saga topic and the dead-letter topics in its own consumer group and writes the read \
+            model to the `tracker` schema (SAGA_TRACKER_DATABASE_URL or SAGA_DATABASE_URL). Idempotent; one \
+            instance is active at a time (others wait as standbys). --rebuild empties the read model and \
+            reads the log again from the beginning (as far as the broker still retains it). \
             SAGA_KAFKA_GROUP_INSTANCE_ID makes its consumer a static member, as for `saga worker` (see its help).
             """)
 

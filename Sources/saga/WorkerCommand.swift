@@ -8,16 +8,16 @@ struct WorkerCommand: AsyncParsableCommand {
         commandName: "worker",
         abstract: "Run one service's worker: consume its events, handle them, write the outbox.",
         discussion: """
-            orders also serves the HTTP API (POST /orders, GET /orders/{id}, GET /health) on
-            SAGA_HTTP_HOST:SAGA_HTTP_PORT. Stops gracefully on SIGTERM/SIGINT: the batch in flight
-            commits or rolls back, offsets are committed, the consumer leaves its group.
-            SAGA_KAFKA_GROUP_INSTANCE_ID (e.g. inventory-1, or {hostname} for the host's name; default unset)
-            makes the consumer a static member (group.instance.id): it keeps its place in the group across a
-            restart within session.timeout.ms (6 s) instead of waiting out a rebalance; it does not leave the
-            group on SIGTERM. It must be unique among the service's running workers: on Apache Kafka a second
-            process with the same id fences the first, which exits with a fatal FENCED_INSTANCE_ID error. Not for
-            the embedded broker, which ignores it (a restart after SIGTERM then takes 19 s instead of 9 s), and
-            on Tansu 0.6 only with care: it fences no duplicate and never evicts a static member that is gone
+            orders also serves the HTTP API (POST /orders, GET /orders/{id}, GET /health) on \
+            SAGA_HTTP_HOST:SAGA_HTTP_PORT. Stops gracefully on SIGTERM/SIGINT: the batch in flight \
+            commits or rolls back, offsets are committed, the consumer leaves its group. \
+            SAGA_KAFKA_GROUP_INSTANCE_ID (e.g. inventory-1, or {hostname} for the host's name; default unset) \
+            makes the consumer a static member (group.instance.id): it keeps its place in the group across a \
+            restart within session.timeout.ms (6 s) instead of waiting out a rebalance; it does not leave the \
+            group on SIGTERM. It must be unique among the service's running workers: on Apache Kafka a second \
+            process with the same id fences the first, which exits with a fatal FENCED_INSTANCE_ID error. Not for \
+            the embedded broker, which ignores it (a restart after SIGTERM then takes 19 s instead of 9 s), and \
+            on Tansu 0.6 only with care: it fences no duplicate and never evicts a static member that is gone \
             for good (its partitions stall); see the README, "Restarts and static membership".
             """)
 
@@ -55,9 +55,9 @@ struct RelayCommand: AsyncParsableCommand {
         commandName: "relay",
         abstract: "Publish committed outbox rows to Kafka (one relay per service database).",
         discussion: """
-            Wakes on LISTEN/NOTIFY, polls every second as a fallback, publishes in batches with the
-            idempotent producer and marks rows only after the broker acknowledged them. Several instances
-            may run at once: they split the outbox shards through advisory locks (SAGA_RELAY_MAX_SHARDS
+            Wakes on LISTEN/NOTIFY, polls every second as a fallback, publishes in batches with the \
+            idempotent producer and marks rows only after the broker acknowledged them. Several instances \
+            may run at once: they split the outbox shards through advisory locks (SAGA_RELAY_MAX_SHARDS \
             caps how many one instance takes), which keeps each saga's events in order.
             """)
 
