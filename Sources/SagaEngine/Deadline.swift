@@ -147,18 +147,33 @@ public enum Deadline {
     public static func insert(_ row: Row, firstParameter n: Int, where condition: String) -> (
         sql: String, binds: [PostgresBind]
     ) {
+        insert(rows: [row], firstParameter: n, where: condition)
+    }
+
+    /// Like ``insert(_:firstParameter:where:)``, for several rows (always nine bind parameters), at
+    /// most one per saga and name: `condition` may also refer to a row's saga id as `d.saga_id`, e.g.
+    /// `d.saga_id IN (SELECT id::text FROM inserted)`, so that each is written only when its own change happened.
+    public static func insert(rows: [Row], firstParameter n: Int, where condition: String) -> (
+        sql: String, binds: [PostgresBind]
+    ) {
         let sql = """
             INSERT INTO saga_deadlines
                 (saga_id, name, due_at, event_id, event_type, event_version, data, causation_id, traceparent)
-            SELECT $\(n), $\(n + 1), $\(n + 2)::timestamptz, $\(n + 3)::uuid, $\(n + 4), $\(n + 5)::int,
-                $\(n + 6)::jsonb, $\(n + 7)::uuid, NULLIF($\(n + 8), '')
+            SELECT d.saga_id, d.name, d.due_at::timestamptz, d.event_id::uuid, d.event_type, d.event_version,
+                d.data::jsonb, NULLIF(d.causation_id, '')::uuid, NULLIF(d.traceparent, '')
+            FROM unnest($\(n)::text[], $\(n + 1)::text[], $\(n + 2)::text[], $\(n + 3)::text[], $\(n + 4)::text[],
+                        $\(n + 5)::int[], $\(n + 6)::text[], $\(n + 7)::text[], $\(n + 8)::text[])
+                AS d(saga_id, name, due_at, event_id, event_type, event_version, data, causation_id, traceparent)
             WHERE \(condition)
             \(Deadlines.onConflict)
             """
         let binds: [PostgresBind] = [
-            row.event.sagaId, row.name, row.due, row.event.id.lowercasedString, row.event.type,
-            row.event.version, String(decoding: row.event.data.serialized(), as: UTF8.self),
-            row.event.causationId?.lowercasedString, row.event.traceparent ?? "",
+            PostgresArray(rows.map(\.event.sagaId)), PostgresArray(rows.map(\.name)),
+            PostgresArray(rows.map(\.due.postgresText)), PostgresArray(rows.map(\.event.id)),
+            PostgresArray(rows.map(\.event.type)), PostgresArray(rows.map(\.event.version)),
+            PostgresArray(rows.map { String(decoding: $0.event.data.serialized(), as: UTF8.self) }),
+            PostgresArray(rows.map { $0.event.causationId?.lowercasedString ?? "" }),
+            PostgresArray(rows.map { $0.event.traceparent ?? "" }),
         ]
         return (sql, binds)
     }

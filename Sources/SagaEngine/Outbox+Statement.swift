@@ -38,16 +38,17 @@ extension Outbox {
     public static func insert(_ row: Row, firstParameter n: Int, where condition: String) -> (
         sql: String, binds: [PostgresBind]
     ) {
-        let sql = """
-            INSERT INTO saga_outbox (shard, saga_id, event_id, event_type, topic, key, headers, payload)
-            SELECT \(shard(of: "$\(n)")), $\(n), $\(n + 1)::uuid, $\(n + 2),
-                $\(n + 3), $\(n + 4)::bytea, $\(n + 5)::jsonb, $\(n + 6)::bytea
-            WHERE \(condition)
-            """
-        let binds: [PostgresBind] = [
-            row.sagaId, row.eventId, row.eventType, row.message.topic, row.message.key,
-            String(decoding: encodeHeaders(row.message.headers), as: UTF8.self), row.message.value,
-        ]
-        return (sql, binds)
+        insert(rows: [row], firstParameter: n, where: condition)
+    }
+
+    /// Like ``insert(_:firstParameter:where:)``, for several rows (always eight bind parameters), written
+    /// in their order: `condition` may also refer to a row's saga id as `m.saga_id`, e.g.
+    /// `m.saga_id IN (SELECT id::text FROM inserted)`, so that each row is written only when its own change happened.
+    public static func insert(rows: [Row], firstParameter n: Int, where condition: String) -> (
+        sql: String, binds: [PostgresBind]
+    ) {
+        appendStatement(
+            rows.map { (sagaId: $0.sagaId, eventId: $0.eventId, eventType: $0.eventType, message: $0.message) },
+            firstParameter: n, where: condition)
     }
 }

@@ -36,8 +36,12 @@ public enum Outbox {
         try connection.executeDeferred(sql, binds)
     }
 
-    private static func appendStatement(
-        _ messages: [(sagaId: String, eventId: UUID?, eventType: String?, message: KafkaOutgoingMessage)]
+    /// The `INSERT INTO saga_outbox … SELECT … FROM unnest(…) AS m(…)` of `messages`, in order, whose bind
+    /// parameters are numbered from `n`; with a `condition`, only the rows it holds for are written (it may refer
+    /// to a row's saga id as `m.saga_id`).
+    static func appendStatement(
+        _ messages: [(sagaId: String, eventId: UUID?, eventType: String?, message: KafkaOutgoingMessage)],
+        firstParameter n: Int = 1, where condition: String? = nil
     ) -> (sql: String, binds: [PostgresBind]) {
         (
             """
@@ -45,8 +49,10 @@ public enum Outbox {
             SELECT \(shard(of: "m.saga_id")), m.saga_id,
                    NULLIF(m.event_id, '')::uuid, NULLIF(m.event_type, ''), m.topic,
                    CASE WHEN m.has_key = 1 THEN decode(m.key, 'hex') END, m.headers::jsonb, decode(m.payload, 'hex')
-            FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::text[], $7::text[], $8::text[])
-                 WITH ORDINALITY AS m(saga_id, event_id, event_type, topic, has_key, key, headers, payload, n)
+            FROM unnest($\(n)::text[], $\(n + 1)::text[], $\(n + 2)::text[], $\(n + 3)::text[], $\(n + 4)::int[],
+                        $\(n + 5)::text[], $\(n + 6)::text[], $\(n + 7)::text[])
+                 WITH ORDINALITY AS m(saga_id, event_id, event_type, topic, has_key, key, headers, payload, n)\(
+                condition.map { "\nWHERE " + $0 } ?? "")
             ORDER BY m.n
             """,
             [

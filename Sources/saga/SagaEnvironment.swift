@@ -11,8 +11,9 @@ import SagaOperations
 struct SagaEnvironment: Sendable {
     var daemon: DaemonEnvironment
     var httpPort: Int
-    /// Database sessions of the orders HTTP API (`SAGA_HTTP_DB_CONNECTIONS`, default 16): placing an order holds
-    /// one for two statements, so this bounds how many placements run at once.
+    /// Database sessions of the orders HTTP API (`SAGA_HTTP_DB_CONNECTIONS`, default 16): placements are stored
+    /// one group at a time (`OrderBook.place`), each of its two statements on one session; `GET /orders/{id}`
+    /// reads on the others.
     var httpDatabaseConnections: Int
     var orderCreatedVersion: Int
     /// How long after placement an order times out (`SAGA_ORDER_DEADLINE`, default 15m); nil (`0s`): no deadline

@@ -32,7 +32,13 @@ public struct OrderBook: Sendable {
         self.codec = codec
         self.emitVersion = emitVersion
         self.deadline = deadline
+        self.queue = PlacementQueue(maxGroup: Self.maxGroup)
     }
+
+    /// Most placements stored in one group (see ``place(_:idempotencyKey:traceparent:)``).
+    public static let maxGroup = 128
+    /// The placements waiting for the next group.
+    let queue: PlacementQueue
 
     /// The result of ``place(_:idempotencyKey:traceparent:)``.
     public struct Placed: Sendable, Hashable {
@@ -49,11 +55,15 @@ public struct OrderBook: Sendable {
     /// Prices the lines from the price list, stores the order as PENDING and writes `order.created` to the outbox,
     /// all in one transaction. Works whether or not inventory and billing are up.
     ///
-    /// Two round trips: one read (prices and the idempotency key), then one statement that writes the order, its
-    /// lines, its history, its event and its deadline (a data-modifying `WITH`, which commits as one
-    /// transaction). The deadline (``OrderRequest/deadlineSeconds``, else ``deadline``; none when both are nil)
-    /// falls at one due time stored both as the order's `deadline_at` and in `saga_deadlines` ("order",
-    /// delivering `order.expired` to orders' worker); `order.created` carries its `saga-deadline` header.
+    /// Placements that arrive together are stored together (group commit): when no other is being stored, this one
+    /// is stored at once; else it waits for the current group and is stored in the next, with every placement that
+    /// arrived meanwhile (up to ``maxGroup``). A group takes two round trips: one read (prices and idempotency keys),
+    /// then one statement that writes the orders, their lines, history, events and deadlines (a data-modifying
+    /// `WITH`, which commits as one transaction). When the database refuses a group's statement, each placement is
+    /// stored alone, so only the refused one fails. The deadline (``OrderRequest/deadlineSeconds``, else
+    /// ``deadline``; none when both are nil) falls at one due time stored both as the order's `deadline_at` and in
+    /// `saga_deadlines` ("order", delivering `order.expired` to orders' worker); `order.created` carries its
+    /// `saga-deadline` header.
     /// - Parameters:
     ///   - request: the validated order.
     ///   - idempotencyKey: scoped to the customer: the customer's retry of the same request (same canonical
@@ -62,146 +72,14 @@ public struct OrderBook: Sendable {
     ///   - traceparent: the caller's W3C trace context (an HTTP request's `traceparent`): the saga continues
     ///     its trace. Without one (and no current span), the saga starts a new trace.
     /// - Throws: `OrderRequestError` for an invalid idempotency key, an unknown SKU or an overflowing total;
-    ///   `IdempotencyKeyConflict` when the customer used the key for a different request; `PostgresError`
-    ///   otherwise.
+    ///   `IdempotencyKeyConflict` when the customer used the key for a different request; `OrderNotStored` when
+    ///   the database is unavailable; `OrderOutcomeUnknown` when it became unavailable while the order was being
+    ///   committed; `PostgresError` otherwise.
     public func place(_ request: OrderRequest, idempotencyKey: String? = nil, traceparent: String? = nil)
         async throws -> Placed
     {
         if let idempotencyKey { try OrderRequest.validate(idempotencyKey: idempotencyKey) }
-        let skus = Array(Set(request.lines.map(\.sku)))
-        // One row at least (the key's order, if any, and the keyed request's fingerprint), plus one per priced SKU.
-        let lookup: [PostgresRow]
-        do {
-            lookup = try await pool.query(
-                """
-                SELECT k.id AS existing, k.request_fingerprint AS existing_fingerprint,
-                    encode(sha256(convert_to($5, 'UTF8')), 'hex') AS fingerprint, p.sku, p.unit_price
-                FROM (SELECT 1) AS one
-                LEFT JOIN orders k ON k.customer_id = $4 AND k.idempotency_key = $3
-                LEFT JOIN prices p ON p.currency = $1 AND p.sku = ANY($2::text[])
-                """,
-                [
-                    request.currency, PostgresArray(skus), idempotencyKey, request.customerId,
-                    idempotencyKey == nil ? nil : request.canonical,
-                ])
-        } catch let error as PostgresError where Self.sessionLost(error) {
-            throw OrderNotStored(reason: "\(error)")  // only read so far
-        }
-        // Only a keyed request has (and needs) a fingerprint.
-        let fingerprint = try lookup[0].decode("fingerprint", as: String?.self)
-        if let existing = try lookup[0].decode("existing", as: UUID?.self) {
-            try Self.checkSameRequest(try lookup[0].decode("existing_fingerprint"), fingerprint)
-            return Placed(orderId: existing, created: false)
-        }
-        var prices: [String: Int64] = [:]
-        for row in lookup {
-            if let sku = try row.decode("sku", as: String?.self) { prices[sku] = try row.decode("unit_price") }
-        }
-        var total: Int64 = 0
-        var lines: [OrderCreatedV2.Line] = []
-        for (i, line) in request.lines.enumerated() {
-            guard let price = prices[line.sku] else {
-                throw OrderRequestError("lines[\(i)].sku: unknown SKU '\(line.sku)' (no price in \(request.currency))")
-            }
-            let (lineTotal, o1) = price.multipliedReportingOverflow(by: Int64(line.quantity))
-            let (sum, o2) = total.addingReportingOverflow(lineTotal)
-            guard !o1, !o2 else { throw OrderRequestError("the order total is too large") }
-            total = sum
-            lines.append(
-                .init(
-                    sku: line.sku, quantity: line.quantity, unitPrice: Money(amount: price, currency: request.currency))
-            )
-        }
-        let id = UUID.timeOrdered()
-        let created = OrderCreatedV2(
-            orderId: id.lowercasedString, customerId: request.customerId,
-            total: Money(amount: total, currency: request.currency), lines: lines)
-        let sagaId = created.orderId
-        let trace = TraceParent.forEmitting(after: traceparent)
-        let event =
-            emitVersion == 1
-            ? try OutgoingEvent(
-                created.v1, sagaId: sagaId, producer: OrdersService.name, causedBy: nil, traceparent: trace)
-            : try OutgoingEvent(
-                created, sagaId: sagaId, producer: OrdersService.name, causedBy: nil, traceparent: trace)
-        // The deadline: one due time (milliseconds, as the header carries it) for the order and saga_deadlines.
-        let timeoutMs: Int64? =
-            request.deadlineSeconds.map { Int64($0) * 1000 } ?? deadline.map { Int64($0.milliseconds) }
-        var deadlineRow: Deadline.Row? = nil
-        var outboxRow = try Outbox.Row(event, codec: codec)
-        if let timeoutMs {
-            let now = (Date().timeIntervalSince1970 * 1000).rounded()
-            let due = Date(timeIntervalSince1970: (now + Double(timeoutMs)) / 1000)
-            let expired = try OutgoingEvent(
-                OrderExpired(
-                    orderId: sagaId, customerId: request.customerId, dueAt: Timestamp.format(due),
-                    timeoutSeconds: max(1, Int((timeoutMs + 999) / 1000))),
-                sagaId: sagaId, producer: OrdersService.name, causedBy: event.envelope)
-            let row = try Deadline.Row(name: OrdersService.deadlineName, due: due, event: expired, codec: codec)
-            outboxRow.message.headers.append(row.scheduledMark(participant: OrdersService.name).header)
-            deadlineRow = row
-        }
-        let outbox = Outbox.insert(outboxRow, firstParameter: 13, where: "EXISTS (SELECT 1 FROM placed)")
-        let deadlineMember = deadlineRow.map {
-            Deadline.insert($0, firstParameter: 13 + outbox.binds.count, where: "EXISTS (SELECT 1 FROM placed)")
-        }
-        // A concurrent request with the same key may have inserted it since the read above: then this statement
-        // writes nothing (every member depends on `placed`) and the first order is the answer.
-        let inserted: [PostgresRow]
-        var backend: Int32?
-        do {
-            inserted = try await pool.withConnection { connection in
-                backend = connection.backendPID
-                let rows = try await connection.query(
-                    """
-                    WITH placed AS (
-                        INSERT INTO orders (id, customer_id, currency, total_amount, status, idempotency_key,
-                            request_fingerprint, deadline_at)
-                        VALUES ($1, $2, $3, $4, 'PENDING', $5, $11, $12::timestamptz)
-                        ON CONFLICT (customer_id, idempotency_key) DO NOTHING
-                        RETURNING id
-                    ), lines AS (
-                        INSERT INTO order_lines (order_id, line_no, sku, quantity, unit_price)
-                        SELECT placed.id, line.n - 1, line.sku, line.quantity, line.unit_price
-                        FROM placed, unnest($6::text[], $7::int[], $8::bigint[]) WITH ORDINALITY
-                            AS line (sku, quantity, unit_price, n)
-                    ), history AS (
-                        INSERT INTO order_history (order_id, status, event_type, event_id)
-                        SELECT placed.id, 'PENDING', $9, $10 FROM placed
-                    ), event AS (
-                        \(outbox.sql)
-                    )\(deadlineMember.map { ", deadline AS (\n\($0.sql)\n)" } ?? "")
-                    SELECT count(*) AS n FROM placed
-                    """,
-                    [
-                        id, request.customerId, request.currency, total, idempotencyKey,
-                        PostgresArray(lines.map(\.sku)), PostgresArray(lines.map(\.quantity)),
-                        PostgresArray(lines.map { $0.unitPrice?.amount ?? 0 }), event.envelope.type, event.envelope.id,
-                        fingerprint, deadlineRow?.due,
-                    ] + outbox.binds + (deadlineMember?.binds ?? []))
-                if failpoint == .sessionLostAfterCommit {
-                    throw PostgresError(kind: .connection, message: "failpoint: the session was lost after the commit")
-                }
-                return rows
-            }
-        } catch let error as PostgresError where Self.sessionLost(error) {
-            // No session was had: nothing was sent.
-            guard let backend else { throw OrderNotStored(reason: "\(error)") }
-            // The statement is its own transaction: it committed or not, and the answer was lost. Find out which.
-            guard try await stored(id, lostSession: backend) else { throw OrderNotStored(reason: "\(error)") }
-            if deadlineRow != nil { DeadlineMetrics.recordScheduled(service: OrdersService.name) }
-            return Placed(orderId: id, created: true, event: event.envelope, deadline: deadlineRow?.due)
-        }
-        if try inserted.first?.decode("n", as: Int.self) != 1, let idempotencyKey {
-            let first = try await pool.query(
-                "SELECT id, request_fingerprint FROM orders WHERE customer_id = $1 AND idempotency_key = $2",
-                [request.customerId, idempotencyKey])
-            try Self.checkSameRequest(try first[0].decode("request_fingerprint"), fingerprint)
-            return Placed(orderId: try first[0].decode("id"), created: false)
-        }
-        if deadlineRow != nil { DeadlineMetrics.recordScheduled(service: OrdersService.name) }
-        relayDatabase?.outboxCommitted()
-        return Placed(orderId: id, created: true, event: event.envelope, deadline: deadlineRow?.due)
+        return try await enqueue(Placement(request: request, idempotencyKey: idempotencyKey, traceparent: traceparent))
     }
 
     /// The database session broke (or the database is unreachable), as opposed to a statement it refused.
@@ -211,12 +89,12 @@ public struct OrderBook: Sendable {
         return state.hasPrefix("08") || state.hasPrefix("57P")
     }
 
-    /// Whether order `id` was stored, after the session that inserted it broke. The lost session may still be
-    /// running on the server (a network failure, not a crash), so it is ended first: then what the order table
-    /// shows is final. Tries for a few seconds; throws ``OrderOutcomeUnknown`` when the database stays
-    /// unreachable.
-    private func stored(_ id: UUID, lostSession backend: Int32) async throws -> Bool {
-        var lastError: any Error = OrderOutcomeUnknown(orderId: id, reason: "not checked")
+    /// Which of the orders `ids` (written by one statement: all or none) were stored, after the session that
+    /// inserted them broke. The lost session may still be running on the server (a network failure, not a crash),
+    /// so it is ended first: then what the order table shows is final. Tries for a few seconds; throws
+    /// ``OrderOutcomeUnknown`` (of the first order) when the database stays unreachable.
+    func stored(_ ids: [UUID], lostSession backend: Int32) async throws -> Set<UUID> {
+        var lastError: any Error = OrderOutcomeUnknown(orderId: ids[0], reason: "not checked")
         for attempt in 1...4 {
             do {
                 return try await pool.withConnection { c in
@@ -231,19 +109,20 @@ public struct OrderBook: Sendable {
                         }
                         try await Task.sleep(for: .milliseconds(20))
                     }
-                    return !(try await c.query("SELECT 1 FROM orders WHERE id = $1", [id])).isEmpty
+                    let rows = try await c.query("SELECT id FROM orders WHERE id = ANY($1::uuid[])", [PostgresArray(ids)])
+                    return Set(try rows.map { try $0.decode("id", as: UUID.self) })
                 }
             } catch {
                 lastError = error
                 try await Task.sleep(for: .milliseconds(250 * attempt))
             }
         }
-        throw OrderOutcomeUnknown(orderId: id, reason: "\(lastError)")
+        throw OrderOutcomeUnknown(orderId: ids[0], reason: "\(lastError)")
     }
 
     /// A key's order answers a retry only when the retry is the same request. Orders placed before fingerprints
     /// were stored (nil) answer as before.
-    private static func checkSameRequest(_ stored: String?, _ fingerprint: String?) throws(IdempotencyKeyConflict) {
+    static func checkSameRequest(_ stored: String?, _ fingerprint: String?) throws(IdempotencyKeyConflict) {
         if let stored, stored != fingerprint { throw IdempotencyKeyConflict() }
     }
 
