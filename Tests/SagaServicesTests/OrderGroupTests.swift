@@ -120,6 +120,33 @@ struct OrderGroupTests {
         }
     }
 
+    /// Each placement of a group continues its own request's trace: its event and its deadline's event carry that
+    /// trace id, whichever task stored the group.
+    @Test func eachPlacementOfAGroupContinuesItsOwnTrace() async throws {
+        try await Self.withBook { book, pool in
+            let traces = (0..<16).map { String(format: "%032x", 0xabc000 + $0) }
+            let placed = try await withThrowingTaskGroup(of: (Int, OrderBook.Placed).self) { group in
+                for (i, trace) in traces.enumerated() {
+                    group.addTask {
+                        (i, try await book.place(try Self.order("t\(i)"), traceparent: "00-\(trace)-00f067aa0ba902b7-01"))
+                    }
+                }
+                var placed: [Int: OrderBook.Placed] = [:]
+                for try await (i, p) in group { placed[i] = p }
+                return placed
+            }
+            #expect(book.queue.stats.groups < 16, "\(book.queue.stats)")
+            for (i, trace) in traces.enumerated() {
+                let p = try #require(placed[i])
+                #expect(p.event?.traceparent.flatMap(TraceParent.traceId) == trace)
+                let deadline: String? = try await pool.query(
+                    "SELECT traceparent FROM saga_deadlines WHERE saga_id = $1", [p.orderId.lowercasedString]
+                ).first?.decode("traceparent")
+                #expect(deadline.flatMap(TraceParent.traceId) == trace)
+            }
+        }
+    }
+
     /// A group the database refuses is stored placement by placement: only the refused one fails (here a customer
     /// id PostgreSQL cannot hold, which the HTTP API would have refused before).
     @Test func aPlacementTheDatabaseRefusesFailsAloneInItsGroup() async throws {

@@ -91,6 +91,9 @@ extension OrderBook {
         var request: OrderRequest
         var idempotencyKey: String?
         var traceparent: String?
+        /// The current span's traceparent in the request's task (nil without a tracer), taken there: the group may be
+        /// stored in another task, and the order's events continue the request's span.
+        var currentSpan: String? = TraceParent.current()
 
         /// The customer and the key, for a keyed request: two of them must not share a group.
         var keyScope: [String]? { idempotencyKey.map { [request.customerId, $0] } }
@@ -277,7 +280,8 @@ extension OrderBook {
             orderId: id.lowercasedString, customerId: request.customerId,
             total: Money(amount: total, currency: request.currency), lines: lines)
         let sagaId = created.orderId
-        let trace = TraceParent.forEmitting(after: placement.traceparent)
+        // As `TraceParent.forEmitting(after:)` would give in the request's task (this may be another).
+        let trace = placement.currentSpan ?? TraceParent.child(of: placement.traceparent)
         let event =
             emitVersion == 1
             ? try OutgoingEvent(
@@ -296,7 +300,8 @@ extension OrderBook {
                 OrderExpired(
                     orderId: sagaId, customerId: request.customerId, dueAt: Timestamp.format(due),
                     timeoutSeconds: max(1, Int((timeoutMs + 999) / 1000))),
-                sagaId: sagaId, producer: OrdersService.name, causedBy: event.envelope)
+                sagaId: sagaId, producer: OrdersService.name, causedBy: event.envelope,
+                traceparent: placement.currentSpan ?? TraceParent.child(of: trace))
             let row = try Deadline.Row(name: OrdersService.deadlineName, due: due, event: expired, codec: codec)
             outboxRow.message.headers.append(row.scheduledMark(participant: OrdersService.name).header)
             deadlineRow = row
