@@ -20,7 +20,7 @@ public struct JSONSchemaError: Error, Sendable, CustomStringConvertible {
 /// ``number(_:)``. The synthesized `Hashable` conformance is structural, so
 /// `.integer(2) != .number(2.0)`; the schema keywords `enum` and `const` compare
 /// numbers by mathematical value instead, as JSON Schema requires.
-public indirect enum JSONValue: Sendable, Hashable {
+public enum JSONValue: Sendable, Hashable {
     /// `null`.
     case null
     /// `true` or `false`.
@@ -223,7 +223,9 @@ struct JSONParser {
     private mutating func parseObject() throws(JSONSchemaError) -> JSONValue {
         try enter()
         index += 1  // {
+        // Room for a typical event object's members at once, instead of growing (and rehashing) four times.
         var members: [String: JSONValue] = [:]
+        members.reserveCapacity(8)
         skipWhitespace()
         if index < bytes.count, bytes[index] == UInt8(ascii: "}") {
             index += 1
