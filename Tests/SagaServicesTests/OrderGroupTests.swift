@@ -2,9 +2,10 @@ import Foundation
 import Logging
 import SagaEngine
 import SagaPostgres
-@testable import SagaServices
 import SagaTestSupport
 import Testing
+
+@testable import SagaServices
 
 /// Placements that arrive together are stored together (group commit), each with the outcome it would have had
 /// alone.
@@ -18,7 +19,8 @@ struct OrderGroupTests {
 
     static func withBook(_ body: @escaping @Sendable (OrderBook, PostgresPool) async throws -> Void) async throws {
         let logger = Logger(label: "test")
-        let db = ServiceDatabase(url: PostgresTestDatabase.url, schema: try await PostgresTestDatabase.freshSchema("group"))
+        let db = ServiceDatabase(
+            url: PostgresTestDatabase.url, schema: try await PostgresTestDatabase.freshSchema("group"))
         try await db.prepare(migrations: OrdersService.migrations, logger: logger)
         let pool = PostgresPool(configuration: db.configuration, size: 4, logger: logger)
         try await pool.execute("INSERT INTO prices (sku, currency, unit_price) VALUES ('widget', 'EUR', 1250)")
@@ -92,7 +94,8 @@ struct OrderGroupTests {
             }
             let payloads = try await pool.query("SELECT convert_from(payload, 'UTF8') AS p FROM saga_outbox")
             for p in placed {
-                #expect(try payloads.contains { try $0.decode("p", as: String.self).contains(p.orderId.lowercasedString) })
+                #expect(
+                    try payloads.contains { try $0.decode("p", as: String.self).contains(p.orderId.lowercasedString) })
             }
         }
     }
@@ -128,7 +131,11 @@ struct OrderGroupTests {
             let placed = try await withThrowingTaskGroup(of: (Int, OrderBook.Placed).self) { group in
                 for (i, trace) in traces.enumerated() {
                     group.addTask {
-                        (i, try await book.place(try Self.order("t\(i)"), traceparent: "00-\(trace)-00f067aa0ba902b7-01"))
+                        (
+                            i,
+                            try await book.place(
+                                try Self.order("t\(i)"), traceparent: "00-\(trace)-00f067aa0ba902b7-01")
+                        )
                     }
                 }
                 var placed: [Int: OrderBook.Placed] = [:]

@@ -141,6 +141,7 @@ extension OrderBook {
 
     /// A placement ready to be written: the new order and its rows.
     private struct Prepared {
+        var placement: Placement
         var index: Int
         var id: UUID
         var total: Int64
@@ -162,41 +163,42 @@ extension OrderBook {
                     try Self.checkSameRequest(key?.existingFingerprint, key?.fingerprint)
                     results[i] = .success(Placed(orderId: existing, created: false))
                 } else {
-                    prepared.append(try prepare(placement, index: i, prices: read.prices, fingerprint: key?.fingerprint))
+                    prepared.append(
+                        try prepare(placement, index: i, prices: read.prices, fingerprint: key?.fingerprint))
                 }
             } catch {
                 results[i] = .failure(error)
             }
         }
-        if !prepared.isEmpty {
-            let inserted: Set<UUID>
-            do {
-                inserted = try await write(prepared, of: group)
-            } catch let error as PostgresError {
-                throw error  // the database refused the group: `store(_:)` stores each alone
-            } catch let unknown as OrderOutcomeUnknown {
-                for p in prepared { results[p.index] = .failure(OrderOutcomeUnknown(orderId: p.id, reason: unknown.reason)) }
-                return results.map { $0! }
-            } catch {
-                for p in prepared { results[p.index] = .failure(error) }
-                return results.map { $0! }
-            }
+        guard !prepared.isEmpty else { return results.map { $0! } }
+        let inserted: Set<UUID>
+        do {
+            inserted = try await write(prepared)
+        } catch let error as PostgresError {
+            throw error  // the database refused the group: `store(_:)` stores each alone
+        } catch {
+            // Not stored, or not known whether: each prepared placement says so of its own order.
             for p in prepared {
-                do {
-                    if inserted.contains(p.id) {
-                        results[p.index] = .success(
-                            Placed(orderId: p.id, created: true, event: p.event.envelope, deadline: p.deadline?.due))
-                    } else {
-                        results[p.index] = .success(try await firstOrder(of: group[p.index], p.fingerprint))
-                    }
-                } catch {
-                    results[p.index] = .failure(error)
+                let unknown = (error as? OrderOutcomeUnknown).map {
+                    OrderOutcomeUnknown(orderId: p.id, reason: $0.reason)
                 }
+                results[p.index] = .failure(unknown ?? error)
             }
-            let scheduled = prepared.filter { $0.deadline != nil && inserted.contains($0.id) }.count
-            DeadlineMetrics.recordScheduled(service: OrdersService.name, count: scheduled)
-            if !inserted.isEmpty { relayDatabase?.outboxCommitted() }
+            return results.map { $0! }
         }
+        for p in prepared {
+            do {
+                results[p.index] =
+                    inserted.contains(p.id)
+                    ? .success(Placed(orderId: p.id, created: true, event: p.event.envelope, deadline: p.deadline?.due))
+                    : .success(try await firstOrder(of: p.placement, p.fingerprint))
+            } catch {
+                results[p.index] = .failure(error)
+            }
+        }
+        let scheduled = prepared.filter { $0.deadline != nil && inserted.contains($0.id) }.count
+        DeadlineMetrics.recordScheduled(service: OrdersService.name, count: scheduled)
+        if !inserted.isEmpty { relayDatabase?.outboxCommitted() }
         return results.map { $0! }
     }
 
@@ -307,16 +309,18 @@ extension OrderBook {
             deadlineRow = row
         }
         return Prepared(
-            index: index, id: id, total: total, lines: lines, fingerprint: fingerprint, event: event,
-            outbox: outboxRow, deadline: deadlineRow)
+            placement: placement, index: index, id: id, total: total, lines: lines, fingerprint: fingerprint,
+            event: event, outbox: outboxRow, deadline: deadlineRow)
     }
 
     /// Writes the prepared orders, their lines, history, events and deadlines in one statement (a data-modifying
     /// `WITH`, which commits as one transaction); returns the ids of the orders it inserted. A keyed order whose key
     /// a concurrent request used meanwhile is not inserted, and nothing of it is written (every member joins
     /// `placed`).
-    private func write(_ prepared: [Prepared], of group: [Placement]) async throws -> Set<UUID> {
-        let lines = prepared.flatMap { p in p.lines.enumerated().map { (order: p.id, number: $0.offset, line: $0.element) } }
+    private func write(_ prepared: [Prepared]) async throws -> Set<UUID> {
+        let lines = prepared.flatMap { p in
+            p.lines.enumerated().map { (order: p.id, number: $0.offset, line: $0.element) }
+        }
         let outbox = Outbox.insert(
             rows: prepared.map(\.outbox), firstParameter: 15, where: "m.saga_id IN (SELECT id::text FROM placed)")
         let deadlines = prepared.compactMap(\.deadline)
@@ -326,7 +330,7 @@ extension OrderBook {
             : Deadline.insert(
                 rows: deadlines, firstParameter: 15 + outbox.binds.count,
                 where: "d.saga_id IN (SELECT id::text FROM placed)")
-        let requests = prepared.map { group[$0.index] }
+        let requests = prepared.map(\.placement)
         var backend: Int32?
         do {
             let rows = try await pool.withConnection { connection in

@@ -109,7 +109,8 @@ public struct OrderBook: Sendable {
                         }
                         try await Task.sleep(for: .milliseconds(20))
                     }
-                    let rows = try await c.query("SELECT id FROM orders WHERE id = ANY($1::uuid[])", [PostgresArray(ids)])
+                    let rows = try await c.query(
+                        "SELECT id FROM orders WHERE id = ANY($1::uuid[])", [PostgresArray(ids)])
                     return Set(try rows.map { try $0.decode("id", as: UUID.self) })
                 }
             } catch {
