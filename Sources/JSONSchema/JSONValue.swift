@@ -282,17 +282,22 @@ struct JSONParser {
     private mutating func parseString() throws(JSONSchemaError) -> String {
         index += 1  // opening quote
         let start = index
-        // Most strings hold no escape: make the String from the input's bytes at once, without a buffer.
+        // Most strings hold no escape: make the String from the input's bytes at once, without a buffer. Most are
+        // ASCII too, which needs no validating: `String(decoding:)` takes it as it is (its repairing never
+        // applies), where `String(validating:)` runs a generic validation per string (a fifth of all parsing).
+        var ored: UInt8 = 0
         while index < bytes.count {
             let b = bytes[index]
             if b == UInt8(ascii: "\"") {
                 index += 1
+                if ored < 0x80 { return String(decoding: bytes[start..<index - 1], as: UTF8.self) }
                 guard let s = String(validating: bytes[start..<index - 1], as: UTF8.self) else {
                     throw fail("string is not valid UTF-8")
                 }
                 return s
             }
             if b == UInt8(ascii: "\\") || b < 0x20 { break }
+            ored |= b
             index += 1
         }
         // An escape (or an error) follows: go on byte by byte from here.

@@ -182,6 +182,17 @@ private func loadError(_ text: String) -> String? {
         #expect(found[0].message == "0 is less than minimum 1")
         #expect(found[1].message == "expected integer, found string")
     }
+
+    /// Members are checked in no particular order, and once more in key order where one is wrong: the report
+    /// still lists them by key, with their keys escaped as JSON pointer tokens.
+    @Test func reportsMembersInKeyOrder() throws {
+        let keys = (0..<24).map { "k\($0)" } + ["a/b", "c~d"]
+        let instance = "{" + keys.map { "\"\($0)\": {\"n\": \"x\"}" }.joined(separator: ", ") + ", \"ok\": {\"n\": 1}}"
+        let properties = (keys + ["ok"]).map { "\"\($0)\": {\"properties\": {\"n\": {\"type\": \"integer\"}}}" }
+        let found = try violations("{\"properties\": {" + properties.joined(separator: ", ") + "}}", instance)
+        let expected = keys.sorted().map { "/" + $0.replacing("~", with: "~0").replacing("/", with: "~1") + "/n" }
+        #expect(found.map(\.path) == expected)
+    }
 }
 
 @Suite struct ReferenceTests {
