@@ -76,9 +76,10 @@ struct Stack: Sendable {
     func ordersHTTP(port: Int, onRunning: @escaping @Sendable (Int) async -> Void = { _ in }) -> (
         any Service, PostgresPool
     ) {
-        let pool = PostgresPool(
-            configuration: env.database(OrdersService.name).configuration, size: env.httpDatabaseConnections,
-            logger: logger)
+        // Its statements look prices, orders and idempotency keys up by key: generic plans, made once per session.
+        var database = env.database(OrdersService.name).configuration
+        database.genericPlans = true
+        let pool = PostgresPool(configuration: database, size: env.httpDatabaseConnections, logger: logger)
         var book = OrderBook(
             pool: pool, codec: EventCodec(upcasters: sagaUpcasters, topics: env.topics),
             emitVersion: env.orderCreatedVersion, deadline: env.orderDeadline)

@@ -39,6 +39,18 @@ import Testing
         #expect(socket.userTimeoutMilliseconds == 19_000)
     }
 
+    @Test func genericPlansAreASessionSettingLeftToTheServerByDefault() async throws {
+        func mode(_ configuration: PostgresConfiguration) async throws -> String {
+            try await withConnection(configuration) {
+                try await $0.query("SELECT current_setting('plan_cache_mode') AS mode")[0].decode("mode")
+            }
+        }
+        var generic = PostgresTestDatabase.configuration()
+        generic.genericPlans = true
+        #expect(try await mode(generic) == "force_generic_plan")
+        #expect(try await mode(PostgresTestDatabase.configuration()) == "auto")
+    }
+
     @Test func keepalivesAreOnByDefaultAndTheURLCanTuneThem() async throws {
         let defaults = try await withConnection(PostgresTestDatabase.configuration()) { try await $0.socketOptions() }
         #expect(defaults.keepalive)

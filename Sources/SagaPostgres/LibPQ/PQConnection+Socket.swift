@@ -38,8 +38,9 @@ extension PostgresConnection {
 
 extension PQConnection {
     /// The session settings a connection gets from its configuration, set in the statement that sets the
-    /// time zone (no extra round trip): the `search_path`, the statement and lock timeouts, and, over TCP, the
-    /// server's end of the keepalives with the same values as the client's (the URL's, when it names them).
+    /// time zone (no extra round trip): the `search_path`, the statement and lock timeouts, the plan cache mode,
+    /// and, over TCP, the server's end of the keepalives with the same values as the client's (the URL's, when it
+    /// names them).
     func sessionSettings(_ configuration: PostgresConfiguration) -> [(String, String)] {
         var settings: [(String, String)] = []
         if let searchPath = configuration.searchPath { settings.append(("search_path", searchPath)) }
@@ -54,6 +55,9 @@ extension PQConnection {
             if serverVersion >= 140000 {
                 settings.append(("idle_session_timeout", String(Self.milliseconds(timeout))))
             }
+        }
+        if configuration.genericPlans && serverVersion >= 120000 {
+            settings.append(("plan_cache_mode", "force_generic_plan"))
         }
         let options = socketOptions()
         if options.keepalive {
