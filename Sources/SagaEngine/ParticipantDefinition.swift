@@ -24,6 +24,15 @@ public struct ParticipantDefinition: Sendable {
     /// The JSON Schemas of every version of every event type it emits or consumes; its codec validates with
     /// these plus the runtime's envelope schema (`SchemaRegistry.init(schemas:)`).
     public var schemas: [EventSchema]
+    /// The session on which its worker handles batches plans each prepared statement once, generically
+    /// (`PostgresConfiguration.genericPlans`), instead of anew for each batch whenever the server expects a cheaper
+    /// plan for the batch's values, which it always does for a set-based statement over a small batch: below
+    /// saturation, when batches hold an event or two, planning took longer than running for most of the sample
+    /// services' statements. For a participant whose handlers look rows up by key in tables of a lasting size.
+    /// Leave it off (the default) when they scan a table that empties and fills, or cancel deadlines (a
+    /// `saga_deadlines` delete): a generic plan made while such a table is nearly empty reads it whole once it
+    /// has grown. The runtime's own statements in a batch (inbox and outbox inserts) are safe either way.
+    public var genericPlans = false
 
     /// A participant from its parts; `upcasters`, `declaration` and `schemas` default to none.
     public init(

@@ -217,6 +217,14 @@ public final class Worker: Service, Sendable {
         handlers.keys.sorted().filter { !deadlineTypes.contains($0) }.map(configuration.topics.topic(for:))
     }
 
+    /// The configuration of the session batches are handled on: the database's, with the definition's
+    /// ``ParticipantDefinition/genericPlans``.
+    var batchSession: PostgresConfiguration {
+        var session = configuration.database.configuration
+        session.genericPlans = definition?.genericPlans ?? false
+        return session
+    }
+
     /// Runs until graceful shutdown (SIGTERM/SIGINT through a ServiceGroup) or cancellation. The batch in
     /// flight finishes (or rolls back) first, then offsets are committed and the consumer leaves its group. On
     /// cancellation (a hard stop) the batch's statement in flight is cancelled at the server, so its transaction
@@ -229,7 +237,7 @@ public final class Worker: Service, Sendable {
         } else {
             try await configuration.database.prepare(migrations: migrations, logger: logger)
         }
-        let pool = PostgresPool(configuration: configuration.database.configuration, size: 1, logger: logger)
+        let pool = PostgresPool(configuration: batchSession, size: 1, logger: logger)
         var consumerConfiguration = configuration.kafka.consumer(
             groupId: configuration.topics.group(configuration.name), clientId: "saga-\(configuration.name)")
         consumerConfiguration.groupInstanceId = configuration.groupInstanceId

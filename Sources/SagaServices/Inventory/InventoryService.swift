@@ -76,7 +76,10 @@ public enum InventoryService {
 
     /// Inventory as a participant: its tables, its handler, its part of the saga and the schemas of its events.
     public static func definition() -> ParticipantDefinition {
-        .orderSaga(name: name, migrations: migrations, handlers: handler.eventHandlers, declaration: declaration)
+        var definition = ParticipantDefinition.orderSaga(
+            name: name, migrations: migrations, handlers: handler.eventHandlers, declaration: declaration)
+        definition.genericPlans = true  // its statements look up reservations and stock by key
+        return definition
     }
 
     /// Inventory's handler: it takes a whole batch of `order.created`, `payment.failed`, `payment.completed`
