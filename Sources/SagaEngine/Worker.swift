@@ -30,6 +30,9 @@ public struct WorkerConfiguration: Sendable {
     public var inboxRetention: Duration = .seconds(7 * 24 * 3600)
     /// How often inbox retention runs (on its own task and connection; each run deletes until caught up).
     public var cleanupInterval: Duration = .seconds(60)
+    /// How often the worker looks for tables of its schema that hold rows but were never analyzed, and analyzes
+    /// them (``FreshTables``; on the retention task's connection); nil leaves them to autovacuum.
+    public var freshTableCheckInterval: Duration? = .seconds(5)
     /// How often the consumer lag gauge is refreshed.
     public var lagInterval: Duration = .seconds(5)
     /// The consumer's `group.instance.id` (static membership), unique among the running workers of this service;
@@ -255,15 +258,28 @@ public final class Worker: Service, Sendable {
             }
         }
         defer { lagReporter.cancel() }
-        // Inbox retention on its own task and connection: never on the hot loop.
+        // Inbox retention, and statistics for new tables, on their own task and connection: never on the hot loop.
         let retention = Task { [configuration, logger] in
             let retentionPool = PostgresPool(
                 configuration: configuration.database.configuration, size: 1, logger: logger)
-            while !Task.isCancelled {
-                try? await Task.sleep(for: configuration.cleanupInterval)
-                if Task.isCancelled { break }
-                await Retention.cleanInbox(
-                    pool: retentionPool, olderThan: configuration.inboxRetention, logger: logger)
+            await withTaskGroup { group in
+                group.addTask {
+                    while !Task.isCancelled {
+                        try? await Task.sleep(for: configuration.cleanupInterval)
+                        if Task.isCancelled { break }
+                        await Retention.cleanInbox(
+                            pool: retentionPool, olderThan: configuration.inboxRetention, logger: logger)
+                    }
+                }
+                if let interval = configuration.freshTableCheckInterval {
+                    group.addTask {
+                        while !Task.isCancelled {
+                            try? await Task.sleep(for: interval)
+                            if Task.isCancelled { break }
+                            await FreshTables.analyze(pool: retentionPool, logger: logger)
+                        }
+                    }
+                }
             }
             await retentionPool.close()
         }
