@@ -23,14 +23,16 @@ public enum FreshTables {
         do {
             let fresh = try await pool.query(
                 """
-                SELECT s.relname FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid
+                SELECT s.schemaname, s.relname FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid
                 WHERE s.schemaname = current_schema() AND s.last_analyze IS NULL AND s.last_autoanalyze IS NULL
                     AND s.n_mod_since_analyze >= $1 AND pg_has_role(c.relowner, 'USAGE')
                 ORDER BY s.relname
                 """, [minimumRows])
             for row in fresh {
                 let name: String = try row.decode("relname")
-                try await pool.execute("ANALYZE \(PostgresConnection.quoteIdentifier(name))")
+                let schema: String = try row.decode("schemaname")
+                try await pool.execute(
+                    "ANALYZE \(PostgresConnection.quoteIdentifier(schema)).\(PostgresConnection.quoteIdentifier(name))")
                 analyzed.append(name)
             }
         } catch {

@@ -429,14 +429,17 @@ public let sagaEmittedEvents: [EmittedEvent] = [
 
 extension ParticipantDefinition {
     /// A participant of the order saga: the saga's upcasters, and the embedded schemas (`schemas/`) of every
-    /// event type its declaration names.
+    /// event type its declaration names; `genericPlans` as in ``ParticipantDefinition/genericPlans``.
     static func orderSaga(
-        name: String, migrations: [PostgresMigration], handlers: [EventHandler], declaration: SagaDeclaration
+        name: String, migrations: [PostgresMigration], handlers: [EventHandler], declaration: SagaDeclaration,
+        genericPlans: Bool = false
     ) -> ParticipantDefinition {
-        ParticipantDefinition(
+        var definition = ParticipantDefinition(
             name: name, migrations: migrations, upcasters: sagaUpcasters, handlers: handlers,
             declaration: declaration,
             schemas: EventSchema.embedded(types: declaration.emits.map(\.type) + declaration.consumes.map(\.type)))
+        definition.genericPlans = genericPlans
+        return definition
     }
 }
 

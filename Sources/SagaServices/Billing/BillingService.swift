@@ -59,10 +59,10 @@ public enum BillingService {
 
     /// Billing as a participant: its tables, its handler, its part of the saga and the schemas of its events.
     public static func definition() -> ParticipantDefinition {
-        var definition = ParticipantDefinition.orderSaga(
-            name: name, migrations: migrations, handlers: handler.eventHandlers, declaration: declaration)
-        definition.genericPlans = true  // its statements look up charges and accounts by key
-        return definition
+        // Generic plans: its statements look up charges and accounts by key.
+        .orderSaga(
+            name: name, migrations: migrations, handlers: handler.eventHandlers, declaration: declaration,
+            genericPlans: true)
     }
 
     /// Billing's handler: it takes a whole batch of `inventory.reserved` and `order.cancelled` events at once.

@@ -76,10 +76,10 @@ public enum InventoryService {
 
     /// Inventory as a participant: its tables, its handler, its part of the saga and the schemas of its events.
     public static func definition() -> ParticipantDefinition {
-        var definition = ParticipantDefinition.orderSaga(
-            name: name, migrations: migrations, handlers: handler.eventHandlers, declaration: declaration)
-        definition.genericPlans = true  // its statements look up reservations and stock by key
-        return definition
+        // Generic plans: its statements look up reservations and stock by key.
+        .orderSaga(
+            name: name, migrations: migrations, handlers: handler.eventHandlers, declaration: declaration,
+            genericPlans: true)
     }
 
     /// Inventory's handler: it takes a whole batch of `order.created`, `payment.failed`, `payment.completed`
