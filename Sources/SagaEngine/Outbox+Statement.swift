@@ -41,7 +41,7 @@ extension Outbox {
         insert(rows: [row], firstParameter: n, where: condition)
     }
 
-    /// Like ``insert(_:firstParameter:where:)``, for several rows (always eight bind parameters), written
+    /// Like ``insert(_:firstParameter:where:)``, for several rows (always seven bind parameters), written
     /// in their order: `condition` may also refer to a row's saga id as `m.saga_id`, e.g.
     /// `m.saga_id IN (SELECT id::text FROM inserted)`, so that each row is written only when its own change happened.
     public static func insert(rows: [Row], firstParameter n: Int, where condition: String) -> (

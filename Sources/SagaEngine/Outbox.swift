@@ -47,11 +47,10 @@ public enum Outbox {
             """
             INSERT INTO saga_outbox (shard, saga_id, event_id, event_type, topic, key, headers, payload)
             SELECT \(shard(of: "m.saga_id")), m.saga_id,
-                   NULLIF(m.event_id, '')::uuid, NULLIF(m.event_type, ''), m.topic,
-                   CASE WHEN m.has_key = 1 THEN decode(m.key, 'hex') END, m.headers::jsonb, decode(m.payload, 'hex')
-            FROM unnest($\(n)::text[], $\(n + 1)::text[], $\(n + 2)::text[], $\(n + 3)::text[], $\(n + 4)::int[],
-                        $\(n + 5)::text[], $\(n + 6)::text[], $\(n + 7)::text[])
-                 WITH ORDINALITY AS m(saga_id, event_id, event_type, topic, has_key, key, headers, payload, n)\(
+                   NULLIF(m.event_id, '')::uuid, NULLIF(m.event_type, ''), m.topic, m.key, m.headers::jsonb, m.payload
+            FROM unnest($\(n)::text[], $\(n + 1)::text[], $\(n + 2)::text[], $\(n + 3)::text[], $\(n + 4)::bytea[],
+                        $\(n + 5)::text[], $\(n + 6)::bytea[])
+                 WITH ORDINALITY AS m(saga_id, event_id, event_type, topic, key, headers, payload, n)\(
                 condition.map { "\nWHERE " + $0 } ?? "")
             ORDER BY m.n
             """,
@@ -60,10 +59,9 @@ public enum Outbox {
                 PostgresArray(messages.map { $0.eventId.map { $0.lowercasedString } ?? "" }),
                 PostgresArray(messages.map { $0.eventType ?? "" }),
                 PostgresArray(messages.map(\.message.topic)),
-                PostgresArray(messages.map { $0.message.key == nil ? 0 : 1 }),
-                PostgresArray(messages.map { hex($0.message.key ?? []) }),
+                PostgresArray(bytes: messages.map(\.message.key)),
                 PostgresArray(messages.map { String(decoding: encodeHeaders($0.message.headers), as: UTF8.self) }),
-                PostgresArray(messages.map { hex($0.message.value) }),
+                PostgresArray(bytes: messages.map { Optional($0.message.value) }),
             ]
         )
     }
@@ -71,20 +69,6 @@ public enum Outbox {
     /// The SQL expression of a row's shard, from the SQL expression of its saga id: one saga's rows share a shard.
     public static func shard(of sagaId: String) -> String {
         "(hashtext(\(sagaId)) & 2147483647) % \(EngineMigrations.shardCount)"
-    }
-
-    /// Lower-case hexadecimal digits of `bytes`, for `decode(…, 'hex')`.
-    static func hex(_ bytes: [UInt8]) -> String {
-        let digits: [UInt8] = Array("0123456789abcdef".utf8)
-        return String(unsafeUninitializedCapacity: bytes.count * 2) { buffer in
-            var i = 0
-            for b in bytes {
-                buffer[i] = digits[Int(b >> 4)]
-                buffer[i + 1] = digits[Int(b & 0x0f)]
-                i += 2
-            }
-            return i
-        }
     }
 
     /// Headers as stored: a JSON array of `{"k": name, "v": text}` or `{"k": name, "b64": base64}` for

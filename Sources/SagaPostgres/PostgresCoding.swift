@@ -3,10 +3,10 @@ import Foundation
 /// A Swift value that can travel as a bind parameter.
 ///
 /// Conforming types: `String`, `Int`, `Int16`, `Int32`, `Int64`, `Bool`, `Double`, `UUID`,
-/// `Date` (ISO 8601, UTC, microseconds) and `[UInt8]` / `Data` (bytea). Values travel in
-/// text format, except `[UInt8]` and `Data`, which the connection sends as binary bytea
-/// (`postgresText`, the hex form, is what they would be as text). A `nil` ``PostgresBind`` is
-/// sent as SQL NULL.
+/// `Date` (ISO 8601, UTC, microseconds), `[UInt8]` / `Data` (bytea) and ``PostgresArray``. Values travel in
+/// text format, except `[UInt8]` and `Data`, which the connection sends as binary bytea, and ``PostgresArray``,
+/// sent as a binary array (`postgresText`, the hex form or the array literal, is what they would be as text).
+/// A `nil` ``PostgresBind`` is sent as SQL NULL.
 public protocol PostgresEncodable: Sendable {
     /// The value in PostgreSQL's text input format.
     var postgresText: String { get }

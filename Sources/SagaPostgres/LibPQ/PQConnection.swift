@@ -115,8 +115,15 @@ final class PQConnection {
         var isHealthy: Bool { open && transaction != .failed && transaction != .unknown }
     }
 
-    /// Statement names of the statements prepared on this session, by SQL text.
-    private var prepared: [String: String] = [:]
+    /// A prepared statement's key: its SQL text and the types its parameters were declared with (those of
+    /// binary parameters; 0, inferred by the server, for text ones), so that a text with parameters of other
+    /// types (a NULL where an array was bound before) is prepared apart instead of being read as the wrong type.
+    private struct PreparedKey: Hashable {
+        var sql: String
+        var types: [UInt32]
+    }
+    /// Statement names of the statements prepared on this session.
+    private var prepared: [PreparedKey: String] = [:]
     private var preparedCount = 0
     /// Past this many prepared statements, further SQL texts run unprepared (a caller that builds SQL text
     /// with values in it must not grow the server's memory without bound).
@@ -139,8 +146,8 @@ final class PQConnection {
     }
 
     /// Runs one statement. A statement with parameters is prepared once per session (`PQprepare`, keyed by
-    /// its SQL text) and then executed with `PQexecPrepared`; `[UInt8]`/`Data` parameters travel in binary
-    /// format, every other one as text. A deferred `BEGIN` goes in the same pipeline.
+    /// its SQL text and its binary parameters' types) and then executed with `PQexecPrepared`; `[UInt8]`/`Data`
+    /// and `PostgresArray` parameters travel in binary format, every other one as text. A deferred `BEGIN` goes in the same pipeline.
     func execute(_ sql: String, _ binds: [PostgresBind], wantRows: Bool) throws(PostgresError) -> QueryResult {
         if pendingBegin != nil || !pendingWrites.isEmpty {
             return try pipeline([Statement(sql: sql, binds: binds, wantRows: wantRows)])[0]
@@ -269,7 +276,8 @@ final class PQConnection {
     /// parameters or once the cache is full (it then runs unprepared).
     private func preparedName(_ sql: String, _ parameters: EncodedParameters) throws(PostgresError) -> String? {
         guard let conn, parameters.count > 0 else { return nil }
-        if let name = prepared[sql] { return name }
+        let key = PreparedKey(sql: sql, types: parameters.types)
+        if let name = prepared[key] { return name }
         guard prepared.count < Self.maxPreparedStatements else { return nil }
         preparedCount += 1
         let name = "saga_\(preparedCount)"
@@ -277,14 +285,14 @@ final class PQConnection {
             PQprepare(conn, name, sql, parameters.count, types)
         }
         _ = try consume(result, wantRows: false)
-        prepared[sql] = name
+        prepared[key] = name
         return name
     }
 
     /// After a table's columns changed, a prepared `SELECT *` fails with 0A000 ("cached plan must not change
     /// result type"): prepare the statement again next time.
     private func forgetIfPlanChanged(_ sql: String, _ error: PostgresError) {
-        if error.sqlState == "0A000" { prepared[sql] = nil }
+        if error.sqlState == "0A000" { prepared = prepared.filter { $0.key.sql != sql } }
     }
 
     /// Runs a parameterless, possibly multi-statement script (`PQexec`).
@@ -465,7 +473,7 @@ final class EncodedParameters {
     private var storage: [UnsafeMutableRawPointer?] = []
     private var lengths: [Int32] = []
     private var formats: [Int32] = []
-    private var types: [UInt32] = []
+    private(set) var types: [UInt32] = []
     var count: Int32 { Int32(storage.count) }
 
     private static let byteaOID: UInt32 = 17
@@ -477,10 +485,12 @@ final class EncodedParameters {
                 append(nil, length: 0, format: 0, type: 0)
                 continue
             }
-            if let bytes = bind as? [UInt8] {
-                appendBinary(bytes)
+            if let array = bind as? PostgresArray, let binary = array.bind {
+                appendBinary(binary.bytes, type: binary.typeOID)
+            } else if let bytes = bind as? [UInt8] {
+                appendBinary(bytes, type: Self.byteaOID)
             } else if let data = bind as? Data {
-                appendBinary(Array(data))
+                appendBinary(Array(data), type: Self.byteaOID)
             } else {
                 var text = bind.postgresText
                 let copy: UnsafeMutableRawPointer? = text.withUTF8 { utf8 in
@@ -505,12 +515,12 @@ final class EncodedParameters {
 
     deinit { for pointer in storage { free(pointer) } }
 
-    private func appendBinary(_ bytes: [UInt8]) {
+    private func appendBinary(_ bytes: [UInt8], type: UInt32) {
         let memory = malloc(max(bytes.count, 1))!
         bytes.withUnsafeBytes { raw in
             if let base = raw.baseAddress { memcpy(memory, base, bytes.count) }
         }
-        append(memory, length: Int32(bytes.count), format: 1, type: Self.byteaOID)
+        append(memory, length: Int32(bytes.count), format: 1, type: type)
     }
 
     private func append(_ pointer: UnsafeMutableRawPointer?, length: Int32, format: Int32, type: UInt32) {
