@@ -361,7 +361,7 @@ public final class OutboxRelay: Service, Sendable {
             [
                 PostgresArray(rotated), configuration.batchSize, PostgresArray(holds.inFlightIds + excluding),
                 PostgresArray(holds.heldSagas),
-            ])
+            ], binaryResults: true)  // keys and payloads as their bytes, not hex digits
         var batch = OutboxBatch()
         batch.ids.reserveCapacity(rows.count)
         batch.messages.reserveCapacity(rows.count)

@@ -141,9 +141,19 @@ public final class PostgresConnection: Sendable {
     ///   the session broke (the connection is then unusable); `.closed` after ``close()``.
     @discardableResult
     public func query(_ sql: String, _ binds: [PostgresBind] = []) async throws(PostgresError) -> [PostgresRow] {
+        try await query(sql, binds, binaryResults: false)
+    }
+
+    /// Like ``query(_:_:)``; with `binaryResults`, the rows come in PostgreSQL's binary output format, so a
+    /// `bytea` arrives as its bytes instead of hex digits and numbers need no parsing. Their values decode only
+    /// as ``PostgresBinaryDecodable`` types: cast other columns to `text` in the query.
+    /// - Throws: like ``query(_:_:)``.
+    public func query(_ sql: String, _ binds: [PostgresBind] = [], binaryResults: Bool) async throws(PostgresError)
+        -> [PostgresRow]
+    {
         let binds = SendableBinds(binds)
         return try await run { connection throws(PostgresError) in
-            try connection.execute(sql, binds.values, wantRows: true).rows
+            try connection.execute(sql, binds.values, wantRows: true, binaryResults: binaryResults).rows
         }
     }
 

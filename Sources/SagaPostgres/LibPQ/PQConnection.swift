@@ -143,23 +143,30 @@ final class PQConnection {
         var sql: String
         var binds: [PostgresBind]
         var wantRows: Bool
+        /// Rows in the binary output format (see ``PostgresBinaryDecodable``).
+        var binaryResults = false
     }
 
     /// Runs one statement. A statement with parameters is prepared once per session (`PQprepare`, keyed by
     /// its SQL text and its binary parameters' types) and then executed with `PQexecPrepared`; `[UInt8]`/`Data`
-    /// and `PostgresArray` parameters travel in binary format, every other one as text. A deferred `BEGIN` goes in the same pipeline.
-    func execute(_ sql: String, _ binds: [PostgresBind], wantRows: Bool) throws(PostgresError) -> QueryResult {
+    /// and `PostgresArray` parameters travel in binary format, every other one as text. A deferred `BEGIN` goes in the
+    /// same pipeline. The rows come in text format, or binary with `binaryResults`.
+    func execute(_ sql: String, _ binds: [PostgresBind], wantRows: Bool, binaryResults: Bool = false)
+        throws(PostgresError) -> QueryResult
+    {
         if pendingBegin != nil || !pendingWrites.isEmpty {
-            return try pipeline([Statement(sql: sql, binds: binds, wantRows: wantRows)])[0]
+            return try pipeline([
+                Statement(sql: sql, binds: binds, wantRows: wantRows, binaryResults: binaryResults)
+            ])[0]
         }
         guard let conn else { throw PostgresError.closed }
         let parameters = try EncodedParameters(binds)
         let name = try preparedName(sql, parameters)
         let result: OpaquePointer? = parameters.withPointers { values, lengths, formats, types in
             if let name {
-                PQexecPrepared(conn, name, parameters.count, values, lengths, formats, 0)
+                PQexecPrepared(conn, name, parameters.count, values, lengths, formats, binaryResults ? 1 : 0)
             } else {
-                PQexecParams(conn, sql, parameters.count, types, values, lengths, formats, 0)
+                PQexecParams(conn, sql, parameters.count, types, values, lengths, formats, binaryResults ? 1 : 0)
             }
         }
         do {
@@ -169,7 +176,7 @@ final class PQConnection {
             // Outside a transaction the failed statement changed nothing: prepare it anew and run it once more,
             // as an unprepared statement would have run.
             if error.sqlState == "0A000", name != nil, PQtransactionStatus(conn) == PQTRANS_IDLE {
-                return try execute(sql, binds, wantRows: wantRows)
+                return try execute(sql, binds, wantRows: wantRows, binaryResults: binaryResults)
             }
             throw error
         }
@@ -199,9 +206,12 @@ final class PQConnection {
             let parameters = encoded[index]
             let sent: Int32 = parameters.withPointers { values, lengths, formats, types in
                 if let name = names[index] {
-                    PQsendQueryPrepared(conn, name, parameters.count, values, lengths, formats, 0)
+                    PQsendQueryPrepared(
+                        conn, name, parameters.count, values, lengths, formats, statement.binaryResults ? 1 : 0)
                 } else {
-                    PQsendQueryParams(conn, statement.sql, parameters.count, types, values, lengths, formats, 0)
+                    PQsendQueryParams(
+                        conn, statement.sql, parameters.count, types, values, lengths, formats,
+                        statement.binaryResults ? 1 : 0)
                 }
             }
             if sent != 1 {
@@ -329,11 +339,31 @@ final class PQConnection {
         let columns = (0..<columnCount).map { String(cString: PQfname(result, $0)) }
         var index: [String: Int] = [:]
         for (position, name) in columns.enumerated() where index[name] == nil { index[name] = position }
+        if columnCount > 0, PQfformat(result, 0) == 1 {
+            return (0..<rowCount).map { row in
+                var bytes: [UInt8] = []
+                bytes.reserveCapacity((0..<columnCount).reduce(0) { $0 + Int(PQgetlength(result, row, $1)) })
+                var ranges: [Range<Int>?] = []
+                for column in 0..<columnCount {
+                    guard PQgetisnull(result, row, column) == 0 else {
+                        ranges.append(nil)
+                        continue
+                    }
+                    let length = Int(PQgetlength(result, row, column))
+                    PQgetvalue(result, row, column).withMemoryRebound(to: UInt8.self, capacity: length) {
+                        bytes.append(contentsOf: UnsafeBufferPointer(start: $0, count: length))
+                    }
+                    ranges.append((bytes.count - length)..<bytes.count)
+                }
+                let values = ranges.map { $0.map { bytes[$0] } }
+                return PostgresRow(columns: columns, values: .binary(values), index: index)
+            }
+        }
         return (0..<rowCount).map { row in
             let values: [String?] = (0..<columnCount).map { column in
                 PQgetisnull(result, row, column) == 1 ? nil : String(cString: PQgetvalue(result, row, column))
             }
-            return PostgresRow(columns: columns, values: values, index: index)
+            return PostgresRow(columns: columns, values: .text(values), index: index)
         }
     }
 
