@@ -133,10 +133,10 @@ public final class PostgresConnection: Sendable {
 
     /// Runs one statement with bind parameters and returns its rows.
     ///
-    /// Values travel as parameters (`$1`, `$2`, ...), never inside the SQL text: `[UInt8]`/`Data` in
-    /// binary format, the others as text. A statement with parameters is prepared on its first use on
-    /// this session and reused by its SQL text afterwards (up to 256 texts per session; more run
-    /// unprepared), so keep values out of the SQL text.
+    /// Values travel as parameters (`$1`, `$2`, ...), never inside the SQL text: `[UInt8]`/`Data` and
+    /// ``PostgresArray`` in binary format, the others as text. A statement with parameters is prepared on its
+    /// first use on this session and reused by its SQL text (and its binary parameters' types) afterwards (up to
+    /// 256 per session; more run unprepared), so keep values out of the SQL text.
     /// - Throws: `.query` with the server's SQLSTATE when the statement fails; `.connection` when
     ///   the session broke (the connection is then unusable); `.closed` after ``close()``.
     @discardableResult

@@ -515,8 +515,8 @@ final class EncodedParameters {
                 append(nil, length: 0, format: 0, type: 0)
                 continue
             }
-            if let array = bind as? PostgresArray, let binary = array.bind {
-                appendBinary(binary.bytes, type: binary.typeOID)
+            if let array = bind as? PostgresArray, case .binary(let bytes, let typeOID) = array.form {
+                appendBinary(bytes, type: typeOID)
             } else if let bytes = bind as? [UInt8] {
                 appendBinary(bytes, type: Self.byteaOID)
             } else if let data = bind as? Data {
