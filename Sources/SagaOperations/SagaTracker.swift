@@ -18,7 +18,7 @@ public struct TrackerConfiguration: Sendable {
     /// The services whose dead-letter topics to read, besides those of every registered participant.
     public var services: [String]
     /// Most messages recorded in one transaction. Larger batches cost the tracker less per event (a saga's events
-    /// more often share one, and its state is recomputed once for them: 2,000 took up to a fifth off the tracker's
+    /// more often share one, and its row is written once for them: 2,000 took up to a fifth off the tracker's
     /// CPU in a rebuild), but under load its transaction then stays open for up to a second, and an open writing
     /// transaction holds back the server's horizon, so the relays' reads walk past deleted outbox rows not yet
     /// pruned (oldest writing transaction under the closed loop, p50 / p90 / max: 140 / 473 / 964 ms at 2,000,
@@ -80,8 +80,10 @@ public struct TrackerStats: Sendable, Hashable {
 /// transaction that scheduled, cancelled or fired one (the latest state by the carrying event's time, so the
 /// order in which the topics are read does not matter).
 ///
-/// Idempotent: events are keyed by event id, dead letters by their position, and each saga's state is
-/// recomputed from its recorded events, so a redelivered batch changes nothing. One instance is active per
+/// Idempotent: events are keyed by event id, dead letters by their position, and only the events recorded for the
+/// first time are merged into their saga's state (the earliest start, the latest event and the earliest outcome by
+/// time and event id, counts added up), so a redelivered batch changes nothing and the state does not depend on
+/// how the events were batched or in which order the topics were read. One instance is active per
 /// read model (a session advisory lock); others wait as standbys. The lock's session ends at the server
 /// when the active instance stops running (see ``TrackerConfiguration/lockSessionIdleTimeout``), so a
 /// frozen instance hands over within seconds; once it runs again, or after the database restarted, it waits for
@@ -326,8 +328,15 @@ public final class SagaTracker: Service, Sendable {
         var isolate = false
         while true {
             do {
-                try await pool.withTransaction { [isolate] connection in
+                let recorded = try await pool.withTransaction { [isolate] connection in
                     try await self.record(batch, on: connection, isolate: isolate)
+                }
+                // Counted once committed: the batch's writes go with its COMMIT, which may still fail.
+                state.withLock {
+                    $0.events += recorded.events
+                    $0.deadLetters += recorded.deadLetters
+                    $0.skipped += recorded.skipped
+                    $0.batches += 1
                 }
                 return true
             } catch let error as PostgresError where !isolate && Self.isDataError(error) {
@@ -348,8 +357,11 @@ public final class SagaTracker: Service, Sendable {
         return false
     }
 
-    func record(_ batch: [KafkaMessage], on connection: PostgresConnection, isolate: Bool = false) async throws {
-        var touched = Set<String>()
+    /// Records `batch` in the transaction `connection` is in; returns what it counted, for ``stats`` once committed.
+    func record(_ batch: [KafkaMessage], on connection: PostgresConnection, isolate: Bool = false) async throws
+        -> TrackerStats
+    {
+        var lettered = Set<String>()
         var recorded = TrackerStats()
         // Set-based, and writes go deferred with the next statement (the sagas' reads, at last the COMMIT), so a
         // batch takes a few round trips and its transaction stays short: an open writing transaction holds back
@@ -359,12 +371,12 @@ public final class SagaTracker: Service, Sendable {
         var rows: BatchRows? = isolate ? nil : BatchRows()
         for message in batch {
             guard isolate else {
-                try await recordOne(message, on: db, touched: &touched, recorded: &recorded, rows: &rows)
+                try await recordOne(message, on: db, lettered: &lettered, recorded: &recorded, rows: &rows)
                 continue
             }
             try await connection.execute("SAVEPOINT tracker_message")
             do {
-                try await recordOne(message, on: db, touched: &touched, recorded: &recorded, rows: &rows)
+                try await recordOne(message, on: db, lettered: &lettered, recorded: &recorded, rows: &rows)
             } catch let error as PostgresError where Self.isDataError(error) {
                 try await connection.execute("ROLLBACK TO SAVEPOINT tracker_message")
                 recorded.skipped += 1
@@ -377,15 +389,10 @@ public final class SagaTracker: Service, Sendable {
             }
             try await connection.execute("RELEASE SAVEPOINT tracker_message")
         }
-        try await insertEvents(rows?.events ?? [], on: db)
+        try await recordEvents(rows?.events ?? [], on: db)
         try await upsertDeadlines(rows?.deadlines ?? [], on: db)
-        try await refresh(Array(touched), on: db)
-        state.withLock {
-            $0.events += recorded.events
-            $0.deadLetters += recorded.deadLetters
-            $0.skipped += recorded.skipped
-            $0.batches += 1
-        }
+        try await countDeadLetters(of: lettered, on: db)
+        return recorded
     }
 
     /// The rows a batch writes set-based, after its messages were read.
@@ -397,11 +404,11 @@ public final class SagaTracker: Service, Sendable {
     /// Records one message; its event's row and deadline marks are added to `rows` when given (the batch writes
     /// them set-based), else written now.
     private func recordOne(
-        _ message: KafkaMessage, on connection: PostgresTransaction, touched: inout Set<String>,
+        _ message: KafkaMessage, on connection: PostgresTransaction, lettered: inout Set<String>,
         recorded: inout TrackerStats, rows: inout BatchRows?
     ) async throws {
         if configuration.topics.eventType(ofTopic: message.topic) == nil {
-            if let saga = try await recordDeadLetter(message, on: connection) { touched.insert(saga) }
+            if let saga = try await recordDeadLetter(message, on: connection) { lettered.insert(saga) }
             recorded.deadLetters += 1
             return
         }
@@ -413,7 +420,7 @@ public final class SagaTracker: Service, Sendable {
         if rows != nil {
             rows?.events.append((envelope, message))
         } else {
-            try await insertEvents([(envelope, message)], on: connection)
+            try await recordEvents([(envelope, message)], on: connection)
         }
         var deadlines: [DeadlineRow] = []
         for header in message.headers where header.key == SagaHeader.deadline {
@@ -434,28 +441,86 @@ public final class SagaTracker: Service, Sendable {
         } else {
             try await upsertDeadlines(deadlines, on: connection)
         }
-        touched.insert(envelope.sagaId)
         recorded.events += 1
     }
 
-    /// Inserts the `tracker_events` rows of `events` in one statement (deferred when the transaction defers
-    /// writes); an event recorded before is left as it is.
-    private func insertEvents(_ events: [(EventEnvelope, KafkaMessage)], on connection: PostgresTransaction)
+    /// Records `events` and merges them into their sagas' rows, in one statement (deferred when the transaction
+    /// defers writes): the `tracker_events` rows of the events not recorded before, and for each of their sagas the
+    /// state those new events add to the row's — events and compensations added up, the earliest start, the latest
+    /// event (by time, then event id), the earliest outcome (the same order) — so that a saga's state is the same
+    /// however its events were batched, ordered or redelivered, without reading its events again. The outcome's
+    /// label and an event's kind come from the ``model`` when it is recorded (see the type's comment).
+    private func recordEvents(_ events: [(EventEnvelope, KafkaMessage)], on connection: PostgresTransaction)
         async throws
     {
+        var seen = Set<UUID>()
+        let events = events.filter { seen.insert($0.0.id).inserted }  // once each: the merge counts what is new
         guard !events.isEmpty else { return }
+        let model = self.model
         try await connection.executeDeferred(
             """
-            INSERT INTO tracker_events (event_id, saga_id, event_type, version, producer, occurred_at, causation_id,
-                traceparent, data, topic, partition, "offset")
-            SELECT e.event_id, e.saga_id, e.event_type, e.version, e.producer, e.occurred_at::timestamptz,
-                NULLIF(e.causation_id, '')::uuid, NULLIF(e.traceparent, ''), e.data::jsonb, e.topic, e.partition,
-                e."offset"
-            FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int[], $5::text[], $6::text[], $7::text[], $8::text[],
-                        $9::text[], $10::text[], $11::int[], $12::bigint[])
-                AS e(event_id, saga_id, event_type, version, producer, occurred_at, causation_id, traceparent, data,
-                     topic, partition, "offset")
-            ON CONFLICT (event_id) DO NOTHING
+            WITH given AS (
+                SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int[], $5::text[], $6::text[],
+                                     $7::text[], $8::text[], $9::text[], $10::text[], $11::int[], $12::bigint[],
+                                     $13::text[], $14::text[])
+                    AS e(event_id, saga_id, event_type, version, producer, occurred_at, causation_id, traceparent,
+                         data, topic, partition, "offset", outcome, kind)
+            ), new AS (
+                INSERT INTO tracker_events (event_id, saga_id, event_type, version, producer, occurred_at,
+                    causation_id, traceparent, data, topic, partition, "offset")
+                SELECT e.event_id, e.saga_id, e.event_type, e.version, e.producer, e.occurred_at::timestamptz,
+                    NULLIF(e.causation_id, '')::uuid, NULLIF(e.traceparent, ''), e.data::jsonb, e.topic, e.partition,
+                    e."offset"
+                FROM given e
+                ON CONFLICT (event_id) DO NOTHING
+                RETURNING event_id, saga_id, event_type, occurred_at
+            ), summary AS (
+                SELECT n.saga_id, count(*)::int AS events, (count(*) FILTER (WHERE g.kind = 'compensation'))::int AS compensations,
+                    min(n.occurred_at) AS started_at,
+                    (array_agg(n.occurred_at ORDER BY n.occurred_at DESC, n.event_id DESC))[1] AS updated_at,
+                    (array_agg(n.event_type ORDER BY n.occurred_at DESC, n.event_id DESC))[1] AS last_event_type,
+                    (array_agg(n.event_id ORDER BY n.occurred_at DESC, n.event_id DESC))[1] AS last_event_id,
+                    (array_agg(g.outcome ORDER BY n.occurred_at, n.event_id) FILTER (WHERE g.outcome <> ''))[1]
+                        AS outcome,
+                    (array_agg(n.occurred_at ORDER BY n.occurred_at, n.event_id) FILTER (WHERE g.outcome <> ''))[1]
+                        AS finished_at,
+                    (array_agg(n.event_id ORDER BY n.occurred_at, n.event_id) FILTER (WHERE g.outcome <> ''))[1]
+                        AS outcome_event_id
+                FROM new n JOIN given g USING (event_id)
+                GROUP BY n.saga_id
+            )
+            INSERT INTO tracker_sagas AS t (saga_id, status, outcome, started_at, updated_at, finished_at,
+                last_event_type, events, compensations, dead_letters, last_event_id, outcome_event_id)
+            SELECT s.saga_id,
+                CASE WHEN s.finished_at IS NOT NULL AND NOT s.last_event_type = ANY($15::text[])
+                    THEN 'finished' ELSE 'running' END,
+                s.outcome, s.started_at, s.updated_at, s.finished_at, s.last_event_type, s.events, s.compensations,
+                (SELECT count(*) FROM tracker_dead_letters d WHERE d.saga_id = s.saga_id), s.last_event_id,
+                s.outcome_event_id
+            FROM summary s ORDER BY s.saga_id
+            ON CONFLICT (saga_id) DO UPDATE SET
+                events = t.events + excluded.events, compensations = t.compensations + excluded.compensations,
+                started_at = least(t.started_at, excluded.started_at),
+                updated_at = CASE WHEN (excluded.updated_at, excluded.last_event_id) > (t.updated_at, t.last_event_id)
+                    THEN excluded.updated_at ELSE t.updated_at END,
+                last_event_type = CASE WHEN (excluded.updated_at, excluded.last_event_id) > (t.updated_at, t.last_event_id)
+                    THEN excluded.last_event_type ELSE t.last_event_type END,
+                last_event_id = CASE WHEN (excluded.updated_at, excluded.last_event_id) > (t.updated_at, t.last_event_id)
+                    THEN excluded.last_event_id ELSE t.last_event_id END,
+                outcome = CASE WHEN excluded.finished_at IS NOT NULL AND (t.finished_at IS NULL
+                        OR (excluded.finished_at, excluded.outcome_event_id) < (t.finished_at, t.outcome_event_id))
+                    THEN excluded.outcome ELSE t.outcome END,
+                finished_at = CASE WHEN excluded.finished_at IS NOT NULL AND (t.finished_at IS NULL
+                        OR (excluded.finished_at, excluded.outcome_event_id) < (t.finished_at, t.outcome_event_id))
+                    THEN excluded.finished_at ELSE t.finished_at END,
+                outcome_event_id = CASE WHEN excluded.finished_at IS NOT NULL AND (t.finished_at IS NULL
+                        OR (excluded.finished_at, excluded.outcome_event_id) < (t.finished_at, t.outcome_event_id))
+                    THEN excluded.outcome_event_id ELSE t.outcome_event_id END,
+                status = CASE WHEN coalesce(t.finished_at, excluded.finished_at) IS NOT NULL
+                        AND NOT (CASE WHEN (excluded.updated_at, excluded.last_event_id) > (t.updated_at, t.last_event_id)
+                            THEN excluded.last_event_type ELSE t.last_event_type END) = ANY($15::text[])
+                    THEN 'finished' ELSE 'running' END,
+                dead_letters = excluded.dead_letters
             """,
             [
                 PostgresArray(events.map(\.0.id)), PostgresArray(events.map(\.0.sagaId)),
@@ -466,6 +531,13 @@ public final class SagaTracker: Service, Sendable {
                 PostgresArray(events.map { String(decoding: $0.0.data.serialized(), as: UTF8.self) }),
                 PostgresArray(events.map(\.1.topic)), PostgresArray(events.map { Int($0.1.partition) }),
                 PostgresArray(events.map(\.1.offset)),
+                PostgresArray(
+                    events.map { e in
+                        model.kind(of: e.0.type) == .outcome
+                            ? model.outcome(of: e.0.type, data: e.0.data) ?? e.0.type : ""
+                    }),
+                PostgresArray(events.map { model.kind(of: $0.0.type).rawValue }),
+                PostgresArray(model.waitingAfterOutcome.keys.sorted()),
             ])
     }
 
@@ -556,100 +628,15 @@ public final class SagaTracker: Service, Sendable {
         return saga
     }
 
-    /// Recomputes the state of `sagas` from their recorded events and dead letters: two reads and one deferred
-    /// write for the whole batch (a saga with dead letters but no event yet gets no row).
-    private func refresh(_ sagas: [String], on connection: PostgresTransaction) async throws {
+    /// Counts the dead letters of `sagas` again into their rows (deferred when the transaction defers writes), after
+    /// the batch recorded some; a saga with dead letters but no event yet has no row, and its first event's row
+    /// counts them.
+    private func countDeadLetters(of sagas: Set<String>, on connection: PostgresTransaction) async throws {
         guard !sagas.isEmpty else { return }
-        let ids = PostgresArray(sagas.sorted())
-        // Serialise refreshes of one saga, should two trackers ever overlap (e.g. a lock connection lost): the
-        // locks, in saga order (no deadlock between two trackers), go with the read, before it.
-        try await connection.executeDeferred(
-            "SELECT pg_advisory_xact_lock(hashtext('saga_tracker_saga:' || s)) FROM unnest($1::text[]) AS s", [ids])
-        let model = self.model
-        // The payload only where an outcome's label reads a field of it: the others were printed from jsonb to
-        // text and sent over only to be skipped.
-        let detailed = model.outcomes.filter { $0.value.detail != nil }.keys.sorted()
-        let rows = try await connection.query(
-            """
-            SELECT saga_id, event_type, occurred_at,
-                CASE WHEN event_type = ANY($2::text[]) THEN data::text END AS data
-            FROM tracker_events
-            WHERE saga_id = ANY($1::text[]) ORDER BY saga_id, occurred_at, event_id
-            """, [ids, PostgresArray(detailed)])
-        var letters: [String: Int] = [:]
-        for row in try await connection.query(
-            "SELECT saga_id, count(*) AS n FROM tracker_dead_letters WHERE saga_id = ANY($1::text[]) GROUP BY saga_id",
-            [ids])
-        {
-            letters[try row.decode("saga_id")] = try row.decode("n")
-        }
-        struct Summary {
-            var saga: String
-            var status: String
-            var outcome: String
-            var startedAt: Date
-            var updatedAt: Date
-            var finishedAt: Date?
-            var lastType: String
-            var events: Int
-            var compensations: Int
-        }
-        var summaries: [Summary] = []
-        var current: Summary?
-        var decided = false
-        for row in rows {
-            let saga: String = try row.decode("saga_id")
-            let type: String = try row.decode("event_type")
-            let at: Date = try row.decode("occurred_at")
-            if current?.saga != saga {
-                if let done = current { summaries.append(done) }
-                current = Summary(
-                    saga: saga, status: "running", outcome: "", startedAt: at, updatedAt: at, finishedAt: nil,
-                    lastType: type, events: 0, compensations: 0)
-                decided = false
-            }
-            current!.events += 1
-            current!.updatedAt = at
-            current!.lastType = type
-            if model.kind(of: type) == .compensation { current!.compensations += 1 }
-            if model.kind(of: type) == .outcome, !decided {
-                let text = try row.decode("data", as: String?.self)
-                let data = text.flatMap { try? JSONValue(parsing: Array($0.utf8)) } ?? .null
-                current!.outcome = model.outcome(of: type, data: data) ?? type
-                current!.finishedAt = at
-                decided = true
-            }
-        }
-        if let done = current { summaries.append(done) }
-        guard !summaries.isEmpty else { return }
-        // Finished once decided and nobody registered waits on the latest event after an outcome (see the type's
-        // comment).
-        for i in summaries.indices where summaries[i].finishedAt != nil {
-            if model.waitingAfterOutcome[summaries[i].lastType] == nil { summaries[i].status = "finished" }
-        }
         try await connection.executeDeferred(
             """
-            INSERT INTO tracker_sagas AS t (saga_id, status, outcome, started_at, updated_at, finished_at,
-                last_event_type, events, compensations, dead_letters)
-            SELECT u.saga_id, u.status, NULLIF(u.outcome, ''), u.started_at::timestamptz, u.updated_at::timestamptz,
-                NULLIF(u.finished_at, '')::timestamptz, u.last_event_type, u.events, u.compensations, u.dead_letters
-            FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::int[],
-                        $9::int[], $10::int[])
-                AS u(saga_id, status, outcome, started_at, updated_at, finished_at, last_event_type, events,
-                     compensations, dead_letters)
-            ON CONFLICT (saga_id) DO UPDATE SET status = excluded.status, outcome = excluded.outcome,
-                started_at = excluded.started_at, updated_at = excluded.updated_at, finished_at = excluded.finished_at,
-                last_event_type = excluded.last_event_type, events = excluded.events,
-                compensations = excluded.compensations, dead_letters = excluded.dead_letters
-            """,
-            [
-                PostgresArray(summaries.map(\.saga)), PostgresArray(summaries.map(\.status)),
-                PostgresArray(summaries.map(\.outcome)), PostgresArray(summaries.map(\.startedAt.postgresText)),
-                PostgresArray(summaries.map(\.updatedAt.postgresText)),
-                PostgresArray(summaries.map { $0.finishedAt?.postgresText ?? "" }),
-                PostgresArray(summaries.map(\.lastType)), PostgresArray(summaries.map(\.events)),
-                PostgresArray(summaries.map(\.compensations)),
-                PostgresArray(summaries.map { letters[$0.saga] ?? 0 }),
-            ])
+            UPDATE tracker_sagas t SET dead_letters = (SELECT count(*) FROM tracker_dead_letters d WHERE d.saga_id = t.saga_id)
+            WHERE t.saga_id = ANY($1::text[])
+            """, [PostgresArray(sagas.sorted())])
     }
 }

@@ -77,5 +77,18 @@ enum TrackerMigrations {
                 );
                 CREATE INDEX tracker_deadlines_overdue ON tracker_deadlines (due_at) WHERE state = 'scheduled';
                 """),
+        PostgresMigration(
+            version: 3, name: "tracker: sagas merged from their new events",
+            sql: """
+                -- The tracker merges a batch's new events into each saga's row instead of reading all its events
+                -- again: the latest event and the deciding outcome are kept by (time, event id), as the events sort.
+                ALTER TABLE tracker_sagas ADD COLUMN last_event_id uuid, ADD COLUMN outcome_event_id uuid;
+                UPDATE tracker_sagas s SET
+                    last_event_id = (SELECT e.event_id FROM tracker_events e WHERE e.saga_id = s.saga_id
+                                     ORDER BY e.occurred_at DESC, e.event_id DESC LIMIT 1),
+                    outcome_event_id = (SELECT e.event_id FROM tracker_events e
+                                        WHERE e.saga_id = s.saga_id AND e.occurred_at = s.finished_at
+                                        ORDER BY e.event_id LIMIT 1);
+                """),
     ]
 }
