@@ -363,8 +363,8 @@ public final class SagaTracker: Service, Sendable {
     {
         var lettered = Set<String>()
         var recorded = TrackerStats()
-        // Set-based, and writes go deferred with the next statement (the sagas' reads, at last the COMMIT), so a
-        // batch takes a few round trips and its transaction stays short: an open writing transaction holds back
+        // Set-based, and every write goes deferred with the COMMIT (nothing is read), so a batch takes one round
+        // trip and its transaction stays short: an open writing transaction holds back
         // the server's horizon, and with it the pruning of the services' outbox rows their relays scan past.
         // One message at a time (isolated), they run at once, so that a refused one is known.
         let db = PostgresTransaction(connection, defersWrites: !isolate)
