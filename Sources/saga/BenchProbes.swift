@@ -66,13 +66,15 @@ enum CommitProbe {
     }
 
     /// The PostgreSQL server's postmaster when it runs on this machine (for its CPU time): the parent of this
-    /// connection's backend, if /proc shows it as a postgres process.
+    /// connection's backend, if /proc shows it as a postgres process. Read while the connection is open: once it is
+    /// closed the backend exits, and /proc no longer knows it.
     static func postmaster(url: String, logger: Logger) async -> Int32? {
         guard let connection = try? await PostgresConnection.connect(PostgresConfiguration(url: url), logger: logger)
         else { return nil }
         let backend = try? await connection.query("SELECT pg_backend_pid() AS pid").first?.decode("pid", as: Int.self)
+        let sample = backend.flatMap { ProcessSample.read(Int32($0)) }
         await connection.close()
-        guard let backend, let sample = ProcessSample.read(Int32(backend)),
+        guard let sample,
             let comm = try? String(contentsOfFile: "/proc/\(sample.parent)/comm", encoding: .utf8),
             comm.hasPrefix("postgres")
         else { return nil }
