@@ -72,13 +72,6 @@ extension TrackerTests {
         return story
     }
 
-    /// Every saga's row, in saga order.
-    func sagaRows(_ stack: TestStack) async throws -> [String] {
-        try await stack.query("tracker", "SELECT t::text AS row FROM tracker_sagas t ORDER BY saga_id").map {
-            try $0.decode("row", as: String.self)
-        }
-    }
-
     /// Some columns of every saga's row, as text, by saga; `early`: whether it finished 2 s after it started.
     func states(_ stack: TestStack) async throws -> [String: [String: String]] {
         var byId: [String: [String: String]] = [:]
@@ -116,7 +109,7 @@ extension TrackerTests {
                 }
                 #expect(recorded.skipped == 0)
             }
-            return try await sagaRows(stack)
+            return try await snapshot(stack).filter { $0.hasPrefix("tracker_sagas ") }
         }
         let m = story.messages
         let whole = try await record([m])
