@@ -28,6 +28,15 @@ public struct RelayConfiguration: Sendable {
     public var idleGrace: Duration = .milliseconds(100)
     /// How often it looks for rows during ``idleGrace``.
     public var gracePollInterval: Duration = .milliseconds(2)
+    /// How long acknowledged rows may wait for the relay's next read of the outbox, which deletes them in its
+    /// round trip, before they are deleted on their own (an idle relay, woken by each commit, saves a round trip
+    /// per batch while commits come closer together than this).
+    public var deleteDelay: Duration = .milliseconds(20)
+    /// A flagged relay lowers its flag (and looks for rows itself, so that commits stop notifying) once rows have
+    /// queued behind the batch it publishes this many rounds in a row. Commits a few milliseconds apart queue a
+    /// row behind a batch now and then; a relay that lowered its flag then would poll its outbox every
+    /// `gracePollInterval` for as long as rows keep coming.
+    public var busyRounds: Int = 8
     /// How long a round waits for a batch's delivery reports. Rows still unacknowledged then (a partition whose
     /// leader is unreachable waits up to `message.timeout.ms`) stay in flight, their sagas are held back, and the
     /// relay goes on with the other sagas' rows; they are settled when their reports arrive.
@@ -100,8 +109,9 @@ public struct RelayStats: Sendable, Hashable {
 ///   committed. It never tracks a "highest id seen": every read takes the lowest ids of each shard that are
 ///   not in flight, so a row whose transaction committed late (a lower id committing after a higher one) is
 ///   not skipped.
-/// - A row is deleted only after its acknowledgement; a crash between publish and delete means the rows are
-///   published again, and consumers' inboxes absorb that.
+/// - A row is deleted only after its acknowledgement, by the relay's next read in the same round trip (or on its
+///   own after `deleteDelay` when no read comes); a crash between publish and delete means the rows are published
+///   again, and consumers' inboxes absorb that.
 /// - Per-saga order, also through failures: a batch carries at most one row of a saga, and a saga's next row
 ///   is sent only after its previous one was acknowledged, so a row that failed (even by a time-out, which the
 ///   idempotent producer does not guard against gaps) never has a later row of its saga delivered before it.
@@ -119,14 +129,16 @@ public struct RelayStats: Sendable, Hashable {
 ///   and reads once more; an insert into a flagged shard notifies at commit, which wakes it. `pollInterval` is
 ///   only a fallback (a writer transaction open for long, a REPEATABLE READ writer). A lost listening session
 ///   is re-established (`WakeListener`).
-/// - Flagged, it stays flagged while rows come one batch at a time: each commit wakes it, and it looks for nothing
-///   in between (a relay that polled for `idleGrace` after every row of a saga arriving every few milliseconds would
-///   read its outbox hundreds of times a second for nothing). Once rows queue behind the batch it is publishing
-///   (the read made while the broker acknowledges it found rows), it lowers the flag and looks for rows itself, so
-///   that writers committing faster than it publishes do not notify (one writer committing a batch at a time, like
-///   a worker the relay keeps up with, does: one NOTIFY per batch). A wake signalled before its last read started
-///   (the NOTIFY of a commit that woke it directly too) is dropped, and the broker's acknowledgement wakes it only
-///   for a batch it stopped waiting for.
+/// - Flagged, it stays flagged while rows come a few batches at a time: each commit wakes it, and it looks for
+///   nothing in between (a relay that polled for `idleGrace` after every row of a saga arriving every few
+///   milliseconds would read its outbox hundreds of times a second for nothing), not even while the broker
+///   acknowledges a batch when its read saw every row and no commit has woken it since. Once rows have queued
+///   behind the batch it is publishing (the read made while the broker acknowledges it found rows) `busyRounds`
+///   rounds in a row, it lowers the flag and looks for rows itself, so that writers committing faster than it
+///   publishes do not notify (one writer committing a batch at a time, like a worker the relay keeps up with,
+///   does: one NOTIFY per batch). A wake signalled before its last read started (the NOTIFY of a commit that woke
+///   it directly too) is dropped, and the broker's acknowledgement wakes it only for a batch it stopped waiting
+///   for.
 /// - Several instances: each owns outbox shards through session advisory locks held on its connection;
 ///   a saga's rows are all in one shard, so one saga is only ever published by one instance, in order.
 public final class OutboxRelay: Service, Sendable {
@@ -240,11 +252,13 @@ public final class OutboxRelay: Service, Sendable {
         var lastClaim = ContinuousClock.now - configuration.claimInterval
         var flagged = false  // this relay's shards are flagged idle in saga_outbox_wake
         var prefetched: OutboxBatch?
-        // Acknowledged rows of the last clean batch: deleted while the broker acknowledges the next one, or before
-        // the relay idles or stops (a crash before that re-publishes them).
+        // Acknowledged rows not deleted yet: they go with the relay's next read, in its round trip (while the broker
+        // acknowledges the next batch, or when the next commit wakes an idle relay), on their own after
+        // `deleteDelay` without one, or when it stops (a crash before that publishes them again).
         var acknowledged: [Int64] = []
         var holds = Holds()
         var round = 0
+        var queuedRounds = 0  // rounds in a row whose batch was read while the last one was acknowledged
         while !Task.isShuttingDownGracefully && !Task.isCancelled {
             if ContinuousClock.now - lastClaim >= configuration.claimInterval {
                 lastClaim = .now
@@ -254,6 +268,7 @@ public final class OutboxRelay: Service, Sendable {
                 owned = claimed
             }
             if owned.isEmpty {
+                if !acknowledged.isEmpty { try await delete(take(&acknowledged), on: connection) }
                 await wake.wait(timeout: configuration.claimInterval)
                 continue
             }
@@ -273,13 +288,14 @@ public final class OutboxRelay: Service, Sendable {
             var batch: OutboxBatch
             // Rows that were already there when the last batch went out: they queue behind the publishing.
             let queued = prefetched.map { !$0.isEmpty } ?? false
-            if let prefetched { batch = prefetched } else { batch = try await read(owned, round, holds, connection) }
+            queuedRounds = queued ? queuedRounds + 1 : 0
+            if let prefetched {
+                batch = prefetched
+            } else {
+                batch = try await read(owned, round, holds, connection, deleting: take(&acknowledged))
+            }
             prefetched = nil
             if batch.isEmpty {
-                if !acknowledged.isEmpty {
-                    try await delete(acknowledged, on: connection)
-                    acknowledged = []
-                }
                 if !flagged {
                     // Keep looking for a while before going idle, so that writers under load never notify.
                     let graceEnd = ContinuousClock.now + configuration.idleGrace
@@ -288,7 +304,7 @@ public final class OutboxRelay: Service, Sendable {
                     {
                         // A commit in this process (`LocalOutboxWake`) ends the wait at once.
                         await wake.wait(timeout: configuration.gracePollInterval)
-                        batch = try await read(owned, round, holds, connection)
+                        batch = try await read(owned, round, holds, connection, deleting: take(&acknowledged))
                     }
                 }
                 if batch.isEmpty && !flagged {
@@ -297,29 +313,35 @@ public final class OutboxRelay: Service, Sendable {
                     try await setIdle(true, shards: owned, on: connection)
                     flagged = true
                     try await waitForInsertsInFlight(on: connection)
-                    batch = try await read(owned, round, holds, connection)
+                    batch = try await read(owned, round, holds, connection, deleting: take(&acknowledged))
                 }
                 if batch.isEmpty {
                     // Woken by a commit, a straggler's reports, or the end of a held saga's backoff. A wake from
                     // before the last read started is dropped: that read saw what it announced (the NOTIFY of a
                     // commit that woke the relay directly as well, the acknowledgement the relay waited for).
                     // Not while stragglers are out: their reports may have come in after they were last looked at.
+                    // Acknowledged rows wait at most `deleteDelay` for a read to carry their deletion.
                     let seen = holds.stragglers.isEmpty ? lastRead.withLock { $0 } : nil
-                    await wake.wait(timeout: holds.wait(atMost: configuration.pollInterval), ignoringUpTo: seen)
+                    let longest = acknowledged.isEmpty ? configuration.pollInterval : configuration.deleteDelay
+                    await wake.wait(timeout: holds.wait(atMost: longest), ignoringUpTo: seen)
+                    if !acknowledged.isEmpty && holds.heldSagaCount == 0, let seen, wake.count == seen {
+                        // No commit came (each would have woken the flagged relay), nor is a saga's backoff over:
+                        // there is nothing to read, and the rows are deleted on their own.
+                        try await delete(take(&acknowledged), on: connection)
+                        prefetched = OutboxBatch(complete: true)
+                    }
                     continue
                 }
             }
-            // A flagged relay stays flagged while rows come one batch at a time, each woken by its commit; once
-            // rows queue behind the publishing, it lowers the flag (while the broker acknowledges the batch, not
-            // before sending it) and looks for them itself, so that writers committing faster than it publishes do
-            // not notify.
-            let lowerFlag = flagged && queued
+            // A flagged relay stays flagged while rows come a few batches at a time, each woken by its commit; once
+            // rows have queued behind the publishing `busyRounds` rounds in a row, it lowers the flag (while the
+            // broker acknowledges the batch, not before sending it) and looks for them itself, so that writers
+            // committing faster than it publishes do not notify.
+            let lowerFlag = flagged && queuedRounds >= configuration.busyRounds
             if lowerFlag { flagged = false }
-            let previous = acknowledged
-            acknowledged = []
             let outcome = try await publish(
-                batch, shards: owned, round: round, lowerFlag: lowerFlag, deleting: previous, holds: &holds,
-                on: connection, producer: producer)
+                batch, shards: owned, round: round, lowerFlag: lowerFlag, flagged: flagged,
+                deleting: take(&acknowledged), holds: &holds, on: connection, producer: producer)
             if outcome.clean {
                 prefetched = outcome.next
                 acknowledged = outcome.acknowledged
@@ -337,13 +359,14 @@ public final class OutboxRelay: Service, Sendable {
     /// (The row comparison on `(shard, id)` is deliberate: with `shard = s.shard ... ORDER BY id` the planner
     /// may walk the primary key and filter by shard, which reads the whole backlog of the other shards.)
     private func read(
-        _ shards: [Int], _ round: Int, _ holds: Holds, _ connection: PostgresConnection, excluding: [Int64] = []
+        _ shards: [Int], _ round: Int, _ holds: Holds, _ connection: PostgresConnection, excluding: [Int64] = [],
+        deleting acknowledged: [Int64] = []
     ) async throws -> OutboxBatch {
         let offset = round % shards.count
         let rotated = Array(shards[offset...] + shards[..<offset])
         state.withLock { $0.reads += 1 }
         lastRead.withLock { $0 = wake.count }
-        let rows = try await connection.query(
+        let select = PostgresStatement(
             """
             SELECT o.id, o.saga_id, o.topic, o.key, o.headers::text AS headers, o.payload,
                 extract(epoch FROM clock_timestamp() - o.created_at)::float8 AS waited
@@ -362,14 +385,27 @@ public final class OutboxRelay: Service, Sendable {
                 PostgresArray(rotated), configuration.batchSize, PostgresArray(holds.inFlightIds + excluding),
                 PostgresArray(holds.heldSagas),
             ], binaryResults: true)  // keys and payloads as their bytes, not hex digits
+        let rows: [PostgresRow]
+        if acknowledged.isEmpty {
+            rows = try await connection.query(select.sql, select.binds, binaryResults: true)
+        } else {
+            // The last batch's acknowledged rows go in the same round trip, deleted before the read.
+            rows = try await connection.pipeline([Self.deletion(of: acknowledged), select])[1].rows
+            deletedSinceVacuum.withLock { $0 += acknowledged.count }
+        }
         var batch = OutboxBatch()
+        // Every row there was (to the snapshot): none left for a later round by the limit or by its saga.
+        batch.complete = rows.count < configuration.batchSize
         batch.ids.reserveCapacity(rows.count)
         batch.messages.reserveCapacity(rows.count)
         var sagas = Set<String>()
         for row in rows {
             // A saga's later row waits for the next round: it goes out only once this one is acknowledged.
             let saga = try row.decode("saga_id", as: String.self)
-            guard sagas.insert(saga).inserted else { continue }
+            guard sagas.insert(saga).inserted else {
+                batch.complete = false
+                continue
+            }
             batch.ids.append(try row.decode("id", as: Int64.self))
             batch.sagas.append(saga)
             batch.waited.append(try row.decode("waited", as: Double.self))
@@ -448,13 +484,24 @@ public final class OutboxRelay: Service, Sendable {
         /// Every row acknowledged: `next` (read while the acknowledgements were pending) may go out.
         var clean: Bool
         var next: OutboxBatch?
-        /// When clean: the acknowledged rows, for the caller to delete (while the next batch is acknowledged).
+        /// When clean: the acknowledged rows not deleted yet, for the caller to delete with a later read.
         var acknowledged: [Int64] = []
     }
 
     private func delete(_ ids: [Int64], on connection: PostgresConnection) async throws {
-        try await connection.execute("DELETE FROM saga_outbox WHERE id = ANY($1::bigint[])", [PostgresArray(ids)])
+        let deletion = Self.deletion(of: ids)
+        try await connection.execute(deletion.sql, deletion.binds)
         deletedSinceVacuum.withLock { $0 += ids.count }
+    }
+
+    /// `ids`, leaving it empty: rows handed to a statement that deletes them.
+    private func take(_ ids: inout [Int64]) -> [Int64] {
+        defer { ids = [] }
+        return ids
+    }
+
+    private static func deletion(of ids: [Int64]) -> PostgresStatement {
+        PostgresStatement("DELETE FROM saga_outbox WHERE id = ANY($1::bigint[])", [PostgresArray(ids)])
     }
 
     /// Every `vacuumInterval` in which rows were deleted, vacuums the outbox table (see
@@ -490,23 +537,30 @@ public final class OutboxRelay: Service, Sendable {
         }
     }
 
-    /// Sends `batch`; while the acknowledgements are pending, deletes `previous` (the last batch's acknowledged
-    /// rows) and reads the next batch. If every row was acknowledged, hands the rows back for deletion in the
-    /// next round. If some were not, settles the batch now (see ``settle(_:_:sent:holds:on:)``); if the reports
-    /// take longer than `settleTimeout`, leaves the batch in flight in `holds` and drops the next batch, which may
-    /// hold later rows of its sagas.
+    /// Sends `batch`; while the acknowledgements are pending, reads the next batch, deleting `previous` (rows
+    /// acknowledged before) in the same round trip. A `flagged` relay, which every commit wakes, reads nothing when
+    /// `batch`'s read saw every row and no commit has woken it since: `previous` then waits for the next read. If
+    /// every row was acknowledged, hands the rows back for deletion with a later read. If some were not, settles
+    /// the batch now (see ``settle(_:_:sent:holds:on:)``); if the reports take longer than `settleTimeout`, leaves
+    /// the batch in flight in `holds` and drops the next batch, which may hold later rows of its sagas.
     private func publish(
-        _ batch: OutboxBatch, shards: [Int], round: Int, lowerFlag: Bool, deleting previous: [Int64],
-        holds: inout Holds,
+        _ batch: OutboxBatch, shards: [Int], round: Int, lowerFlag: Bool, flagged: Bool,
+        deleting previous: [Int64], holds: inout Holds,
         on connection: PostgresConnection, producer: KafkaProducer
     ) async throws -> Outcome {
         let sent = ContinuousClock.now
         let delivery = PendingDelivery(batch.messages, producer: producer, wake: wake)
         let next: OutboxBatch
+        var undeleted: [Int64] = []
         do {
-            if !previous.isEmpty { try await delete(previous, on: connection) }
             if lowerFlag { try await setIdle(false, shards: shards, on: connection) }
-            next = try await read(shards, round + 1, holds, connection, excluding: batch.ids)
+            if flagged && batch.complete && holds.stragglers.isEmpty && wake.count == lastRead.withLock({ $0 }) {
+                // Any row committed since `batch` was read would have woken the relay: nothing to look for.
+                next = OutboxBatch(complete: true)
+                undeleted = previous
+            } else {
+                next = try await read(shards, round + 1, holds, connection, excluding: batch.ids, deleting: previous)
+            }
         } catch {
             _ = await delivery.results(within: configuration.settleTimeout)  // the batch goes again next session
             throw error
@@ -516,6 +570,7 @@ public final class OutboxRelay: Service, Sendable {
                 "delivery reports overdue: holding the batch's sagas back, going on with the others",
                 metadata: ["rows": "\(batch.ids.count)", "waited": "\(configuration.settleTimeout)"])
             holds.stragglers.append(Straggler(batch: batch, delivery: delivery, sent: sent))
+            if !undeleted.isEmpty { try await delete(undeleted, on: connection) }
             return Outcome(clean: false, next: nil)
         }
         if configuration.failpoint == .crashAfterPublish {
@@ -524,8 +579,8 @@ public final class OutboxRelay: Service, Sendable {
         }
         let done = try await settle(batch, results, sent: sent, holds: &holds, on: connection)
         let clean = done.count == batch.ids.count
-        if !clean, !done.isEmpty { try await delete(done, on: connection) }
-        return Outcome(clean: clean, next: clean ? next : nil, acknowledged: clean ? done : [])
+        if !clean, !(undeleted + done).isEmpty { try await delete(undeleted + done, on: connection) }
+        return Outcome(clean: clean, next: clean ? next : nil, acknowledged: clean ? undeleted + done : [])
     }
 
     /// Settles the rows of stragglers whose reports arrived (with `wait`, first waits up to `pollInterval` for
@@ -605,6 +660,8 @@ struct OutboxBatch: Sendable {
     var sagas: [String] = []
     var waited: [Double] = []
     var messages: [KafkaOutgoingMessage] = []
+    /// The read returned every row it saw (none left behind by the batch size or for its saga's later round).
+    var complete = false
     var isEmpty: Bool { ids.isEmpty }
 
     /// The rows at `indices`.

@@ -181,7 +181,7 @@ public final class PostgresConnection: Sendable {
     @discardableResult
     public func pipeline(_ statements: [PostgresStatement]) async throws(PostgresError) -> [PostgresStatementResult] {
         let statements = statements.map {
-            PQConnection.Statement(sql: $0.sql, binds: $0.binds, wantRows: true)
+            PQConnection.Statement(sql: $0.sql, binds: $0.binds, wantRows: true, binaryResults: $0.binaryResults)
         }
         let carried = SendableStatements(statements)
         return try await run { connection throws(PostgresError) in
@@ -278,11 +278,14 @@ public struct PostgresStatement: Sendable {
     public var sql: String
     /// The values of the parameters, in order.
     public var binds: [PostgresBind]
+    /// Rows in PostgreSQL's binary output format, as ``PostgresConnection/query(_:_:binaryResults:)`` asks them.
+    public var binaryResults: Bool
 
     /// A statement of `sql` with `binds` as its parameters.
-    public init(_ sql: String, _ binds: [PostgresBind] = []) {
+    public init(_ sql: String, _ binds: [PostgresBind] = [], binaryResults: Bool = false) {
         self.sql = sql
         self.binds = binds
+        self.binaryResults = binaryResults
     }
 }
 

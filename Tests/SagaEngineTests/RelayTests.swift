@@ -43,13 +43,22 @@ import Testing
             }
         }
 
+        /// Waits (up to 30 s) until `relay` has published `count` rows.
+        static func until(_ relay: OutboxRelay, published count: Int) async throws {
+            let deadline = ContinuousClock.now + .seconds(30)
+            while relay.stats.published < count && ContinuousClock.now < deadline {
+                try await Task.sleep(for: .milliseconds(5))
+            }
+        }
+
         func relay(
             maxShards: Int = EngineMigrations.shardCount, pollInterval: Duration = .milliseconds(200),
             idleGrace: Duration? = nil, gracePollInterval: Duration? = nil, kafka: KafkaSettings? = nil,
-            vacuumInterval: Duration? = .seconds(1), batchSize: Int? = nil
+            vacuumInterval: Duration? = .seconds(1), batchSize: Int? = nil, deleteDelay: Duration? = nil
         ) -> (OutboxRelay, Task<Void, any Error>) {
             var c = RelayConfiguration(name: "test", kafka: kafka ?? self.kafka, database: database)
             if let batchSize { c.batchSize = batchSize }
+            if let deleteDelay { c.deleteDelay = deleteDelay }
             c.vacuumInterval = vacuumInterval
             c.maxShards = maxShards
             c.pollInterval = pollInterval
@@ -580,9 +589,10 @@ import Testing
         #expect(raisedAfter == EngineMigrations.shardCount, "an idle relay flags every shard it owns")
     }
 
-    /// A flagged relay woken for a row reads twice: once to find it, once while the broker acknowledges it; the
-    /// acknowledgement it waited for does not wake it again.
-    @Test func aFlaggedRelayReadsTwiceForARowCommittedAlone() async throws {
+    /// A flagged relay woken for a row reads once, to find it: every commit wakes it, so while the broker
+    /// acknowledges the row there is nothing to look for unless a commit woke it meanwhile, and the acknowledgement it
+    /// waited for does not wake it again. (It read twice per row before, the second time for nothing.)
+    @Test func aFlaggedRelayReadsOnceForARowCommittedAlone() async throws {
         let f = try await Fixture()
         // The fallback poll is an hour: only the NOTIFYs (or its own looking) can bring it the rows.
         let (relay, task) = f.relay(pollInterval: .seconds(3600), idleGrace: .milliseconds(50))
@@ -595,21 +605,77 @@ import Testing
             try await pool.withTransaction {
                 try await Outbox.append([f.message(saga: "lone\(seq)", seq: seq)], on: $0)
             }
-            let deadline = ContinuousClock.now + .seconds(30)
-            while relay.stats.published < seq && ContinuousClock.now < deadline {
-                try await Task.sleep(for: .milliseconds(5))
-            }
+            try await Fixture.until(relay, published: seq)
             // Whatever wakes are left from this row show up as reads before the next one.
             try await Task.sleep(for: .milliseconds(100))
         }
         let reads = relay.stats.reads - before
         let published = relay.stats.published
+        let left = try await f.unpublished()
         await pool.close()
         await f.tearDown([task])
         #expect(published == rows)
-        // Each row: the read that finds it and the one made while the broker acknowledges it. The acknowledgement,
-        // which the relay waits for, must not wake it to read once more.
-        #expect(reads == 2 * rows, "\(reads) reads for \(rows) rows")
+        // Each row: the read that finds it. Its deletion, with no commit after it within `deleteDelay`, goes alone.
+        #expect(reads == rows, "\(reads) reads for \(rows) rows")
+        #expect(left == 0, "acknowledged rows left behind")
+    }
+
+    /// An acknowledged row is deleted by the relay's next read, in its round trip (here, with `deleteDelay` an hour,
+    /// the read that finds the next commit's row), or when the relay stops; never before its acknowledgement.
+    @Test func acknowledgedRowsAreDeletedWithTheNextReadOrWhenTheRelayStops() async throws {
+        let f = try await Fixture()
+        let (relay, task) = f.relay(
+            pollInterval: .seconds(3600), idleGrace: .milliseconds(50), deleteDelay: .seconds(3600))
+        let pool = PostgresPool(configuration: f.database.configuration, size: 1, logger: f.logger)
+        func left() async throws -> [String] {
+            try await pool.query("SELECT saga_id FROM saga_outbox ORDER BY id").map { try $0.decode("saga_id") }
+        }
+        func publish(_ seq: Int) async throws {
+            try await pool.withTransaction { try await Outbox.append([f.message(saga: "row\(seq)", seq: seq)], on: $0) }
+            try await Fixture.until(relay, published: seq)
+        }
+        try await Fixture.untilEveryShardIsFlagged(pool)
+        try await publish(1)
+        try await Task.sleep(for: .milliseconds(200))
+        let afterFirst = try await left()
+        try await publish(2)
+        let afterSecond = try await left()
+        task.cancel()
+        _ = await task.result
+        let afterStop = try await left()
+        await pool.close()
+        await f.tearDown([])
+        #expect(relay.stats.published == 2)
+        #expect(afterFirst == ["row1"], "published, not yet deleted: no read since")
+        #expect(afterSecond == ["row2"], "the read that found row2 deleted row1")
+        #expect(afterStop == [], "a stopping relay deletes what the broker acknowledged")
+    }
+
+    /// Rows queued behind a batch now and then (commits a few milliseconds apart) leave a flagged relay flagged; only
+    /// rows queued `busyRounds` rounds in a row (a burst) make it lower its flags and look for rows itself.
+    @Test func aFlaggedRelayKeepsItsFlagsWhenRowsQueueOnlyNowAndThen() async throws {
+        let f = try await Fixture()
+        let (relay, task) = f.relay(pollInterval: .seconds(3600), idleGrace: .seconds(3), batchSize: 1)
+        let pool = PostgresPool(configuration: f.database.configuration, size: 1, logger: f.logger)
+        try await Fixture.untilEveryShardIsFlagged(pool)
+        var raisedAfterEach: [Int] = []
+        for pair in 1...3 {
+            // Two rows in one commit, batches of one: the second queues behind the first, for one round.
+            try await pool.withTransaction { connection in
+                try await Outbox.append(
+                    [f.message(saga: "a\(pair)", seq: 2 * pair - 1), f.message(saga: "b\(pair)", seq: 2 * pair)],
+                    on: connection)
+            }
+            try await Fixture.until(relay, published: 2 * pair)
+            raisedAfterEach.append(try await Fixture.raisedFlags(pool))
+        }
+        let published = relay.stats.published
+        await pool.close()
+        await f.tearDown([task])
+        #expect(published == 6)
+        #expect(
+            raisedAfterEach == Array(repeating: EngineMigrations.shardCount, count: 3),
+            "flags lowered for a row that queued once: \(raisedAfterEach)")
     }
 
     @Test func aWakeSignalledBeforeTheCallersLastLookIsDropped() async {
@@ -632,20 +698,15 @@ import Testing
     }
 
     /// A flagged relay stays flagged while rows come one at a time: each commit notifies and wakes it, and it does
-    /// not poll between them. Once rows queue behind the batch it publishes, it lowers its flags and looks for them
-    /// itself, so that writers under load do not notify.
+    /// not poll between them. Once rows queue behind the batch it publishes round after round (`busyRounds`), it
+    /// lowers its flags and looks for them itself, so that writers under load do not notify.
     @Test func aFlaggedRelayStaysFlaggedForRowsOneAtATimeAndLowersItsFlagsWhenRowsQueue() async throws {
         let f = try await Fixture()
         // The fallback poll is an hour: only the NOTIFYs (or its own looking) can bring it the rows.
         let (relay, task) = f.relay(pollInterval: .seconds(3600), idleGrace: .seconds(3), batchSize: 2)
         let pool = PostgresPool(configuration: f.database.configuration, size: 1, logger: f.logger)
         func raisedFlags() async throws -> Int { try await Fixture.raisedFlags(pool) }
-        func waitFor(published count: Int) async throws {
-            let deadline = ContinuousClock.now + .seconds(30)
-            while relay.stats.published < count && ContinuousClock.now < deadline {
-                try await Task.sleep(for: .milliseconds(5))
-            }
-        }
+        func waitFor(published count: Int) async throws { try await Fixture.until(relay, published: count) }
         try await Fixture.untilEveryShardIsFlagged(pool)
         // Five rows, one at a time: each is published, and the flags stay raised (the relay lowered them while it
         // published before, and kept them lowered for its 3 s grace).
