@@ -387,7 +387,7 @@ public final class OutboxRelay: Service, Sendable {
             ], binaryResults: true)  // keys and payloads as their bytes, not hex digits
         let rows: [PostgresRow]
         if acknowledged.isEmpty {
-            rows = try await connection.query(select.sql, select.binds, binaryResults: true)
+            rows = try await connection.query(select.sql, select.binds, binaryResults: select.binaryResults)
         } else {
             // The last batch's acknowledged rows go in the same round trip, deleted before the read.
             rows = try await connection.pipeline([Self.deletion(of: acknowledged), select])[1].rows
@@ -579,8 +579,9 @@ public final class OutboxRelay: Service, Sendable {
         }
         let done = try await settle(batch, results, sent: sent, holds: &holds, on: connection)
         let clean = done.count == batch.ids.count
-        if !clean, !(undeleted + done).isEmpty { try await delete(undeleted + done, on: connection) }
-        return Outcome(clean: clean, next: clean ? next : nil, acknowledged: clean ? undeleted + done : [])
+        let settled = undeleted + done
+        if !clean, !settled.isEmpty { try await delete(settled, on: connection) }
+        return Outcome(clean: clean, next: clean ? next : nil, acknowledged: clean ? settled : [])
     }
 
     /// Settles the rows of stragglers whose reports arrived (with `wait`, first waits up to `pollInterval` for
