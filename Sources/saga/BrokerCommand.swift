@@ -22,7 +22,7 @@ struct BrokerCommand: AsyncParsableCommand {
             """)
 
     @Option(help: "Number of brokers (each consumer runs one fetch loop per broker it reads from).") var brokers = 1
-    @Option(help: "Partitions of each saga topic.") var partitions: Int32 = 8
+    @Option(help: "Partitions of each saga topic (1...256).") var partitions: Int32 = SagaEnvironment.embeddedPartitions
     @Option(help: "Where to write the bootstrap servers.") var bootstrapFile = ".saga/broker"
     @Option(help: "Topic name prefix (as SAGA_TOPIC_PREFIX).") var topicPrefix = ""
     @Option(help: "Serve fault injection (brokers down/up, request errors) over HTTP on 127.0.0.1:<port>.")
@@ -30,7 +30,9 @@ struct BrokerCommand: AsyncParsableCommand {
 
     func validate() throws {
         guard (1...10).contains(brokers) else { throw ValidationError("--brokers must be 1...10") }
-        guard (1...256).contains(partitions) else { throw ValidationError("--partitions must be 1...256") }
+        guard SagaEnvironment.embeddedPartitionRange.contains(partitions) else {
+            throw ValidationError("--partitions must be 1...256")
+        }
         if let controlPort, !(1...65535).contains(controlPort) {
             throw ValidationError("--control-port must be 1...65535")
         }

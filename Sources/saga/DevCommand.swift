@@ -18,7 +18,8 @@ struct DevCommand: AsyncParsableCommand {
             other saga commands find the stack. Runs until SIGINT/SIGTERM, then stops everything it started.
             """)
 
-    @Option(help: "Partitions of each saga topic on the embedded broker.") var partitions: Int32 = 8
+    @Option(help: "Partitions of each saga topic on the embedded broker (1...256).")
+    var partitions: Int32 = SagaEnvironment.embeddedPartitions
 
     @Option(
         name: .customLong("participant"),
@@ -32,6 +33,9 @@ struct DevCommand: AsyncParsableCommand {
     var participants: [String] = []
 
     func validate() throws {
+        guard SagaEnvironment.embeddedPartitionRange.contains(partitions) else {
+            throw ValidationError("--partitions must be 1...256")
+        }
         for participant in participants where !FileManager.default.isExecutableFile(atPath: participant) {
             throw ValidationError("--participant \(participant): no executable file there (build it first)")
         }
