@@ -16,8 +16,8 @@ extension Date: PostgresEncodable, PostgresDecodable {
 }
 
 /// Calendar arithmetic on the proleptic Gregorian calendar in UTC, without Foundation's
-/// locale- and time-zone-dependent formatters.
-enum PostgresTimestamp {
+/// locale- and time-zone-dependent formatters. (The engine's RFC 3339 timestamps use its calendar arithmetic too.)
+package enum PostgresTimestamp {
     static func format(_ date: Date) -> String {
         let micros = Int64((date.timeIntervalSince1970 * 1_000_000).rounded())
         let (seconds, fraction) = floorDivMod(micros, 1_000_000)
@@ -86,7 +86,7 @@ enum PostgresTimestamp {
     }
 
     /// Days since 1970-01-01 to (year, month, day); Howard Hinnant's `civil_from_days`.
-    static func civil(fromDays z: Int64) -> (Int64, Int64, Int64) {
+    package static func civil(fromDays z: Int64) -> (Int64, Int64, Int64) {
         let z = z + 719_468
         let era = (z >= 0 ? z : z - 146_096) / 146_097
         let doe = z - era * 146_097
@@ -99,7 +99,7 @@ enum PostgresTimestamp {
     }
 
     /// (year, month, day) to days since 1970-01-01; Howard Hinnant's `days_from_civil`.
-    static func days(fromCivil year: Int64, _ month: Int64, _ day: Int64) -> Int64 {
+    package static func days(fromCivil year: Int64, _ month: Int64, _ day: Int64) -> Int64 {
         let y = month <= 2 ? year - 1 : year
         let era = (y >= 0 ? y : y - 399) / 400
         let yoe = y - era * 400
