@@ -42,7 +42,10 @@ public struct JSONSchemaViolation: Sendable, Hashable, CustomStringConvertible {
 /// - Strings: `minLength`, `maxLength` — counted in Unicode scalars (code points), not
 ///   grapheme clusters or UTF-16 units; `pattern` — an ICU regular expression
 ///   (`NSRegularExpression`, close to ECMA-262 for ordinary patterns) searched anywhere in
-///   the string (unanchored, as the specification says: anchor with `^…$`).
+///   the string (unanchored, as the specification says: anchor with `^…$`). A pattern that is
+///   `^`, ASCII classes and literals with counts, then `$` (as event schemas' are) is matched
+///   without ICU, and there `$` is the string's end only, as in ECMA-262 (ICU's also matches
+///   before a final line terminator).
 /// - Any type: `enum` (non-empty array), `const`; numbers compare by value (`1 == 1.0`).
 /// - `format`: `uuid` and `date-time` (RFC 3339) are asserted, not merely annotated;
 ///   any other format is a load error.
@@ -331,8 +334,17 @@ func jsonEqual(_ a: JSONValue, _ b: JSONValue) -> Bool {
 struct Pattern: @unchecked Sendable {
     let source: String
     let regex: NSRegularExpression
+    /// The pattern without ICU, when it is a simple one (see ``SimplePattern``).
+    let simple: SimplePattern?
+
+    init(source: String, regex: NSRegularExpression) {
+        self.source = source
+        self.regex = regex
+        self.simple = SimplePattern(source)
+    }
 
     func matches(_ s: String) -> Bool {
+        if let simple { return simple.matches(s) }
         let range = NSRange(location: 0, length: s.utf16.count)
         return regex.firstMatch(in: s, options: [], range: range) != nil
     }

@@ -1,5 +1,7 @@
-import JSONSchema
+import Foundation
 import Testing
+
+@testable import JSONSchema
 
 private func schema(_ text: String) throws -> JSONSchema {
     try JSONSchema(bytes: Array(text.utf8))
@@ -110,6 +112,53 @@ private func loadError(_ text: String) -> String? {
             #"{"pattern": "^[A-Z]{3}$"}"#, valid: [#""EUR""#],
             invalid: [(#""eur""#, [""]), (#""EURO""#, [""]), (#""XEUR""#, [""])])
         try check(#"{"pattern": "^😀+$"}"#, valid: [#""😀😀""#], invalid: [(#""😀x""#, [""])])
+    }
+
+    /// Patterns of ASCII classes and literals with counts, anchored at both ends, are matched without ICU, with the
+    /// same answers as ICU's for random strings (strings ending in a line break aside: there ICU's `$` differs).
+    @Test func simplePatternsMatchAsICUDoes() throws {
+        let patterns = [
+            "^[A-Z]{3}$", #"^[a-z]+\.[a-z]+$"#, "^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$", "^$", "^a$",
+            #"^\d{2,4}$"#, "^[a-c]*[b-d]+c?$", "^x{0,}y{1,2}$", "^[-a]+[a-]$", #"^[\.\-]a\{$"#, "^[.$*]+z$",
+            "^[a-z]+[a-z]$", "^a*a{2}$", "^ab?c*$", "^[A-Za-z0-9_]{1,8} [ -~]*$",
+        ]
+        let alphabet = Array("abcdxyzAZ09._-*${ \n\u{E9}")
+        var generator = SystemRandomNumberGenerator()
+        for source in patterns {
+            let simple = try #require(SimplePattern(source), "\(source)")
+            let regex = try NSRegularExpression(pattern: source)
+            var samples = [
+                "", "a", "EUR", "ab", "aa", "aaa", "12", "1234", "-a", "a-", ".a{", "ab.cd",
+                "00-" + String(repeating: "a", count: 32) + "-" + String(repeating: "b", count: 16) + "-01",
+            ]
+            for _ in 0..<2_000 {
+                samples.append(
+                    String(
+                        (0..<Int.random(in: 0...12, using: &generator)).map { _ in
+                            alphabet.randomElement(using: &generator)!
+                        }))
+            }
+            for sample in samples where !sample.hasSuffix("\n") {
+                let icu = regex.firstMatch(in: sample, range: NSRange(location: 0, length: sample.utf16.count)) != nil
+                #expect(simple.matches(sample) == icu, "\(source) on \(sample.debugDescription)")
+            }
+        }
+    }
+
+    /// Anything beyond that subset is left to ICU, with its meaning.
+    @Test func otherPatternsAreLeftToICU() throws {
+        for source in [
+            "b+", "^a", "a$", "^a|b$", "^(ab)+$", "^[^a]$", "^.+$", #"^\w+$"#, "^a+?$", "^a{2}?$", "^😀+$", #"^a\$"#,
+            "^[a$", "^a{2,1}$", "^[z-a]$",
+        ] {
+            #expect(SimplePattern(source) == nil, "\(source)")
+        }
+        try check(#"{"pattern": "^(ab)+$"}"#, valid: [#""abab""#], invalid: [(#""aba""#, [""])])
+    }
+
+    /// `$` is the end of the string, as in ECMA-262: a trailing line break does not match (ICU's `$` let it).
+    @Test func dollarIsTheEndOfTheString() throws {
+        try check(#"{"pattern": "^[A-Z]{3}$"}"#, valid: [#""EUR""#], invalid: [(#""EUR\n""#, [""])])
     }
 
     @Test func enumAndConst() throws {
