@@ -123,22 +123,13 @@ public enum Timestamp {
         let (year, month, day) = PostgresTimestamp.civil(fromDays: total / 86_400_000)
         let ofDay = total % 86_400_000
         return String(unsafeUninitializedCapacity: 24) { out in
-            /// Writes `value` in `digits` digits at `at`, then `then`.
-            func put(_ value: Int64, _ digits: Int, at: Int, then: Unicode.Scalar) {
-                var value = value
-                for i in stride(from: at + digits - 1, through: at, by: -1) {
-                    out[i] = UInt8(ascii: "0") + UInt8(value % 10)
-                    value /= 10
-                }
-                out[at + digits] = UInt8(ascii: then)
-            }
-            put(year, 4, at: 0, then: "-")
-            put(month, 2, at: 5, then: "-")
-            put(day, 2, at: 8, then: "T")
-            put(ofDay / 3_600_000, 2, at: 11, then: ":")
-            put(ofDay / 60_000 % 60, 2, at: 14, then: ":")
-            put(ofDay / 1000 % 60, 2, at: 17, then: ".")
-            put(ofDay % 1000, 3, at: 20, then: "Z")
+            PostgresTimestamp.put(year, 4, into: out, at: 0, then: "-")
+            PostgresTimestamp.put(month, 2, into: out, at: 5, then: "-")
+            PostgresTimestamp.put(day, 2, into: out, at: 8, then: "T")
+            PostgresTimestamp.put(ofDay / 3_600_000, 2, into: out, at: 11, then: ":")
+            PostgresTimestamp.put(ofDay / 60_000 % 60, 2, into: out, at: 14, then: ":")
+            PostgresTimestamp.put(ofDay / 1000 % 60, 2, into: out, at: 17, then: ".")
+            PostgresTimestamp.put(ofDay % 1000, 3, into: out, at: 20, then: "Z")
             return 24
         }
     }

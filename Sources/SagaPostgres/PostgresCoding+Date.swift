@@ -23,6 +23,21 @@ package enum PostgresTimestamp {
         let (seconds, fraction) = floorDivMod(micros, 1_000_000)
         let (days, secondOfDay) = floorDivMod(seconds, 86_400)
         let (year, month, day) = civil(fromDays: days)
+        if (1...9999).contains(year) {
+            // The usual shape, written byte by byte (the general path below builds it from padded pieces).
+            return String(unsafeUninitializedCapacity: 29) { out in
+                put(year, 4, into: out, at: 0, then: "-")
+                put(month, 2, into: out, at: 5, then: "-")
+                put(day, 2, into: out, at: 8, then: "T")
+                put(secondOfDay / 3600, 2, into: out, at: 11, then: ":")
+                put(secondOfDay / 60 % 60, 2, into: out, at: 14, then: ":")
+                put(secondOfDay % 60, 2, into: out, at: 17, then: ".")
+                put(fraction, 6, into: out, at: 20, then: "+")
+                out[27] = UInt8(ascii: "0")
+                out[28] = UInt8(ascii: "0")
+                return 29
+            }
+        }
         let bc = year <= 0
         var text = pad(bc ? 1 - year : year, 4) + "-" + pad(month, 2) + "-" + pad(day, 2)
         text += "T" + pad(secondOfDay / 3600, 2) + ":" + pad(secondOfDay / 60 % 60, 2) + ":" + pad(secondOfDay % 60, 2)
@@ -83,6 +98,18 @@ package enum PostgresTimestamp {
     private static func pad(_ value: Int64, _ width: Int) -> String {
         let digits = String(value)
         return digits.count >= width ? digits : String(repeating: "0", count: width - digits.count) + digits
+    }
+
+    /// Writes `value` (not negative) in `digits` decimal digits at `at` in `out`, then `then` right after them.
+    package static func put(
+        _ value: Int64, _ digits: Int, into out: UnsafeMutableBufferPointer<UInt8>, at: Int, then: Unicode.Scalar
+    ) {
+        var value = value
+        for i in stride(from: at + digits - 1, through: at, by: -1) {
+            out[i] = UInt8(ascii: "0") + UInt8(value % 10)
+            value /= 10
+        }
+        out[at + digits] = UInt8(ascii: then)
     }
 
     /// Days since 1970-01-01 to (year, month, day); Howard Hinnant's `civil_from_days`.

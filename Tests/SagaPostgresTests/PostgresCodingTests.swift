@@ -10,6 +10,33 @@ import Testing
         #expect(Date(timeIntervalSince1970: -1).postgresText == "1969-12-31T23:59:59.000000+00")
     }
 
+    /// Years 1-9999 are written byte by byte: the text reads back as the same microsecond (through the parser,
+    /// which shares nothing with the writer but the calendar), and keeps its fixed shape; other years take the
+    /// general path.
+    @Test func dateTextRoundTripsToTheMicrosecond() throws {
+        var generator = SystemRandomNumberGenerator()
+        // 0001-01-01 to 9999-12-31, in microseconds since 1970, and around now.
+        let ranges: [ClosedRange<Int64>] = [
+            -62_135_596_800_000_000...253_402_300_799_999_999, 1_700_000_000_000_000...1_900_000_000_000_000,
+        ]
+        for range in ranges {
+            for _ in 0..<10_000 {
+                let micros = Int64.random(in: range, using: &generator)
+                let date = Date(timeIntervalSince1970: Double(micros) / 1_000_000)
+                let text = date.postgresText
+                #expect(text.utf8.count == 29 && text.hasSuffix("+00"), "\(text)")
+                let back = try Date(postgresText: text)
+                #expect(
+                    abs(back.timeIntervalSince(date)) < 0.000_001 * max(1, abs(date.timeIntervalSince1970) / 1e9),
+                    "\(text)")
+            }
+        }
+        #expect(Date(timeIntervalSince1970: -62_135_596_800).postgresText == "0001-01-01T00:00:00.000000+00")
+        #expect(Date(timeIntervalSince1970: 253_402_300_799).postgresText == "9999-12-31T23:59:59.000000+00")
+        #expect(Date(timeIntervalSince1970: 253_402_300_800).postgresText == "10000-01-01T00:00:00.000000+00")
+        #expect(Date(timeIntervalSince1970: -62_135_596_801).postgresText == "0001-12-31T23:59:59.000000+00 BC")
+    }
+
     @Test func dateParsesServerOutputForms() throws {
         let expected = 1_795_239_000.123456
         let forms = [
