@@ -30,9 +30,7 @@ struct BrokerCommand: AsyncParsableCommand {
 
     func validate() throws {
         guard (1...10).contains(brokers) else { throw ValidationError("--brokers must be 1...10") }
-        guard SagaEnvironment.embeddedPartitionRange.contains(partitions) else {
-            throw ValidationError("--partitions must be 1...256")
-        }
+        try SagaEnvironment.validatePartitions(partitions)
         if let controlPort, !(1...65535).contains(controlPort) {
             throw ValidationError("--control-port must be 1...65535")
         }

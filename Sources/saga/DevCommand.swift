@@ -33,9 +33,7 @@ struct DevCommand: AsyncParsableCommand {
     var participants: [String] = []
 
     func validate() throws {
-        guard SagaEnvironment.embeddedPartitionRange.contains(partitions) else {
-            throw ValidationError("--partitions must be 1...256")
-        }
+        try SagaEnvironment.validatePartitions(partitions)
         for participant in participants where !FileManager.default.isExecutableFile(atPath: participant) {
             throw ValidationError("--participant \(participant): no executable file there (build it first)")
         }

@@ -1,3 +1,4 @@
+import ArgumentParser
 import Foundation
 import SagaDaemon
 import SagaEngine
@@ -36,6 +37,14 @@ struct SagaEnvironment: Sendable {
     static let embeddedPartitions: Int32 = 2
     /// The accepted range of `--partitions` on the embedded broker.
     static let embeddedPartitionRange: ClosedRange<Int32> = 1...256
+
+    /// Refuses an embedded broker's `--partitions` outside ``embeddedPartitionRange`` (`saga dev`, `saga broker`).
+    static func validatePartitions(_ partitions: Int32) throws {
+        let range = embeddedPartitionRange
+        guard range.contains(partitions) else {
+            throw ValidationError("--partitions must be \(range.lowerBound)...\(range.upperBound)")
+        }
+    }
 
     /// Reads the environment. - Throws: `ConfigurationError` naming the variable and what is wrong with it.
     static func load(
