@@ -13,12 +13,13 @@ struct WorkerCommand: AsyncParsableCommand {
             commits or rolls back, offsets are committed, the consumer leaves its group. \
             SAGA_KAFKA_GROUP_INSTANCE_ID (e.g. inventory-1, or {hostname} for the host's name; default unset) \
             makes the consumer a static member (group.instance.id): it keeps its place in the group across a \
-            restart within session.timeout.ms (6 s) instead of waiting out a rebalance; it does not leave the \
+            restart within session.timeout.ms (30 s for a static member, 6 s for a dynamic one; \
+            SAGA_KAFKA_PROPERTIES overrides it) instead of waiting out a rebalance; it does not leave the \
             group on SIGTERM. It must be unique among the service's running workers: on Apache Kafka a second \
             process with the same id fences the first, which exits with a fatal FENCED_INSTANCE_ID error. Not for \
             the embedded broker, which ignores it (a restart after SIGTERM then takes 19 s instead of 9 s), and \
-            on Tansu 0.6 only with care: it fences no duplicate and never evicts a static member that is gone \
-            for good (its partitions stall); see the README, "Restarts and static membership".
+            on Tansu 0.6 only with care: it fences no duplicate and hands the partitions of a static member that \
+            is gone for good to nobody (they stall); see the README, "Restarts and static membership".
             """)
 
     @Argument(help: "The service: orders, inventory or billing.")

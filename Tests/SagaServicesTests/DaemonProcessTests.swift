@@ -295,11 +295,14 @@ import Testing
 
     /// Static membership (SAGA_KAFKA_GROUP_INSTANCE_ID) on a broker that supports it: two `saga worker inventory`
     /// processes with ids of their own split the partitions; one is killed with SIGKILL and started again with
-    /// the same id at once. It gets back exactly the partitions it had, and the survivor keeps its own: it is
-    /// never revoked, not even after the dead member's session (session.timeout.ms, 10 s) would have expired (a
-    /// dynamic member in its place makes the group rebalance: the survivor's partitions are revoked within
-    /// seconds and the group stands still until the dead member is evicted). The librdkafka mock cluster ignores
-    /// group.instance.id, so this runs only against a real broker (Tansu: `scripts/test --tansu`).
+    /// the same id 5 s later (a container's restart is not instant either). It gets back exactly the partitions
+    /// it had, and the survivor keeps its own: it is never revoked, not even after the dead member's session
+    /// would have expired. That takes a static member's default session (30 s, longer than a restart): with a
+    /// dynamic member's 6 s the restarted member is too late, its session has ended, the survivor is revoked
+    /// and the dead member's partitions wait (a dynamic member in its place makes the group rebalance at once:
+    /// the survivor's partitions are revoked within seconds and the group stands still until the dead member
+    /// is evicted). The librdkafka mock cluster ignores group.instance.id, so this runs only against a real
+    /// broker (Tansu: `scripts/test --tansu`).
     @Test(
         .enabled(
             if: KafkaTestBroker.usesRealKafka,
@@ -311,6 +314,8 @@ import Testing
         for service in TestStack.services { stack.startRelay(service) }
         try stack.startWorker("orders")
         try stack.startWorker("billing")
+        let session = Duration.milliseconds(KafkaConsumerConfiguration.defaultStaticSessionTimeoutMs)
+        let heartbeat = Duration.seconds(2)
         func inventoryProcess(_ instance: String) throws -> SagaProcess {
             try SagaProcess(
                 ["worker", "inventory"],
@@ -360,6 +365,7 @@ import Testing
             kill(workers[0].process.processIdentifier, SIGKILL)
             let killed = ContinuousClock.now
             _ = try await workers[0].waitForExit(timeout: .seconds(10))
+            try await Task.sleep(until: killed + .seconds(5))
             workers[0] = try inventoryProcess("inventory-a")
             try await stack.eventually("the restarted process gets partitions", timeout: .seconds(60)) {
                 !rebalances(workers[0], "partitions assigned").isEmpty
@@ -367,9 +373,11 @@ import Testing
             let back = ContinuousClock.now - killed
             print("static member restarted after kill -9: partitions back after \(back)")
             #expect(rebalances(workers[0], "partitions assigned").first == before, "the same partitions as before")
-            // Past the dead member's session timeout (10 s) with margin, sagas still flow through both.
+            // Past the dead member's session (the broker evicts on the survivor's next heartbeat after it, and the
+            // last heartbeat of the dead member may have been one interval before the kill), sagas still flow
+            // through both.
             let after = try await placeAndFinish(8)
-            try await Task.sleep(until: killed + .seconds(20))
+            try await Task.sleep(until: killed + session + heartbeat * 2 + .seconds(1))
             let revoked =
                 rebalances(workers[1], "partitions revoked").count
                 + rebalances(workers[1], "partitions lost").count
