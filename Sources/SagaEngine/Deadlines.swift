@@ -83,6 +83,19 @@ extension BatchHandlerContext {
         try await Deadlines.cancel(
             sagaIds: Set(events.map(\.sagaId)), name: name, ledger: deadlineLedger, on: connection)
     }
+
+    /// Like ``cancelDeadlines(name:for:)``, then runs `next` in the same round trip (after the cancellation, so
+    /// it sees it and takes its locks after the deadlines'); returns `next`'s rows.
+    /// - Throws: `PostgresError`; neither statement has effect when either fails (the transaction fails).
+    public func cancelDeadlines(name: String, for events: [IncomingEvent], then next: PostgresStatement)
+        async throws -> [PostgresRow]
+    {
+        let sagaIds = Set(events.map(\.sagaId))
+        guard !sagaIds.isEmpty else { return try await connection.query(next.sql, next.binds) }
+        let results = try await connection.pipeline([Deadlines.cancellation(sagaIds: sagaIds, name: name), next])
+        try Deadlines.cancelled(results[0].rows, name: name, ledger: deadlineLedger)
+        return results[1].rows
+    }
 }
 
 /// What the handlers of one worker transaction did with deadlines, known to the worker once it committed:
@@ -260,11 +273,23 @@ enum Deadlines {
         sagaIds: Set<String>, name: String, ledger: DeadlineLedger?, on connection: PostgresTransaction
     ) async throws -> Set<String> {
         guard !sagaIds.isEmpty else { return [] }
-        let rows = try await connection.query(
+        let delete = cancellation(sagaIds: sagaIds, name: name)
+        return try cancelled(try await connection.query(delete.sql, delete.binds), name: name, ledger: ledger)
+    }
+
+    /// The statement that deletes the deadline `name` of each of `sagaIds`, returning what ``cancelled(_:name:ledger:)``
+    /// reads.
+    static func cancellation(sagaIds: Set<String>, name: String) -> PostgresStatement {
+        PostgresStatement(
             """
             DELETE FROM saga_deadlines WHERE name = $1 AND saga_id = ANY($2::text[])
             RETURNING saga_id, due_at, event_id, event_type
             """, [name, PostgresArray(sagaIds.sorted())])
+    }
+
+    /// Records the deadlines ``cancellation(sagaIds:name:)`` deleted (`rows`) in `ledger`; returns their saga ids.
+    @discardableResult
+    static func cancelled(_ rows: [PostgresRow], name: String, ledger: DeadlineLedger?) throws -> Set<String> {
         var cancelled: [Cancelled] = []
         cancelled.reserveCapacity(rows.count)
         for row in rows {

@@ -65,7 +65,7 @@ extension Worker {
                     let outcome =
                         isolate
                         ? try await self.handleIsolated(messages, exhausted: exhausted, ledger: ledger, on: connection)
-                        : try await self.handle(messages, ledger: ledger, on: connection)
+                        : try await self.handle(messages, optimistic: false, ledger: ledger, on: connection)
                     try await Deadlines.delete(claimed, on: connection)
                     return (claimed, outcome)
                 }

@@ -69,6 +69,9 @@ public struct WorkerStats: Sendable, Hashable {
     public var batches = 0
     /// Batches run one event at a time (each in a savepoint) because a handler failed for good on one.
     public var isolated = 0
+    /// Batches run again inbox-first because their optimistic attempt failed (see ``Worker``): a duplicate
+    /// event, mostly.
+    public var inboxFirstRetries = 0
     /// Deadlines scheduled by committed transactions.
     public var deadlinesScheduled = 0
     /// Deadlines cancelled by committed transactions.
@@ -85,6 +88,10 @@ public struct WorkerStats: Sendable, Hashable {
 ///   Per saga, events are handled in the order they were consumed, also across handlers.
 /// - Effectively once: the inbox rows and the handlers' writes commit together, so a redelivered event
 ///   (or one delivered twice in a batch) is acknowledged and skipped.
+/// - Optimistic inbox: a batch's inbox insert travels with its handlers' first statement, in its round trip,
+///   and a duplicate among its events fails the transaction (a unique violation) instead of being skipped;
+///   any failure of such a batch runs it again at once inbox-first (the insert in a round trip of its own,
+///   whose answer tells the duplicates apart), and so do the batches after it until one finds no duplicate.
 /// - Nothing lost: offsets are committed only after the transaction committed (asynchronously: a lost
 ///   commit means a redelivery, which the inbox absorbs); a retriable failure (database down,
 ///   serialization failure, deadlock) rolls the batch back and retries it with backoff.
@@ -116,6 +123,10 @@ public final class Worker: Service, Sendable {
     let deadlineTypes: Set<String>
     let logger: Logger
     private let state = Mutex(WorkerStats())
+    /// Whether the next batch records its inbox rows in a round trip of their own, whose answer tells the
+    /// duplicates apart, instead of optimistically with its handlers' first statement: set when an optimistic
+    /// batch failed, cleared by a batch that found no duplicate.
+    private let inboxFirst = Atomic<Bool>(false)
     private let metrics: WorkerMetrics
     let deadlineMetrics: DeadlineMetrics
     let deadlineAlarm = DeadlineAlarm()
@@ -357,19 +368,28 @@ public final class Worker: Service, Sendable {
         var attempt = 0
         var isolate = false
         var failures = RepeatedFailures(limit: configuration.deadLetterAfterAttempts)
+        var optimistic = !inboxFirst.load(ordering: .relaxed)
         while true {
             let started = ContinuousClock.now
             let ledger = deadlineLedger()
             do {
                 let outcome = try await pool.withCancellableTransaction {
-                    [isolate, exhausted = failures.exhausted] connection in
+                    [isolate, optimistic, exhausted = failures.exhausted] connection in
                     isolate
                         ? try await self.handleIsolated(batch, exhausted: exhausted, ledger: ledger, on: connection)
-                        : try await self.handle(batch, ledger: ledger, on: connection)
+                        : try await self.handle(batch, optimistic: optimistic, ledger: ledger, on: connection)
                 }
+                if !isolate { inboxFirst.store(outcome.total(\.duplicates) > 0, ordering: .relaxed) }
                 record(outcome, isolated: isolate, ledger: ledger)
                 metrics.batchDuration.record(duration: ContinuousClock.now - started)
                 return true
+            } catch let error where optimistic {
+                // Whatever failed (a duplicate, a poison event, the database), the batch runs again inbox-first,
+                // at once, and that attempt decides as it always has.
+                optimistic = false
+                inboxFirst.store(true, ordering: .relaxed)
+                state.withLock { $0.inboxFirstRetries += 1 }
+                logger.debug("optimistic batch failed, running it again inbox-first", metadata: ["error": "\(error)"])
             } catch is NeedsIsolation {
                 isolate = true
             } catch let error where !isolate && Self.permanentReason(error) != nil {
@@ -472,9 +492,11 @@ public final class Worker: Service, Sendable {
     }
 
     /// The set-based path: one inbox insert, one call per handler group (see ``schedule(_:)``), one outbox
-    /// insert. Any failure for good becomes `NeedsIsolation`.
-    func handle(_ batch: [KafkaMessage], ledger: DeadlineLedger, on connection: PostgresConnection) async throws
-        -> Outcome
+    /// insert. Any failure for good becomes `NeedsIsolation`. `optimistic`: the inbox insert goes with the
+    /// handlers' first statement instead of in a round trip of its own, and a duplicate fails the transaction
+    /// (see ``Inbox/recordDeferred(_:on:)``).
+    func handle(_ batch: [KafkaMessage], optimistic: Bool, ledger: DeadlineLedger, on connection: PostgresConnection)
+        async throws -> Outcome
     {
         var outcome = Outcome()
         var decoded: [Decoded] = []
@@ -501,15 +523,20 @@ public final class Worker: Service, Sendable {
         }
         guard !decoded.isEmpty else { return outcome }
         do {
-            let new = try await Inbox.record(decoded.map { ($0.event, $0.message) }, on: connection)
             var fresh: [Decoded] = []
-            fresh.reserveCapacity(decoded.count)
-            for d in decoded {
-                if new.contains(d.event.id) {
-                    fresh.append(d)
-                } else {
-                    EventLog.logger(logger, for: d.event.envelope).debug("duplicate skipped")
-                    outcome.byType[d.event.type, default: .init()].duplicates += 1
+            if optimistic {
+                try Inbox.recordDeferred(decoded.map { ($0.event, $0.message) }, on: connection)
+                fresh = decoded
+            } else {
+                let new = try await Inbox.record(decoded.map { ($0.event, $0.message) }, on: connection)
+                fresh.reserveCapacity(decoded.count)
+                for d in decoded {
+                    if new.contains(d.event.id) {
+                        fresh.append(d)
+                    } else {
+                        EventLog.logger(logger, for: d.event.envelope).debug("duplicate skipped")
+                        outcome.byType[d.event.type, default: .init()].duplicates += 1
+                    }
                 }
             }
             var emitted: [OutgoingEvent] = []

@@ -264,6 +264,36 @@ import Testing
         #expect(outbox == ["\(order.orderId) inventory.reserved", "\(other.orderId) inventory.reserved"])
     }
 
+    /// The optimistic inbox: a batch of new events sends its inbox insert with the handlers' first statement. A
+    /// batch holding a redelivered event fails that way and runs again inbox-first, which skips the duplicate;
+    /// the batches after it run inbox-first too until one finds no duplicate, and the next is optimistic again.
+    @Test func aBatchWithARedeliveredEventRunsAgainInboxFirstUntilABatchFindsNoDuplicate() async throws {
+        let stack = try await TestStack()
+        let inventory = Inventory(stack)
+        let orders = try (0..<5).map { _ in try Self.orderCreated(stack, [("widget", 1)]) }
+        let m = try await Self.throughBroker(stack, orders.map(\.message))
+        var retries: [Int] = []
+        for batch in [[m[0]], [m[0], m[1]], [m[1], m[2]], [m[3]], [m[3], m[4]]] {
+            #expect(await inventory.process(batch))
+            retries.append(inventory.worker.stats.inboxFirstRetries)
+        }
+        let stats = inventory.worker.stats
+        let widget = try await Self.stock(stack, "widget")
+        let outbox = try await Self.outbox(stack).map { "\($0.saga) \($0.type)" }
+        await inventory.pool.close()
+        await stack.stop()
+
+        // new (optimistic) / m[0] again (fails, inbox-first) / m[1] again (inbox-first: no failure) / new
+        // (inbox-first, finds no duplicate) / m[3] again (optimistic again: fails, inbox-first).
+        #expect(retries == [0, 1, 1, 1, 2])
+        #expect(stats.handled == 5)
+        #expect(stats.duplicates == 3)
+        #expect(stats.batches == 5)
+        #expect(stats.retries == 0)
+        #expect(widget == [1000 - 5, 5, 0])
+        #expect(outbox == orders.map { "\($0.orderId) inventory.reserved" })
+    }
+
     @Test func aPoisonEventInTheMiddleOfABatchIsDeadLetteredAlone() async throws {
         let stack = try await TestStack()
         let inventory = Inventory(stack)

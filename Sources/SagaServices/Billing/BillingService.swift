@@ -123,9 +123,7 @@ public enum BillingService {
         try await OrderLocks.lock(orderIds, service: name, on: db)
 
         // What billing knows of the batch's orders: their charges, and the cancellations it has seen.
-        var charges: [UUID: Charge] = [:]
-        var cancelled = Set<UUID>()
-        for row in try await db.query(
+        let chargesRead = PostgresStatement(
             """
             SELECT order_id, status, payment_id, amount, currency, customer_id, reason FROM charges
             WHERE order_id = ANY($1::uuid[])
@@ -133,7 +131,36 @@ public enum BillingService {
             SELECT order_id, 'CANCELLED', NULL, NULL, NULL, customer_id, NULL FROM order_cancellations
             WHERE order_id = ANY($1::uuid[])
             """, [PostgresArray(Array(orderIds))])
-        {
+        // The accounts the batch may charge or refund, locked in customer order: the reserved orders' customers
+        // and the customers of the charges a cancellation may refund.
+        func accountsRead(_ customers: Set<String>) -> PostgresStatement {
+            PostgresStatement(
+                """
+                SELECT customer_id, currency, credit_limit, used FROM accounts
+                WHERE customer_id = ANY($1::text[]) ORDER BY customer_id FOR UPDATE
+                """, [PostgresArray(customers.sorted())])
+        }
+        var customers = Set<String>()
+        var cancels = false
+        for (_, _, step) in steps {
+            switch step {
+            case .charge(let reserved): customers.insert(reserved.customerId)
+            case .cancel: cancels = true
+            }
+        }
+        // A batch without cancellations knows its customers from its events: both reads in one round trip.
+        let chargeRows: [PostgresRow]
+        var accountRows: [PostgresRow] = []
+        if !cancels {
+            let results = try await db.pipeline([chargesRead, accountsRead(customers)])
+            chargeRows = results[0].rows
+            accountRows = results[1].rows
+        } else {
+            chargeRows = try await db.query(chargesRead.sql, chargesRead.binds)
+        }
+        var charges: [UUID: Charge] = [:]
+        var cancelled = Set<UUID>()
+        for row in chargeRows {
             let orderId: UUID = try row.decode("order_id")
             let status: String = try row.decode("status")
             if status == "CANCELLED" {
@@ -145,6 +172,15 @@ public enum BillingService {
                 amount: Money(amount: try row.decode("amount"), currency: try row.decode("currency")),
                 status: status, reason: try row.decode("reason", as: String?.self), isNew: false)
         }
+        if cancels {
+            for (_, orderId, step) in steps {
+                if case .cancel = step, let charge = charges[orderId], charge.status == "CHARGED" {
+                    customers.insert(charge.customerId)
+                }
+            }
+            let read = accountsRead(customers)
+            accountRows = try await db.query(read.sql, read.binds)
+        }
 
         struct Account {
             var currency: String
@@ -153,23 +189,8 @@ public enum BillingService {
             /// What the batch adds to `used` (negative when it refunds more than it charges).
             var delta: Int64 = 0
         }
-        // The accounts the batch may charge or refund: the reserved orders' customers and the customers of the
-        // charges a cancellation may refund.
-        var customers = Set<String>()
-        for (_, orderId, step) in steps {
-            switch step {
-            case .charge(let reserved): customers.insert(reserved.customerId)
-            case .cancel:
-                if let charge = charges[orderId], charge.status == "CHARGED" { customers.insert(charge.customerId) }
-            }
-        }
         var accounts: [String: Account] = [:]
-        for row in try await db.query(
-            """
-            SELECT customer_id, currency, credit_limit, used FROM accounts
-            WHERE customer_id = ANY($1::text[]) ORDER BY customer_id FOR UPDATE
-            """, [PostgresArray(customers.sorted())])
-        {
+        for row in accountRows {
             accounts[try row.decode("customer_id")] = Account(
                 currency: try row.decode("currency"), limit: try row.decode("credit_limit"),
                 used: try row.decode("used"))

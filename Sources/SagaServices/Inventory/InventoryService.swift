@@ -172,8 +172,7 @@ public enum InventoryService {
             }
         }
         try await OrderLocks.lock(orderIds, service: name, on: db)
-        var reservations: [UUID: Reservation] = [:]
-        for row in try await db.query(
+        let reservationsRead = PostgresStatement(
             """
             SELECT r.order_id, r.status, l.sku, l.quantity
             FROM reservations r LEFT JOIN reservation_lines l ON l.order_id = r.order_id
@@ -181,7 +180,33 @@ public enum InventoryService {
             ORDER BY r.order_id, l.sku
             FOR UPDATE OF r
             """, [PostgresArray(Array(orderIds))])
-        {
+        // Every SKU the batch may touch, locked in SKU order so concurrent batches cannot deadlock on them.
+        func stockRead(_ skus: Set<String>) -> PostgresStatement {
+            PostgresStatement(
+                "SELECT sku, available FROM stock WHERE sku = ANY($1::text[]) ORDER BY sku FOR UPDATE",
+                [PostgresArray(skus.sorted())])
+        }
+        // New orders name their SKUs themselves; a settlement or a cancellation finds them in its reservation's
+        // lines. A batch of new orders only reads both in one round trip, any other reads the reservations first.
+        var skus = Set<String>()
+        var settles = false
+        for (_, step) in steps {
+            switch step {
+            case .reserve(_, _, let wanted): skus.formUnion(wanted.keys)
+            case .settle, .cancel: settles = true
+            }
+        }
+        let reservationRows: [PostgresRow]
+        var stockRows: [PostgresRow] = []
+        if !settles && !skus.isEmpty {
+            let results = try await db.pipeline([reservationsRead, stockRead(skus)])
+            reservationRows = results[0].rows
+            stockRows = results[1].rows
+        } else {
+            reservationRows = try await db.query(reservationsRead.sql, reservationsRead.binds)
+        }
+        var reservations: [UUID: Reservation] = [:]
+        for row in reservationRows {
             let id: UUID = try row.decode("order_id")
             var reservation = try reservations[id] ?? Reservation(status: row.decode("status"), lines: [], isNew: false)
             if let sku = try row.decode("sku", as: String?.self) {
@@ -189,25 +214,21 @@ public enum InventoryService {
             }
             reservations[id] = reservation
         }
-
-        // Every SKU the batch may touch, locked in SKU order so concurrent batches cannot deadlock on them.
-        var skus = Set<String>()
-        for (_, step) in steps {
-            switch step {
-            case .reserve(_, _, let wanted): skus.formUnion(wanted.keys)
-            case .settle(let id, _, _), .cancel(let id, _):
-                for line in reservations[id]?.lines ?? [] { skus.insert(line.sku) }
+        if settles {
+            for (_, step) in steps {
+                switch step {
+                case .reserve: break
+                case .settle(let id, _, _), .cancel(let id, _):
+                    for line in reservations[id]?.lines ?? [] { skus.insert(line.sku) }
+                }
+            }
+            if !skus.isEmpty {
+                let read = stockRead(skus)
+                stockRows = try await db.query(read.sql, read.binds)
             }
         }
         var stock: [String: Stock] = [:]
-        if !skus.isEmpty {
-            for row in try await db.query(
-                "SELECT sku, available FROM stock WHERE sku = ANY($1::text[]) ORDER BY sku FOR UPDATE",
-                [PostgresArray(skus.sorted())])
-            {
-                stock[try row.decode("sku")] = Stock(available: try row.decode("available"))
-            }
-        }
+        for row in stockRows { stock[try row.decode("sku")] = Stock(available: try row.decode("available")) }
 
         // Decide each event in order.
         var out: [OutgoingEvent] = []

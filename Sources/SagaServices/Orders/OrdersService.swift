@@ -199,12 +199,10 @@ public enum OrdersService {
         var seen = Set<UUID>()
         for f in finishes where seen.insert(f.orderId).inserted { first.append(f) }
         let db = context.connection
-        // The answers' orders are decided now: their deadlines go first (lock order, see above). A fired
-        // deadline's row is deleted by the worker in the firing transaction.
+        // The answers' orders are decided now: their deadlines go first (lock order, see above), in the round
+        // trip of the orders' update. A fired deadline's row is deleted by the worker in the firing transaction.
         let answers = events.filter { $0.type != OrderExpired.eventType }
-        if !answers.isEmpty { try await context.cancelDeadlines(name: deadlineName, for: answers) }
-        var finished: [UUID: OrderRow] = [:]
-        for row in try await db.query(
+        let update = PostgresStatement(
             """
             UPDATE orders o SET status = u.status, reason = NULLIF(u.reason, ''), updated_at = now()
             FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int[]) AS u(id, status, reason, timeout)
@@ -216,7 +214,8 @@ public enum OrdersService {
                 PostgresArray(first.map(\.orderId)), PostgresArray(first.map(\.status.rawValue)),
                 PostgresArray(first.map { $0.reason ?? "" }), PostgresArray(first.map { $0.timeout ? 1 : 0 }),
             ])
-        {
+        var finished: [UUID: OrderRow] = [:]
+        for row in try await context.cancelDeadlines(name: deadlineName, for: answers, then: update) {
             finished[try row.decode("id")] = OrderRow(
                 customerId: try row.decode("customer_id"),
                 total: Money(amount: try row.decode("total_amount"), currency: try row.decode("currency")))
