@@ -145,5 +145,14 @@ public enum EngineMigrations {
                 -- once retries every 50 ms. A queue table fills those pages again within seconds anyway.
                 ALTER TABLE saga_outbox SET (vacuum_truncate = false);
                 """),
+        PostgresMigration(
+            version: 7, name: "engine: no index of every outbox row by saga",
+            sql: """
+                -- Every outbox row paid an entry in it (written with the row, cleaned up by vacuum after its
+                -- deletion), for lookups nobody makes on the hot path: the relay asks only whether a saga has a
+                -- parked row (saga_outbox_parked_saga), and the outbox holds only what is not yet published, so
+                -- listing one saga's rows (`saga inspect`, the chaos checks) scans that.
+                DROP INDEX saga_outbox_saga;
+                """),
     ]
 }

@@ -80,10 +80,10 @@ public struct TrackerStats: Sendable, Hashable {
 /// transaction that scheduled, cancelled or fired one (the latest state by the carrying event's time, so the
 /// order in which the topics are read does not matter).
 ///
-/// Idempotent: events are keyed by event id, dead letters by their position, and only the events recorded for the
-/// first time are merged into their saga's state (the earliest start, the latest event and the earliest outcome by
-/// time and event id, counts added up), so a redelivered batch changes nothing and the state does not depend on
-/// how the events were batched or in which order the topics were read. One instance is active per
+/// Idempotent: events are keyed by saga and event id, dead letters by their position, and only the events recorded
+/// for the first time are merged into their saga's state (the earliest start, the latest event and the earliest
+/// outcome by time and event id, counts added up), so a redelivered batch changes nothing and the state does not
+/// depend on how the events were batched or in which order the topics were read. One instance is active per
 /// read model (a session advisory lock); others wait as standbys. The lock's session ends at the server
 /// when the active instance stops running (see ``TrackerConfiguration/lockSessionIdleTimeout``), so a
 /// frozen instance hands over within seconds; once it runs again, or after the database restarted, it waits for
@@ -453,8 +453,13 @@ public final class SagaTracker: Service, Sendable {
     private func recordEvents(_ events: [(EventEnvelope, KafkaMessage)], on connection: PostgresTransaction)
         async throws
     {
-        var seen = Set<UUID>()
-        let events = events.filter { seen.insert($0.0.id).inserted }  // once each: the merge counts what is new
+        struct Key: Hashable {
+            var saga: String
+            var id: UUID
+        }
+        var seen = Set<Key>()
+        // Once each (the merge counts what is new, and one statement may not write a row twice).
+        let events = events.filter { seen.insert(Key(saga: $0.0.sagaId, id: $0.0.id)).inserted }
         guard !events.isEmpty else { return }
         let model = self.model
         try await connection.executeDeferred(
@@ -472,7 +477,7 @@ public final class SagaTracker: Service, Sendable {
                     NULLIF(e.causation_id, '')::uuid, NULLIF(e.traceparent, ''), e.data::jsonb, e.topic, e.partition,
                     e."offset"
                 FROM given e
-                ON CONFLICT (event_id) DO NOTHING
+                ON CONFLICT (saga_id, event_id) DO NOTHING
                 RETURNING event_id, saga_id, event_type, occurred_at
             ), summary AS (
                 SELECT n.saga_id, count(*)::int AS events, (count(*) FILTER (WHERE g.kind = 'compensation'))::int AS compensations,

@@ -90,5 +90,21 @@ enum TrackerMigrations {
                                         WHERE e.saga_id = s.saga_id AND e.occurred_at = s.finished_at
                                         ORDER BY e.event_id LIMIT 1);
                 """),
+        PostgresMigration(
+            version: 4, name: "tracker: fewer index entries per event",
+            sql: """
+                -- One index serves both the key and every read of the events (all by saga: an inspection, the
+                -- stats' steps); each recorded event wrote two before. A saga's few events are sorted when read.
+                ALTER TABLE tracker_events DROP CONSTRAINT tracker_events_pkey;
+                DROP INDEX tracker_events_saga;
+                ALTER TABLE tracker_events ADD PRIMARY KEY (saga_id, event_id);
+                -- A saga's row is updated by most batches that carry its events. Only running sagas are listed by
+                -- status (`--stuck`), so only they are indexed by it, and a finished saga leaves that index; room
+                -- left in each page lets the updates that keep the status stay on the page (HOT: no index entry),
+                -- where full pages made nearly all of them write an entry into every index.
+                DROP INDEX tracker_sagas_status;
+                CREATE INDEX tracker_sagas_running ON tracker_sagas (started_at) WHERE status = 'running';
+                ALTER TABLE tracker_sagas SET (fillfactor = 70);
+                """),
     ]
 }
