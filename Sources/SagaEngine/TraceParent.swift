@@ -9,13 +9,44 @@ import Tracing
 /// exported spans link up. Without one, it carries its cause's trace id with a new span id.
 public enum TraceParent {
     /// A new root trace.
-    public static func root() -> String { "00-\(hex(16))-\(hex(8))-01" }
+    public static func root() -> String {
+        traceparent { out in
+            randomHex(into: out, at: traceIdStart, bytes: 16)
+            out[length - 2] = UInt8(ascii: "0")
+            out[length - 1] = UInt8(ascii: "1")
+        }
+    }
 
     /// The child of `parent`: same trace id and flags, new span id. A missing or malformed parent starts a new trace.
     public static func child(of parent: String?) -> String {
-        guard let parent, isValid(parent) else { return root() }
-        let parts = parent.split(separator: "-")
-        return "00-\(parts[1])-\(hex(8))-\(parts[3])"
+        guard var parent, isValid(parent) else { return root() }
+        // Built in place (every emitted event takes one): the parent's trace id and flags, a new span id.
+        return parent.withUTF8 { from in
+            traceparent { out in
+                for i in traceIdStart..<spanIdStart - 1 { out[i] = from[i] }
+                out[length - 2] = from[length - 2]
+                out[length - 1] = from[length - 1]
+            }
+        }
+    }
+
+    /// The length of a traceparent, and where its ids start.
+    private static let length = 55
+    private static let traceIdStart = 3
+    private static let spanIdStart = 36
+
+    /// A traceparent of version 00 with a new span id, whose trace id and flags `fill` writes.
+    private static func traceparent(_ fill: (UnsafeMutableBufferPointer<UInt8>) -> Void) -> String {
+        String(unsafeUninitializedCapacity: length) { out in
+            out[0] = UInt8(ascii: "0")
+            out[1] = UInt8(ascii: "0")
+            out[traceIdStart - 1] = UInt8(ascii: "-")
+            out[spanIdStart - 1] = UInt8(ascii: "-")
+            out[length - 3] = UInt8(ascii: "-")
+            randomHex(into: out, at: spanIdStart, bytes: 8)
+            fill(out)
+            return length
+        }
     }
 
     /// The traceparent of an event emitted now: the current span's when a tracer gives one, else a child of
@@ -44,7 +75,10 @@ public enum TraceParent {
 
     /// The trace id of a well-formed traceparent.
     public static func traceId(_ traceparent: String) -> String? {
-        isValid(traceparent) ? String(traceparent.split(separator: "-")[1]) : nil
+        guard isValid(traceparent) else { return nil }
+        let utf8 = traceparent.utf8
+        let start = utf8.index(utf8.startIndex, offsetBy: traceIdStart)
+        return String(utf8[start..<utf8.index(start, offsetBy: 32)])
     }
 
     /// Whether `value` is a well-formed W3C traceparent (`00-<trace id>-<span id>-<flags>`, lower-case hex,
@@ -74,20 +108,21 @@ public enum TraceParent {
         return traceNonZero && spanNonZero
     }
 
-    /// `bytes` random bytes as lower-case hex (8 bytes per draw from the system generator).
-    private static func hex(_ bytes: Int) -> String {
+    /// `bytes` random bytes as lower-case hex digits into `out` from `start` (8 bytes per draw from the system
+    /// generator).
+    private static func randomHex(into out: UnsafeMutableBufferPointer<UInt8>, at start: Int, bytes: Int) {
         var generator = SystemRandomNumberGenerator()
-        let digits = Array("0123456789abcdef".utf8)
-        var out: [UInt8] = []
-        out.reserveCapacity(bytes * 2)
         var word: UInt64 = 0
         for i in 0..<bytes {
             if i % 8 == 0 { word = generator.next() }
             let b = UInt8(truncatingIfNeeded: word >> (UInt64(i % 8) * 8))
-            out.append(digits[Int(b >> 4)])
-            out.append(digits[Int(b & 0x0f)])
+            out[start + 2 * i] = hexDigit(b >> 4)
+            out[start + 2 * i + 1] = hexDigit(b & 0x0f)
         }
-        return String(decoding: out, as: UTF8.self)
+    }
+
+    private static func hexDigit(_ nibble: UInt8) -> UInt8 {
+        nibble < 10 ? UInt8(ascii: "0") + nibble : UInt8(ascii: "a") + nibble - 10
     }
 }
 

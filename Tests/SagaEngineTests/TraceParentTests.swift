@@ -28,4 +28,18 @@ import Testing
         // Every hex digit shows up in the span ids: the bytes are spread over the whole word.
         #expect(Set(children.flatMap { $0.split(separator: "-")[2] }).count == 16)
     }
+
+    @Test func aChildKeepsTheTraceIdAndFlagsUnderVersionZeroAndARootIsSampled() {
+        let parent = "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"
+        let child = TraceParent.child(of: parent)
+        #expect(child.hasPrefix("00-0af7651916cd43dd8448eb211c80319c-"))
+        #expect(child.hasSuffix("-00"))
+        #expect(child.split(separator: "-")[2] != "b7ad6b7169203331")
+        #expect(TraceParent.isValid(child))
+        #expect(TraceParent.traceId(parent) == "0af7651916cd43dd8448eb211c80319c")
+        #expect(TraceParent.traceId("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331") == nil)
+        let root = TraceParent.root()
+        #expect(root.hasPrefix("00-") && root.hasSuffix("-01") && TraceParent.isValid(root))
+        #expect(TraceParent.child(of: "not a traceparent").hasSuffix("-01"))
+    }
 }
