@@ -70,9 +70,52 @@ final class SagaWatch: Sendable {
 
     func close() async { await consumer.close() }
 
-    /// The envelope's `occurredAt`, nil when the value is not an envelope.
+    /// The envelope's `occurredAt`, nil when the value is not an envelope. The watch reads every event of the run
+    /// on the cores the stack runs on, so it finds the top-level member by scanning the bytes once (tracking strings
+    /// and nesting) instead of parsing the whole document; a value it cannot read that way is parsed.
     static func occurredAt(_ value: [UInt8]) -> Date? {
+        if let text = topLevelString("occurredAt", in: value) { return Timestamp.parse(text) }
         guard case .string(let text)? = (try? JSONValue(parsing: value))?["occurredAt"] else { return nil }
         return Timestamp.parse(text)
+    }
+
+    /// The value of the top-level member `key` of the JSON object `json` when it is a string without escapes (a
+    /// timestamp's), else nil.
+    static func topLevelString(_ key: String, in json: [UInt8]) -> String? {
+        let quote = UInt8(ascii: "\"")
+        let backslash = UInt8(ascii: "\\")
+        let wanted = Array(key.utf8)
+        var depth = 0
+        var i = 0
+        while i < json.count {
+            let b = json[i]
+            if b == quote {
+                // A string: at depth 1 followed by ':', it is a member name.
+                var end = i + 1
+                while end < json.count, json[end] != quote { end += json[end] == backslash ? 2 : 1 }
+                guard end < json.count else { return nil }
+                var next = end + 1
+                while next < json.count, json[next] == UInt8(ascii: " ") || json[next] == UInt8(ascii: "\n") {
+                    next += 1
+                }
+                if depth == 1, next < json.count, json[next] == UInt8(ascii: ":"),
+                    json[(i + 1)..<end].elementsEqual(wanted)
+                {
+                    var start = next + 1
+                    while start < json.count, json[start] == UInt8(ascii: " ") { start += 1 }
+                    guard start < json.count, json[start] == quote else { return nil }
+                    guard let close = json[(start + 1)...].firstIndex(where: { $0 == quote || $0 == backslash }),
+                        json[close] == quote
+                    else { return nil }
+                    return String(decoding: json[(start + 1)..<close], as: UTF8.self)
+                }
+                i = end + 1
+                continue
+            }
+            if b == UInt8(ascii: "{") || b == UInt8(ascii: "[") { depth += 1 }
+            if b == UInt8(ascii: "}") || b == UInt8(ascii: "]") { depth -= 1 }
+            i += 1
+        }
+        return nil
     }
 }

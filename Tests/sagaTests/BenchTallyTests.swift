@@ -1,5 +1,7 @@
 import ArgumentParser
 import Foundation
+import JSONSchema
+import SagaEngine
 import SagaServices
 import Testing
 
@@ -149,5 +151,25 @@ import Testing
         let sample = try #require(ProcessSample.read(getpid()))
         #expect(sample.rss > 0)
         #expect(sample.peakRSS >= sample.rss)
+    }
+
+    @Test func theWatchReadsTheTopLevelOccurredAtAsAParseWould() throws {
+        let envelope = EventEnvelope(
+            type: "order.confirmed", version: 1, sagaId: "o-1", causationId: nil, producer: "orders",
+            traceparent: nil,
+            data: .object(["note": .string("occurredAt: {"), "occurredAt": .string("1999-01-01T00:00:00Z")]))
+        let bytes = envelope.serialized()
+        let text = try #require(SagaWatch.topLevelString("occurredAt", in: bytes))
+        #expect(Timestamp.parse(text) == Timestamp.parse(Timestamp.format(envelope.occurredAt)))
+        #expect(SagaWatch.occurredAt(bytes) == Timestamp.parse(text))
+        // Nested members, braces and quotes inside strings are not the envelope's.
+        let tricky = Array(
+            #"{"data": {"occurredAt": "1999-01-01T00:00:00Z", "note": "}\" {"}, "x": ["{", "\"occurredAt\":"], "occurredAt" : "2026-12-03T08:00:00.123Z"}"#
+                .utf8)
+        #expect(SagaWatch.topLevelString("occurredAt", in: tricky) == "2026-12-03T08:00:00.123Z")
+        #expect(SagaWatch.topLevelString("occurredAt", in: Array(#"{"data": {"occurredAt": "x"}}"#.utf8)) == nil)
+        // What the scan cannot read is parsed: an escaped value, or no member at all.
+        #expect(SagaWatch.topLevelString("occurredAt", in: Array(#"{"occurredAt": "2026\u002d12"}"#.utf8)) == nil)
+        #expect(SagaWatch.occurredAt(Array("not json".utf8)) == nil)
     }
 }
