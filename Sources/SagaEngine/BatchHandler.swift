@@ -132,9 +132,10 @@ public let batchLoggingMiddleware: BatchHandlerMiddleware = { next in
 
 /// Gives every event of a batch its own consumer span continuing the event's trace (as
 /// ``tracingMiddleware`` does for one event); the events emitted for it carry that span as their parent.
-/// The spans of one batch call start and end together.
+/// The spans of one batch call start and end together. Skipped while no tracer is bootstrapped.
 public let batchTracingMiddleware: BatchHandlerMiddleware = { next in
     { events, context in
+        guard TraceParent.isTracing else { return try await next(events, context) }
         var context = context
         var spans: [any Span] = []
         spans.reserveCapacity(events.count)

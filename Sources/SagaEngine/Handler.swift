@@ -100,11 +100,12 @@ public let loggingMiddleware: HandlerMiddleware = { next in
     }
 }
 
-/// Runs every handler in a consumer span that continues the event's trace (swift-distributed-tracing; a
-/// no-op until a tracer is bootstrapped). Events the handler emits carry this span as their parent.
+/// Runs every handler in a consumer span that continues the event's trace (swift-distributed-tracing; skipped
+/// while no tracer is bootstrapped). Events the handler emits carry this span as their parent.
 public let tracingMiddleware: HandlerMiddleware = { next in
     { event, context in
-        try await withSpan(
+        guard TraceParent.isTracing else { return try await next(event, context) }
+        return try await withSpan(
             "\(event.type) process", context: TraceParent.context(continuing: event.envelope.traceparent),
             ofKind: .consumer
         ) { span in

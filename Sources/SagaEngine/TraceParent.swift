@@ -49,6 +49,10 @@ public enum TraceParent {
         }
     }
 
+    /// Whether a tracer is bootstrapped (or bound to the task). Without one every span is a no-op, so the tracing
+    /// middlewares skip building spans, their names and attributes (per event and per request).
+    public static var isTracing: Bool { !(InstrumentationSystem.tracer is NoOpTracer) }
+
     /// The traceparent of an event emitted now: the current span's when a tracer gives one, else a child of
     /// `parent` (the cause's traceparent, or an HTTP request's).
     public static func forEmitting(after parent: String?) -> String {

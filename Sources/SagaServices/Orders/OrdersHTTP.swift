@@ -50,8 +50,8 @@ public enum OrdersHTTP {
     /// The orders API's routes on `book`: `POST /orders`, `GET /orders/{id}` and `GET /health`.
     public static func router(book: OrderBook) -> Router<BasicRequestContext> {
         let router = Router()
-        // A server span per request continuing the caller's trace (a no-op until a tracer is bootstrapped).
-        router.add(middleware: TracingMiddleware())
+        // A server span per request continuing the caller's trace (none until a tracer is bootstrapped).
+        router.add(middleware: TracingWhenBootstrapped())
         router.add(middleware: RefusalMiddleware())
         router.get("/health") { _, _ -> Response in
             do {
@@ -244,4 +244,17 @@ public enum OrdersHTTP {
 extension HTTPField.Name {
     static let idempotencyKey = Self("Idempotency-Key")!
     static let traceparent = Self("traceparent")!
+}
+
+/// Hummingbird's `TracingMiddleware` while a tracer is bootstrapped; without one, it would build a no-op span and
+/// its attributes for every request, so requests go straight on.
+struct TracingWhenBootstrapped<Context: RequestContext>: RouterMiddleware {
+    let tracing = TracingMiddleware<Context>()
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response)
+        async throws -> Response
+    {
+        guard TraceParent.isTracing else { return try await next(request, context) }
+        return try await tracing.handle(request, context: context, next: next)
+    }
 }
