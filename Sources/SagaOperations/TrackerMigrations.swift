@@ -95,6 +95,8 @@ enum TrackerMigrations {
             sql: """
                 -- One index serves both the key and every read of the events (all by saga: an inspection, the
                 -- stats' steps); each recorded event wrote two before. A saga's few events are sorted when read.
+                -- A tracker of an earlier version cannot record into this table (its ON CONFLICT names the old key:
+                -- it retries until stopped); the new one, once it holds the lock, goes on from the committed offsets.
                 ALTER TABLE tracker_events DROP CONSTRAINT tracker_events_pkey;
                 DROP INDEX tracker_events_saga;
                 ALTER TABLE tracker_events ADD PRIMARY KEY (saga_id, event_id);

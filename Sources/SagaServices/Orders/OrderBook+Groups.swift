@@ -345,7 +345,7 @@ extension OrderBook {
                         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[],
                                     $7::text[]) AS o(id, customer_id, currency, total_amount, key, fingerprint,
                                                      deadline_at)
-                        ON CONFLICT (customer_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+                        ON CONFLICT (customer_id, idempotency_key) DO NOTHING
                         RETURNING id
                     ), lines AS (
                         INSERT INTO order_lines (order_id, line_no, sku, quantity, unit_price)

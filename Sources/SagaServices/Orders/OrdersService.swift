@@ -89,15 +89,6 @@ public enum OrdersService {
                 DROP INDEX orders_status_created;
                 ALTER TABLE orders SET (fillfactor = 80);
                 """),
-        // Only keyed orders are looked up by key: an order placed without one no longer writes an entry into the
-        // key's index (nor does its status change when it is not a HOT update).
-        PostgresMigration(
-            version: 104, name: "orders: only keyed orders in the idempotency key's index",
-            sql: """
-                DROP INDEX orders_customer_idempotency_key;
-                CREATE UNIQUE INDEX orders_customer_idempotency_key ON orders (customer_id, idempotency_key)
-                    WHERE idempotency_key IS NOT NULL;
-                """),
     ]
 
     /// The name of an order's deadline (one per saga): when it falls on a PENDING order, `order.expired` is
