@@ -121,6 +121,7 @@ public enum OrdersHTTP {
     /// `application/json` in any case, without a charset or with UTF-8 (JSON is UTF-8, RFC 8259).
     static func isJSON(_ contentType: String?) -> Bool {
         guard let contentType else { return false }
+        if contentType == "application/json" { return true }  // what clients send, without splitting and trimming
         let parts = contentType.split(separator: ";", omittingEmptySubsequences: false).map {
             $0.trimmingCharacters(in: .whitespaces).lowercased()
         }
