@@ -306,10 +306,9 @@ final class PQConnection {
         var interval = Self.firstReplanInterval
         let name: String
         if let known = prepared[key] {
-            let now = ContinuousClock.now
-            // Not inside a failed transaction (where DEALLOCATE would fail too): the statement's error comes first.
+            // Not inside a failed transaction: DEALLOCATE would fail there, and the statement reports that failure.
             let status = PQtransactionStatus(conn)
-            guard now >= known.replanAt, status == PQTRANS_IDLE || status == PQTRANS_INTRANS else {
+            guard ContinuousClock.now >= known.replanAt, status == PQTRANS_IDLE || status == PQTRANS_INTRANS else {
                 return known.name
             }
             _ = try consume(PQexec(conn, "DEALLOCATE \(known.name)"), wantRows: false)
@@ -327,11 +326,6 @@ final class PQConnection {
         _ = try consume(result, wantRows: false)
         prepared[key] = Prepared(name: name, replanAt: .now + interval, interval: interval)
         return name
-    }
-
-    /// The server-side name of `sql`'s prepared statement, if it is prepared (for tests).
-    func preparedStatementName(_ sql: String) -> String? {
-        prepared.first { $0.key.sql == sql }?.value.name
     }
 
     /// After a table's columns changed, a prepared `SELECT *` fails with 0A000 ("cached plan must not change
