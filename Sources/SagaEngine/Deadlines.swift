@@ -91,7 +91,7 @@ extension BatchHandlerContext {
         async throws -> [PostgresRow]
     {
         let sagaIds = Set(events.map(\.sagaId))
-        guard !sagaIds.isEmpty else { return try await connection.query(next.sql, next.binds) }
+        guard !sagaIds.isEmpty else { return try await connection.query(next) }
         let results = try await connection.pipeline([Deadlines.cancellation(sagaIds: sagaIds, name: name), next])
         try Deadlines.cancelled(results[0].rows, name: name, ledger: deadlineLedger)
         return results[1].rows
@@ -273,8 +273,8 @@ enum Deadlines {
         sagaIds: Set<String>, name: String, ledger: DeadlineLedger?, on connection: PostgresTransaction
     ) async throws -> Set<String> {
         guard !sagaIds.isEmpty else { return [] }
-        let delete = cancellation(sagaIds: sagaIds, name: name)
-        return try cancelled(try await connection.query(delete.sql, delete.binds), name: name, ledger: ledger)
+        return try cancelled(
+            try await connection.query(cancellation(sagaIds: sagaIds, name: name)), name: name, ledger: ledger)
     }
 
     /// The statement that deletes the deadline `name` of each of `sagaIds`, returning what ``cancelled(_:name:ledger:)``

@@ -42,6 +42,24 @@ public struct PostgresTransaction: Sendable {
         return try await connection.query(sql, binds)
     }
 
+    /// Like ``query(_:_:)``, for a statement (its rows binary when it says so).
+    @discardableResult
+    public func query(_ statement: PostgresStatement) async throws(PostgresError) -> [PostgresRow] {
+        try Self.refuseTransactionControl(statement.sql)
+        return try await connection.query(statement.sql, statement.binds, binaryResults: statement.binaryResults)
+    }
+
+    /// The rows of `first`, and of `second` when there is one, read in the same round trip (a pipeline); no
+    /// rows for a missing `second`.
+    /// - Throws: like ``pipeline(_:)``.
+    public func query(_ first: PostgresStatement, pipelinedWith second: PostgresStatement?) async throws(PostgresError)
+        -> (first: [PostgresRow], second: [PostgresRow])
+    {
+        guard let second else { return (try await query(first), []) }
+        let results = try await pipeline([first, second])
+        return (results[0].rows, results[1].rows)
+    }
+
     /// Like ``PostgresConnection/execute(_:_:)``.
     /// - Throws: like ``query(_:_:)``.
     @discardableResult

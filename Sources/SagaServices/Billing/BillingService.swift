@@ -149,15 +149,9 @@ public enum BillingService {
             }
         }
         // A batch without cancellations knows its customers from its events: both reads in one round trip.
-        let chargeRows: [PostgresRow]
-        var accountRows: [PostgresRow] = []
-        if !cancels {
-            let results = try await db.pipeline([chargesRead, accountsRead(customers)])
-            chargeRows = results[0].rows
-            accountRows = results[1].rows
-        } else {
-            chargeRows = try await db.query(chargesRead.sql, chargesRead.binds)
-        }
+        let (chargeRows, pipelinedAccounts) = try await db.query(
+            chargesRead, pipelinedWith: cancels ? nil : accountsRead(customers))
+        var accountRows = pipelinedAccounts
         var charges: [UUID: Charge] = [:]
         var cancelled = Set<UUID>()
         for row in chargeRows {
@@ -178,8 +172,7 @@ public enum BillingService {
                     customers.insert(charge.customerId)
                 }
             }
-            let read = accountsRead(customers)
-            accountRows = try await db.query(read.sql, read.binds)
+            accountRows = try await db.query(accountsRead(customers))
         }
 
         struct Account {

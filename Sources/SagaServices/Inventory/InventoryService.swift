@@ -196,15 +196,9 @@ public enum InventoryService {
             case .settle, .cancel: settles = true
             }
         }
-        let reservationRows: [PostgresRow]
-        var stockRows: [PostgresRow] = []
-        if !settles && !skus.isEmpty {
-            let results = try await db.pipeline([reservationsRead, stockRead(skus)])
-            reservationRows = results[0].rows
-            stockRows = results[1].rows
-        } else {
-            reservationRows = try await db.query(reservationsRead.sql, reservationsRead.binds)
-        }
+        let (reservationRows, pipelinedStock) = try await db.query(
+            reservationsRead, pipelinedWith: !settles && !skus.isEmpty ? stockRead(skus) : nil)
+        var stockRows = pipelinedStock
         var reservations: [UUID: Reservation] = [:]
         for row in reservationRows {
             let id: UUID = try row.decode("order_id")
@@ -223,8 +217,7 @@ public enum InventoryService {
                 }
             }
             if !skus.isEmpty {
-                let read = stockRead(skus)
-                stockRows = try await db.query(read.sql, read.binds)
+                stockRows = try await db.query(stockRead(skus))
             }
         }
         var stock: [String: Stock] = [:]
