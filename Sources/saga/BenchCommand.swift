@@ -263,9 +263,7 @@ struct BenchRun: Sendable {
         case .lone:
             for _ in 0..<count {
                 let id = try await place(name, requested: .now)
-                while !watch.tally.withLock({ $0.isFinished(id) }) && ContinuousClock.now < deadline {
-                    try await Task.sleep(for: .microseconds(200))
-                }
+                await watch.waitUntilFinished(id, deadline: deadline)
                 if ContinuousClock.now >= deadline { break }
             }
         }

@@ -56,6 +56,11 @@ import Testing
             #expect(report.latency.count == 3)
             #expect(report.hops.allSatisfy { $0.total.count == 3 })
             #expect(report.processes.map(\.name) == ["test"])
+            // One at a time: each saga's outcome ends the wait for it, and the next is placed.
+            let lone = try await run.phase("lone", "one saga at a time", count: 2, .lone)
+            #expect(lone.placed == 2)
+            #expect(lone.finished == 2)
+            #expect(watch.outcomes.count == 0)
             let tally = watch.tally.withLock { $0 }
             #expect(tally.foreignSagas == 5)
             for (id, saga) in tally.sagas(in: "closed") {

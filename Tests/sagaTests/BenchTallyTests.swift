@@ -172,4 +172,30 @@ import Testing
         #expect(SagaWatch.topLevelString("occurredAt", in: Array(#"{"occurredAt": "2026\u002d12"}"#.utf8)) == nil)
         #expect(SagaWatch.occurredAt(Array("not json".utf8)) == nil)
     }
+
+    @Test(.timeLimit(.minutes(1))) func anOutcomeEndsTheLoneWaitAndOnlyItsOwn() async throws {
+        let waiters = OutcomeWaiters()
+        let far = ContinuousClock.now + .seconds(120)
+        let a = Task { await waiters.wait(for: "a", until: far) { false } }
+        let b = Task { await waiters.wait(for: "b", until: far) { false } }
+        while waiters.count < 2 { try await Task.sleep(for: .milliseconds(1)) }
+        waiters.resume(["a", "unknown"])
+        await a.value
+        #expect(waiters.count == 1)  // b still waits
+        #expect(ContinuousClock.now < far)
+        waiters.resume(["b"])
+        await b.value
+        #expect(waiters.count == 0)
+    }
+
+    @Test(.timeLimit(.minutes(1))) func anOutcomeSeenBeforeTheWaitOrADeadlineEndsIt() async {
+        let waiters = OutcomeWaiters()
+        // Recorded before the waiter came: nobody will resume it, so the wait must not begin.
+        await waiters.wait(for: "done", until: .now + .seconds(120)) { true }
+        #expect(waiters.count == 0)
+        // Never seen: the deadline ends it, and no waiter is left behind.
+        await waiters.wait(for: "lost", until: .now + .milliseconds(20)) { false }
+        await waiters.wait(for: "late", until: .now - .seconds(1)) { false }
+        #expect(waiters.count == 0)
+    }
 }
