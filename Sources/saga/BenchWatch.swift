@@ -150,7 +150,7 @@ final class OutcomeWaiters: Sendable {
         timer.cancel()
     }
 
-    /// Resumes the waiters of `ids`, each once.
+    /// Resumes the waiters of `ids`, each once (all waiters of an id together: the lone loop has one per saga).
     func resume<IDs: Sequence<String>>(_ ids: IDs) {
         let resumed = waiting.withLock { waiting in
             waiting.isEmpty ? [] : ids.flatMap { waiting.removeValue(forKey: $0) ?? [] }
