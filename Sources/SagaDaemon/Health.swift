@@ -185,8 +185,7 @@ private actor DatabaseProbe {
         defer { running = false }
         do {
             if connection == nil {
-                var configuration = database.configuration
-                configuration.applicationName = "saga-health"
+                var configuration = database.configuration.named("health")
                 configuration.connectTimeoutSeconds = 2
                 connection = try await PostgresConnection.connect(configuration, logger: logger)
             }

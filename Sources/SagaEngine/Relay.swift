@@ -206,13 +206,13 @@ public final class OutboxRelay: Service, Sendable {
 
     /// One database session: owns shards while connected; returns on shutdown, throws on failure.
     private func runConnected(producer: KafkaProducer) async throws {
-        let db = configuration.database.configuration
+        let db = configuration.database.configuration.named("relay \(configuration.name)")
         let connection = try await PostgresConnection.connect(lockSession(db), logger: logger)
-        let gaugePool = PostgresPool(configuration: db, size: 1, logger: logger)
+        let gaugePool = PostgresPool(configuration: db.named("gauges"), size: 1, logger: logger)
         let listener: WakeListener
         do {
             listener = try await WakeListener.start(
-                db, channel: channel, wake: wake, retry: configuration.retry, logger: logger)
+                db.named("listen"), channel: channel, wake: wake, retry: configuration.retry, logger: logger)
         } catch {
             await connection.close()
             await gaugePool.close()

@@ -234,7 +234,7 @@ public final class Worker: Service, Sendable {
     /// The configuration of the session batches are handled on: the database's, with the definition's
     /// ``ParticipantDefinition/genericPlans``.
     var batchSession: PostgresConfiguration {
-        var session = configuration.database.configuration
+        var session = configuration.database.configuration.named("worker \(configuration.name)")
         session.genericPlans = definition?.genericPlans ?? false
         return session
     }
@@ -272,7 +272,8 @@ public final class Worker: Service, Sendable {
         // Inbox retention, and statistics for new tables, on their own task and connection: never on the hot loop.
         let retention = Task { [configuration, logger] in
             let retentionPool = PostgresPool(
-                configuration: configuration.database.configuration, size: 1, logger: logger)
+                configuration: configuration.database.configuration.named("retention \(configuration.name)"), size: 1,
+                logger: logger)
             await withTaskGroup { group in
                 group.addTask {
                     while !Task.isCancelled {
@@ -297,7 +298,8 @@ public final class Worker: Service, Sendable {
         // Due deadlines are fired on their own task and connection (see `runDeadlines`).
         let deadlines = Task { [configuration, logger] in
             let deadlinePool = PostgresPool(
-                configuration: configuration.database.configuration, size: 1, logger: logger)
+                configuration: configuration.database.configuration.named("deadlines \(configuration.name)"), size: 1,
+                logger: logger)
             await self.runDeadlines(pool: deadlinePool)
             await deadlinePool.close()
         }

@@ -186,7 +186,7 @@ public final class SagaTracker: Service, Sendable {
     /// Takes the lock (waiting while another tracker holds it), then records events until shutdown; throws
     /// ``TrackerLockLost`` when the lock session ended under it.
     private func runHoldingTheLock() async throws {
-        var lockSession = configuration.database.configuration
+        var lockSession = configuration.database.configuration.named("tracker lock")
         lockSession.idleSessionTimeout = configuration.lockSessionIdleTimeout
         let lock = try await PostgresConnection.connect(lockSession, logger: logger)
         defer { Task { await lock.close() } }
@@ -201,7 +201,8 @@ public final class SagaTracker: Service, Sendable {
         }
         let heartbeat = keepAlive(lock)
         defer { heartbeat?.cancel() }
-        let pool = PostgresPool(configuration: configuration.database.configuration, size: 1, logger: logger)
+        let pool = PostgresPool(
+            configuration: configuration.database.configuration.named("tracker"), size: 1, logger: logger)
         let group = try await consumerGroup(pool: pool, rebuild: configuration.rebuild)
         var topics = try await refreshModel()
         var nextRefresh = ContinuousClock.now + configuration.registryRefreshInterval

@@ -10,7 +10,8 @@ public struct PostgresConfiguration: Sendable {
     /// Any libpq URI parameter is accepted (`sslmode`, `options`, ...). The explicit fields
     /// below win over the same setting given in the URL.
     public var url: String
-    /// Reported to the server as `application_name` (visible in `pg_stat_activity`).
+    /// Reported to the server as `application_name` (visible in `pg_stat_activity`). The engine's components add
+    /// their role to it (``named(_:)``), e.g. `saga worker inventory`.
     public var applicationName: String = "saga"
     /// Schemas to put on each connection's `search_path` (e.g. `"orders"` or `"orders, public"`),
     /// or `nil` to keep the server's default.
@@ -50,6 +51,15 @@ public struct PostgresConfiguration: Sendable {
     /// though: one made while a queue-like table (outbox, deadlines) is nearly empty scans it whole once it has
     /// grown, so this is for sessions whose statements look rows up by key in tables of a lasting size.
     public var genericPlans = false
+
+    /// This configuration for the sessions of one component: its ``applicationName`` followed by `role` (e.g.
+    /// `saga relay orders`), so that `pg_stat_activity` (and a per-session look at the server's CPU, such as
+    /// `saga bench` reports) tells the components apart. The server keeps the first 63 bytes.
+    public func named(_ role: String) -> PostgresConfiguration {
+        var named = self
+        named.applicationName = applicationName + " " + role
+        return named
+    }
 
     /// A configuration for the server at `url` (`postgresql://user:password@host:port/database?…`) whose
     /// sessions use ``searchPath``, when given, as their `search_path`.

@@ -77,7 +77,7 @@ struct Stack: Sendable {
         any Service, PostgresPool
     ) {
         // Its statements look prices, orders and idempotency keys up by key: generic plans, made once per session.
-        var database = env.database(OrdersService.name).configuration
+        var database = env.database(OrdersService.name).configuration.named("api \(OrdersService.name)")
         database.genericPlans = true
         let pool = PostgresPool(configuration: database, size: env.httpDatabaseConnections, logger: logger)
         var book = OrderBook(

@@ -152,6 +152,13 @@ import Testing
         try await stack.produce([firstMessage])
         try await stack.eventually("the first event recorded") { try await inspector.timeline(first) != nil }
         let lock = "saga_tracker:" + stack.trackerDatabase.schema
+        // The lock session says whose it is (`pg_stat_activity.application_name`).
+        let holder = try await stack.query(
+            "tracker",
+            """
+            SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+            WHERE l.locktype = 'advisory' AND l.granted AND l.objid::int = hashtext($1) AND l.objsubid = 1
+            """, [lock])
         let ended = try await stack.query(
             "tracker",
             """
@@ -174,6 +181,7 @@ import Testing
         await pool.close()
         await stack.stop()
         #expect(ended.count == 1, "the lock session was not found")
+        #expect(try holder.first?.decode("application_name", as: String.self) == "saga tracker lock")
         #expect(stillRunning)
     }
 
