@@ -36,7 +36,9 @@ struct BenchSagasCommand: AsyncParsableCommand {
             Before the load it measures the limits on this machine: PostgreSQL single-row commits on one \
             connection and a produce → consume round trip on the broker. Reports sagas/s; latency (order \
             accepted → order.confirmed seen); per-hop latency from the events' occurredAt and record timestamps; \
-            outbox lag; the relays' rows/s from their /metrics; CPU seconds and RSS of the stack's processes. \
+            outbox lag; the relays' rows/s from their /metrics; CPU seconds and RSS of the stack's processes, \
+            and the PostgreSQL server's CPU by session application_name (saga worker inventory, saga relay \
+            orders, ...) when the server runs on this machine. \
             Exits 1 when a saga it placed does not finish within --timeout (nothing may be lost).
             """)
 
@@ -109,6 +111,7 @@ struct BenchSagasCommand: AsyncParsableCommand {
         if let postmaster = await CommitProbe.postmaster(url: env.database(OrdersService.name).url, logger: logger) {
             watched.append(WatchedProcess(name: "postgres (all backends)", pid: postmaster, withChildren: true))
         }
+        let sessions = await PostgresSessionWatch.start(url: env.database(OrdersService.name).url, logger: logger)
         let metricsURLs =
             self.metricsURLs.isEmpty ? ["http://\(env.httpHost):\(env.opsPort)/metrics"] : self.metricsURLs
 
@@ -126,7 +129,7 @@ struct BenchSagasCommand: AsyncParsableCommand {
         let watching = Task { try await watch.run() }
         let run = BenchRun(
             client: client, customer: customer, watch: watch, timeout: .seconds(timeout),
-            processes: ProcessWatch(watched), metricsURLs: metricsURLs)
+            processes: ProcessWatch(watched), sessions: sessions, metricsURLs: metricsURLs)
         let sampling = Task { await run.processes.sampleRSS() }
         var phases: [PhaseReport] = []
         var failure: (any Error)?
@@ -159,6 +162,7 @@ struct BenchSagasCommand: AsyncParsableCommand {
         sampling.cancel()
         _ = try? await watching.value
         await watch.close()
+        await sessions?.close()
 
         let tally = watch.tally.withLock { $0 }
         if json {
@@ -230,6 +234,7 @@ struct BenchRun: Sendable {
     let watch: SagaWatch
     let timeout: Duration
     let processes: ProcessWatch
+    let sessions: PostgresSessionWatch?
     let metricsURLs: [String]
 
     /// Places `count` orders in `mode`, waits for each to end (or the timeout) and reports.
@@ -238,6 +243,7 @@ struct BenchRun: Sendable {
     {
         let before = await MetricsScrape.scrape(metricsURLs)
         let cpu = processes.begin()
+        let sessionsBefore = await sessions?.sample()
         let start = ContinuousClock.now
         let deadline = start + timeout
         switch mode {
@@ -274,6 +280,7 @@ struct BenchRun: Sendable {
         }
         let wall = millis(ContinuousClock.now - start) / 1000
         let figures = processes.end(cpu, seconds: wall)
+        let sessionsAfter = await sessions?.sample()
         // A relay counts a row once it has marked it, a moment after the broker acknowledged it (and the
         // bench may have read it): wait until the counters stand still, so no row is counted in the next phase.
         var after = await MetricsScrape.scrape(metricsURLs)
@@ -289,6 +296,10 @@ struct BenchRun: Sendable {
         var report = PhaseReport(
             name: name, description: description, tally: tally, start: start, relay: nil, processes: figures)
         report.relay = RelayFigures(before: before, after: after, seconds: report.seconds)
+        if let sessionsBefore, let sessionsAfter {
+            report.postgresSessions = PostgresSessionWatch.figures(
+                from: sessionsBefore, to: sessionsAfter, seconds: wall)
+        }
         return report
     }
 

@@ -137,6 +137,8 @@ struct PhaseReport: Sendable {
     var outboxLag: Distribution
     var relay: RelayFigures?
     var processes: [ProcessFigures]
+    /// The PostgreSQL server's CPU by client session name (empty when the server is not on this machine).
+    var postgresSessions: [SessionFigures] = []
     var unfinished: [String]
 
     var sagasPerSecond: Double { seconds > 0 ? Double(finished) / seconds : 0 }
@@ -169,6 +171,7 @@ struct PhaseReport: Sendable {
             "seconds": .number(round2(seconds)), "sagasPerSecond": .number(round1(sagasPerSecond)),
             "latencyMs": latency.json, "acceptMs": accept.json, "hops": .array(hops.map(\.json)),
             "outboxLagMs": outboxLag.json, "processes": .array(processes.map(\.json)),
+            "postgresSessions": .array(postgresSessions.map(\.json)),
             "unfinished": .array(unfinished.prefix(20).map { .string($0) }),
         ]
         o["relay"] = relay?.json ?? .null
@@ -179,6 +182,18 @@ struct PhaseReport: Sendable {
             ])
         }
         return .object(o)
+    }
+
+    /// The server's sessions that used at least 1 % of a core, most first, then the rest together.
+    var sessionsText: String? {
+        guard !postgresSessions.isEmpty else { return nil }
+        let shown = postgresSessions.filter { $0.cpuShare >= 0.01 }
+        let rest = postgresSessions.dropFirst(shown.count)
+        var parts = shown.map(\.text)
+        if !rest.isEmpty {
+            parts.append("\(rest.reduce(0) { $0 + $1.sessions }) more \(fmt(rest.reduce(0) { $0 + $1.cpuSeconds })) s")
+        }
+        return parts.joined(separator: ", ") + "   (server CPU by application_name)"
     }
 
     func text(limits: BenchLimits?) -> String {
@@ -199,6 +214,7 @@ struct PhaseReport: Sendable {
         lines.append("outbox lag (ms) \(outboxLag.text)   (event occurredAt → relay's record timestamp)")
         if let relay { lines.append("relay           \(relay.text)") }
         for p in processes { lines.append("process         \(p.text)") }
+        if let sessions = sessionsText { lines.append("pg sessions     \(sessions)") }
         if let limits, limits.hopFloorMs > 0 {
             lines.append(
                 "vs limits       latency p50 = \(fmt(latency.p50 / (4 * limits.hopFloorMs)))× the saga floor "

@@ -44,9 +44,12 @@ import Testing
             }
             #expect(watch.tally.withLock { $0.foreignSagas } == 5)
 
+            let sessions = await PostgresSessionWatch.start(url: env.database("orders").url, logger: logger)
+            #expect(sessions != nil)
             let run = BenchRun(
                 client: client, customer: customer, watch: watch, timeout: .seconds(60),
-                processes: ProcessWatch([WatchedProcess(name: "test", pid: getpid())]), metricsURLs: [])
+                processes: ProcessWatch([WatchedProcess(name: "test", pid: getpid())]), sessions: sessions,
+                metricsURLs: [])
             let report = try await run.phase("closed", "closed loop, concurrency 2", count: 3, .closed(concurrency: 2))
 
             #expect(report.placed == 3)
@@ -61,12 +64,23 @@ import Testing
             #expect(lone.placed == 2)
             #expect(lone.finished == 2)
             #expect(watch.outcomes.count == 0)
+            // The server's CPU by session: each component names its sessions (the bench's own is left out).
+            let names = Set(lone.postgresSessions.map(\.name))
+            for name in [
+                "saga worker orders", "saga worker inventory", "saga worker billing", "saga relay orders",
+                "saga relay orders listen", "saga relay orders gauges", "saga api orders",
+            ] {
+                #expect(names.contains(name), "no session named \(name) in \(names.sorted())")
+            }
+            #expect(!names.contains("saga bench"))
+            #expect(lone.postgresSessions.reduce(0) { $0 + $1.cpuSeconds } > 0)
             let tally = watch.tally.withLock { $0 }
             #expect(tally.foreignSagas == 5)
             for (id, saga) in tally.sagas(in: "closed") {
                 #expect(!id.hasPrefix("foreign"))
                 #expect(Set(saga.events.keys) == Set(benchHopTypes))
             }
+            await sessions?.close()
         } catch {
             Issue.record(error)
         }

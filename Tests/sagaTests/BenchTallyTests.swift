@@ -199,3 +199,53 @@ import Testing
         #expect(waiters.count == 0)
     }
 }
+
+@Suite struct BenchSessionTests {
+    typealias S = PostgresSessionWatch.Session
+
+    @Test func serverCPUIsAddedUpByApplicationNameOverTheSessionsOfBothSamples() {
+        let start: [Int32: S] = [
+            1: S(name: "saga api orders", cpuSeconds: 1.0), 2: S(name: "saga api orders", cpuSeconds: 2.0),
+            3: S(name: "saga tracker", cpuSeconds: 5.0), 4: S(name: "saga relay orders", cpuSeconds: 0.5),
+            5: S(name: "saga worker billing", cpuSeconds: 1.0),
+            // Its backend ended (left out), and the PID went to a new session of another name (counted whole).
+            6: S(name: "saga retention orders", cpuSeconds: 3.0),
+            8: S(name: "saga relay billing", cpuSeconds: 4.0),  // ended during the phase: left out
+        ]
+        let end: [Int32: S] = [
+            1: S(name: "saga api orders", cpuSeconds: 1.5), 2: S(name: "saga api orders", cpuSeconds: 3.0),
+            3: S(name: "saga tracker", cpuSeconds: 7.0), 4: S(name: "saga relay orders", cpuSeconds: 0.52),
+            5: S(name: "saga worker billing", cpuSeconds: 1.5), 6: S(name: "saga deadlines orders", cpuSeconds: 0.1),
+            7: S(name: "saga worker orders", cpuSeconds: 0.9),  // began during the phase: all of it counts
+        ]
+        let figures = PostgresSessionWatch.figures(from: start, to: end, seconds: 10)
+        #expect(
+            figures.map(\.name) == [
+                "saga tracker", "saga api orders", "saga worker orders", "saga worker billing", "saga deadlines orders",
+                "saga relay orders",
+            ])
+        #expect(figures.map(\.sessions) == [1, 2, 1, 1, 1, 1])
+        #expect(figures.map { round2($0.cpuSeconds) } == [2, 1.5, 0.9, 0.5, 0.1, 0.02])
+        #expect(figures.map { round2($0.cpuShare) } == [0.2, 0.15, 0.09, 0.05, 0.01, 0])
+
+        var report = PhaseReport(
+            name: "closed", description: "closed loop", tally: SagaTally(), start: .now, relay: nil, processes: [])
+        #expect(report.sessionsText == nil)
+        #expect(!report.text(limits: nil).contains("pg sessions"))
+        report.postgresSessions = figures
+        // Under 1 % of a core: summed up at the end.
+        #expect(
+            report.sessionsText
+                == "saga tracker 2.0 s (20.0 %), saga api orders (×2) 1.5 s (15.0 %), saga worker orders 0.9 s (9.0 %), "
+                + "saga worker billing 0.5 s (5.0 %), saga deadlines orders 0.1 s (1.0 %), 1 more 0.0 s   "
+                + "(server CPU by application_name)")
+        #expect(report.text(limits: nil).contains("pg sessions     saga tracker 2.0 s"))
+        guard case .array(let sessions)? = report.json(limits: nil)["postgresSessions"] else {
+            Issue.record("no postgresSessions in the JSON report")
+            return
+        }
+        #expect(sessions.count == 6)
+        #expect(sessions.first?["applicationName"] == .string("saga tracker"))
+        #expect(sessions.first?["cpuPercent"] == .number(20))
+    }
+}
