@@ -191,7 +191,10 @@ struct PhaseReport: Sendable {
         let rest = postgresSessions.dropFirst(shown.count)
         var parts = shown.map(\.text)
         if !rest.isEmpty {
-            parts.append("\(rest.reduce(0) { $0 + $1.sessions }) more \(fmt(rest.reduce(0) { $0 + $1.cpuSeconds })) s")
+            let sessions = rest.reduce(0) { $0 + $1.sessions }
+            parts.append(
+                "the rest (\(sessions) session\(sessions == 1 ? "" : "s")) \(fmt(rest.reduce(0) { $0 + $1.cpuSeconds })) s"
+            )
         }
         return parts.joined(separator: ", ") + "   (server CPU by application_name)"
     }

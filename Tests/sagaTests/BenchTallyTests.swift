@@ -237,7 +237,7 @@ import Testing
         #expect(
             report.sessionsText
                 == "saga tracker 2.0 s (20.0 %), saga api orders (×2) 1.5 s (15.0 %), saga worker orders 0.9 s (9.0 %), "
-                + "saga worker billing 0.5 s (5.0 %), saga deadlines orders 0.1 s (1.0 %), 1 more 0.0 s   "
+                + "saga worker billing 0.5 s (5.0 %), saga deadlines orders 0.1 s (1.0 %), the rest (1 session) 0.0 s   "
                 + "(server CPU by application_name)")
         #expect(report.text(limits: nil).contains("pg sessions     saga tracker 2.0 s"))
         guard case .array(let sessions)? = report.json(limits: nil)["postgresSessions"] else {
