@@ -108,10 +108,12 @@ struct BenchSagasCommand: AsyncParsableCommand {
             watched.append(WatchedProcess(name: "saga dev", pid: dev.pid))
         }
         watched.append(WatchedProcess(name: "bench", pid: getpid()))
+        // The server's CPU, whole and by session, when it runs on this machine.
+        var sessions: PostgresSessionWatch?
         if let postmaster = await CommitProbe.postmaster(url: env.database(OrdersService.name).url, logger: logger) {
             watched.append(WatchedProcess(name: "postgres (all backends)", pid: postmaster, withChildren: true))
+            sessions = await PostgresSessionWatch.start(url: env.database(OrdersService.name).url, logger: logger)
         }
-        let sessions = await PostgresSessionWatch.start(url: env.database(OrdersService.name).url, logger: logger)
         let metricsURLs =
             self.metricsURLs.isEmpty ? ["http://\(env.httpHost):\(env.opsPort)/metrics"] : self.metricsURLs
 

@@ -14,18 +14,13 @@ final class PostgresSessionWatch: Sendable {
         self.connection = connection
     }
 
-    /// A watch on the server at `url`, or nil when it cannot be reached or its backends are not in this machine's
-    /// /proc (a server elsewhere).
+    /// A watch on the server at `url`, or nil when it cannot be reached. For a server on this machine only (see
+    /// `CommitProbe.postmaster(url:logger:)`): elsewhere no backend is in /proc, and every sample is empty.
     static func start(url: String, logger: Logger) async -> PostgresSessionWatch? {
         var configuration = PostgresConfiguration(url: url).named("bench")
         configuration.connectTimeoutSeconds = 5
         guard let connection = try? await PostgresConnection.connect(configuration, logger: logger) else { return nil }
-        let watch = PostgresSessionWatch(connection: connection)
-        guard let first = await watch.sample(), !first.isEmpty else {
-            await connection.close()
-            return nil
-        }
-        return watch
+        return PostgresSessionWatch(connection: connection)
     }
 
     /// One client session: its application name and CPU seconds so far.
