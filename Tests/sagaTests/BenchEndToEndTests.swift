@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import SagaEngine
 import SagaKafka
+import SagaPostgres
 import SagaServices
 import SagaTestSupport
 import ServiceLifecycle
@@ -73,7 +74,20 @@ import Testing
                 #expect(names.contains(name), "no session named \(name) in \(names.sorted())")
             }
             #expect(!names.contains("saga bench"))
-            #expect(lone.postgresSessions.reduce(0) { $0 + $1.cpuSeconds } > 0)
+            // Two lone sagas cost the server well under a clock tick, so their figures may read 0: none is below it.
+            #expect(lone.postgresSessions.allSatisfy { $0.cpuSeconds >= 0 && $0.sessions > 0 })
+            // A session that works between two samples is found by its name, with the CPU it used.
+            if let sessions, let before = await sessions.sample() {
+                let burner = try await PostgresConnection.connect(
+                    PostgresConfiguration(url: env.database("orders").url).named("test burner"), logger: logger)
+                _ = try await burner.query("SELECT sum(i) FROM generate_series(1, 3000000) AS i")
+                let after = try #require(await sessions.sample())
+                await burner.close()
+                let figures = PostgresSessionWatch.figures(from: before, to: after, seconds: 1)
+                let burned = figures.first { $0.name == "saga test burner" }
+                #expect(burned?.sessions == 1)
+                #expect((burned?.cpuSeconds ?? 0) > 0.02, "\(figures)")
+            }
             let tally = watch.tally.withLock { $0 }
             #expect(tally.foreignSagas == 5)
             for (id, saga) in tally.sagas(in: "closed") {
