@@ -77,7 +77,9 @@ import Testing
             // Two lone sagas cost the server well under a clock tick, so their figures may read 0: none is below it.
             #expect(lone.postgresSessions.allSatisfy { $0.cpuSeconds >= 0 && $0.sessions > 0 })
             // A session that works between two samples is found by its name, with the CPU it used.
-            if let sessions, let before = await sessions.sample() {
+            do {
+                let sessions = try #require(sessions)
+                let before = try #require(await sessions.sample())
                 let burner = try await PostgresConnection.connect(
                     PostgresConfiguration(url: env.database("orders").url).named("test burner"), logger: logger)
                 _ = try await burner.query("SELECT sum(i) FROM generate_series(1, 3000000) AS i")
